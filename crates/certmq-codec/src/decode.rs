@@ -270,7 +270,7 @@ fn decode_publish(r: &mut Reader, flags: u8, v5: bool) -> Result<Publish, Decode
     if qos == QoS::AtMostOnce && dup {
         return Err(DecodeError::Malformed("DUP set on a QoS 0 PUBLISH"));
     }
-    let topic = r.string()?;
+    let topic: std::sync::Arc<str> = r.string()?.into();
     validate_topic_name(&topic, v5)?;
     let packet_id = if qos == QoS::AtMostOnce {
         0

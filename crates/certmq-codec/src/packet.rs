@@ -1,5 +1,7 @@
 //! The MQTT control packets as plain values.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::{Properties, ReasonCode};
@@ -83,8 +85,9 @@ pub struct Publish {
     pub dup: bool,
     pub qos: QoS,
     pub retain: bool,
-    /// May be empty in MQTT 5 when a topic alias stands for it.
-    pub topic: String,
+    /// May be empty in MQTT 5 when a topic alias stands for it. Shared, so
+    /// that fanning a message out never copies its topic.
+    pub topic: Arc<str>,
     /// 0 for QoS 0; never 0 for QoS 1 and 2.
     pub packet_id: u16,
     pub payload: Bytes,

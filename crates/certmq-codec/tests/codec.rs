@@ -254,7 +254,7 @@ fn packet() -> impl Strategy<Value = Packet> {
                 dup: dup && qos != QoS::AtMostOnce,
                 qos,
                 retain,
-                topic,
+                topic: topic.into(),
                 packet_id: if qos == QoS::AtMostOnce { 0 } else { id },
                 payload: Bytes::from(payload),
                 properties,

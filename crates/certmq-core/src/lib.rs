@@ -1,1 +1,32 @@
-//! placeholder
+//! MQTT broker semantics, without I/O.
+//!
+//! What it does: the session registry (clean start, resume, takeover,
+//! expiry), the subscription trie (`+`, `#`, `$`-topics, shared
+//! subscriptions), retained messages, will messages with delay, QoS 0/1/2
+//! flows with packet-id bookkeeping and redelivery, topic aliases, receive
+//! maximum and maximum packet size in both directions, message expiry.
+//! Time comes in as a value (`now`), so every case is a plain unit test.
+//!
+//! What it does not do: sockets, TLS, timers or tasks (`certmq-net` drives
+//! a [`Conn`] from a network connection and calls [`Broker::tick`]),
+//! authentication decisions (the transport passes them in
+//! [`ConnectContext`]).
+
+#![forbid(unsafe_code)]
+
+mod broker;
+mod config;
+mod conn;
+mod mailbox;
+mod message;
+mod session;
+pub mod topic;
+mod tree;
+
+pub use broker::{message_from, Broker, Stats};
+pub use config::BrokerConfig;
+pub use conn::{CloseCause, Conn, ConnectContext, Flow};
+pub use mailbox::{Dropped, Kick, Mailbox, Ready};
+pub use message::{Delivery, Message};
+pub use session::{SessionEntry, SessionId};
+pub use tree::{Subscriber, SubscriptionTree};

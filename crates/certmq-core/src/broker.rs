@@ -1,0 +1,309 @@
+//! The broker's shared state: the session registry, the subscription trie,
+//! retained messages and the timers of offline sessions.
+//!
+//! Lock order, always: `sessions` -> a session's `state` -> `tree` ->
+//! `retained` -> a mailbox. The publish path takes only the trie's read lock
+//! and each target mailbox's own lock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use certmq_codec::{Properties, QoS};
+use parking_lot::{Mutex, RwLock};
+
+use crate::session::{Deadline, SessionState, Timer};
+use crate::topic::{matches, parse_filter};
+use crate::tree::{Match, SubscriptionTree};
+use crate::{BrokerConfig, Delivery, Mailbox, Message, SessionEntry, SessionId};
+
+/// Counters readable at any time (metrics come from these).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub messages_received: AtomicU64,
+    pub messages_delivered: AtomicU64,
+    pub messages_dropped: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct Broker {
+    pub(crate) config: BrokerConfig,
+    pub(crate) sessions: Mutex<HashMap<Arc<str>, Arc<SessionEntry>>>,
+    pub(crate) tree: RwLock<SubscriptionTree>,
+    retained: RwLock<HashMap<Arc<str>, Arc<Message>>>,
+    timers: Mutex<BTreeMap<Deadline, Timer>>,
+    next_id: AtomicU64,
+    pub stats: Stats,
+}
+
+impl Broker {
+    pub fn new(config: BrokerConfig) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            sessions: Mutex::default(),
+            tree: RwLock::default(),
+            retained: RwLock::default(),
+            timers: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            stats: Stats::default(),
+        })
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// A fresh number for sessions, connection generations and timers.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn new_session(&self, client_id: Arc<str>) -> Arc<SessionEntry> {
+        let id = SessionId(self.next_id());
+        Arc::new(SessionEntry {
+            client_id,
+            mailbox: Arc::new(Mailbox::new(id, self.config.max_queued_messages)),
+            state: Mutex::new(SessionState::default()),
+        })
+    }
+
+    /// Number of sessions, online and offline.
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().len()
+    }
+
+    /// Number of retained messages.
+    pub fn retained_count(&self) -> usize {
+        self.retained.read().len()
+    }
+
+    /// Number of subscriptions.
+    pub fn subscription_count(&self) -> usize {
+        self.tree.read().len()
+    }
+
+    /// The entry of a session by client id.
+    pub fn session(&self, client_id: &str) -> Option<Arc<SessionEntry>> {
+        self.sessions.lock().get(client_id).cloned()
+    }
+
+    /// Stores or clears (empty payload) the retained message of its topic.
+    pub fn retain(&self, message: &Arc<Message>) {
+        let mut retained = self.retained.write();
+        if message.payload.is_empty() {
+            retained.remove(&message.topic);
+        } else {
+            retained.insert(message.topic.clone(), message.clone());
+        }
+    }
+
+    /// Retained messages matching a filter (without `$share/`), unexpired.
+    pub(crate) fn retained_matching(&self, filter: &str, now: Instant) -> Vec<Arc<Message>> {
+        let retained = self.retained.read();
+        if !filter.contains(['+', '#']) {
+            return retained
+                .get(filter)
+                .filter(|m| !m.is_expired(now))
+                .cloned()
+                .into_iter()
+                .collect();
+        }
+        retained
+            .values()
+            .filter(|m| !m.is_expired(now) && matches(filter, &m.topic))
+            .cloned()
+            .collect()
+    }
+
+    /// Publishes a message: stores it if retained, then routes it.
+    pub fn publish(&self, message: Arc<Message>, now: Instant) -> usize {
+        if message.retain && self.config.retain_available {
+            self.retain(&message);
+        }
+        self.route(&message, now)
+    }
+
+    /// Queues `message` for every matching session; returns how many.
+    pub fn route(&self, message: &Arc<Message>, now: Instant) -> usize {
+        self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+        if message.is_expired(now) {
+            return 0;
+        }
+        let tree = self.tree.read();
+        let mut found: Vec<Match<'_>> = Vec::new();
+        let overlapping = tree.matches(&message.topic, &mut found);
+        found.retain(|(s, shared)| {
+            *shared || !(s.options.no_local && message.origin == Some(s.session()))
+        });
+        if overlapping {
+            // One delivery per session for its ordinary subscriptions (MQTT 5
+            // §3.3.4): highest QoS, every subscription identifier.
+            found.sort_by_key(|(s, shared)| (*shared, s.session()));
+        }
+        let mut delivered = 0;
+        let mut i = 0;
+        while let Some(&(first, shared)) = found.get(i) {
+            let mut qos = first.options.qos;
+            let mut rap = first.options.retain_as_published;
+            let mut ids: Vec<u32> = first.subscription_id.into_iter().collect();
+            i += 1;
+            while let Some(&(next, false)) = found.get(i) {
+                if shared || next.session() != first.session() {
+                    break;
+                }
+                qos = qos.max(next.options.qos);
+                rap |= next.options.retain_as_published;
+                ids.extend(next.subscription_id);
+                i += 1;
+            }
+            let delivery = Delivery {
+                message: message.clone(),
+                qos: qos.min(message.qos),
+                retain: message.retain && rap,
+                subscription_ids: ids,
+            };
+            match first.mailbox.push(delivery) {
+                Ok(()) => delivered += 1,
+                Err(_) => {
+                    self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        delivered
+    }
+
+    pub(crate) fn add_timer(&self, at: Instant, timer: Timer) {
+        let seq = self.next_id();
+        self.timers.lock().insert((at, seq), timer);
+    }
+
+    /// The earliest pending timer, so a driver can sleep until then.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.lock().keys().next().map(|(at, _)| *at)
+    }
+
+    /// Runs the timers due at `now`: delayed wills and session expiry.
+    pub fn tick(&self, now: Instant) {
+        loop {
+            let due = {
+                let mut timers = self.timers.lock();
+                match timers.first_key_value() {
+                    Some((key, _)) if key.0 <= now => timers.pop_first().map(|(_, t)| t),
+                    _ => None,
+                }
+            };
+            let Some(timer) = due else { break };
+            match timer {
+                Timer::Will(entry, generation) => {
+                    let will = {
+                        let mut state = entry.state.lock();
+                        if state.owner == 0 && state.last_owner == generation {
+                            state.pending_will.take()
+                        } else {
+                            None
+                        }
+                    };
+                    if let Some(will) = will {
+                        self.publish(will, now);
+                    }
+                }
+                Timer::Expire(entry, generation) => {
+                    let expired = {
+                        let state = entry.state.lock();
+                        state.owner == 0 && state.last_owner == generation && !state.ended
+                    };
+                    if expired {
+                        self.end_session(&entry, now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Discards a session: its subscriptions, queue and registry entry. A
+    /// will still pending is published, as the session's end ends its delay.
+    pub(crate) fn end_session(&self, entry: &Arc<SessionEntry>, now: Instant) {
+        let will = {
+            let mut state = entry.state.lock();
+            if state.ended {
+                return;
+            }
+            self.discard_state(entry, &mut state);
+            state.pending_will.take()
+        };
+        {
+            let mut sessions = self.sessions.lock();
+            if sessions
+                .get(&entry.client_id)
+                .is_some_and(|e| Arc::ptr_eq(e, entry))
+            {
+                sessions.remove(&entry.client_id);
+            }
+        }
+        if let Some(will) = will {
+            self.publish(will, now);
+        }
+    }
+
+    /// Removes a session's subscriptions and marks it ended (state locked).
+    pub(crate) fn discard_state(&self, entry: &SessionEntry, state: &mut SessionState) {
+        state.ended = true;
+        let session = entry.mailbox.id();
+        let mut tree = self.tree.write();
+        for filter in &state.subscriptions {
+            if let Ok(parsed) = parse_filter(filter) {
+                tree.remove(&parsed, session);
+            }
+        }
+        drop(tree);
+        state.subscriptions.clear();
+        state.inflight.clear();
+        state.incoming_qos2.clear();
+        let mut drained = Vec::new();
+        entry.mailbox.take(usize::MAX, &mut drained);
+    }
+
+    /// Closes the live connection of a client, if any (administrative kick).
+    pub fn kick(&self, client_id: &str, reason: certmq_codec::ReasonCode) -> bool {
+        let Some(entry) = self.session(client_id) else {
+            return false;
+        };
+        let owner = entry.state.lock().owner;
+        if owner == 0 {
+            return false;
+        }
+        entry.mailbox.kick(owner, reason);
+        true
+    }
+}
+
+/// Builds the message a PUBLISH or will carries into the broker.
+pub fn message_from(
+    topic: Arc<str>,
+    payload: bytes::Bytes,
+    qos: QoS,
+    retain: bool,
+    props: &Properties,
+    origin: Option<SessionId>,
+    now: Instant,
+) -> Message {
+    Message {
+        topic,
+        payload,
+        qos,
+        retain,
+        properties: Properties {
+            payload_format_indicator: props.payload_format_indicator,
+            content_type: props.content_type.clone(),
+            response_topic: props.response_topic.clone(),
+            correlation_data: props.correlation_data.clone(),
+            user_properties: props.user_properties.clone(),
+            ..Properties::default()
+        },
+        expires_at: props
+            .message_expiry_interval
+            .map(|s| now + Duration::from_secs(u64::from(s))),
+        origin,
+    }
+}

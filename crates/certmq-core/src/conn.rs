@@ -1,0 +1,745 @@
+//! One network connection's protocol state machine, from an accepted CONNECT
+//! to its close. Sans-I/O: packets come in through [`Conn::handle`], packets
+//! to send collect in [`Conn::output`], time is passed in as `now`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use certmq_codec::{
+    encoded_len, ConnAck, Connect, Packet, Properties, Protocol, PubResponse, Publish, QoS,
+    ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+
+use crate::broker::message_from;
+use crate::session::{Inflight, Timer};
+use crate::topic::parse_filter;
+use crate::tree::Subscriber;
+use crate::{Broker, Delivery, Mailbox, Message, SessionEntry};
+
+/// What the caller does after a packet was handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// The client sent DISCONNECT; close after flushing the output.
+    Disconnect {
+        publish_will: bool,
+    },
+}
+
+/// Why a connection ends; decides the will and what is sent last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCause {
+    /// The client sent DISCONNECT (reason 0x04 asks for the will).
+    ClientDisconnect { publish_will: bool },
+    /// The broker closes for this reason (protocol error, kick, timeout...).
+    Server(ReasonCode),
+    /// The network connection went away without DISCONNECT.
+    ConnectionLost,
+}
+
+/// Who is connecting, as established by the transport.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectContext {
+    /// The client may connect (anonymous allowed, or a credential checked).
+    pub authorized: bool,
+}
+
+pub struct Conn {
+    broker: Arc<Broker>,
+    entry: Arc<SessionEntry>,
+    generation: u64,
+    protocol: Protocol,
+    keep_alive: u16,
+    client_receive_maximum: u16,
+    client_max_packet_size: u32,
+    client_topic_alias_maximum: u16,
+    aliases_in: HashMap<u16, Arc<str>>,
+    aliases_out: HashMap<Arc<str>, u16>,
+    will: Option<Arc<Message>>,
+    will_delay: u32,
+    expiry_was_zero: bool,
+    out: Vec<Packet>,
+    batch: Vec<Delivery>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("client_id", &self.entry.client_id)
+            .field("generation", &self.generation)
+            .field("protocol", &self.protocol)
+            .finish_non_exhaustive()
+    }
+}
+
+fn refuse(reason: ReasonCode) -> ConnAck {
+    ConnAck {
+        session_present: false,
+        reason,
+        properties: Properties::default(),
+    }
+}
+
+impl Broker {
+    /// Handles CONNECT: authorizes, resolves the session (clean start,
+    /// resume, takeover of a live connection) and returns the connection with
+    /// its CONNACK (and any redeliveries) queued in its output. A refused
+    /// CONNECT returns the CONNACK to send before closing.
+    pub fn connect(
+        self: &Arc<Self>,
+        connect: Connect,
+        ctx: &ConnectContext,
+        now: Instant,
+    ) -> Result<Conn, ConnAck> {
+        let v5 = connect.protocol.is_v5();
+        let props = &connect.properties;
+        if props.authentication_method.is_some() {
+            return Err(refuse(ReasonCode::BAD_AUTHENTICATION_METHOD));
+        }
+        if !ctx.authorized {
+            return Err(refuse(ReasonCode::NOT_AUTHORIZED));
+        }
+        let mut assigned = None;
+        let client_id: Arc<str> = if connect.client_id.is_empty() {
+            let allowed = match connect.protocol {
+                Protocol::V5 => true,
+                Protocol::V3_1_1 => connect.clean_start,
+                Protocol::V3_1 => false,
+            };
+            if !allowed {
+                return Err(refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID));
+            }
+            let id: Arc<str> = format!("auto-{:016x}", self.next_id() ^ random_salt()).into();
+            assigned = Some(id.to_string());
+            id
+        } else {
+            connect.client_id.as_str().into()
+        };
+
+        let requested_expiry = if v5 {
+            props.session_expiry_interval.unwrap_or(0)
+        } else if connect.clean_start {
+            0
+        } else {
+            u32::MAX
+        };
+        let expiry = requested_expiry.min(self.config.max_session_expiry);
+        let mut keep_alive = connect.keep_alive;
+        let mut server_keep_alive = None;
+        if v5
+            && (keep_alive > self.config.max_keep_alive
+                || (keep_alive == 0 && self.config.max_keep_alive < u16::MAX))
+        {
+            keep_alive = self.config.max_keep_alive;
+            server_keep_alive = Some(keep_alive);
+        }
+
+        let generation = self.next_id();
+        let (entry, session_present) = {
+            let mut sessions = self.sessions.lock();
+            let existing = sessions.get(&client_id).cloned();
+            let resumed = match existing {
+                Some(entry) => {
+                    let mut state = entry.state.lock();
+                    if state.owner != 0 {
+                        entry
+                            .mailbox
+                            .kick(state.owner, ReasonCode::SESSION_TAKEN_OVER);
+                    }
+                    if connect.clean_start || state.ended {
+                        self.discard_state(&entry, &mut state);
+                        None
+                    } else {
+                        state.owner = generation;
+                        state.expiry_interval = expiry;
+                        // A delayed will of the previous connection is cancelled
+                        // by resuming its session (MQTT 5 §3.1.3.2.2).
+                        state.pending_will = None;
+                        drop(state);
+                        Some(entry)
+                    }
+                }
+                None => None,
+            };
+            match resumed {
+                Some(entry) => (entry, true),
+                None => {
+                    let entry = self.new_session(client_id.clone());
+                    {
+                        let mut state = entry.state.lock();
+                        state.owner = generation;
+                        state.expiry_interval = expiry;
+                    }
+                    sessions.insert(client_id.clone(), entry.clone());
+                    (entry, false)
+                }
+            }
+        };
+        entry.mailbox.set_online(true);
+
+        let (will, will_delay) = match &connect.will {
+            Some(w) => (
+                Some(Arc::new(message_from(
+                    w.topic.as_str().into(),
+                    w.payload.clone(),
+                    w.qos,
+                    w.retain,
+                    &w.properties,
+                    Some(entry.mailbox.id()),
+                    now,
+                ))),
+                w.properties.will_delay_interval.unwrap_or(0),
+            ),
+            None => (None, 0),
+        };
+
+        let mut conn = Conn {
+            broker: self.clone(),
+            entry,
+            generation,
+            protocol: connect.protocol,
+            keep_alive,
+            client_receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
+            client_max_packet_size: props.maximum_packet_size.unwrap_or(u32::MAX),
+            client_topic_alias_maximum: props.topic_alias_maximum.unwrap_or(0),
+            aliases_in: HashMap::new(),
+            aliases_out: HashMap::new(),
+            will,
+            will_delay,
+            expiry_was_zero: expiry == 0,
+            out: Vec::new(),
+            batch: Vec::new(),
+        };
+        let mut properties = Properties::default();
+        if v5 {
+            let c = &self.config;
+            properties.assigned_client_identifier = assigned;
+            if expiry != requested_expiry {
+                properties.session_expiry_interval = Some(expiry);
+            }
+            properties.server_keep_alive = server_keep_alive;
+            properties.receive_maximum = Some(c.receive_maximum);
+            properties.maximum_packet_size = Some(c.max_packet_size);
+            properties.topic_alias_maximum = Some(c.topic_alias_maximum);
+            if !c.retain_available {
+                properties.retain_available = Some(0);
+            }
+        }
+        conn.out.push(Packet::ConnAck(ConnAck {
+            session_present,
+            reason: ReasonCode::SUCCESS,
+            properties,
+        }));
+        if session_present {
+            conn.resend_inflight();
+        }
+        Ok(conn)
+    }
+}
+
+/// A per-process value mixed into assigned client ids so they differ
+/// between runs of the broker.
+fn random_salt() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u8(0);
+    h.finish()
+}
+
+impl Conn {
+    pub fn client_id(&self) -> &Arc<str> {
+        &self.entry.client_id
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn mailbox(&self) -> &Arc<Mailbox> {
+        &self.entry.mailbox
+    }
+
+    /// How long the connection may stay silent: 1.5 times the keep alive.
+    pub fn keep_alive_timeout(&self) -> Option<Duration> {
+        (self.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 1500))
+    }
+
+    /// The largest packet the client accepts.
+    pub fn client_max_packet_size(&self) -> u32 {
+        self.client_max_packet_size
+    }
+
+    /// Packets waiting to be sent, in order. The caller drains it.
+    pub fn output(&mut self) -> &mut Vec<Packet> {
+        &mut self.out
+    }
+
+    /// Whether a QoS 1/2 delivery could be sent now (the window is open).
+    pub fn window_open(&self) -> bool {
+        let state = self.entry.state.lock();
+        state.inflight.len() < self.window()
+    }
+
+    fn window(&self) -> usize {
+        usize::from(
+            self.client_receive_maximum
+                .min(self.broker.config.max_inflight),
+        )
+    }
+
+    /// Whether this connection still owns its session (not taken over).
+    pub fn owns_session(&self) -> bool {
+        self.entry.state.lock().owner == self.generation
+    }
+
+    fn ack(&mut self, reason: ReasonCode, mut packet: PubResponse) -> PubResponse {
+        packet.reason = if self.protocol.is_v5() {
+            reason
+        } else {
+            ReasonCode::SUCCESS
+        };
+        packet
+    }
+
+    /// Handles one packet from the client. `Err(reason)` means the broker
+    /// closes the connection (with DISCONNECT `reason` for MQTT 5).
+    pub fn handle(&mut self, packet: Packet, now: Instant) -> Result<Flow, ReasonCode> {
+        match packet {
+            Packet::Publish(p) => self.handle_publish(p, now),
+            Packet::PubAck(r) => {
+                let mut state = self.entry.state.lock();
+                if state
+                    .inflight
+                    .get(&r.packet_id)
+                    .is_some_and(|i| i.delivery.qos == QoS::AtLeastOnce)
+                {
+                    state.inflight.remove(&r.packet_id);
+                }
+                Ok(Flow::Continue)
+            }
+            Packet::PubRec(r) => {
+                let reply = {
+                    let mut state = self.entry.state.lock();
+                    match state.inflight.get_mut(&r.packet_id) {
+                        Some(i) if i.delivery.qos == QoS::ExactlyOnce => {
+                            if r.reason.is_error() {
+                                state.inflight.remove(&r.packet_id);
+                                None
+                            } else {
+                                i.released = true;
+                                Some(ReasonCode::SUCCESS)
+                            }
+                        }
+                        _ => Some(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND),
+                    }
+                };
+                if let Some(code) = reply {
+                    let p = self.ack(code, PubResponse::new(r.packet_id, code));
+                    self.out.push(Packet::PubRel(p));
+                }
+                Ok(Flow::Continue)
+            }
+            Packet::PubRel(r) => {
+                let found = self.entry.state.lock().incoming_qos2.remove(&r.packet_id);
+                let code = if found {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                let p = self.ack(code, PubResponse::new(r.packet_id, code));
+                self.out.push(Packet::PubComp(p));
+                Ok(Flow::Continue)
+            }
+            Packet::PubComp(r) => {
+                let mut state = self.entry.state.lock();
+                if state.inflight.get(&r.packet_id).is_some_and(|i| i.released) {
+                    state.inflight.remove(&r.packet_id);
+                }
+                Ok(Flow::Continue)
+            }
+            Packet::Subscribe(s) => self.handle_subscribe(s, now),
+            Packet::Unsubscribe(u) => {
+                self.handle_unsubscribe(u);
+                Ok(Flow::Continue)
+            }
+            Packet::PingReq => {
+                self.out.push(Packet::PingResp);
+                Ok(Flow::Continue)
+            }
+            Packet::Disconnect(d) => {
+                if let Some(expiry) = d.properties.session_expiry_interval {
+                    if self.expiry_was_zero && expiry != 0 {
+                        return Err(ReasonCode::PROTOCOL_ERROR);
+                    }
+                    let expiry = expiry.min(self.broker.config.max_session_expiry);
+                    self.entry.state.lock().expiry_interval = expiry;
+                }
+                Ok(Flow::Disconnect {
+                    publish_will: d.reason != ReasonCode::NORMAL_DISCONNECTION,
+                })
+            }
+            // Enhanced authentication is not offered; a client never sends
+            // CONNACK, SUBACK, UNSUBACK or PINGRESP.
+            _ => Err(ReasonCode::PROTOCOL_ERROR),
+        }
+    }
+
+    fn handle_publish(&mut self, p: Publish, now: Instant) -> Result<Flow, ReasonCode> {
+        let v5 = self.protocol.is_v5();
+        if !p.properties.subscription_identifiers.is_empty() {
+            return Err(ReasonCode::PROTOCOL_ERROR);
+        }
+        let topic = match p.properties.topic_alias {
+            Some(alias) => {
+                if !v5 || alias == 0 || alias > self.broker.config.topic_alias_maximum {
+                    return Err(ReasonCode::TOPIC_ALIAS_INVALID);
+                }
+                if p.topic.is_empty() {
+                    self.aliases_in
+                        .get(&alias)
+                        .cloned()
+                        .ok_or(ReasonCode::PROTOCOL_ERROR)?
+                } else {
+                    self.aliases_in.insert(alias, p.topic.clone());
+                    p.topic
+                }
+            }
+            None if p.topic.is_empty() => return Err(ReasonCode::PROTOCOL_ERROR),
+            None => p.topic,
+        };
+        if p.retain && !self.broker.config.retain_available {
+            return Err(ReasonCode::RETAIN_NOT_SUPPORTED);
+        }
+        if p.qos == QoS::ExactlyOnce {
+            let state = self.entry.state.lock();
+            if state.incoming_qos2.contains(&p.packet_id) {
+                // A resent QoS 2 PUBLISH: already routed once.
+                drop(state);
+                let ack = self.ack(
+                    ReasonCode::SUCCESS,
+                    PubResponse::new(p.packet_id, ReasonCode::SUCCESS),
+                );
+                self.out.push(Packet::PubRec(ack));
+                return Ok(Flow::Continue);
+            }
+            if state.incoming_qos2.len() >= usize::from(self.broker.config.receive_maximum) {
+                return Err(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
+            }
+        }
+        if p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
+            let code = ReasonCode::PAYLOAD_FORMAT_INVALID;
+            match p.qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => {
+                    let ack = self.ack(code, PubResponse::new(p.packet_id, code));
+                    self.out.push(Packet::PubAck(ack));
+                }
+                QoS::ExactlyOnce => {
+                    let ack = self.ack(code, PubResponse::new(p.packet_id, code));
+                    self.out.push(Packet::PubRec(ack));
+                }
+            }
+            return Ok(Flow::Continue);
+        }
+        let message = Arc::new(message_from(
+            topic,
+            p.payload,
+            p.qos,
+            p.retain,
+            &p.properties,
+            Some(self.entry.mailbox.id()),
+            now,
+        ));
+        let delivered = self.broker.publish(message, now);
+        let code = if delivered == 0 {
+            ReasonCode::NO_MATCHING_SUBSCRIBERS
+        } else {
+            ReasonCode::SUCCESS
+        };
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                let ack = self.ack(code, PubResponse::new(p.packet_id, code));
+                self.out.push(Packet::PubAck(ack));
+            }
+            QoS::ExactlyOnce => {
+                self.entry.state.lock().incoming_qos2.insert(p.packet_id);
+                let ack = self.ack(code, PubResponse::new(p.packet_id, code));
+                self.out.push(Packet::PubRec(ack));
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn handle_subscribe(&mut self, s: Subscribe, now: Instant) -> Result<Flow, ReasonCode> {
+        let v5 = self.protocol.is_v5();
+        let subscription_id = s.properties.subscription_identifiers.first().copied();
+        let mut reasons = Vec::with_capacity(s.filters.len());
+        let mut retained = Vec::new();
+        {
+            let mut state = self.entry.state.lock();
+            for (raw, options) in &s.filters {
+                let parsed = match parse_filter(raw) {
+                    Ok(p) => p,
+                    Err(_) => {
+                        reasons.push(if v5 {
+                            ReasonCode::TOPIC_FILTER_INVALID
+                        } else {
+                            ReasonCode::UNSPECIFIED_ERROR
+                        });
+                        continue;
+                    }
+                };
+                if parsed.share_group.is_some() && options.no_local {
+                    return Err(ReasonCode::PROTOCOL_ERROR);
+                }
+                let existed = self.broker.tree.write().insert(
+                    &parsed,
+                    Subscriber {
+                        mailbox: self.entry.mailbox.clone(),
+                        options: *options,
+                        subscription_id,
+                    },
+                );
+                state.subscriptions.insert(raw.clone());
+                reasons.push(ReasonCode(options.qos as u8));
+                let send_retained = parsed.share_group.is_none()
+                    && match options.retain_handling {
+                        RetainHandling::SendAtSubscribe => true,
+                        RetainHandling::SendIfNew => !existed,
+                        RetainHandling::DoNotSend => false,
+                    };
+                if send_retained {
+                    for message in self.broker.retained_matching(parsed.filter, now) {
+                        retained.push(Delivery {
+                            qos: message.qos.min(options.qos),
+                            message,
+                            retain: true,
+                            subscription_ids: subscription_id.into_iter().collect(),
+                        });
+                    }
+                }
+            }
+        }
+        self.out.push(Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            reasons,
+            properties: Properties::default(),
+        }));
+        if !retained.is_empty() {
+            self.entry.mailbox.push_own(retained);
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn handle_unsubscribe(&mut self, u: Unsubscribe) {
+        let v5 = self.protocol.is_v5();
+        let mut reasons = Vec::new();
+        {
+            let mut state = self.entry.state.lock();
+            for raw in &u.filters {
+                let removed = match parse_filter(raw) {
+                    Ok(parsed) => {
+                        state.subscriptions.remove(raw);
+                        self.broker
+                            .tree
+                            .write()
+                            .remove(&parsed, self.entry.mailbox.id())
+                    }
+                    Err(_) => false,
+                };
+                reasons.push(if removed {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::NO_SUBSCRIPTION_EXISTED
+                });
+            }
+        }
+        self.out.push(Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            reasons: if v5 { reasons } else { Vec::new() },
+            properties: Properties::default(),
+        }));
+    }
+
+    /// Moves up to `max` queued deliveries into the output, as far as the
+    /// client's receive window allows. `Err` when the session was taken over.
+    pub fn poll_deliveries(&mut self, max: usize, now: Instant) -> Result<usize, ReasonCode> {
+        let entry = self.entry.clone();
+        let mut state = entry.state.lock();
+        if state.owner != self.generation {
+            return Err(ReasonCode::SESSION_TAKEN_OVER);
+        }
+        let window = self.window();
+        let mut batch = std::mem::take(&mut self.batch);
+        entry.mailbox.take(max, &mut batch);
+        let mut sent = 0;
+        let mut rest = batch.drain(..);
+        while let Some(d) = rest.next() {
+            if d.message.is_expired(now) {
+                continue;
+            }
+            if d.qos != QoS::AtMostOnce && state.inflight.len() >= window {
+                entry.mailbox.unshift(
+                    std::iter::once(d)
+                        .chain(rest.by_ref())
+                        .collect::<Vec<_>>()
+                        .into_iter(),
+                );
+                break;
+            }
+            let packet_id = if d.qos == QoS::AtMostOnce {
+                0
+            } else {
+                match state.allocate_packet_id() {
+                    Some(id) => id,
+                    None => break,
+                }
+            };
+            let publish = self.publish_packet(&d, packet_id, false, now);
+            if encoded_len(&publish, self.protocol) > self.client_max_packet_size as usize {
+                // Too large for this client: discarded as if delivered (MQTT 5 §3.1.2.11.4).
+                continue;
+            }
+            if d.qos != QoS::AtMostOnce {
+                state.inflight_seq += 1;
+                let seq = state.inflight_seq;
+                state.inflight.insert(
+                    packet_id,
+                    Inflight {
+                        seq,
+                        delivery: d,
+                        released: false,
+                    },
+                );
+            }
+            self.out.push(publish);
+            sent += 1;
+        }
+        drop(rest);
+        self.batch = batch;
+        self.broker
+            .stats
+            .messages_delivered
+            .fetch_add(sent as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(sent)
+    }
+
+    fn publish_packet(&mut self, d: &Delivery, packet_id: u16, dup: bool, now: Instant) -> Packet {
+        let m = &d.message;
+        let mut topic = m.topic.clone();
+        let properties = if self.protocol.is_v5() {
+            let mut p = m.properties.clone();
+            p.message_expiry_interval = m.remaining_expiry(now);
+            p.subscription_identifiers = d.subscription_ids.clone();
+            if !dup && self.client_topic_alias_maximum > 0 {
+                if let Some(alias) = self.aliases_out.get(&m.topic) {
+                    p.topic_alias = Some(*alias);
+                    topic = "".into();
+                } else if self.aliases_out.len() < usize::from(self.client_topic_alias_maximum) {
+                    let alias = self.aliases_out.len() as u16 + 1;
+                    self.aliases_out.insert(m.topic.clone(), alias);
+                    p.topic_alias = Some(alias);
+                }
+            }
+            p
+        } else {
+            Properties::default()
+        };
+        Packet::Publish(Publish {
+            dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic,
+            packet_id,
+            payload: m.payload.clone(),
+            properties,
+        })
+    }
+
+    /// Resends unacknowledged messages of a resumed session, in order:
+    /// PUBLISH with DUP for those awaiting PUBACK/PUBREC, PUBREL for the rest.
+    fn resend_inflight(&mut self) {
+        let inflight = self.entry.state.lock().inflight_in_order();
+        let now = Instant::now();
+        for (packet_id, i) in inflight {
+            if i.released {
+                self.out.push(Packet::PubRel(PubResponse::new(
+                    packet_id,
+                    ReasonCode::SUCCESS,
+                )));
+            } else {
+                let p = self.publish_packet(&i.delivery, packet_id, true, now);
+                self.out.push(p);
+            }
+        }
+    }
+
+    /// Ends the connection: publishes or schedules the will, and keeps the
+    /// session for its expiry interval or discards it.
+    pub fn close(self, cause: CloseCause, now: Instant) {
+        let publish_will = !matches!(
+            cause,
+            CloseCause::ClientDisconnect {
+                publish_will: false
+            }
+        );
+        let will = if publish_will { self.will } else { None };
+        let broker = self.broker;
+        let entry = self.entry;
+        let mut state = entry.state.lock();
+        if state.owner != self.generation {
+            // Taken over: a resumed session cancels a delayed will; otherwise
+            // the will goes out now.
+            let resumed = !state.ended;
+            drop(state);
+            if let Some(will) = will {
+                if self.will_delay == 0 || !resumed {
+                    broker.publish(will, now);
+                }
+            }
+            return;
+        }
+        state.owner = 0;
+        state.last_owner = self.generation;
+        entry.mailbox.set_online(false);
+        let expiry = state.expiry_interval;
+        if expiry == 0 {
+            drop(state);
+            broker.end_session(&entry, now);
+            if let Some(will) = will {
+                broker.publish(will, now);
+            }
+            return;
+        }
+        if expiry != u32::MAX {
+            broker.add_timer(
+                now + Duration::from_secs(u64::from(expiry)),
+                Timer::Expire(entry.clone(), self.generation),
+            );
+        }
+        match will {
+            Some(will) if self.will_delay > 0 => {
+                state.pending_will = Some(will);
+                let delay = self.will_delay.min(expiry);
+                drop(state);
+                broker.add_timer(
+                    now + Duration::from_secs(u64::from(delay)),
+                    Timer::Will(entry.clone(), self.generation),
+                );
+            }
+            Some(will) => {
+                drop(state);
+                broker.publish(will, now);
+            }
+            None => {}
+        }
+    }
+}

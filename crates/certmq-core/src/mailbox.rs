@@ -1,0 +1,170 @@
+//! The per-session queue that publishers push deliveries into.
+//!
+//! Publishers on any thread call [`Mailbox::push`]; the session's connection
+//! drains it. Each mailbox has its own small lock, so there is no global lock
+//! on the publish path. The queue is bounded: see [`Mailbox::push`] for the
+//! drop policy.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
+
+use certmq_codec::{QoS, ReasonCode};
+use parking_lot::Mutex;
+
+use crate::{Delivery, SessionId};
+
+/// Why a mailbox refused a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// The session is offline and the message is QoS 0 (not queued, as mosquitto).
+    OfflineQos0,
+    /// The queue holds `max_queued_messages` already.
+    QueueFull,
+}
+
+/// A request for the current connection of a session to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kick {
+    /// The connection generation being closed; newer connections ignore it.
+    pub generation: u64,
+    pub reason: ReasonCode,
+}
+
+#[derive(Debug)]
+pub struct Mailbox {
+    id: SessionId,
+    limit: usize,
+    online: AtomicBool,
+    dropped: AtomicU64,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    queue: VecDeque<Delivery>,
+    waker: Option<Waker>,
+    kick: Option<Kick>,
+}
+
+/// What a connection finds when it polls its mailbox.
+pub enum Ready {
+    Deliveries,
+    Kicked(Kick),
+}
+
+impl Mailbox {
+    pub fn new(id: SessionId, limit: usize) -> Self {
+        Self {
+            id,
+            limit,
+            online: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_online(&self, online: bool) {
+        self.online.store(online, Ordering::Relaxed);
+    }
+
+    /// Messages refused so far by the drop policy.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Queues a delivery. Drop policy: QoS 0 messages for an offline session
+    /// are dropped; any message arriving while `limit` deliveries are queued
+    /// is dropped (the newest is lost, the queued ones keep their order).
+    pub fn push(&self, delivery: Delivery) -> Result<(), Dropped> {
+        if delivery.qos == QoS::AtMostOnce && !self.is_online() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return Err(Dropped::OfflineQos0);
+        }
+        let waker = {
+            let mut inner = self.inner.lock();
+            if inner.queue.len() >= self.limit {
+                drop(inner);
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return Err(Dropped::QueueFull);
+            }
+            inner.queue.push_back(delivery);
+            inner.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Queues deliveries the session asked for itself (retained messages on
+    /// subscribe), which the limit does not apply to.
+    pub(crate) fn push_own(&self, deliveries: impl IntoIterator<Item = Delivery>) {
+        let waker = {
+            let mut inner = self.inner.lock();
+            inner.queue.extend(deliveries);
+            inner.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Asks the connection of `generation` to close with `reason`.
+    pub fn kick(&self, generation: u64, reason: ReasonCode) {
+        let waker = {
+            let mut inner = self.inner.lock();
+            inner.kick = Some(Kick { generation, reason });
+            inner.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Ready when deliveries are queued or a kick for `generation` arrived.
+    pub fn poll_ready(&self, cx: &mut Context<'_>, generation: u64) -> Poll<Ready> {
+        let mut inner = self.inner.lock();
+        if let Some(k) = inner.kick {
+            if k.generation == generation {
+                return Poll::Ready(Ready::Kicked(k));
+            }
+        }
+        if !inner.queue.is_empty() {
+            return Poll::Ready(Ready::Deliveries);
+        }
+        inner.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Takes up to `max` deliveries from the front.
+    pub(crate) fn take(&self, max: usize, out: &mut Vec<Delivery>) {
+        let mut inner = self.inner.lock();
+        let n = max.min(inner.queue.len());
+        out.extend(inner.queue.drain(..n));
+    }
+
+    /// Puts deliveries back at the front, in order (the window closed).
+    pub(crate) fn unshift(&self, back: impl DoubleEndedIterator<Item = Delivery>) {
+        let mut inner = self.inner.lock();
+        for d in back.rev() {
+            inner.queue.push_front(d);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,300 @@
+//! The subscription trie: topic filters, level by level, to subscribers.
+//!
+//! Matching a topic walks one path per level plus the `+` and `#` branches,
+//! so its cost grows with the topic depth, not with the number of filters.
+//! Shared subscriptions live at their filter's node, one group per name.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use certmq_codec::SubscriptionOptions;
+
+use crate::topic::ParsedFilter;
+use crate::{Mailbox, SessionId};
+
+/// One session's subscription at one filter.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    pub mailbox: Arc<Mailbox>,
+    pub options: SubscriptionOptions,
+    pub subscription_id: Option<u32>,
+}
+
+impl Subscriber {
+    pub fn session(&self) -> SessionId {
+        self.mailbox.id()
+    }
+}
+
+#[derive(Debug, Default)]
+struct SharedGroup {
+    members: Vec<Subscriber>,
+    next: AtomicUsize,
+}
+
+impl SharedGroup {
+    /// Round robin over the members, skipping offline ones while any is online.
+    fn pick(&self) -> Option<&Subscriber> {
+        let n = self.members.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            let m = self.members.get((start + i) % n)?;
+            if m.mailbox.is_online() {
+                self.next.store(start + i + 1, Ordering::Relaxed);
+                return Some(m);
+            }
+        }
+        self.members.get(start % n)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    children: HashMap<Box<str>, Node>,
+    subs: HashMap<SessionId, Subscriber>,
+    shared: HashMap<Box<str>, SharedGroup>,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.subs.is_empty() && self.shared.is_empty()
+    }
+}
+
+/// A match: the subscriber and whether it came from a shared subscription.
+pub type Match<'a> = (&'a Subscriber, bool);
+
+#[derive(Debug, Default)]
+pub struct SubscriptionTree {
+    root: Node,
+    len: usize,
+}
+
+impl SubscriptionTree {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of subscriptions held (shared members included).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds or replaces a session's subscription; returns true when it replaced one.
+    pub fn insert(&mut self, filter: &ParsedFilter<'_>, sub: Subscriber) -> bool {
+        let mut node = &mut self.root;
+        for level in filter.filter.split('/') {
+            node = node.children.entry(level.into()).or_default();
+        }
+        let existed = match filter.share_group {
+            None => node.subs.insert(sub.session(), sub).is_some(),
+            Some(group) => {
+                let g = node.shared.entry(group.into()).or_default();
+                match g.members.iter_mut().find(|m| m.session() == sub.session()) {
+                    Some(m) => {
+                        *m = sub;
+                        true
+                    }
+                    None => {
+                        g.members.push(sub);
+                        false
+                    }
+                }
+            }
+        };
+        if !existed {
+            self.len += 1;
+        }
+        existed
+    }
+
+    /// Removes a session's subscription; returns whether it existed.
+    pub fn remove(&mut self, filter: &ParsedFilter<'_>, session: SessionId) -> bool {
+        let levels: Vec<&str> = filter.filter.split('/').collect();
+        let removed = remove_at(&mut self.root, &levels, filter.share_group, session);
+        if removed {
+            self.len -= 1;
+        }
+        removed
+    }
+
+    /// Appends every subscriber whose filter matches `topic`; for each shared
+    /// group, one member. Returns true when matches came from more than one
+    /// node, so one session may appear more than once.
+    pub fn matches<'a>(&'a self, topic: &str, out: &mut Vec<Match<'a>>) -> bool {
+        let mut nodes = 0;
+        let dollar = topic.starts_with('$');
+        let levels = topic.split('/');
+        collect(&self.root, levels, out, &mut nodes, dollar);
+        nodes > 1
+    }
+}
+
+fn add<'a>(node: &'a Node, out: &mut Vec<Match<'a>>, nodes: &mut usize) {
+    if node.subs.is_empty() && node.shared.is_empty() {
+        return;
+    }
+    *nodes += 1;
+    out.extend(node.subs.values().map(|s| (s, false)));
+    out.extend(
+        node.shared
+            .values()
+            .filter_map(|g| g.pick())
+            .map(|s| (s, true)),
+    );
+}
+
+fn collect<'a>(
+    node: &'a Node,
+    mut levels: std::str::Split<'_, char>,
+    out: &mut Vec<Match<'a>>,
+    nodes: &mut usize,
+    first_is_dollar: bool,
+) {
+    let Some(level) = levels.next() else {
+        add(node, out, nodes);
+        // "a/#" also matches "a".
+        if let Some(hash) = node.children.get("#") {
+            add(hash, out, nodes);
+        }
+        return;
+    };
+    if !first_is_dollar {
+        if let Some(hash) = node.children.get("#") {
+            add(hash, out, nodes);
+        }
+        if let Some(plus) = node.children.get("+") {
+            collect(plus, levels.clone(), out, nodes, false);
+        }
+    }
+    if let Some(child) = node.children.get(level) {
+        collect(child, levels, out, nodes, false);
+    }
+}
+
+fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, session: SessionId) -> bool {
+    let Some((first, rest)) = levels.split_first() else {
+        return match group {
+            None => node.subs.remove(&session).is_some(),
+            Some(group) => {
+                let Some(g) = node.shared.get_mut(group) else {
+                    return false;
+                };
+                let before = g.members.len();
+                g.members.retain(|m| m.session() != session);
+                let removed = g.members.len() != before;
+                if g.members.is_empty() {
+                    node.shared.remove(group);
+                }
+                removed
+            }
+        };
+    };
+    let Some(child) = node.children.get_mut(*first) else {
+        return false;
+    };
+    let removed = remove_at(child, rest, group, session);
+    if child.is_empty() {
+        node.children.remove(*first);
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topic::{matches as oracle, parse_filter};
+    use proptest::prelude::*;
+
+    fn sub(id: u64) -> Subscriber {
+        Subscriber {
+            mailbox: Arc::new(Mailbox::new(SessionId(id), 10)),
+            options: SubscriptionOptions::default(),
+            subscription_id: None,
+        }
+    }
+
+    fn level() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("a".to_owned()),
+            Just("b".to_owned()),
+            Just("".to_owned()),
+            Just("$x".to_owned())
+        ]
+    }
+
+    fn filter() -> impl Strategy<Value = String> {
+        proptest::collection::vec(prop_oneof![level(), Just("+".to_owned())], 1..4)
+            .prop_flat_map(|levels| {
+                (Just(levels), any::<bool>()).prop_map(|(mut l, hash)| {
+                    if hash {
+                        l.push("#".to_owned());
+                    }
+                    l.join("/")
+                })
+            })
+            .prop_filter("a filter is never empty", |f| !f.is_empty())
+    }
+
+    fn topic() -> impl Strategy<Value = String> {
+        proptest::collection::vec(level(), 1..5).prop_map(|l| l.join("/"))
+    }
+
+    proptest! {
+        /// The trie finds exactly the filters that the brute-force matcher accepts.
+        #[test]
+        fn trie_agrees_with_brute_force(filters in proptest::collection::vec(filter(), 1..12), topics in proptest::collection::vec(topic(), 1..8), removals in proptest::collection::vec(any::<usize>(), 0..4)) {
+            let mut tree = SubscriptionTree::new();
+            let mut live: Vec<(u64, String)> = Vec::new();
+            for (i, f) in filters.iter().enumerate() {
+                let parsed = parse_filter(f).unwrap();
+                tree.insert(&parsed, sub(i as u64));
+                live.push((i as u64, f.clone()));
+            }
+            for r in removals {
+                if live.is_empty() { break; }
+                let (id, f) = live.remove(r % live.len());
+                prop_assert!(tree.remove(&parse_filter(&f).unwrap(), SessionId(id)));
+            }
+            prop_assert_eq!(tree.len(), live.len());
+            for t in &topics {
+                let mut out = Vec::new();
+                tree.matches(t, &mut out);
+                let mut got: Vec<u64> = out.iter().map(|(s, _)| s.session().0).collect();
+                got.sort_unstable();
+                let mut want: Vec<u64> = live.iter().filter(|(_, f)| oracle(f, t)).map(|(id, _)| *id).collect();
+                want.sort_unstable();
+                prop_assert_eq!(got, want, "topic {}", t);
+            }
+        }
+    }
+
+    #[test]
+    fn shared_group_round_robins_over_online_members() {
+        let mut tree = SubscriptionTree::new();
+        let f = parse_filter("$share/g/t").unwrap();
+        let subs: Vec<Subscriber> = (0..3).map(sub).collect();
+        for s in &subs {
+            s.mailbox.set_online(true);
+            tree.insert(&f, s.clone());
+        }
+        subs[1].mailbox.set_online(false);
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let mut out = Vec::new();
+            tree.matches("t", &mut out);
+            assert_eq!(out.len(), 1);
+            assert!(out[0].1);
+            seen.push(out[0].0.session().0);
+        }
+        assert_eq!(seen, vec![0, 2, 0, 2]);
+    }
+}
