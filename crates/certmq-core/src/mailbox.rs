@@ -130,15 +130,21 @@ impl Mailbox {
         }
     }
 
-    /// Ready when deliveries are queued or a kick for `generation` arrived.
-    pub fn poll_ready(&self, cx: &mut Context<'_>, generation: u64) -> Poll<Ready> {
+    /// Ready when a kick for `generation` arrived, or (if `want_deliveries`)
+    /// when deliveries are queued; otherwise registers the task to be woken.
+    pub fn poll_ready(
+        &self,
+        cx: &mut Context<'_>,
+        generation: u64,
+        want_deliveries: bool,
+    ) -> Poll<Ready> {
         let mut inner = self.inner.lock();
         if let Some(k) = inner.kick {
             if k.generation == generation {
                 return Poll::Ready(Ready::Kicked(k));
             }
         }
-        if !inner.queue.is_empty() {
+        if want_deliveries && !inner.queue.is_empty() {
             return Poll::Ready(Ready::Deliveries);
         }
         inner.waker = Some(cx.waker().clone());

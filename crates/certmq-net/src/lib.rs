@@ -1,1 +1,148 @@
-//! placeholder
+//! certmq's network side: listeners (MQTT over TCP and WebSocket), one task
+//! per connection driving a core [`certmq_core::Conn`], the housekeeping
+//! task that runs the broker's timers, and the one shutdown path.
+//!
+//! What it does not do: parse configuration files, install signal handlers
+//! or set up logging (the `certmq` binary does), or decide broker semantics
+//! (`certmq-core` does).
+//!
+//! Shutdown: [`Server::run`] returns when its shutdown future completes;
+//! listeners stop accepting, every connection is told (MQTT 5 DISCONNECT
+//! 0x8B) and closed, and the server waits up to the grace period for them.
+
+#![forbid(unsafe_code)]
+
+mod config;
+mod driver;
+mod listener;
+mod transport;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use certmq_core::Broker;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+pub use config::{ListenerConfig, NetConfig, Protocol};
+pub use driver::PeerInfo;
+pub use transport::{StreamTransport, Transport, WsTransport};
+
+/// State shared by every connection task.
+pub(crate) struct Shared {
+    pub broker: Arc<Broker>,
+    pub config: NetConfig,
+    pub connections: AtomicUsize,
+}
+
+/// A bound listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoundListener {
+    pub protocol: Protocol,
+    pub addr: SocketAddr,
+}
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr} ({protocol}): {source}")]
+    Bind {
+        protocol: &'static str,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+}
+
+pub struct Server {
+    shared: Arc<Shared>,
+    listeners: Vec<(ListenerConfig, TcpListener)>,
+}
+
+impl Server {
+    /// Binds every listener, so that the real addresses (port 0) are known
+    /// before [`Server::run`].
+    pub async fn bind(broker: Arc<Broker>, config: NetConfig) -> Result<Self, ServerError> {
+        let mut listeners = Vec::new();
+        for l in &config.listeners {
+            let socket = TcpListener::bind(l.addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    protocol: l.protocol.name(),
+                    addr: l.addr,
+                    source,
+                })?;
+            listeners.push((l.clone(), socket));
+        }
+        Ok(Self {
+            shared: Arc::new(Shared {
+                broker,
+                config,
+                connections: AtomicUsize::new(0),
+            }),
+            listeners,
+        })
+    }
+
+    pub fn local_addrs(&self) -> Vec<BoundListener> {
+        self.listeners
+            .iter()
+            .filter_map(|(c, l)| {
+                Some(BoundListener {
+                    protocol: c.protocol,
+                    addr: l.local_addr().ok()?,
+                })
+            })
+            .collect()
+    }
+
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.shared.broker
+    }
+
+    /// Serves until `shutdown` completes, then drains every connection.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // Every task holds a sender; `recv` returns None once all are gone.
+        let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+        for (config, socket) in self.listeners {
+            let shared = self.shared.clone();
+            tokio::spawn(listener::accept_loop(
+                socket,
+                config,
+                shared,
+                stop_rx.clone(),
+                done_tx.clone(),
+            ));
+        }
+        let housekeeping = tokio::spawn(housekeeping(self.shared.broker.clone(), stop_rx.clone()));
+        drop(done_tx);
+        shutdown.await;
+        tracing::info!("shutting down: closing connections");
+        let _ = stop_tx.send(true);
+        let grace = self.shared.config.shutdown_grace;
+        if tokio::time::timeout(grace, done_rx.recv()).await.is_err() {
+            tracing::warn!(?grace, "connections still open after the grace period");
+        }
+        housekeeping.abort();
+    }
+}
+
+/// Runs the broker's timers (delayed wills, session expiry) when they fall due.
+async fn housekeeping(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let now = tokio::time::Instant::now();
+        let next = broker
+            .next_deadline()
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or(now + Duration::from_secs(1))
+            .min(now + Duration::from_secs(1));
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep_until(next) => broker.tick(std::time::Instant::now()),
+        }
+    }
+}

@@ -1,1 +1,131 @@
-fn main() {}
+//! The `certmq` binary: the broker (`certmq serve`) and its tools.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+mod config;
+
+use config::{Config, ListenAddr};
+
+#[derive(Parser)]
+#[command(
+    name = "certmq",
+    version,
+    about = "An MQTT broker with first-class X.509 certificate management"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a broker node.
+    Serve(ServeArgs),
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the full default configuration (TOML).
+    Default,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Configuration file (TOML); see `certmq config default`.
+    #[arg(long, env = "CERTMQ_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory for the node's state (default ./data).
+    #[arg(long, env = "CERTMQ_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// MQTT over TCP listener address, or `off` (default 127.0.0.1:1883).
+    #[arg(long, env = "CERTMQ_LISTEN_TCP", value_name = "ADDR")]
+    listen_tcp: Option<ListenAddr>,
+    /// MQTT over WebSocket listener address, or `off` (default 127.0.0.1:8083).
+    #[arg(long, env = "CERTMQ_LISTEN_WS", value_name = "ADDR")]
+    listen_ws: Option<ListenAddr>,
+    /// Log filter, as RUST_LOG (default `info`).
+    #[arg(long, env = "CERTMQ_LOG", default_value = "info")]
+    log: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Config {
+            command: ConfigCommand::Default,
+        } => Config::default_toml().map(|t| print!("{t}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("certmq: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .with_context(|| format!("invalid log filter '{}'", args.log))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    config.listeners.tcp.apply(args.listen_tcp.as_ref());
+    config.listeners.ws.apply(args.listen_ws.as_ref());
+    config.validate()?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let broker = certmq_core::Broker::new(config.broker_config());
+        let server = certmq_net::Server::bind(broker, config.net_config()).await?;
+        for l in server.local_addrs() {
+            tracing::info!("listening protocol={} addr={}", l.protocol.name(), l.addr);
+        }
+        server.run(shutdown_signal()).await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

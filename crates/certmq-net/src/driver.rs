@@ -1,0 +1,222 @@
+//! Drives one client connection: reads and decodes packets, hands them to
+//! the core's [`Conn`], writes what it produces, delivers queued messages,
+//! enforces the connect timeout and keep alive, and closes cleanly.
+
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use certmq_codec::{
+    decode, encode, encoded_len, DecodeError, Disconnect, Packet, Properties, Protocol, ReasonCode,
+};
+use certmq_core::{CloseCause, Conn, ConnectContext, Flow, Ready};
+use tokio::sync::watch;
+use tokio::time::{sleep_until, timeout};
+
+use crate::transport::Transport;
+use crate::Shared;
+
+/// Deliveries moved from the mailbox per round before writing.
+const DELIVERY_BATCH: usize = 256;
+
+/// Facts about the connection established by the listener.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub addr: SocketAddr,
+    pub allow_anonymous: bool,
+    /// The client's certificate chain (DER), leaf first, when TLS presented one.
+    pub certificates: Vec<bytes::Bytes>,
+}
+
+pub(crate) async fn run<T: Transport>(
+    mut t: T,
+    shared: Arc<Shared>,
+    peer: PeerInfo,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let max_in = shared.broker.config().max_packet_size as usize;
+    let mut rbuf = BytesMut::with_capacity(4096);
+    let connect = match timeout(
+        shared.config.connect_timeout,
+        read_connect(&mut t, &mut rbuf, max_in),
+    )
+    .await
+    {
+        Err(_) => {
+            tracing::debug!(peer = %peer.addr, "no CONNECT within the connect timeout");
+            t.shutdown().await;
+            return;
+        }
+        Ok(Err(ConnectError::Io)) => return,
+        Ok(Err(ConnectError::Decode(e))) => {
+            tracing::debug!(peer = %peer.addr, error = %e, "bad CONNECT");
+            if let DecodeError::UnsupportedVersion(_) = e {
+                // The MQTT 3 CONNACK "unacceptable protocol version".
+                let _ = t
+                    .send(bytes::Bytes::from_static(&[0x20, 0x02, 0x00, 0x01]))
+                    .await;
+            }
+            t.shutdown().await;
+            return;
+        }
+        Ok(Ok(c)) => c,
+    };
+    let protocol = connect.protocol;
+    let ctx = ConnectContext {
+        authorized: peer.allow_anonymous,
+    };
+    let mut wbuf = BytesMut::with_capacity(4096);
+    let mut conn = match shared.broker.connect(connect, &ctx, Instant::now()) {
+        Ok(conn) => conn,
+        Err(connack) => {
+            tracing::info!(peer = %peer.addr, reason = %connack.reason, "CONNECT refused");
+            encode(&Packet::ConnAck(connack), protocol, &mut wbuf);
+            let _ = t.send(wbuf.split().freeze()).await;
+            t.shutdown().await;
+            return;
+        }
+    };
+    tracing::debug!(peer = %peer.addr, client_id = %conn.client_id(), ?protocol, "connected");
+    let cause = session_loop(
+        &mut t,
+        &mut conn,
+        &mut rbuf,
+        &mut wbuf,
+        &mut shutdown,
+        max_in,
+    )
+    .await;
+    if let CloseCause::Server(reason) = cause {
+        if protocol.is_v5() {
+            let d = Packet::Disconnect(Disconnect {
+                reason,
+                properties: Properties::default(),
+            });
+            encode(&d, protocol, &mut wbuf);
+        }
+        let _ = t.send(wbuf.split().freeze()).await;
+    }
+    tracing::debug!(client_id = %conn.client_id(), ?cause, "closed");
+    t.shutdown().await;
+    conn.close(cause, Instant::now());
+}
+
+enum ConnectError {
+    Io,
+    Decode(DecodeError),
+}
+
+async fn read_connect<T: Transport>(
+    t: &mut T,
+    rbuf: &mut BytesMut,
+    max: usize,
+) -> Result<certmq_codec::Connect, ConnectError> {
+    loop {
+        match decode(rbuf, None, max) {
+            Ok(Some(Packet::Connect(c))) => return Ok(*c),
+            Ok(Some(_)) => {
+                return Err(ConnectError::Decode(DecodeError::Protocol(
+                    "first packet must be CONNECT",
+                )))
+            }
+            Ok(None) => {}
+            Err(e) => return Err(ConnectError::Decode(e)),
+        }
+        match t.read_into(rbuf).await {
+            Ok(0) | Err(_) => return Err(ConnectError::Io),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Encodes the connection's pending output into `wbuf`, leaving out packets
+/// larger than the client accepts.
+fn drain_output(conn: &mut Conn, wbuf: &mut BytesMut) {
+    let protocol = conn.protocol();
+    let max = conn.client_max_packet_size() as usize;
+    for packet in conn.output().drain(..) {
+        if protocol.is_v5() && encoded_len(&packet, protocol) > max {
+            continue;
+        }
+        encode(&packet, protocol, wbuf);
+    }
+}
+
+async fn session_loop<T: Transport>(
+    t: &mut T,
+    conn: &mut Conn,
+    rbuf: &mut BytesMut,
+    wbuf: &mut BytesMut,
+    shutdown: &mut watch::Receiver<bool>,
+    max_in: usize,
+) -> CloseCause {
+    let protocol: Protocol = conn.protocol();
+    let keep_alive = conn.keep_alive_timeout();
+    let mut last_heard = tokio::time::Instant::now();
+    let mailbox = conn.mailbox().clone();
+    let generation = conn.generation();
+    // Packets that arrived together with CONNECT.
+    let mut pending_input = !rbuf.is_empty();
+    loop {
+        if pending_input {
+            pending_input = false;
+            loop {
+                match decode(rbuf, Some(protocol), max_in) {
+                    Ok(Some(packet)) => match conn.handle(packet, Instant::now()) {
+                        Ok(Flow::Continue) => {}
+                        Ok(Flow::Disconnect { publish_will }) => {
+                            drain_output(conn, wbuf);
+                            if !wbuf.is_empty() {
+                                let _ = t.send(wbuf.split().freeze()).await;
+                            }
+                            return CloseCause::ClientDisconnect { publish_will };
+                        }
+                        Err(reason) => return CloseCause::Server(reason),
+                    },
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(client_id = %conn.client_id(), error = %e, "malformed input");
+                        return CloseCause::Server(e.reason_code());
+                    }
+                }
+            }
+        }
+        if conn.window_open() && !mailbox.is_empty() {
+            if let Err(reason) = conn.poll_deliveries(DELIVERY_BATCH, Instant::now()) {
+                return CloseCause::Server(reason);
+            }
+        }
+        drain_output(conn, wbuf);
+        if !wbuf.is_empty() && t.send(wbuf.split().freeze()).await.is_err() {
+            return CloseCause::ConnectionLost;
+        }
+        let want_deliveries = conn.window_open();
+        let deadline = keep_alive.map(|k| last_heard + k);
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => return CloseCause::Server(ReasonCode::SERVER_SHUTTING_DOWN),
+            ready = poll_fn(|cx| mailbox.poll_ready(cx, generation, want_deliveries)) => {
+                match ready {
+                    Ready::Kicked(k) => return CloseCause::Server(k.reason),
+                    Ready::Deliveries => {
+                        if let Err(reason) = conn.poll_deliveries(DELIVERY_BATCH, Instant::now()) {
+                            return CloseCause::Server(reason);
+                        }
+                    }
+                }
+            }
+            read = t.read_into(rbuf) => match read {
+                Ok(0) | Err(_) => return CloseCause::ConnectionLost,
+                Ok(_) => {
+                    last_heard = tokio::time::Instant::now();
+                    pending_input = true;
+                }
+            },
+            _ = async { match deadline { Some(d) => sleep_until(d).await, None => std::future::pending().await } } => {
+                return CloseCause::Server(ReasonCode::KEEP_ALIVE_TIMEOUT);
+            }
+        }
+    }
+}

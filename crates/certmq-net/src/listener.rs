@@ -1,0 +1,105 @@
+//! Accept loops: one per listener, one task per accepted connection.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+
+use crate::driver::{self, PeerInfo};
+use crate::transport::{StreamTransport, WsTransport};
+use crate::{ListenerConfig, Protocol, Shared};
+
+pub(crate) async fn accept_loop(
+    socket: TcpListener,
+    config: ListenerConfig,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    done: mpsc::Sender<()>,
+) {
+    let allow_anonymous = config.allows_anonymous();
+    loop {
+        let (stream, addr) = tokio::select! {
+            _ = stop.changed() => return,
+            accepted = socket.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly
+                    // instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let count = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        if count > shared.config.max_connections {
+            shared.connections.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!(peer = %addr, "maximum connections reached; connection refused");
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let peer = PeerInfo {
+            addr,
+            allow_anonymous,
+            certificates: Vec::new(),
+        };
+        let shared = shared.clone();
+        let stop = stop.clone();
+        let done = done.clone();
+        let protocol = config.protocol;
+        tokio::spawn(async move {
+            match protocol {
+                Protocol::MqttTcp => {
+                    driver::run(StreamTransport(stream), shared.clone(), peer, stop).await
+                }
+                Protocol::MqttWs => serve_ws(stream, shared.clone(), peer, stop).await,
+            }
+            shared.connections.fetch_sub(1, Ordering::Relaxed);
+            drop(done);
+        });
+    }
+}
+
+/// The WebSocket handshake: path `/mqtt`, subprotocol `mqtt` when offered.
+async fn serve_ws(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    peer: PeerInfo,
+    stop: watch::Receiver<bool>,
+) {
+    let check = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        if req.uri().path() != "/mqtt" {
+            let mut err = ErrorResponse::new(Some("MQTT is served at /mqtt".into()));
+            *err.status_mut() = StatusCode::NOT_FOUND;
+            return Err(err);
+        }
+        let offered = req
+            .headers()
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .find(|p| matches!(*p, "mqtt" | "mqttv3.1"))
+            .map(str::to_owned);
+        if let Some(p) = offered {
+            if let Ok(v) = HeaderValue::from_str(&p) {
+                resp.headers_mut().insert("sec-websocket-protocol", v);
+            }
+        }
+        Ok(resp)
+    };
+    let handshake = tokio::time::timeout(
+        shared.config.connect_timeout,
+        tokio_tungstenite::accept_hdr_async(stream, check),
+    );
+    match handshake.await {
+        Ok(Ok(ws)) => driver::run(WsTransport(ws), shared, peer, stop).await,
+        Ok(Err(e)) => tracing::debug!(peer = %peer.addr, error = %e, "WebSocket handshake failed"),
+        Err(_) => tracing::debug!(peer = %peer.addr, "WebSocket handshake timed out"),
+    }
+}

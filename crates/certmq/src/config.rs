@@ -1,0 +1,249 @@
+//! The configuration file (TOML), its defaults, and how flags and
+//! `CERTMQ_*` variables override it. Unknown keys are refused.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use certmq_core::BrokerConfig;
+use certmq_net::{ListenerConfig, NetConfig, Protocol};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the node keeps its state.
+    pub data_dir: PathBuf,
+    pub broker: BrokerSection,
+    pub connections: ConnectionsSection,
+    pub listeners: ListenersSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerSection {
+    /// Largest packet accepted from a client, in bytes.
+    pub max_packet_size: u32,
+    /// Unacknowledged QoS 1/2 PUBLISH packets a client may send (Receive Maximum).
+    pub receive_maximum: u16,
+    /// QoS 1/2 messages in flight towards one client.
+    pub max_inflight: u16,
+    /// Messages queued per session before new ones are dropped.
+    pub max_queued_messages: usize,
+    /// Topic aliases a client may use towards the broker.
+    pub topic_alias_maximum: u16,
+    /// Highest keep alive accepted (seconds); MQTT 5 clients asking for more get this.
+    pub max_keep_alive: u16,
+    /// Upper bound on session expiry (seconds).
+    pub max_session_expiry: u32,
+    pub retain_available: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionsSection {
+    /// Seconds a new connection has to send CONNECT.
+    pub connect_timeout_secs: u64,
+    /// Connections held at once.
+    pub max_connections: usize,
+    /// Seconds given to connections to close at shutdown.
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenersSection {
+    pub tcp: ListenerSection,
+    pub ws: ListenerSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSection {
+    pub enabled: bool,
+    pub addr: SocketAddr,
+    /// Clients without credentials may connect; unset means "only when bound to loopback".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_anonymous: Option<bool>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            broker: BrokerSection::default(),
+            connections: ConnectionsSection::default(),
+            listeners: ListenersSection::default(),
+        }
+    }
+}
+
+impl Default for BrokerSection {
+    fn default() -> Self {
+        let d = BrokerConfig::default();
+        Self {
+            max_packet_size: d.max_packet_size,
+            receive_maximum: d.receive_maximum,
+            max_inflight: d.max_inflight,
+            max_queued_messages: d.max_queued_messages,
+            topic_alias_maximum: d.topic_alias_maximum,
+            max_keep_alive: d.max_keep_alive,
+            max_session_expiry: d.max_session_expiry,
+            retain_available: d.retain_available,
+        }
+    }
+}
+
+impl Default for ConnectionsSection {
+    fn default() -> Self {
+        let d = NetConfig::default();
+        Self {
+            connect_timeout_secs: d.connect_timeout.as_secs(),
+            max_connections: d.max_connections,
+            shutdown_grace_secs: d.shutdown_grace.as_secs(),
+        }
+    }
+}
+
+impl Default for ListenersSection {
+    fn default() -> Self {
+        let listener = |addr: [u8; 4], port| ListenerSection {
+            enabled: true,
+            addr: SocketAddr::from((addr, port)),
+            allow_anonymous: None,
+        };
+        Self {
+            tcp: listener([127, 0, 0, 1], 1883),
+            ws: listener([127, 0, 0, 1], 8083),
+        }
+    }
+}
+
+/// A listen address from a flag or variable: `HOST:PORT`, or `off`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ListenAddr {
+    Off,
+    At(SocketAddr),
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(ListenAddr::Off);
+        }
+        s.parse().map(ListenAddr::At).map_err(|_| {
+            format!("expected IP:PORT (for example 127.0.0.1:1883) or 'off', got '{s}'")
+        })
+    }
+}
+
+impl ListenerSection {
+    pub fn apply(&mut self, flag: Option<&ListenAddr>) {
+        match flag {
+            Some(ListenAddr::Off) => self.enabled = false,
+            Some(ListenAddr::At(addr)) => {
+                self.enabled = true;
+                self.addr = *addr;
+            }
+            None => {}
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let config: Config = toml::from_str(&text)
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let b = &self.broker;
+        if b.max_packet_size < 64 || b.max_packet_size > certmq_codec::VARINT_MAX + 5 {
+            bail!("broker.max_packet_size must be between 64 and 268435460 bytes");
+        }
+        if b.receive_maximum == 0 || b.max_inflight == 0 {
+            bail!("broker.receive_maximum and broker.max_inflight must be at least 1");
+        }
+        if b.max_queued_messages == 0 {
+            bail!("broker.max_queued_messages must be at least 1");
+        }
+        if self.connections.max_connections == 0 {
+            bail!("connections.max_connections must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn broker_config(&self) -> BrokerConfig {
+        let b = &self.broker;
+        BrokerConfig {
+            max_packet_size: b.max_packet_size,
+            receive_maximum: b.receive_maximum,
+            max_inflight: b.max_inflight,
+            max_queued_messages: b.max_queued_messages,
+            topic_alias_maximum: b.topic_alias_maximum,
+            max_keep_alive: b.max_keep_alive,
+            max_session_expiry: b.max_session_expiry,
+            retain_available: b.retain_available,
+        }
+    }
+
+    pub fn net_config(&self) -> NetConfig {
+        let c = &self.connections;
+        let mut listeners = Vec::new();
+        for (protocol, l) in [
+            (Protocol::MqttTcp, &self.listeners.tcp),
+            (Protocol::MqttWs, &self.listeners.ws),
+        ] {
+            if l.enabled {
+                listeners.push(ListenerConfig {
+                    protocol,
+                    addr: l.addr,
+                    allow_anonymous: l.allow_anonymous,
+                });
+            }
+        }
+        NetConfig {
+            listeners,
+            connect_timeout: Duration::from_secs(c.connect_timeout_secs),
+            max_connections: c.max_connections,
+            shutdown_grace: Duration::from_secs(c.shutdown_grace_secs),
+        }
+    }
+
+    /// The default configuration as a commented TOML document.
+    pub fn default_toml() -> anyhow::Result<String> {
+        let body = toml::to_string_pretty(&Config::default())?;
+        Ok(format!(
+            "# certmq configuration: every key with its default value.\n\
+             # Precedence: built-in defaults < this file < CERTMQ_* variables < flags.\n\
+             # A listener's allow_anonymous defaults to true on loopback addresses, false otherwise.\n\n{body}"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_toml_round_trips() {
+        let text = Config::default_toml().unwrap();
+        let parsed: Config = toml::from_str(&text).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = toml::from_str::<Config>("[broker]\nmax_pakcet_size = 10\n").unwrap_err();
+        assert!(err.to_string().contains("max_pakcet_size"), "{err}");
+    }
+}
