@@ -1,5 +1,8 @@
 //! Codec behaviour on valid and malformed input, plus round-trip property tests.
 
+// Test code: a failed expectation is a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use bytes::{Bytes, BytesMut};
 use certmq_codec::*;
 use proptest::prelude::*;

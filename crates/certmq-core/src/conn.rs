@@ -73,32 +73,24 @@ impl std::fmt::Debug for Conn {
     }
 }
 
-fn refuse(reason: ReasonCode) -> ConnAck {
-    ConnAck {
-        session_present: false,
-        reason,
-        properties: Properties::default(),
-    }
-}
-
 impl Broker {
     /// Handles CONNECT: authorizes, resolves the session (clean start,
     /// resume, takeover of a live connection) and returns the connection with
     /// its CONNACK (and any redeliveries) queued in its output. A refused
-    /// CONNECT returns the CONNACK to send before closing.
+    /// CONNECT returns the CONNACK reason code to send before closing.
     pub fn connect(
         self: &Arc<Self>,
         connect: Connect,
         ctx: &ConnectContext,
         now: Instant,
-    ) -> Result<Conn, ConnAck> {
+    ) -> Result<Conn, ReasonCode> {
         let v5 = connect.protocol.is_v5();
         let props = &connect.properties;
         if props.authentication_method.is_some() {
-            return Err(refuse(ReasonCode::BAD_AUTHENTICATION_METHOD));
+            return Err(ReasonCode::BAD_AUTHENTICATION_METHOD);
         }
         if !ctx.authorized {
-            return Err(refuse(ReasonCode::NOT_AUTHORIZED));
+            return Err(ReasonCode::NOT_AUTHORIZED);
         }
         let mut assigned = None;
         let client_id: Arc<str> = if connect.client_id.is_empty() {
@@ -108,7 +100,7 @@ impl Broker {
                 Protocol::V3_1 => false,
             };
             if !allowed {
-                return Err(refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID));
+                return Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
             }
             let id: Arc<str> = format!("auto-{:016x}", self.next_id() ^ random_salt()).into();
             assigned = Some(id.to_string());

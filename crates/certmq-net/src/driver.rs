@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use certmq_codec::{
-    decode, encode, encoded_len, DecodeError, Disconnect, Packet, Properties, Protocol, ReasonCode,
+    decode, encode, encoded_len, ConnAck, DecodeError, Disconnect, Packet, Properties, Protocol,
+    ReasonCode,
 };
 use certmq_core::{CloseCause, Conn, ConnectContext, Flow, Ready};
 use tokio::sync::watch;
@@ -70,8 +71,13 @@ pub(crate) async fn run<T: Transport>(
     let mut wbuf = BytesMut::with_capacity(4096);
     let mut conn = match shared.broker.connect(connect, &ctx, Instant::now()) {
         Ok(conn) => conn,
-        Err(connack) => {
-            tracing::info!(peer = %peer.addr, reason = %connack.reason, "CONNECT refused");
+        Err(reason) => {
+            tracing::info!(peer = %peer.addr, %reason, "CONNECT refused");
+            let connack = ConnAck {
+                session_present: false,
+                reason,
+                properties: Properties::default(),
+            };
             encode(&Packet::ConnAck(connack), protocol, &mut wbuf);
             let _ = t.send(wbuf.split().freeze()).await;
             t.shutdown().await;

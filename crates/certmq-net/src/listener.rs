@@ -65,6 +65,8 @@ pub(crate) async fn accept_loop(
 }
 
 /// The WebSocket handshake: path `/mqtt`, subprotocol `mqtt` when offered.
+// The callback's error type is fixed by tungstenite.
+#[allow(clippy::result_large_err)]
 async fn serve_ws(
     stream: TcpStream,
     shared: Arc<Shared>,

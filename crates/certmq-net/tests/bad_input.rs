@@ -1,6 +1,9 @@
 //! Malformed and hostile input: the offending connection gets the right
 //! reason code or is closed, and other clients carry on.
 
+// Test code: a failed expectation is a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::time::Duration;

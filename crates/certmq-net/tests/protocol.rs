@@ -1,5 +1,8 @@
 //! MQTT behaviour of the real server on 127.0.0.1:0, driven by a raw client.
 
+// Test code: a failed expectation is a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::time::Duration;

@@ -1,0 +1,119 @@
+//! The binary's command line: start-up lines, flags, variables, config
+//! file, `config default`, and a clean exit on SIGTERM.
+
+// Test code: a failed expectation is a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn serve_reports_listeners_and_exits_cleanly_on_sigterm() {
+    let broker = BrokerProcess::start(&[]);
+    assert!(broker.addr("mqtt-tcp").ip().is_loopback());
+    assert_ne!(broker.addr("mqtt-tcp").port(), 0);
+    assert_ne!(broker.addr("mqtt-ws").port(), 0);
+    let status = broker.terminate();
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn environment_variables_and_off() {
+    let dir = TempDir::new("env");
+    let mut cmd = Command::new(bin());
+    cmd.arg("serve")
+        .env("CERTMQ_DATA_DIR", &dir.0)
+        .env("CERTMQ_LISTEN_TCP", "127.0.0.1:0")
+        .env("CERTMQ_LISTEN_WS", "off");
+    let broker = BrokerProcess::spawn(cmd, dir, 1);
+    assert!(broker.addrs.contains_key("mqtt-tcp"));
+    assert!(!broker.addrs.contains_key("mqtt-ws"));
+    // Nothing else is announced.
+    std::thread::sleep(Duration::from_millis(200));
+    let extra: Vec<String> = broker
+        .log
+        .try_iter()
+        .filter(|l| l.contains("listening protocol="))
+        .collect();
+    assert!(extra.is_empty(), "{extra:?}");
+}
+
+#[test]
+fn config_file_is_read_and_flags_override_it() {
+    let dir = TempDir::new("cfg");
+    let file = dir.0.join("certmq.toml");
+    std::fs::write(
+        &file,
+        "[listeners.tcp]\nenabled = true\naddr = \"127.0.0.1:0\"\n\n[listeners.ws]\nenabled = false\naddr = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.0.join("data"))
+        .args(["--listen-ws", "127.0.0.1:0"]);
+    let broker = BrokerProcess::spawn(cmd, dir, 2);
+    assert!(
+        broker.addrs.contains_key("mqtt-ws"),
+        "the flag enabled the WS listener"
+    );
+}
+
+#[test]
+fn bad_configuration_is_refused_before_binding() {
+    let dir = TempDir::new("bad");
+    let file = dir.0.join("bad.toml");
+    std::fs::write(&file, "[broker]\nmax_pakcet_size = 10\n").unwrap();
+    let out = run(
+        Command::new(bin()).arg("serve").arg("--config").arg(&file),
+        Duration::from_secs(20),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_pakcet_size"), "{err}");
+    assert!(!err.contains("listening"), "{err}");
+
+    let out = run(
+        Command::new(bin()).args(["serve", "--listen-tcp", "nonsense"]),
+        Duration::from_secs(20),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("IP:PORT"));
+}
+
+#[test]
+fn config_default_prints_a_loadable_config() {
+    let out = run(
+        Command::new(bin()).args(["config", "default"]),
+        Duration::from_secs(20),
+    );
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for key in [
+        "max_packet_size",
+        "max_queued_messages",
+        "[listeners.tcp]",
+        "[listeners.ws]",
+        "connect_timeout_secs",
+    ] {
+        assert!(text.contains(key), "missing {key} in:\n{text}");
+    }
+    // Loading the printed defaults works (with ports moved to 0).
+    let dir = TempDir::new("default");
+    let file = dir.0.join("default.toml");
+    std::fs::write(&file, text.replace(":1883", ":0").replace(":8083", ":0")).unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.0.join("d"));
+    let broker = BrokerProcess::spawn(cmd, dir, 2);
+    assert!(broker.terminate().success());
+}

@@ -1,0 +1,182 @@
+//! Runs the real `certmq` binary on 127.0.0.1:0 and reads the bound ports
+//! from its `listening protocol=... addr=...` lines.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub struct BrokerProcess {
+    child: Child,
+    pub addrs: HashMap<String, SocketAddr>,
+    pub log: mpsc::Receiver<String>,
+    _dir: TempDir,
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "certmq-test-{tag}-{}-{}",
+            std::process::id(),
+            unique()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_certmq")
+}
+
+impl BrokerProcess {
+    /// Starts `certmq serve` with every listener on port 0 plus `extra` args.
+    pub fn start(extra: &[&str]) -> BrokerProcess {
+        let dir = TempDir::new("serve");
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(&dir.0)
+            .args(["--listen-tcp", "127.0.0.1:0", "--listen-ws", "127.0.0.1:0"])
+            .args(extra);
+        Self::spawn(cmd, dir, 2)
+    }
+
+    /// Spawns `cmd` and waits for `listeners` listening lines.
+    pub fn spawn(mut cmd: Command, dir: TempDir, listeners: usize) -> BrokerProcess {
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env_remove("RUST_LOG");
+        let mut child = cmd.spawn().expect("start certmq");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut addrs = HashMap::new();
+        while addrs.len() < listeners {
+            let line = rx
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("certmq did not report its listeners; got {addrs:?}"));
+            if let Some((proto, addr)) = parse_listening(&line) {
+                addrs.insert(proto, addr);
+            }
+        }
+        BrokerProcess {
+            child,
+            addrs,
+            log: rx,
+            _dir: dir,
+        }
+    }
+
+    pub fn addr(&self, protocol: &str) -> SocketAddr {
+        self.addrs[protocol]
+    }
+
+    pub fn port(&self, protocol: &str) -> String {
+        self.addr(protocol).port().to_string()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and returns the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        wait_timeout(&mut self.child, Duration::from_secs(15))
+            .expect("certmq did not exit after SIGTERM")
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// `listening protocol=mqtt-tcp addr=127.0.0.1:1883` -> ("mqtt-tcp", addr).
+pub fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
+    let rest = &line[line.find("listening protocol=")? + "listening protocol=".len()..];
+    let (proto, rest) = rest.split_once(" addr=")?;
+    let addr = rest.split_whitespace().next()?.parse().ok()?;
+    Some((proto.to_owned(), addr))
+}
+
+/// Runs a command to completion within `limit`, killing it after.
+pub fn run(cmd: &mut Command, limit: Duration) -> Output {
+    let program = format!("{:?}", cmd.get_program());
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program}: {e} (run .ci/run, or see README, to install test tools)")
+        });
+    let pid = child.id();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+    });
+    let out = child.wait_with_output().unwrap();
+    drop(killer);
+    out
+}
+
+/// The repository root (for the interop scripts).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// Starts a long-running command (a subscriber) and returns the child.
+pub fn spawn_piped(cmd: &mut Command) -> Child {
+    let program = format!("{:?}", cmd.get_program());
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program}: {e} (run .ci/run, or see README, to install test tools)")
+        })
+}
