@@ -94,6 +94,12 @@ pub(crate) async fn run<T: Transport>(
         max_in,
     )
     .await;
+    tracing::debug!(client_id = %conn.client_id(), ?cause, "closed");
+    // The session is settled (ended, or kept with its expiry; will sent or
+    // scheduled) before the last bytes go out, so a client that reconnects
+    // right after its DISCONNECT finds the session in its final state.
+    drain_output(&mut conn, &mut wbuf);
+    conn.close(cause, Instant::now());
     if let CloseCause::Server(reason) = cause {
         if protocol.is_v5() {
             let d = Packet::Disconnect(Disconnect {
@@ -102,11 +108,11 @@ pub(crate) async fn run<T: Transport>(
             });
             encode(&d, protocol, &mut wbuf);
         }
+    }
+    if !wbuf.is_empty() {
         let _ = t.send(wbuf.split().freeze()).await;
     }
-    tracing::debug!(client_id = %conn.client_id(), ?cause, "closed");
     t.shutdown().await;
-    conn.close(cause, Instant::now());
 }
 
 enum ConnectError {
@@ -173,10 +179,6 @@ async fn session_loop<T: Transport>(
                     Ok(Some(packet)) => match conn.handle(packet, Instant::now()) {
                         Ok(Flow::Continue) => {}
                         Ok(Flow::Disconnect { publish_will }) => {
-                            drain_output(conn, wbuf);
-                            if !wbuf.is_empty() {
-                                let _ = t.send(wbuf.split().freeze()).await;
-                            }
                             return CloseCause::ClientDisconnect { publish_will };
                         }
                         Err(reason) => return CloseCause::Server(reason),
