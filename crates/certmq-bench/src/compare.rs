@@ -1,0 +1,429 @@
+//! `certmq-bench compare`: starts each broker on a free loopback port with
+//! equivalent settings, runs the same scenario against each in turn,
+//! alternating A B A B over several rounds, and prints medians and the
+//! ratio certmq/mosquitto. Everything it starts, it stops (by PID).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use crate::scenario::{self, Report};
+use crate::LoadArgs;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BrokerKind {
+    Certmq,
+    /// mosquitto with set_tcp_nodelay true (like certmq).
+    Mosquitto,
+    /// mosquitto with its default set_tcp_nodelay false.
+    MosquittoNagle,
+    Rumqttd,
+}
+
+impl BrokerKind {
+    fn label(self) -> &'static str {
+        match self {
+            BrokerKind::Certmq => "certmq",
+            BrokerKind::Mosquitto => "mosquitto (nodelay)",
+            BrokerKind::MosquittoNagle => "mosquitto (default, Nagle)",
+            BrokerKind::Rumqttd => "rumqttd",
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Rounds; each round runs every broker once, in order.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Brokers to compare, in run order.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "certmq,mosquitto,mosquitto-nagle"
+    )]
+    brokers: Vec<BrokerKind>,
+    /// The certmq binary (default: `certmq` next to this program).
+    #[arg(long)]
+    certmq_bin: Option<PathBuf>,
+    #[arg(long, default_value = "mosquitto")]
+    mosquitto_bin: PathBuf,
+    #[arg(long, default_value = "rumqttd")]
+    rumqttd_bin: PathBuf,
+    /// Append every run's report, one JSON object per line, to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+struct Running {
+    child: Child,
+    addr: SocketAddr,
+    _dir: ScratchDir,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+struct ScratchDir(PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn stop(child: &mut Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn scratch(tag: &str) -> anyhow::Result<ScratchDir> {
+    let dir = std::env::temp_dir().join(format!(
+        "certmq-bench-{tag}-{}-{}",
+        std::process::id(),
+        free_port()?
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(ScratchDir(dir))
+}
+
+fn default_certmq_bin() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("certmq")))
+        .unwrap_or_else(|| PathBuf::from("certmq"))
+}
+
+fn start(kind: BrokerKind, args: &CompareArgs) -> anyhow::Result<Running> {
+    let port = free_port()?;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let dir = scratch(match kind {
+        BrokerKind::Certmq => "certmq",
+        BrokerKind::Rumqttd => "rumqttd",
+        _ => "mosquitto",
+    })?;
+    let mut cmd = match kind {
+        BrokerKind::Certmq => {
+            let bin = args.certmq_bin.clone().unwrap_or_else(default_certmq_bin);
+            let mut c = Command::new(bin);
+            c.arg("serve")
+                .arg("--data-dir")
+                .arg(dir.0.join("data"))
+                .args([
+                    "--listen-tcp",
+                    &addr.to_string(),
+                    "--listen-ws",
+                    "off",
+                    "--log",
+                    "warn",
+                ]);
+            c
+        }
+        BrokerKind::Mosquitto | BrokerKind::MosquittoNagle => {
+            let conf = dir.0.join("mosquitto.conf");
+            let nodelay = kind == BrokerKind::Mosquitto;
+            // Limits as certmq's defaults: queue 1000, 1024 in flight, 1 MiB packets.
+            std::fs::write(
+                &conf,
+                format!(
+                    "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                     max_queued_messages 1000\nmax_inflight_messages 1024\nmessage_size_limit 1048576\n\
+                     set_tcp_nodelay {nodelay}\nlog_dest stderr\nlog_type error\n"
+                ),
+            )?;
+            let mut c = Command::new(&args.mosquitto_bin);
+            c.arg("-c").arg(&conf);
+            c
+        }
+        BrokerKind::Rumqttd => {
+            let conf = dir.0.join("rumqttd.toml");
+            std::fs::write(&conf, rumqttd_config(addr))?;
+            let mut c = Command::new(&args.rumqttd_bin);
+            c.arg("--config").arg(&conf);
+            c
+        }
+    };
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", kind.label()))?;
+    let mut running = Running {
+        child,
+        addr,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(running);
+        }
+        if let Ok(Some(status)) = running.child.try_wait() {
+            bail!("{} exited at start-up with {status}", kind.label());
+        }
+        if Instant::now() > deadline {
+            bail!("{} did not listen on {addr} within 15 s", kind.label());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn rumqttd_config(addr: SocketAddr) -> String {
+    format!(
+        "id = 0\n\n[router]\nid = 0\nmax_connections = 20000\nmax_outgoing_packet_count = 1024\n\
+         max_segment_size = 104857600\nmax_segment_count = 10\n\n\
+         [v4.1]\nname = \"v4-1\"\nlisten = \"{addr}\"\nnext_connection_delay_ms = 0\n\
+         [v4.1.connections]\nconnection_timeout_ms = 60000\nmax_payload_size = 1048576\n\
+         max_inflight_count = 1024\ndynamic_filters = true\n\n\
+         [v5.1]\nname = \"v5-1\"\nlisten = \"127.0.0.1:0\"\nnext_connection_delay_ms = 0\n\
+         [v5.1.connections]\nconnection_timeout_ms = 60000\nmax_payload_size = 1048576\n\
+         max_inflight_count = 1024\n"
+    )
+}
+
+pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=20).contains(&args.rounds), "--rounds must be 1..=20");
+    let mut results: Vec<(BrokerKind, Vec<Report>)> =
+        args.brokers.iter().map(|b| (*b, Vec::new())).collect();
+    for round in 1..=args.rounds {
+        for (kind, reports) in results.iter_mut() {
+            let mut load = args.load.clone();
+            if *kind == BrokerKind::Rumqttd {
+                // rumqttd's v4 listener serves MQTT 3.1.1.
+                load.mqtt = 3;
+            }
+            let running = start(*kind, &args)?;
+            let opts = load.options(running.addr, Some(running.child.id()))?;
+            let opts = scenario::Options {
+                progress: false,
+                ..opts
+            };
+            eprintln!("round {round}/{}: {} ...", args.rounds, kind.label());
+            let report = scenario::run(load.scenario, opts).await;
+            drop(running);
+            let report = report.with_context(|| format!("{} round {round}", kind.label()))?;
+            if let Some(path) = &args.out {
+                append_json(path, *kind, round, &report)?;
+            }
+            reports.push(report);
+        }
+    }
+    let summary = summarize(&results);
+    if args.load.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_summary(&summary);
+    }
+    Ok(())
+}
+
+fn append_json(path: &Path, kind: BrokerKind, round: usize, report: &Report) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let line = serde_json::json!({ "broker": kind, "round": round, "report": report });
+    writeln!(f, "{line}")?;
+    Ok(())
+}
+
+#[derive(serde::Serialize)]
+pub struct BrokerSummary {
+    broker: BrokerKind,
+    label: &'static str,
+    runs: usize,
+    units_per_s: f64,
+    broker_cpu_us_per_unit: Option<f64>,
+    p50_us: Option<f64>,
+    p99_us: Option<f64>,
+    p999_us: Option<f64>,
+    bytes_per_connection: Option<f64>,
+    errors: u64,
+}
+
+#[derive(serde::Serialize)]
+pub struct Summary {
+    scenario: scenario::Scenario,
+    unit: &'static str,
+    brokers: Vec<BrokerSummary>,
+    /// certmq / mosquitto (nodelay) for each figure.
+    ratios: Option<Ratios>,
+}
+
+#[derive(serde::Serialize)]
+pub struct Ratios {
+    rate: f64,
+    cpu_per_unit: Option<f64>,
+    p99: Option<f64>,
+    bytes_per_connection: Option<f64>,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    })
+}
+
+fn summarize(results: &[(BrokerKind, Vec<Report>)]) -> Summary {
+    let brokers: Vec<BrokerSummary> = results
+        .iter()
+        .map(|(kind, reports)| BrokerSummary {
+            broker: *kind,
+            label: kind.label(),
+            runs: reports.len(),
+            units_per_s: median(reports.iter().map(|r| r.units_per_s).collect()).unwrap_or(0.0),
+            broker_cpu_us_per_unit: median(
+                reports
+                    .iter()
+                    .filter_map(|r| r.broker_cpu_us_per_unit)
+                    .collect(),
+            ),
+            p50_us: median(
+                reports
+                    .iter()
+                    .filter_map(|r| r.latency.as_ref().map(|l| l.p50_us))
+                    .collect(),
+            ),
+            p99_us: median(
+                reports
+                    .iter()
+                    .filter_map(|r| r.latency.as_ref().map(|l| l.p99_us))
+                    .collect(),
+            ),
+            p999_us: median(
+                reports
+                    .iter()
+                    .filter_map(|r| r.latency.as_ref().map(|l| l.p999_us))
+                    .collect(),
+            ),
+            bytes_per_connection: median(
+                reports
+                    .iter()
+                    .filter_map(|r| r.broker_bytes_per_connection)
+                    .collect(),
+            ),
+            errors: reports.iter().map(|r| r.errors).sum(),
+        })
+        .collect();
+    let find = |k| brokers.iter().find(|b| b.broker == k);
+    let ratios = match (find(BrokerKind::Certmq), find(BrokerKind::Mosquitto)) {
+        (Some(c), Some(m)) => {
+            let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                _ => None,
+            };
+            Some(Ratios {
+                rate: if m.units_per_s > 0.0 {
+                    c.units_per_s / m.units_per_s
+                } else {
+                    f64::NAN
+                },
+                cpu_per_unit: div(c.broker_cpu_us_per_unit, m.broker_cpu_us_per_unit),
+                p99: div(c.p99_us, m.p99_us),
+                bytes_per_connection: div(c.bytes_per_connection, m.bytes_per_connection),
+            })
+        }
+        _ => None,
+    };
+    let first = results.iter().flat_map(|(_, r)| r.first()).next();
+    Summary {
+        scenario: first.map(|r| r.scenario).unwrap_or(scenario::Scenario::P2p),
+        unit: first.map(|r| r.unit).unwrap_or("delivery"),
+        brokers,
+        ratios,
+    }
+}
+
+fn fmt_opt(v: Option<f64>, prec: usize) -> String {
+    v.map(|x| format!("{x:.prec$}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn print_summary(s: &Summary) {
+    println!("scenario {:?}, unit = {} (medians)", s.scenario, s.unit);
+    println!(
+        "{:<28} {:>12} {:>14} {:>10} {:>10} {:>10} {:>12} {:>6}",
+        "broker", "units/s", "cpu µs/unit", "p50 µs", "p99 µs", "p99.9 µs", "bytes/conn", "errors"
+    );
+    for b in &s.brokers {
+        println!(
+            "{:<28} {:>12.0} {:>14} {:>10} {:>10} {:>10} {:>12} {:>6}",
+            b.label,
+            b.units_per_s,
+            fmt_opt(b.broker_cpu_us_per_unit, 2),
+            fmt_opt(b.p50_us, 0),
+            fmt_opt(b.p99_us, 0),
+            fmt_opt(b.p999_us, 0),
+            fmt_opt(b.bytes_per_connection, 0),
+            b.errors
+        );
+    }
+    if let Some(r) = &s.ratios {
+        println!(
+            "certmq / mosquitto (nodelay): rate {:.2}x, cpu per unit {}x, p99 {}x, bytes per connection {}x",
+            r.rate,
+            fmt_opt(r.cpu_per_unit, 2),
+            fmt_opt(r.p99, 2),
+            fmt_opt(r.bytes_per_connection, 2)
+        );
+    }
+}
+
+pub fn print_report(r: &Report) {
+    println!(
+        "scenario {:?} qos {} mqtt {} connections {} payload {}",
+        r.scenario, r.qos, r.protocol, r.connections, r.payload
+    );
+    println!(
+        "  window {:.2} s, sent {}, {} {}s ({:.0}/s), errors {}",
+        r.window_s, r.sent, r.units, r.unit, r.units_per_s, r.errors
+    );
+    if let Some(l) = &r.latency {
+        println!(
+            "  latency p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} µs",
+            l.p50_us, l.p99_us, l.p999_us, l.max_us
+        );
+    }
+    if let Some(c) = r.broker_cpu_us_per_unit {
+        println!("  broker CPU {:.2} µs per {}", c, r.unit);
+    }
+    if let Some(b) = r.broker_bytes_per_connection {
+        println!("  broker memory {b:.0} bytes per connection");
+    }
+}

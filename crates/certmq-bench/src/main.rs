@@ -1,0 +1,162 @@
+//! certmq-bench: a load generator that speaks plain MQTT, so it measures any
+//! broker the same way, and a `compare` command that runs certmq and
+//! mosquitto (and rumqttd, when installed) side by side on loopback.
+//!
+//! Every run is bounded in time and, optionally, in message count. Figures
+//! are the rate of units of work (deliveries, connections), latency
+//! percentiles, and the broker's CPU time per unit read from /proc.
+
+mod client;
+mod compare;
+mod procstat;
+mod scenario;
+mod wire;
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use certmq_codec::{Protocol, QoS};
+use clap::{Args, Parser, Subcommand};
+
+use scenario::{Options, Scenario};
+
+#[derive(Parser)]
+#[command(
+    name = "certmq-bench",
+    about = "MQTT load generator and broker comparison"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one scenario against a running broker.
+    Run {
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Broker address.
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        addr: SocketAddr,
+        /// PID of the broker, for its CPU time and memory.
+        #[arg(long)]
+        broker_pid: Option<u32>,
+    },
+    /// Start certmq and mosquitto (and rumqttd if found) in turn, run the same
+    /// scenario against each over several alternating rounds, print medians and ratios.
+    Compare(compare::CompareArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct LoadArgs {
+    #[arg(long, value_enum, default_value = "p2p")]
+    scenario: Scenario,
+    /// 0, 1 or 2.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    qos: u8,
+    /// Payload bytes (at least 8: the send timestamp).
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Connections: publisher/subscriber pairs (p2p), subscribers (fan-out),
+    /// publishers (fan-in), held connections (idle), workers (connect-rate).
+    #[arg(long, default_value_t = 10)]
+    connections: usize,
+    /// Measuring window, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Warm-up before the window, seconds.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Messages per run in total (each publisher sends its share, then idles).
+    #[arg(long)]
+    messages: Option<u64>,
+    /// Total publish rate, messages/s; 0 = as fast as the broker accepts.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// QoS 1/2 messages in flight per publisher.
+    #[arg(long, default_value_t = 64)]
+    inflight: usize,
+    /// MQTT version: 3 (3.1.1) or 5.
+    #[arg(long, default_value_t = 5)]
+    mqtt: u8,
+    /// Source addresses to spread connections over, e.g. 127.0.0.1,127.0.0.2.
+    #[arg(long, value_delimiter = ',')]
+    sources: Vec<IpAddr>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl LoadArgs {
+    fn options(&self, addr: SocketAddr, broker_pid: Option<u32>) -> anyhow::Result<Options> {
+        let protocol = match self.mqtt {
+            3 | 4 => Protocol::V3_1_1,
+            5 => Protocol::V5,
+            v => anyhow::bail!("--mqtt must be 3 or 5, not {v}"),
+        };
+        anyhow::ensure!(
+            self.duration > 0.0 && self.duration <= 3600.0,
+            "--duration must be in (0, 3600] seconds"
+        );
+        anyhow::ensure!(
+            self.connections <= 19_500,
+            "--connections above 19,500 would exceed the 20,000 open-file limit"
+        );
+        Ok(Options {
+            addr,
+            protocol,
+            qos: QoS::from_u8(self.qos).unwrap_or_default(),
+            payload: self.payload,
+            connections: self.connections,
+            warmup: Duration::from_secs_f64(self.warmup.max(0.0)),
+            duration: Duration::from_secs_f64(self.duration),
+            messages: self.messages,
+            rate: self.rate,
+            inflight: self.inflight,
+            sources: self.sources.clone(),
+            broker_pid,
+            progress: !self.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("certmq-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run {
+                load,
+                addr,
+                broker_pid,
+            } => {
+                let report = scenario::run(load.scenario, load.options(addr, broker_pid)?).await?;
+                if load.json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    compare::print_report(&report);
+                }
+                anyhow::Ok(())
+            }
+            Command::Compare(args) => compare::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("certmq-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
