@@ -34,6 +34,8 @@ pub struct Broker {
     retained: RwLock<HashMap<Arc<str>, Arc<Message>>>,
     timers: Mutex<BTreeMap<Deadline, Timer>>,
     next_id: AtomicU64,
+    /// Origin of the millisecond clock the keep-alive sweep compares.
+    epoch: Instant,
     pub stats: Stats,
 }
 
@@ -46,6 +48,7 @@ impl Broker {
             retained: RwLock::default(),
             timers: Mutex::default(),
             next_id: AtomicU64::new(1),
+            epoch: Instant::now(),
             stats: Stats::default(),
         })
     }
@@ -89,13 +92,24 @@ impl Broker {
     }
 
     /// Stores or clears (empty payload) the retained message of its topic.
+    /// The stored copy owns its payload: a routed message's payload is a
+    /// slice of the publisher's read buffer, which a long-lived retained
+    /// message must not keep alive.
     pub fn retain(&self, message: &Arc<Message>) {
-        let mut retained = self.retained.write();
         if message.payload.is_empty() {
-            retained.remove(&message.topic);
-        } else {
-            retained.insert(message.topic.clone(), message.clone());
+            self.retained.write().remove(&message.topic);
+            return;
         }
+        let owned = Arc::new(Message {
+            topic: message.topic.clone(),
+            payload: bytes::Bytes::copy_from_slice(&message.payload),
+            qos: message.qos,
+            retain: true,
+            properties: message.properties.clone(),
+            expires_at: message.expires_at,
+            origin: message.origin,
+        });
+        self.retained.write().insert(message.topic.clone(), owned);
     }
 
     /// Retained messages matching a filter (without `$share/`), unexpired.
@@ -183,8 +197,47 @@ impl Broker {
         self.timers.lock().keys().next().map(|(at, _)| *at)
     }
 
-    /// Runs the timers due at `now`: delayed wills and session expiry.
+    /// Milliseconds since the broker's epoch (0 for earlier instants).
+    pub(crate) fn millis(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// Closes (kicks) every live connection with `reason`; returns how many.
+    pub fn kick_all(&self, reason: certmq_codec::ReasonCode) -> usize {
+        let sessions = self.sessions.lock();
+        let mut kicked = 0;
+        for entry in sessions.values() {
+            let owner = entry.state.lock().owner;
+            if owner != 0 {
+                entry.mailbox.kick(owner, reason);
+                kicked += 1;
+            }
+        }
+        kicked
+    }
+
+    /// Closes connections silent for longer than 1.5 x their keep alive
+    /// (MQTT 5 §3.1.2.10). One pass over the sessions; call it about twice
+    /// a second, as `tick` does.
+    fn sweep_keep_alive(&self, now: Instant) {
+        let now_ms = self.millis(now);
+        let sessions = self.sessions.lock();
+        for entry in sessions.values() {
+            if entry.mailbox.keep_alive_expired(now_ms) {
+                let owner = entry.state.lock().owner;
+                if owner != 0 {
+                    entry
+                        .mailbox
+                        .kick(owner, certmq_codec::ReasonCode::KEEP_ALIVE_TIMEOUT);
+                }
+            }
+        }
+    }
+
+    /// Runs what is due at `now`: the keep-alive sweep, delayed wills and
+    /// session expiry.
     pub fn tick(&self, now: Instant) {
+        self.sweep_keep_alive(now);
         loop {
             let due = {
                 let mut timers = self.timers.lock();

@@ -54,13 +54,16 @@ pub struct Conn {
     client_receive_maximum: u16,
     client_max_packet_size: u32,
     client_topic_alias_maximum: u16,
-    aliases_in: HashMap<u16, Arc<str>>,
-    aliases_out: HashMap<Arc<str>, u16>,
+    /// Topic aliases, allocated on first use (most clients never use them):
+    /// boxed so an idle connection holds 8 bytes, not an empty map's 48.
+    #[allow(clippy::box_collection)]
+    aliases_in: Option<Box<HashMap<u16, Arc<str>>>>,
+    #[allow(clippy::box_collection)]
+    aliases_out: Option<Box<HashMap<Arc<str>, u16>>>,
     will: Option<Arc<Message>>,
     will_delay: u32,
     expiry_was_zero: bool,
     out: Vec<Packet>,
-    batch: Vec<Delivery>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -169,12 +172,16 @@ impl Broker {
             }
         };
         entry.mailbox.set_online(true);
+        let limit_ms = u64::from(keep_alive) * 1500;
+        entry.mailbox.set_keep_alive(limit_ms, self.millis(now));
 
         let (will, will_delay) = match &connect.will {
             Some(w) => (
                 Some(Arc::new(message_from(
                     w.topic.as_str().into(),
-                    w.payload.clone(),
+                    // Owned: the will lives as long as the connection, and
+                    // must not pin the read buffer its CONNECT came in.
+                    bytes::Bytes::copy_from_slice(&w.payload),
                     w.qos,
                     w.retain,
                     &w.properties,
@@ -195,13 +202,12 @@ impl Broker {
             client_receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
             client_max_packet_size: props.maximum_packet_size.unwrap_or(u32::MAX),
             client_topic_alias_maximum: props.topic_alias_maximum.unwrap_or(0),
-            aliases_in: HashMap::new(),
-            aliases_out: HashMap::new(),
+            aliases_in: None,
+            aliases_out: None,
             will,
             will_delay,
             expiry_was_zero: expiry == 0,
             out: Vec::new(),
-            batch: Vec::new(),
         };
         let mut properties = Properties::default();
         if v5 {
@@ -257,8 +263,15 @@ impl Conn {
     }
 
     /// How long the connection may stay silent: 1.5 times the keep alive.
+    /// [`Broker::tick`] enforces it; the transport reports activity with
+    /// [`Conn::touch`].
     pub fn keep_alive_timeout(&self) -> Option<Duration> {
         (self.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 1500))
+    }
+
+    /// Records that the client was heard from at `now`.
+    pub fn touch(&self, now: Instant) {
+        self.entry.mailbox.touch(self.broker.millis(now));
     }
 
     /// The largest packet the client accepts.
@@ -393,11 +406,14 @@ impl Conn {
                 }
                 if p.topic.is_empty() {
                     self.aliases_in
-                        .get(&alias)
+                        .as_ref()
+                        .and_then(|a| a.get(&alias))
                         .cloned()
                         .ok_or(ReasonCode::PROTOCOL_ERROR)?
                 } else {
-                    self.aliases_in.insert(alias, p.topic.clone());
+                    self.aliases_in
+                        .get_or_insert_with(Box::default)
+                        .insert(alias, p.topic.clone());
                     p.topic
                 }
             }
@@ -570,7 +586,7 @@ impl Conn {
             return Err(ReasonCode::SESSION_TAKEN_OVER);
         }
         let window = self.window();
-        let mut batch = std::mem::take(&mut self.batch);
+        let mut batch = Vec::new();
         entry.mailbox.take(max, &mut batch);
         let mut sent = 0;
         let mut rest = batch.drain(..);
@@ -616,7 +632,6 @@ impl Conn {
             sent += 1;
         }
         drop(rest);
-        self.batch = batch;
         self.broker
             .stats
             .messages_delivered
@@ -632,12 +647,13 @@ impl Conn {
             p.message_expiry_interval = m.remaining_expiry(now);
             p.subscription_identifiers = d.subscription_ids.clone();
             if !dup && self.client_topic_alias_maximum > 0 {
-                if let Some(alias) = self.aliases_out.get(&m.topic) {
+                let aliases = self.aliases_out.get_or_insert_with(Box::default);
+                if let Some(alias) = aliases.get(&m.topic) {
                     p.topic_alias = Some(*alias);
                     topic = "".into();
-                } else if self.aliases_out.len() < usize::from(self.client_topic_alias_maximum) {
-                    let alias = self.aliases_out.len() as u16 + 1;
-                    self.aliases_out.insert(m.topic.clone(), alias);
+                } else if aliases.len() < usize::from(self.client_topic_alias_maximum) {
+                    let alias = aliases.len() as u16 + 1;
+                    aliases.insert(m.topic.clone(), alias);
                     p.topic_alias = Some(alias);
                 }
             }
@@ -702,6 +718,7 @@ impl Conn {
         state.owner = 0;
         state.last_owner = self.generation;
         entry.mailbox.set_online(false);
+        entry.mailbox.set_keep_alive(0, 0);
         let expiry = state.expiry_interval;
         if expiry == 0 {
             drop(state);

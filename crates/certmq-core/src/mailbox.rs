@@ -37,6 +37,11 @@ pub struct Mailbox {
     limit: usize,
     online: AtomicBool,
     dropped: AtomicU64,
+    /// When the client was last heard from (ms since the broker's epoch).
+    last_heard_ms: AtomicU64,
+    /// Silence allowed before the keep-alive sweep closes the connection
+    /// (1.5 x keep alive, in ms); 0 = not enforced.
+    keep_alive_ms: AtomicU64,
     inner: Mutex<Inner>,
 }
 
@@ -60,6 +65,8 @@ impl Mailbox {
             limit,
             online: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            last_heard_ms: AtomicU64::new(0),
+            keep_alive_ms: AtomicU64::new(0),
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -74,6 +81,25 @@ impl Mailbox {
 
     pub(crate) fn set_online(&self, online: bool) {
         self.online.store(online, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_keep_alive(&self, limit_ms: u64, now_ms: u64) {
+        self.last_heard_ms.store(now_ms, Ordering::Relaxed);
+        self.keep_alive_ms.store(limit_ms, Ordering::Relaxed);
+    }
+
+    pub(crate) fn touch(&self, now_ms: u64) {
+        self.last_heard_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Whether the keep-alive limit has passed at `now_ms`; reports it once.
+    pub(crate) fn keep_alive_expired(&self, now_ms: u64) -> bool {
+        let limit = self.keep_alive_ms.load(Ordering::Relaxed);
+        if limit == 0 || now_ms.saturating_sub(self.last_heard_ms.load(Ordering::Relaxed)) < limit {
+            return false;
+        }
+        self.keep_alive_ms.store(0, Ordering::Relaxed);
+        true
     }
 
     /// Messages refused so far by the drop policy.

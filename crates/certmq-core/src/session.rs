@@ -1,6 +1,6 @@
 //! Sessions: the state that outlives a network connection (MQTT 5 §4.1).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -43,11 +43,11 @@ pub(crate) struct SessionState {
     pub expiry_interval: u32,
     /// Raw filters (with any `$share/group/` prefix) of the session's
     /// subscriptions; the trie holds their options.
-    pub subscriptions: HashSet<String>,
-    pub inflight: HashMap<u16, Inflight>,
+    pub subscriptions: BTreeSet<String>,
+    pub inflight: BTreeMap<u16, Inflight>,
     pub inflight_seq: u64,
     /// QoS 2 packet ids received and not yet released by PUBREL.
-    pub incoming_qos2: HashSet<u16>,
+    pub incoming_qos2: BTreeSet<u16>,
     pub next_packet_id: u16,
     /// A will waiting for its delay (or the session's end) to elapse.
     pub pending_will: Option<Arc<Message>>,
@@ -96,7 +96,7 @@ mod tests {
         #[test]
         fn packet_ids_never_collide(ops in proptest::collection::vec(any::<(bool, u16)>(), 1..400)) {
             let mut s = SessionState::default();
-            let mut model: HashSet<u16> = HashSet::new();
+            let mut model: std::collections::HashSet<u16> = std::collections::HashSet::new();
             for (send, pick) in ops {
                 if send || model.is_empty() {
                     let id = s.allocate_packet_id().unwrap();

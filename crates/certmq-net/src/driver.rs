@@ -4,7 +4,6 @@
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -14,8 +13,9 @@ use certmq_codec::{
 };
 use certmq_core::{CloseCause, Conn, ConnectContext, Flow, Ready};
 use tokio::sync::watch;
-use tokio::time::{sleep_until, timeout};
+use tokio::time::timeout;
 
+use crate::listener::ConnectionGuard;
 use crate::transport::Transport;
 use crate::Shared;
 
@@ -33,24 +33,55 @@ pub struct PeerInfo {
 
 pub(crate) async fn run<T: Transport>(
     mut t: T,
-    shared: Arc<Shared>,
-    peer: PeerInfo,
+    guard: ConnectionGuard,
+    peer: Box<PeerInfo>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let shared = &guard.shared;
     let max_in = shared.broker.config().max_packet_size as usize;
-    let mut rbuf = BytesMut::with_capacity(4096);
-    let connect = match timeout(
+    // The CONNECT phase and the close are boxed: their timers and buffers are
+    // short-lived, and the task of an idle connection should not be sized by
+    // them (memory per idle connection is a product target).
+    let accepted = Box::pin(accept(&mut t, shared, peer, max_in, &mut shutdown)).await;
+    let Some((mut conn, mut rbuf)) = accepted else {
+        return;
+    };
+    // Shutdown reaches live sessions through their mailbox (a kick); one
+    // that connected while the kicks went out is closed here.
+    let cause = if *shutdown.borrow() {
+        CloseCause::Server(ReasonCode::SERVER_SHUTTING_DOWN)
+    } else {
+        session_loop(&mut t, &mut conn, &mut rbuf, max_in).await
+    };
+    drop(rbuf);
+    Box::pin(finish(t, conn, cause)).await;
+}
+
+/// Reads CONNECT within the connect timeout and asks the broker to accept
+/// it. Returns the connection and any bytes that followed CONNECT.
+async fn accept<T: Transport>(
+    t: &mut T,
+    shared: &Shared,
+    peer: Box<PeerInfo>,
+    max_in: usize,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<(Conn, BytesMut)> {
+    let mut rbuf = BytesMut::new();
+    let read = timeout(
         shared.config.connect_timeout,
-        read_connect(&mut t, &mut rbuf, max_in),
-    )
-    .await
-    {
+        read_connect(t, &mut rbuf, max_in),
+    );
+    let connect = tokio::select! {
+        r = read => r,
+        _ = shutdown.changed() => return None,
+    };
+    let connect = match connect {
         Err(_) => {
             tracing::debug!(peer = %peer.addr, "no CONNECT within the connect timeout");
             t.shutdown().await;
-            return;
+            return None;
         }
-        Ok(Err(ConnectError::Io)) => return,
+        Ok(Err(ConnectError::Io)) => return None,
         Ok(Err(ConnectError::Decode(e))) => {
             tracing::debug!(peer = %peer.addr, error = %e, "bad CONNECT");
             if let DecodeError::UnsupportedVersion(_) = e {
@@ -60,7 +91,7 @@ pub(crate) async fn run<T: Transport>(
                     .await;
             }
             t.shutdown().await;
-            return;
+            return None;
         }
         Ok(Ok(c)) => c,
     };
@@ -68,9 +99,11 @@ pub(crate) async fn run<T: Transport>(
     let ctx = ConnectContext {
         authorized: peer.allow_anonymous,
     };
-    let mut wbuf = BytesMut::with_capacity(4096);
-    let mut conn = match shared.broker.connect(connect, &ctx, Instant::now()) {
-        Ok(conn) => conn,
+    match shared.broker.connect(connect, &ctx, Instant::now()) {
+        Ok(conn) => {
+            tracing::debug!(peer = %peer.addr, client_id = %conn.client_id(), "connected");
+            Some((conn, rbuf))
+        }
         Err(reason) => {
             tracing::info!(peer = %peer.addr, %reason, "CONNECT refused");
             let connack = ConnAck {
@@ -78,23 +111,21 @@ pub(crate) async fn run<T: Transport>(
                 reason,
                 properties: Properties::default(),
             };
+            let mut wbuf = BytesMut::new();
             encode(&Packet::ConnAck(connack), protocol, &mut wbuf);
-            let _ = t.send(wbuf.split().freeze()).await;
+            let _ = t.send(wbuf.freeze()).await;
             t.shutdown().await;
-            return;
+            None
         }
-    };
-    tracing::debug!(peer = %peer.addr, client_id = %conn.client_id(), ?protocol, "connected");
-    let cause = session_loop(
-        &mut t,
-        &mut conn,
-        &mut rbuf,
-        &mut wbuf,
-        &mut shutdown,
-        max_in,
-    )
-    .await;
+    }
+}
+
+/// Settles the session, then sends what is left (and, for MQTT 5, the
+/// DISCONNECT of a broker-side close) and closes the transport.
+async fn finish<T: Transport>(mut t: T, mut conn: Conn, cause: CloseCause) {
     tracing::debug!(client_id = %conn.client_id(), ?cause, "closed");
+    let protocol = conn.protocol();
+    let mut wbuf = BytesMut::new();
     // The session is settled (ended, or kept with its expiry; will sent or
     // scheduled) before the last bytes go out, so a client that reconnects
     // right after its DISCONNECT finds the session in its final state.
@@ -110,7 +141,7 @@ pub(crate) async fn run<T: Transport>(
         }
     }
     if !wbuf.is_empty() {
-        let _ = t.send(wbuf.split().freeze()).await;
+        let _ = t.send(wbuf.freeze()).await;
     }
     t.shutdown().await;
 }
@@ -144,11 +175,11 @@ async fn read_connect<T: Transport>(
 }
 
 /// Encodes the connection's pending output into `wbuf`, leaving out packets
-/// larger than the client accepts.
+/// larger than the client accepts. The output list's memory goes with it.
 fn drain_output(conn: &mut Conn, wbuf: &mut BytesMut) {
     let protocol = conn.protocol();
     let max = conn.client_max_packet_size() as usize;
-    for packet in conn.output().drain(..) {
+    for packet in std::mem::take(conn.output()) {
         if protocol.is_v5() && encoded_len(&packet, protocol) > max {
             continue;
         }
@@ -156,17 +187,16 @@ fn drain_output(conn: &mut Conn, wbuf: &mut BytesMut) {
     }
 }
 
+/// The connected phase. Kept small on purpose: it is what an idle
+/// connection's task holds. Keep alive and shutdown arrive as mailbox kicks
+/// (the broker sweeps keep alives), so no timer or channel is held here.
 async fn session_loop<T: Transport>(
     t: &mut T,
     conn: &mut Conn,
     rbuf: &mut BytesMut,
-    wbuf: &mut BytesMut,
-    shutdown: &mut watch::Receiver<bool>,
     max_in: usize,
 ) -> CloseCause {
     let protocol: Protocol = conn.protocol();
-    let keep_alive = conn.keep_alive_timeout();
-    let mut last_heard = tokio::time::Instant::now();
     let mailbox = conn.mailbox().clone();
     let generation = conn.generation();
     // Packets that arrived together with CONNECT.
@@ -196,15 +226,14 @@ async fn session_loop<T: Transport>(
                 return CloseCause::Server(reason);
             }
         }
-        drain_output(conn, wbuf);
-        if !wbuf.is_empty() && t.send(wbuf.split().freeze()).await.is_err() {
+        let mut wbuf = BytesMut::new();
+        drain_output(conn, &mut wbuf);
+        if !wbuf.is_empty() && t.send(wbuf.freeze()).await.is_err() {
             return CloseCause::ConnectionLost;
         }
         let want_deliveries = conn.window_open();
-        let deadline = keep_alive.map(|k| last_heard + k);
         tokio::select! {
             biased;
-            _ = shutdown.changed() => return CloseCause::Server(ReasonCode::SERVER_SHUTTING_DOWN),
             ready = poll_fn(|cx| mailbox.poll_ready(cx, generation, want_deliveries)) => {
                 match ready {
                     Ready::Kicked(k) => return CloseCause::Server(k.reason),
@@ -218,13 +247,10 @@ async fn session_loop<T: Transport>(
             read = t.read_into(rbuf) => match read {
                 Ok(0) | Err(_) => return CloseCause::ConnectionLost,
                 Ok(_) => {
-                    last_heard = tokio::time::Instant::now();
+                    conn.touch(Instant::now());
                     pending_input = true;
                 }
             },
-            _ = async { match deadline { Some(d) => sleep_until(d).await, None => std::future::pending().await } } => {
-                return CloseCause::Server(ReasonCode::KEEP_ALIVE_TIMEOUT);
-            }
         }
     }
 }

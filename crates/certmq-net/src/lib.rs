@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use config::{ListenerConfig, NetConfig, Protocol};
 pub use driver::PeerInfo;
-pub use transport::{StreamTransport, Transport, WsTransport};
+pub use transport::{StreamTransport, TcpTransport, Transport, WsTransport};
 
 /// State shared by every connection task.
 pub(crate) struct Shared {
@@ -123,6 +123,11 @@ impl Server {
         shutdown.await;
         tracing::info!("shutting down: closing connections");
         let _ = stop_tx.send(true);
+        let kicked = self
+            .shared
+            .broker
+            .kick_all(certmq_codec::ReasonCode::SERVER_SHUTTING_DOWN);
+        tracing::debug!(kicked, "connections told to close");
         let grace = self.shared.config.shutdown_grace;
         if tokio::time::timeout(grace, done_rx.recv()).await.is_err() {
             tracing::warn!(?grace, "connections still open after the grace period");
@@ -131,15 +136,19 @@ impl Server {
     }
 }
 
-/// Runs the broker's timers (delayed wills, session expiry) when they fall due.
+/// How often the keep-alive sweep runs at least.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Runs the broker's timers (keep-alive sweep, delayed wills, session
+/// expiry) when they fall due.
 async fn housekeeping(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
     loop {
         let now = tokio::time::Instant::now();
         let next = broker
             .next_deadline()
             .map(tokio::time::Instant::from_std)
-            .unwrap_or(now + Duration::from_secs(1))
-            .min(now + Duration::from_secs(1));
+            .unwrap_or(now + SWEEP_INTERVAL)
+            .min(now + SWEEP_INTERVAL);
         tokio::select! {
             _ = stop.changed() => return,
             _ = tokio::time::sleep_until(next) => broker.tick(std::time::Instant::now()),

@@ -9,7 +9,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 
 use crate::driver::{self, PeerInfo};
-use crate::transport::{StreamTransport, WsTransport};
+use crate::transport::{TcpTransport, WsTransport};
 use crate::{ListenerConfig, Protocol, Shared};
 
 pub(crate) async fn accept_loop(
@@ -42,25 +42,38 @@ pub(crate) async fn accept_loop(
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let peer = PeerInfo {
+        let peer = Box::new(PeerInfo {
             addr,
             allow_anonymous,
             certificates: Vec::new(),
-        };
-        let shared = shared.clone();
-        let stop = stop.clone();
-        let done = done.clone();
-        let protocol = config.protocol;
-        tokio::spawn(async move {
-            match protocol {
-                Protocol::MqttTcp => {
-                    driver::run(StreamTransport(stream), shared.clone(), peer, stop).await
-                }
-                Protocol::MqttWs => serve_ws(stream, shared.clone(), peer, stop).await,
-            }
-            shared.connections.fetch_sub(1, Ordering::Relaxed);
-            drop(done);
         });
+        let guard = ConnectionGuard {
+            shared: shared.clone(),
+            _done: done.clone(),
+        };
+        // The driver future is spawned as is (no wrapping async block), so
+        // what it captures is stored once per connection.
+        match config.protocol {
+            Protocol::MqttTcp => {
+                tokio::spawn(driver::run(TcpTransport(stream), guard, peer, stop.clone()));
+            }
+            Protocol::MqttWs => {
+                tokio::spawn(serve_ws(stream, guard, peer, stop.clone()));
+            }
+        }
+    }
+}
+
+/// Held by every connection task: counts it, and keeps the server's
+/// shutdown from completing until the task ends.
+pub(crate) struct ConnectionGuard {
+    pub shared: Arc<Shared>,
+    _done: mpsc::Sender<()>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.shared.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -69,8 +82,8 @@ pub(crate) async fn accept_loop(
 #[allow(clippy::result_large_err)]
 async fn serve_ws(
     stream: TcpStream,
-    shared: Arc<Shared>,
-    peer: PeerInfo,
+    guard: ConnectionGuard,
+    peer: Box<PeerInfo>,
     stop: watch::Receiver<bool>,
 ) {
     let check = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
@@ -96,11 +109,12 @@ async fn serve_ws(
         Ok(resp)
     };
     let handshake = tokio::time::timeout(
-        shared.config.connect_timeout,
+        guard.shared.config.connect_timeout,
         tokio_tungstenite::accept_hdr_async(stream, check),
     );
     match handshake.await {
-        Ok(Ok(ws)) => driver::run(WsTransport(ws), shared, peer, stop).await,
+        // Boxed: the WebSocket state is large, and only WS tasks pay for it.
+        Ok(Ok(ws)) => Box::pin(driver::run(WsTransport(ws), guard, peer, stop)).await,
         Ok(Err(e)) => tracing::debug!(peer = %peer.addr, error = %e, "WebSocket handshake failed"),
         Err(_) => tracing::debug!(peer = %peer.addr, "WebSocket handshake timed out"),
     }

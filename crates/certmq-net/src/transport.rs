@@ -22,13 +22,54 @@ pub trait Transport: Send {
     fn shutdown(&mut self) -> impl Future<Output = ()> + Send;
 }
 
-/// A byte stream (TCP, TLS).
+/// Bytes read per read call at most; the buffer exists only while reading.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Plain TCP. A busy connection keeps its read buffer; one that has to wait
+/// for data gives an empty buffer back first, so an idle connection holds
+/// no read buffer at all.
+pub struct TcpTransport(pub tokio::net::TcpStream);
+
+impl Transport for TcpTransport {
+    async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        loop {
+            if buf.capacity() - buf.len() >= READ_CHUNK / 4 {
+                match self.0.try_read_buf(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    other => return other,
+                }
+            }
+            if buf.is_empty() {
+                *buf = BytesMut::new();
+            }
+            // poll_read_ready keeps no waiter state in this future.
+            std::future::poll_fn(|cx| self.0.poll_read_ready(cx)).await?;
+            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                buf.reserve(READ_CHUNK);
+            }
+            match self.0.try_read_buf(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn send(&mut self, data: Bytes) -> io::Result<()> {
+        self.0.write_all(&data).await
+    }
+
+    async fn shutdown(&mut self) {
+        let _ = self.0.shutdown().await;
+    }
+}
+
+/// A byte stream (TLS, later); buffers as the stream does.
 pub struct StreamTransport<S>(pub S);
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for StreamTransport<S> {
     async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(8 * 1024);
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
         }
         self.0.read_buf(buf).await
     }
