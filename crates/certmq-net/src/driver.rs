@@ -4,6 +4,7 @@
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -78,19 +79,18 @@ async fn accept<T: Transport>(
     let connect = match connect {
         Err(_) => {
             tracing::debug!(peer = %peer.addr, "no CONNECT within the connect timeout");
-            t.shutdown().await;
+            send_and_close(t, BytesMut::new()).await;
             return None;
         }
         Ok(Err(ConnectError::Io)) => return None,
         Ok(Err(ConnectError::Decode(e))) => {
             tracing::debug!(peer = %peer.addr, error = %e, "bad CONNECT");
+            let mut wbuf = BytesMut::new();
             if let DecodeError::UnsupportedVersion(_) = e {
                 // The MQTT 3 CONNACK "unacceptable protocol version".
-                let _ = t
-                    .send(bytes::Bytes::from_static(&[0x20, 0x02, 0x00, 0x01]))
-                    .await;
+                wbuf.extend_from_slice(&[0x20, 0x02, 0x00, 0x01]);
             }
-            t.shutdown().await;
+            send_and_close(t, wbuf).await;
             return None;
         }
         Ok(Ok(c)) => c,
@@ -113,8 +113,7 @@ async fn accept<T: Transport>(
             };
             let mut wbuf = BytesMut::new();
             encode(&Packet::ConnAck(connack), protocol, &mut wbuf);
-            let _ = t.send(wbuf.freeze()).await;
-            t.shutdown().await;
+            send_and_close(t, wbuf).await;
             None
         }
     }
@@ -140,10 +139,23 @@ async fn finish<T: Transport>(mut t: T, mut conn: Conn, cause: CloseCause) {
             encode(&d, protocol, &mut wbuf);
         }
     }
+    send_and_close(&mut t, wbuf).await;
+}
+
+/// How long the last bytes of a closing connection may take to go out.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Output buffered beyond this stops reading input and taking deliveries
+/// until the client catches up (its queue then fills and drops, by policy).
+const HIGH_WATER: usize = 64 * 1024;
+
+/// Sends `wbuf` and closes the transport, giving up after [`CLOSE_GRACE`]
+/// each: a client that stopped reading cannot hold its task.
+async fn send_and_close<T: Transport>(t: &mut T, mut wbuf: BytesMut) {
     if !wbuf.is_empty() {
-        let _ = t.send(wbuf.freeze()).await;
+        let _ = timeout(CLOSE_GRACE, poll_fn(|cx| t.poll_write_from(cx, &mut wbuf))).await;
     }
-    t.shutdown().await;
+    let _ = timeout(CLOSE_GRACE, poll_fn(|cx| t.poll_close(cx))).await;
 }
 
 enum ConnectError {
@@ -167,7 +179,7 @@ async fn read_connect<T: Transport>(
             Ok(None) => {}
             Err(e) => return Err(ConnectError::Decode(e)),
         }
-        match t.read_into(rbuf).await {
+        match poll_fn(|cx| t.poll_read_into(cx, rbuf)).await {
             Ok(0) | Err(_) => return Err(ConnectError::Io),
             Ok(_) => {}
         }
@@ -187,9 +199,19 @@ fn drain_output(conn: &mut Conn, wbuf: &mut BytesMut) {
     }
 }
 
+/// What woke the connected phase.
+enum Event {
+    Mailbox(Ready),
+    Read(std::io::Result<usize>),
+    /// Buffered output went out completely.
+    Written,
+    WriteFailed,
+}
+
 /// The connected phase. Kept small on purpose: it is what an idle
-/// connection's task holds. Keep alive and shutdown arrive as mailbox kicks
-/// (the broker sweeps keep alives), so no timer or channel is held here.
+/// connection's task holds. One poll step makes write progress, checks the
+/// mailbox (deliveries, kicks: keep alive and shutdown arrive this way too)
+/// and reads, so no timer, channel or stored sub-future is held here.
 async fn session_loop<T: Transport>(
     t: &mut T,
     conn: &mut Conn,
@@ -199,6 +221,7 @@ async fn session_loop<T: Transport>(
     let protocol: Protocol = conn.protocol();
     let mailbox = conn.mailbox().clone();
     let generation = conn.generation();
+    let mut wbuf = BytesMut::new();
     // Packets that arrived together with CONNECT.
     let mut pending_input = !rbuf.is_empty();
     loop {
@@ -221,36 +244,53 @@ async fn session_loop<T: Transport>(
                 }
             }
         }
-        if conn.window_open() && !mailbox.is_empty() {
+        if wbuf.len() < HIGH_WATER && conn.window_open() && !mailbox.is_empty() {
             if let Err(reason) = conn.poll_deliveries(DELIVERY_BATCH, Instant::now()) {
                 return CloseCause::Server(reason);
             }
         }
-        let mut wbuf = BytesMut::new();
         drain_output(conn, &mut wbuf);
-        if !wbuf.is_empty() && t.send(wbuf.freeze()).await.is_err() {
-            return CloseCause::ConnectionLost;
-        }
-        let want_deliveries = conn.window_open();
-        tokio::select! {
-            biased;
-            ready = poll_fn(|cx| mailbox.poll_ready(cx, generation, want_deliveries)) => {
-                match ready {
-                    Ready::Kicked(k) => return CloseCause::Server(k.reason),
-                    Ready::Deliveries => {
-                        if let Err(reason) = conn.poll_deliveries(DELIVERY_BATCH, Instant::now()) {
-                            return CloseCause::Server(reason);
-                        }
-                    }
+        let backed_up = wbuf.len() >= HIGH_WATER;
+        let want_deliveries = !backed_up && conn.window_open();
+        let event = poll_fn(|cx| {
+            if !wbuf.is_empty() {
+                match t.poll_write_from(cx, &mut wbuf) {
+                    Poll::Ready(Ok(())) => return Poll::Ready(Event::Written),
+                    Poll::Ready(Err(_)) => return Poll::Ready(Event::WriteFailed),
+                    Poll::Pending => {}
                 }
             }
-            read = t.read_into(rbuf) => match read {
-                Ok(0) | Err(_) => return CloseCause::ConnectionLost,
-                Ok(_) => {
-                    conn.touch(Instant::now());
-                    pending_input = true;
+            if let Poll::Ready(r) = mailbox.poll_ready(cx, generation, want_deliveries) {
+                return Poll::Ready(Event::Mailbox(r));
+            }
+            if !backed_up {
+                if let Poll::Ready(r) = t.poll_read_into(cx, rbuf) {
+                    return Poll::Ready(Event::Read(r));
                 }
-            },
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Mailbox(Ready::Kicked(k)) => return CloseCause::Server(k.reason),
+            Event::Mailbox(Ready::Deliveries) => {
+                if let Err(reason) = conn.poll_deliveries(DELIVERY_BATCH, Instant::now()) {
+                    return CloseCause::Server(reason);
+                }
+            }
+            Event::Read(Ok(0) | Err(_)) | Event::WriteFailed => return CloseCause::ConnectionLost,
+            Event::Read(Ok(_)) => {
+                conn.touch(Instant::now());
+                pending_input = true;
+            }
+            Event::Written => {}
+        }
+        if wbuf.is_empty() && wbuf.capacity() > 0 {
+            // All sent: give the memory back while idle.
+            wbuf = BytesMut::new();
+        }
+        if rbuf.is_empty() && rbuf.capacity() > 0 && !pending_input {
+            *rbuf = BytesMut::new();
         }
     }
 }

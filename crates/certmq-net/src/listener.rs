@@ -114,7 +114,7 @@ async fn serve_ws(
     );
     match handshake.await {
         // Boxed: the WebSocket state is large, and only WS tasks pay for it.
-        Ok(Ok(ws)) => Box::pin(driver::run(WsTransport(ws), guard, peer, stop)).await,
+        Ok(Ok(ws)) => Box::pin(driver::run(WsTransport::new(ws), guard, peer, stop)).await,
         Ok(Err(e)) => tracing::debug!(peer = %peer.addr, error = %e, "WebSocket handshake failed"),
         Err(_) => tracing::debug!(peer = %peer.addr, "WebSocket handshake timed out"),
     }

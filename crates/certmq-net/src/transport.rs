@@ -1,125 +1,184 @@
 //! The seam between byte transports and the connection driver. MQTT over
-//! TCP (and, later, TLS) is a byte stream; MQTT over WebSocket carries the
-//! same bytes in binary messages. Both look the same to the driver.
+//! TCP (and TLS) is a byte stream; MQTT over WebSocket carries the same bytes
+//! in binary messages. The driver polls both the same way, reading and
+//! writing in one event step, so a client that stops reading can neither
+//! block the broker's kicks nor its own close.
 
-use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
-use bytes::{Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::{Buf, BytesMut};
+use futures_util::{Sink, Stream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-/// What the driver needs from a transport. Reads must be cancel-safe: the
-/// driver selects on them together with its mailbox and timers.
-pub trait Transport: Send {
+/// Bytes read per read call at most.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What the driver needs from a transport.
+pub trait Transport: Send + Unpin {
     /// Appends received bytes to `buf`; `Ok(0)` at end of stream.
-    fn read_into(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send;
-    /// Sends `data` and flushes it.
-    fn send(&mut self, data: Bytes) -> impl Future<Output = io::Result<()>> + Send;
-    /// Closes the write side, best effort.
-    fn shutdown(&mut self) -> impl Future<Output = ()> + Send;
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>>;
+    /// Writes and flushes all of `buf`, consuming it as it goes.
+    fn poll_write_from(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut)
+        -> Poll<io::Result<()>>;
+    /// Closes the write side.
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
-/// Bytes read per read call at most; the buffer exists only while reading.
-const READ_CHUNK: usize = 8 * 1024;
+/// Reads into a stack chunk and copies only what arrived into `buf`, so
+/// buffers are sized to the data: an idle connection holds none, and a
+/// queued message's payload never pins a large read chunk.
+fn poll_read_chunked<S: AsyncRead + Unpin>(
+    s: &mut S,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    let mut chunk = [0u8; READ_CHUNK];
+    let mut rb = ReadBuf::new(&mut chunk);
+    ready!(Pin::new(s).poll_read(cx, &mut rb))?;
+    let got = rb.filled();
+    buf.extend_from_slice(got);
+    Ok(got.len()).into()
+}
 
-/// Plain TCP. A busy connection keeps its read buffer; one that has to wait
-/// for data gives an empty buffer back first, so an idle connection holds
-/// no read buffer at all.
+fn poll_write_all<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<()>> {
+    while !buf.is_empty() {
+        let n = ready!(Pin::new(&mut *s).poll_write(cx, buf))?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into()).into();
+        }
+        buf.advance(n);
+    }
+    Pin::new(s).poll_flush(cx)
+}
+
+/// Plain TCP.
 pub struct TcpTransport(pub tokio::net::TcpStream);
 
 impl Transport for TcpTransport {
-    async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        loop {
-            if buf.capacity() - buf.len() >= READ_CHUNK / 4 {
-                match self.0.try_read_buf(buf) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    other => return other,
-                }
-            }
-            if buf.is_empty() {
-                *buf = BytesMut::new();
-            }
-            // poll_read_ready keeps no waiter state in this future.
-            std::future::poll_fn(|cx| self.0.poll_read_ready(cx)).await?;
-            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-                buf.reserve(READ_CHUNK);
-            }
-            match self.0.try_read_buf(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                other => return other,
-            }
-        }
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        poll_read_chunked(&mut self.0, cx, buf)
     }
 
-    async fn send(&mut self, data: Bytes) -> io::Result<()> {
-        self.0.write_all(&data).await
+    fn poll_write_from(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<()>> {
+        poll_write_all(&mut self.0, cx, buf)
     }
 
-    async fn shutdown(&mut self) {
-        let _ = self.0.shutdown().await;
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
-/// A byte stream (TLS, later); buffers as the stream does.
+/// Any byte stream (TLS).
 pub struct StreamTransport<S>(pub S);
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for StreamTransport<S> {
-    async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
-        self.0.read_buf(buf).await
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        poll_read_chunked(&mut self.0, cx, buf)
     }
 
-    async fn send(&mut self, data: Bytes) -> io::Result<()> {
-        self.0.write_all(&data).await?;
-        self.0.flush().await
+    fn poll_write_from(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<()>> {
+        poll_write_all(&mut self.0, cx, buf)
     }
 
-    async fn shutdown(&mut self) {
-        let _ = self.0.shutdown().await;
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
 /// MQTT over WebSocket (MQTT 5 §6): binary messages, packets may span them.
-pub struct WsTransport<S>(pub WebSocketStream<S>);
+pub struct WsTransport<S> {
+    ws: WebSocketStream<S>,
+    /// A message was handed to the sink and still needs flushing.
+    flushing: bool,
+}
+
+impl<S> WsTransport<S> {
+    pub fn new(ws: WebSocketStream<S>) -> Self {
+        Self {
+            ws,
+            flushing: false,
+        }
+    }
+}
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for WsTransport<S> {
-    async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
         loop {
-            match self.0.next().await {
-                None | Some(Ok(Message::Close(_))) => return Ok(0),
-                Some(Ok(Message::Binary(data))) => {
-                    if data.is_empty() {
-                        continue;
-                    }
+            match ready!(Pin::new(&mut self.ws).poll_next(cx)) {
+                None | Some(Ok(Message::Close(_))) => return Ok(0).into(),
+                Some(Ok(Message::Binary(data))) if !data.is_empty() => {
                     buf.extend_from_slice(&data);
-                    return Ok(data.len());
+                    return Ok(data.len()).into();
                 }
                 Some(Ok(Message::Text(_))) => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         "MQTT over WebSocket requires binary frames",
                     ))
+                    .into()
                 }
-                // Pings are answered by tungstenite itself.
+                // Empty binary frames; pings are answered by tungstenite itself.
                 Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(io::Error::other(e)),
+                Some(Err(e)) => return Err(io::Error::other(e)).into(),
             }
         }
     }
 
-    async fn send(&mut self, data: Bytes) -> io::Result<()> {
-        self.0
-            .send(Message::Binary(data))
-            .await
-            .map_err(io::Error::other)
+    fn poll_write_from(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<()>> {
+        if !buf.is_empty() {
+            ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(io::Error::other)?;
+            let data = buf.split().freeze();
+            Pin::new(&mut self.ws)
+                .start_send(Message::Binary(data))
+                .map_err(io::Error::other)?;
+            self.flushing = true;
+        }
+        if self.flushing {
+            ready!(Pin::new(&mut self.ws).poll_flush(cx)).map_err(io::Error::other)?;
+            self.flushing = false;
+        }
+        Ok(()).into()
     }
 
-    async fn shutdown(&mut self) {
-        let _ = self.0.close(None).await;
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.ws)
+            .poll_close(cx)
+            .map_err(io::Error::other)
     }
 }
