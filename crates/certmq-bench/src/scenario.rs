@@ -96,6 +96,17 @@ struct Shared {
 }
 
 impl Shared {
+    fn new() -> Arc<Self> {
+        Arc::new(Shared {
+            epoch: Instant::now(),
+            measuring: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        })
+    }
+
     fn stamp(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
     }
@@ -120,14 +131,7 @@ pub async fn run(scenario: Scenario, opts: Options) -> anyhow::Result<Report> {
 /// Publishers and subscribers wired per scenario.
 async fn messaging(scenario: Scenario, opts: Options) -> anyhow::Result<Report> {
     let n = opts.connections.max(1);
-    let shared = Arc::new(Shared {
-        epoch: Instant::now(),
-        measuring: AtomicBool::new(false),
-        stop: AtomicBool::new(false),
-        sent: AtomicU64::new(0),
-        received: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-    });
+    let shared = Shared::new();
     let run_id = format!(
         "{:x}",
         shared.epoch.elapsed().as_nanos() ^ u128::from(std::process::id())
@@ -271,12 +275,7 @@ async fn messaging(scenario: Scenario, opts: Options) -> anyhow::Result<Report> 
         sent,
         units,
         units_per_s: units as f64 / window,
-        latency: (!all.is_empty()).then(|| Latency {
-            p50_us: all.value_at_quantile(0.5) as f64 / 1000.0,
-            p99_us: all.value_at_quantile(0.99) as f64 / 1000.0,
-            p999_us: all.value_at_quantile(0.999) as f64 / 1000.0,
-            max_us: all.max() as f64 / 1000.0,
-        }),
+        latency: latency(&all),
         errors: shared.errors.load(Ordering::Relaxed),
         broker_cpu_s: cpu,
         broker_cpu_us_per_unit: cpu.filter(|_| units > 0).map(|c| c * 1e6 / units as f64),
@@ -287,6 +286,16 @@ async fn messaging(scenario: Scenario, opts: Options) -> anyhow::Result<Report> 
 
 fn unreachable_scenario<T>() -> anyhow::Result<T> {
     anyhow::bail!("not a messaging scenario")
+}
+
+/// Percentiles of a histogram of nanoseconds, in microseconds.
+fn latency(h: &Histogram<u64>) -> Option<Latency> {
+    (!h.is_empty()).then(|| Latency {
+        p50_us: h.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_us: h.value_at_quantile(0.99) as f64 / 1000.0,
+        p999_us: h.value_at_quantile(0.999) as f64 / 1000.0,
+        max_us: h.max() as f64 / 1000.0,
+    })
 }
 
 fn new_hist() -> Histogram<u64> {
@@ -554,14 +563,7 @@ async fn idle(opts: Options) -> anyhow::Result<Report> {
 
 /// Full MQTT connects (TCP + CONNECT/CONNACK + DISCONNECT) from N workers.
 async fn connect_rate(opts: Options) -> anyhow::Result<Report> {
-    let shared = Arc::new(Shared {
-        epoch: Instant::now(),
-        measuring: AtomicBool::new(false),
-        stop: AtomicBool::new(false),
-        sent: AtomicU64::new(0),
-        received: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-    });
+    let shared = Shared::new();
     let mut set = JoinSet::new();
     for w in 0..opts.connections.max(1) {
         let o = opts.clone();
@@ -623,12 +625,7 @@ async fn connect_rate(opts: Options) -> anyhow::Result<Report> {
         sent: units,
         units,
         units_per_s: units as f64 / window,
-        latency: (!all.is_empty()).then(|| Latency {
-            p50_us: all.value_at_quantile(0.5) as f64 / 1000.0,
-            p99_us: all.value_at_quantile(0.99) as f64 / 1000.0,
-            p999_us: all.value_at_quantile(0.999) as f64 / 1000.0,
-            max_us: all.max() as f64 / 1000.0,
-        }),
+        latency: latency(&all),
         errors: shared.errors.load(Ordering::Relaxed),
         broker_cpu_s: cpu,
         broker_cpu_us_per_unit: cpu.filter(|_| units > 0).map(|c| c * 1e6 / units as f64),

@@ -302,6 +302,16 @@ impl Conn {
         self.entry.state.lock().owner == self.generation
     }
 
+    /// Acknowledges a client's PUBLISH: PUBACK for QoS 1, PUBREC for QoS 2.
+    fn ack_publish(&mut self, qos: QoS, packet_id: u16, code: ReasonCode) {
+        let ack = self.ack(code, PubResponse::new(packet_id, code));
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.out.push(Packet::PubAck(ack)),
+            QoS::ExactlyOnce => self.out.push(Packet::PubRec(ack)),
+        }
+    }
+
     fn ack(&mut self, reason: ReasonCode, mut packet: PubResponse) -> PubResponse {
         packet.reason = if self.protocol.is_v5() {
             reason
@@ -442,18 +452,7 @@ impl Conn {
         if p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err()
         {
-            let code = ReasonCode::PAYLOAD_FORMAT_INVALID;
-            match p.qos {
-                QoS::AtMostOnce => {}
-                QoS::AtLeastOnce => {
-                    let ack = self.ack(code, PubResponse::new(p.packet_id, code));
-                    self.out.push(Packet::PubAck(ack));
-                }
-                QoS::ExactlyOnce => {
-                    let ack = self.ack(code, PubResponse::new(p.packet_id, code));
-                    self.out.push(Packet::PubRec(ack));
-                }
-            }
+            self.ack_publish(p.qos, p.packet_id, ReasonCode::PAYLOAD_FORMAT_INVALID);
             return Ok(Flow::Continue);
         }
         let message = Arc::new(message_from(
@@ -471,18 +470,10 @@ impl Conn {
         } else {
             ReasonCode::SUCCESS
         };
-        match p.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => {
-                let ack = self.ack(code, PubResponse::new(p.packet_id, code));
-                self.out.push(Packet::PubAck(ack));
-            }
-            QoS::ExactlyOnce => {
-                self.entry.state.lock().incoming_qos2.insert(p.packet_id);
-                let ack = self.ack(code, PubResponse::new(p.packet_id, code));
-                self.out.push(Packet::PubRec(ack));
-            }
+        if p.qos == QoS::ExactlyOnce {
+            self.entry.state.lock().incoming_qos2.insert(p.packet_id);
         }
+        self.ack_publish(p.qos, p.packet_id, code);
         Ok(Flow::Continue)
     }
 

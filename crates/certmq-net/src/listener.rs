@@ -9,7 +9,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 
 use crate::driver::{self, PeerInfo};
-use crate::transport::{TcpTransport, WsTransport};
+use crate::transport::{StreamTransport, WsTransport};
 use crate::{ListenerConfig, Protocol, Shared};
 
 pub(crate) async fn accept_loop(
@@ -55,7 +55,12 @@ pub(crate) async fn accept_loop(
         // what it captures is stored once per connection.
         match config.protocol {
             Protocol::MqttTcp => {
-                tokio::spawn(driver::run(TcpTransport(stream), guard, peer, stop.clone()));
+                tokio::spawn(driver::run(
+                    StreamTransport(stream),
+                    guard,
+                    peer,
+                    stop.clone(),
+                ));
             }
             Protocol::MqttWs => {
                 tokio::spawn(serve_ws(stream, guard, peer, stop.clone()));

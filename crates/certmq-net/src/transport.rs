@@ -64,31 +64,9 @@ fn poll_write_all<S: AsyncWrite + Unpin>(
 }
 
 /// Plain TCP.
-pub struct TcpTransport(pub tokio::net::TcpStream);
+pub type TcpTransport = StreamTransport<tokio::net::TcpStream>;
 
-impl Transport for TcpTransport {
-    fn poll_read_into(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &mut BytesMut,
-    ) -> Poll<io::Result<usize>> {
-        poll_read_chunked(&mut self.0, cx, buf)
-    }
-
-    fn poll_write_from(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &mut BytesMut,
-    ) -> Poll<io::Result<()>> {
-        poll_write_all(&mut self.0, cx, buf)
-    }
-
-    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-/// Any byte stream (TLS).
+/// Any byte stream (TCP, TLS).
 pub struct StreamTransport<S>(pub S);
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for StreamTransport<S> {
