@@ -96,36 +96,30 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        // Handlers first: a script that reads the `listening` lines may send
+        // SIGTERM at once, and must get a clean shutdown, not the default kill.
+        let shutdown = shutdown_signal()?;
         let broker = certmq_core::Broker::new(config.broker_config());
         let server = certmq_net::Server::bind(broker, config.net_config()).await?;
         for l in server.local_addrs() {
             tracing::info!("listening protocol={} addr={}", l.protocol.name(), l.addr);
         }
-        server.run(shutdown_signal()).await;
+        server.run(shutdown).await;
         tracing::info!("stopped");
         Ok(())
     })
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+/// Registers the SIGINT and SIGTERM handlers now and returns a future that
+/// completes on either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    })
 }
