@@ -304,7 +304,7 @@ impl Conn {
 
     /// Acknowledges a client's PUBLISH: PUBACK for QoS 1, PUBREC for QoS 2.
     fn ack_publish(&mut self, qos: QoS, packet_id: u16, code: ReasonCode) {
-        let ack = self.ack(code, PubResponse::new(packet_id, code));
+        let ack = self.response(packet_id, code);
         match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => self.out.push(Packet::PubAck(ack)),
@@ -312,13 +312,14 @@ impl Conn {
         }
     }
 
-    fn ack(&mut self, reason: ReasonCode, mut packet: PubResponse) -> PubResponse {
-        packet.reason = if self.protocol.is_v5() {
-            reason
+    /// A PUBACK/PUBREC/PUBREL/PUBCOMP body; MQTT 3 has no reason codes.
+    fn response(&self, packet_id: u16, code: ReasonCode) -> PubResponse {
+        let code = if self.protocol.is_v5() {
+            code
         } else {
             ReasonCode::SUCCESS
         };
-        packet
+        PubResponse::new(packet_id, code)
     }
 
     /// Handles one packet from the client. `Err(reason)` means the broker
@@ -354,7 +355,7 @@ impl Conn {
                     }
                 };
                 if let Some(code) = reply {
-                    let p = self.ack(code, PubResponse::new(r.packet_id, code));
+                    let p = self.response(r.packet_id, code);
                     self.out.push(Packet::PubRel(p));
                 }
                 Ok(Flow::Continue)
@@ -366,7 +367,7 @@ impl Conn {
                 } else {
                     ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
                 };
-                let p = self.ack(code, PubResponse::new(r.packet_id, code));
+                let p = self.response(r.packet_id, code);
                 self.out.push(Packet::PubComp(p));
                 Ok(Flow::Continue)
             }
@@ -438,11 +439,7 @@ impl Conn {
             if state.incoming_qos2.contains(&p.packet_id) {
                 // A resent QoS 2 PUBLISH: already routed once.
                 drop(state);
-                let ack = self.ack(
-                    ReasonCode::SUCCESS,
-                    PubResponse::new(p.packet_id, ReasonCode::SUCCESS),
-                );
-                self.out.push(Packet::PubRec(ack));
+                self.ack_publish(QoS::ExactlyOnce, p.packet_id, ReasonCode::SUCCESS);
                 return Ok(Flow::Continue);
             }
             if state.incoming_qos2.len() >= usize::from(self.broker.config.receive_maximum) {
@@ -586,12 +583,9 @@ impl Conn {
                 continue;
             }
             if d.qos != QoS::AtMostOnce && state.inflight.len() >= window {
-                entry.mailbox.unshift(
-                    std::iter::once(d)
-                        .chain(rest.by_ref())
-                        .collect::<Vec<_>>()
-                        .into_iter(),
-                );
+                entry
+                    .mailbox
+                    .unshift(std::iter::once(d).chain(rest.by_ref()));
                 break;
             }
             let packet_id = if d.qos == QoS::AtMostOnce {
