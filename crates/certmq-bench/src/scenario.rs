@@ -228,17 +228,7 @@ async fn messaging(scenario: Scenario, opts: Options) -> anyhow::Result<Report> 
         ));
     }
 
-    tokio::time::sleep(opts.warmup).await;
-    let cpu0 = opts.broker_pid.and_then(procstat::cpu_seconds);
-    let sent0 = shared.sent.load(Ordering::Relaxed);
-    shared.measuring.store(true, Ordering::Relaxed);
-    let t0 = Instant::now();
-    progress_wait(&opts, &shared, t0).await;
-    shared.measuring.store(false, Ordering::Relaxed);
-    let window = t0.elapsed().as_secs_f64();
-    let cpu1 = opts.broker_pid.and_then(procstat::cpu_seconds);
-    let sent = shared.sent.load(Ordering::Relaxed) - sent0;
-    shared.stop.store(true, Ordering::Relaxed);
+    let (window, cpu, sent) = measure_window(&opts, &shared).await;
 
     while let Some(r) = pubs.join_next().await {
         if matches!(r, Ok(Err(_)) | Err(_)) {
@@ -259,10 +249,6 @@ async fn messaging(scenario: Scenario, opts: Options) -> anyhow::Result<Report> 
         let _ = all.add(h);
     }
     let units = shared.received.load(Ordering::Relaxed);
-    let cpu = match (cpu0, cpu1) {
-        (Some(a), Some(b)) => Some(b - a),
-        _ => None,
-    };
     Ok(Report {
         scenario,
         qos: opts.qos as u8,
@@ -307,6 +293,28 @@ fn new_hist() -> Histogram<u64> {
 fn unreachable_hist() -> Histogram<u64> {
     // Histogram::new(3) only fails for sigfig > 5; never reached.
     std::process::abort()
+}
+
+/// Warm-up, then the measuring window: returns its length in seconds, the
+/// broker's CPU seconds spent in it (when its PID is known) and the messages
+/// sent in it. Tells every task to stop at the end.
+async fn measure_window(opts: &Options, shared: &Shared) -> (f64, Option<f64>, u64) {
+    tokio::time::sleep(opts.warmup).await;
+    let cpu0 = opts.broker_pid.and_then(procstat::cpu_seconds);
+    let sent0 = shared.sent.load(Ordering::Relaxed);
+    shared.measuring.store(true, Ordering::Relaxed);
+    let t0 = Instant::now();
+    progress_wait(opts, shared, t0).await;
+    shared.measuring.store(false, Ordering::Relaxed);
+    let window = t0.elapsed().as_secs_f64();
+    let cpu1 = opts.broker_pid.and_then(procstat::cpu_seconds);
+    let sent = shared.sent.load(Ordering::Relaxed) - sent0;
+    shared.stop.store(true, Ordering::Relaxed);
+    let cpu = match (cpu0, cpu1) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    (window, cpu, sent)
 }
 
 /// Waits out the measuring window, drawing a progress bar on a terminal.
@@ -593,15 +601,7 @@ async fn connect_rate(opts: Options) -> anyhow::Result<Report> {
             hist
         });
     }
-    tokio::time::sleep(opts.warmup).await;
-    let cpu0 = opts.broker_pid.and_then(procstat::cpu_seconds);
-    shared.measuring.store(true, Ordering::Relaxed);
-    let t0 = Instant::now();
-    progress_wait(&opts, &shared, t0).await;
-    shared.measuring.store(false, Ordering::Relaxed);
-    let window = t0.elapsed().as_secs_f64();
-    let cpu1 = opts.broker_pid.and_then(procstat::cpu_seconds);
-    shared.stop.store(true, Ordering::Relaxed);
+    let (window, cpu, _) = measure_window(&opts, &shared).await;
     let mut all = new_hist();
     while let Some(r) = set.join_next().await {
         if let Ok(h) = r {
@@ -609,10 +609,6 @@ async fn connect_rate(opts: Options) -> anyhow::Result<Report> {
         }
     }
     let units = shared.received.load(Ordering::Relaxed);
-    let cpu = match (cpu0, cpu1) {
-        (Some(a), Some(b)) => Some(b - a),
-        _ => None,
-    };
     Ok(Report {
         scenario: Scenario::ConnectRate,
         qos: 0,

@@ -3,21 +3,7 @@
 //! bytes, so latency is measured end to end without a clock per message.
 
 use bytes::{BufMut, BytesMut};
-use certmq_codec::{Protocol, QoS};
-
-fn put_varint(out: &mut BytesMut, mut v: usize) {
-    loop {
-        let mut b = (v & 0x7F) as u8;
-        v >>= 7;
-        if v > 0 {
-            b |= 0x80;
-        }
-        out.put_u8(b);
-        if v == 0 {
-            break;
-        }
-    }
-}
+use certmq_codec::{put_varint, Protocol, QoS};
 
 /// Appends a PUBLISH of `payload_len` bytes (at least 8) stamped with `stamp`.
 pub fn put_publish(
@@ -35,7 +21,11 @@ pub fn put_publish(
     let remaining = 2 + topic.len() + id + props + payload_len;
     out.reserve(remaining + 5);
     out.put_u8(0x30 | ((qos as u8) << 1));
-    put_varint(out, remaining);
+    // Bounded by the payload option; MQTT caps a packet at 256 MiB anyway.
+    put_varint(
+        out,
+        u32::try_from(remaining).unwrap_or(certmq_codec::VARINT_MAX),
+    );
     out.put_u16(topic.len() as u16);
     out.put_slice(topic.as_bytes());
     if id > 0 {

@@ -25,7 +25,7 @@ pub use error::DecodeError;
 pub use packet::*;
 pub use properties::{Properties, PropertyContext};
 pub use reason::ReasonCode;
-pub use wire::VARINT_MAX;
+pub use wire::{put_varint, read_varint, VARINT_MAX};
 
 /// Checks a PUBLISH or will topic name (no wildcards; empty only when
 /// `empty_ok`, as when an MQTT 5 topic alias stands for it).

@@ -120,7 +120,8 @@ pub(crate) fn varint_len(value: u32) -> usize {
     }
 }
 
-pub(crate) fn put_varint(out: &mut BytesMut, mut value: u32) {
+/// Appends a variable byte integer (MQTT §1.5.5).
+pub fn put_varint(out: &mut BytesMut, mut value: u32) {
     loop {
         let mut byte = (value & 0x7F) as u8;
         value >>= 7;
