@@ -12,8 +12,10 @@ use certmq_codec::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::tls::{Stream, TlsSetup};
+
 pub struct Client {
-    pub stream: TcpStream,
+    stream: Stream,
     pub protocol: Protocol,
     rbuf: BytesMut,
     pub wbuf: BytesMut,
@@ -47,8 +49,13 @@ impl Client {
         protocol: Protocol,
         client_id: &str,
         keep_alive: u16,
+        tls: Option<&TlsSetup>,
     ) -> anyhow::Result<Client> {
-        let stream = tcp(addr, source).await?;
+        let tcp = tcp(addr, source).await?;
+        let stream = match tls {
+            Some(tls) => tls.connect(tcp).await?,
+            None => Stream::Tcp(tcp),
+        };
         let mut c = Client {
             stream,
             protocol,

@@ -12,6 +12,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use crate::scenario::{self, Report};
+use crate::tls::{TlsFiles, TlsMode};
 use crate::LoadArgs;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -26,7 +27,7 @@ pub enum BrokerKind {
 }
 
 impl BrokerKind {
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             BrokerKind::Certmq => "certmq",
             BrokerKind::Mosquitto => "mosquitto (nodelay)",
@@ -51,6 +52,16 @@ pub struct CompareArgs {
         default_value = "certmq,mosquitto,mosquitto-nagle"
     )]
     brokers: Vec<BrokerKind>,
+    #[command(flatten)]
+    bins: Bins,
+    /// Append every run's report, one JSON object per line, to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Where the brokers' programs are.
+#[derive(Args, Clone)]
+pub struct Bins {
     /// The certmq binary (default: `certmq` next to this program).
     #[arg(long)]
     certmq_bin: Option<PathBuf>,
@@ -58,15 +69,18 @@ pub struct CompareArgs {
     mosquitto_bin: PathBuf,
     #[arg(long, default_value = "rumqttd")]
     rumqttd_bin: PathBuf,
-    /// Append every run's report, one JSON object per line, to this file.
-    #[arg(long)]
-    out: Option<PathBuf>,
 }
 
-struct Running {
+pub struct Running {
     child: Child,
-    addr: SocketAddr,
+    pub addr: SocketAddr,
     _dir: ScratchDir,
+}
+
+impl Running {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Running {
@@ -75,7 +89,7 @@ impl Drop for Running {
     }
 }
 
-struct ScratchDir(PathBuf);
+pub(crate) struct ScratchDir(pub PathBuf);
 
 impl Drop for ScratchDir {
     fn drop(&mut self) {
@@ -104,7 +118,7 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-fn scratch(tag: &str) -> anyhow::Result<ScratchDir> {
+pub(crate) fn scratch(tag: &str) -> anyhow::Result<ScratchDir> {
     let dir = std::env::temp_dir().join(format!(
         "certmq-bench-{tag}-{}-{}",
         std::process::id(),
@@ -121,7 +135,13 @@ fn default_certmq_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("certmq"))
 }
 
-fn start(kind: BrokerKind, args: &CompareArgs) -> anyhow::Result<Running> {
+/// Starts a broker on a free loopback port and waits until it listens.
+pub fn start(
+    kind: BrokerKind,
+    args: &Bins,
+    tls: TlsMode,
+    files: Option<&TlsFiles>,
+) -> anyhow::Result<Running> {
     let port = free_port()?;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let dir = scratch(match kind {
@@ -130,6 +150,9 @@ fn start(kind: BrokerKind, args: &CompareArgs) -> anyhow::Result<Running> {
         _ => "mosquitto",
     })?;
     let mut cmd = match kind {
+        BrokerKind::Certmq if tls != TlsMode::None => {
+            bail!("certmq's TLS listener arrives with issue 4; compare TLS against mosquitto only for now")
+        }
         BrokerKind::Certmq => {
             let bin = args.certmq_bin.clone().unwrap_or_else(default_certmq_bin);
             let mut c = Command::new(bin);
@@ -150,17 +173,32 @@ fn start(kind: BrokerKind, args: &CompareArgs) -> anyhow::Result<Running> {
             let conf = dir.0.join("mosquitto.conf");
             let nodelay = kind == BrokerKind::Mosquitto;
             // Limits as certmq's defaults: queue 1000, 1024 in flight, 1 MiB packets.
-            std::fs::write(
-                &conf,
-                format!(
-                    "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                     max_queued_messages 1000\nmax_inflight_messages 1024\nmessage_size_limit 1048576\n\
-                     set_tcp_nodelay {nodelay}\nlog_dest stderr\nlog_type error\n"
-                ),
-            )?;
+            let mut text = format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 max_queued_messages 1000\nmax_inflight_messages 1024\nmessage_size_limit 1048576\n\
+                 set_tcp_nodelay {nodelay}\nlog_dest stderr\nlog_type error\n"
+            );
+            if let (TlsMode::Server | TlsMode::Mutual, Some(f)) = (tls, files) {
+                let path = |p: &Option<PathBuf>| {
+                    p.as_ref()
+                        .map(|p| p.display().to_string())
+                        .ok_or_else(|| anyhow::anyhow!("server certificate files missing"))
+                };
+                text.push_str(&format!(
+                    "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n",
+                    f.ca.display(),
+                    path(&f.server_cert)?,
+                    path(&f.server_key)?,
+                    tls == TlsMode::Mutual
+                ));
+            }
+            std::fs::write(&conf, text)?;
             let mut c = Command::new(&args.mosquitto_bin);
             c.arg("-c").arg(&conf);
             c
+        }
+        BrokerKind::Rumqttd if tls != TlsMode::None => {
+            bail!("TLS comparisons run against certmq and mosquitto only")
         }
         BrokerKind::Rumqttd => {
             let conf = dir.0.join("rumqttd.toml");
@@ -205,8 +243,22 @@ fn rumqttd_config(addr: SocketAddr) -> String {
     )
 }
 
-pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: CompareArgs) -> anyhow::Result<()> {
     anyhow::ensure!((1..=20).contains(&args.rounds), "--rounds must be 1..=20");
+    // TLS runs: certificates are minted once for the whole comparison.
+    let _certs_dir;
+    let tls_files = match args.load.tls {
+        TlsMode::None => None,
+        _ => {
+            let dir = scratch("certs")?;
+            let files = crate::tls::mint(&dir.0)?;
+            args.load.ca = Some(files.ca.clone());
+            args.load.cert = files.client_cert.clone();
+            args.load.key = files.client_key.clone();
+            _certs_dir = dir;
+            Some(files)
+        }
+    };
     let mut results: Vec<(BrokerKind, Vec<Report>)> =
         args.brokers.iter().map(|b| (*b, Vec::new())).collect();
     for round in 1..=args.rounds {
@@ -216,7 +268,7 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
                 // rumqttd's v4 listener serves MQTT 3.1.1.
                 load.mqtt = 3;
             }
-            let running = start(*kind, &args)?;
+            let running = start(*kind, &args.bins, args.load.tls, tls_files.as_ref())?;
             let opts = load.options(running.addr, Some(running.child.id()))?;
             let opts = scenario::Options {
                 progress: false,
@@ -283,7 +335,7 @@ pub struct Ratios {
     bytes_per_connection: Option<f64>,
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
+pub fn median(mut v: Vec<f64>) -> Option<f64> {
     v.retain(|x| x.is_finite());
     if v.is_empty() {
         return None;

@@ -8,8 +8,11 @@
 
 mod client;
 mod compare;
+mod plot;
 mod procstat;
 mod scenario;
+mod sweep;
+mod tls;
 mod wire;
 
 use std::net::{IpAddr, SocketAddr};
@@ -47,6 +50,9 @@ enum Command {
     /// Start certmq and mosquitto (and rumqttd if found) in turn, run the same
     /// scenario against each over several alternating rounds, print medians and ratios.
     Compare(compare::CompareArgs),
+    /// Throughput and p99 latency against offered load for each broker, the
+    /// p99 at half of mosquitto's maximum rate, and an SVG plot.
+    Sweep(sweep::SweepArgs),
 }
 
 #[derive(Args, Clone)]
@@ -87,6 +93,24 @@ pub struct LoadArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// TLS: none, server (one-way) or mutual (client certificate).
+    #[arg(long, value_enum, default_value = "none")]
+    tls: tls::TlsMode,
+    /// Resume TLS sessions (tickets); off means a full handshake every time.
+    #[arg(long)]
+    tls_resume: bool,
+    /// CA certificate(s) to trust (PEM). `compare` mints one when not given.
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
+    /// Client certificate chain (PEM), for --tls mutual.
+    #[arg(long)]
+    cert: Option<std::path::PathBuf>,
+    /// Client private key (PEM), for --tls mutual.
+    #[arg(long)]
+    key: Option<std::path::PathBuf>,
+    /// The SNI name and the name the server certificate must carry.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
 }
 
 impl LoadArgs {
@@ -104,7 +128,33 @@ impl LoadArgs {
             self.connections <= 19_500,
             "--connections above 19,500 would exceed the 20,000 open-file limit"
         );
+        let tls = match self.tls {
+            tls::TlsMode::None => None,
+            mode => {
+                let Some(ca) = &self.ca else {
+                    anyhow::bail!(
+                        "--tls {mode:?} needs --ca (the CA that signed the broker's certificate)"
+                    );
+                };
+                let files = tls::TlsFiles {
+                    ca: ca.clone(),
+                    server_cert: None,
+                    server_key: None,
+                    client_cert: self.cert.clone(),
+                    client_key: self.key.clone(),
+                };
+                Some(std::sync::Arc::new(tls::TlsSetup::new(
+                    mode,
+                    &files,
+                    &self.server_name,
+                    self.tls_resume,
+                )?))
+            }
+        };
         Ok(Options {
+            tls,
+            tls_mode: self.tls,
+            tls_resume: self.tls_resume,
             addr,
             protocol,
             qos: QoS::from_u8(self.qos).unwrap_or_default(),
@@ -150,6 +200,7 @@ fn main() -> ExitCode {
                 anyhow::Ok(())
             }
             Command::Compare(args) => compare::run(args).await,
+            Command::Sweep(args) => sweep::run(args).await,
         }
     });
     match result {

@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 
 use crate::client::{self, Client};
 use crate::procstat;
+use crate::tls::{TlsMode, TlsSetup};
 use crate::wire;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -31,7 +32,7 @@ pub enum Scenario {
     FanInShared,
     /// Hold N idle connections; report the broker's memory per connection.
     Idle,
-    /// Connect, CONNACK, DISCONNECT in a loop from N workers (plain TCP).
+    /// Connect (TCP, TLS or mutual TLS), CONNACK, DISCONNECT in a loop from N workers.
     ConnectRate,
 }
 
@@ -53,6 +54,9 @@ pub struct Options {
     pub sources: Vec<IpAddr>,
     pub broker_pid: Option<u32>,
     pub progress: bool,
+    pub tls: Option<Arc<TlsSetup>>,
+    pub tls_mode: TlsMode,
+    pub tls_resume: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -66,6 +70,8 @@ pub struct Latency {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub scenario: Scenario,
+    pub tls: TlsMode,
+    pub tls_resume: bool,
     pub qos: u8,
     pub protocol: u8,
     pub connections: usize,
@@ -177,6 +183,7 @@ async fn messaging(scenario: Scenario, opts: Options) -> anyhow::Result<Report> 
                 opts2.protocol,
                 &format!("bench-sub-{i}"),
                 600,
+                opts2.tls.as_deref(),
             )
             .await?;
             c.subscribe(&f, opts2.qos).await?;
@@ -196,6 +203,7 @@ async fn messaging(scenario: Scenario, opts: Options) -> anyhow::Result<Report> 
                 opts2.protocol,
                 &format!("bench-pub-{i}"),
                 600,
+                opts2.tls.as_deref(),
             )
             .await?;
             drop(permit);
@@ -250,6 +258,8 @@ async fn messaging(scenario: Scenario, opts: Options) -> anyhow::Result<Report> 
     }
     let units = shared.received.load(Ordering::Relaxed);
     Ok(Report {
+        tls: opts.tls_mode,
+        tls_resume: opts.tls_resume,
         scenario,
         qos: opts.qos as u8,
         protocol: opts.protocol.level(),
@@ -517,8 +527,15 @@ async fn idle(opts: Options) -> anyhow::Result<Report> {
         let permit = limit.clone().acquire_owned().await?;
         let o = opts.clone();
         set.spawn(async move {
-            let c =
-                Client::connect(o.addr, source(&o, i), o.protocol, &format!("idle-{i}"), 0).await;
+            let c = Client::connect(
+                o.addr,
+                source(&o, i),
+                o.protocol,
+                &format!("idle-{i}"),
+                0,
+                o.tls.as_deref(),
+            )
+            .await;
             drop(permit);
             c
         });
@@ -546,6 +563,8 @@ async fn idle(opts: Options) -> anyhow::Result<Report> {
     // Shrink our read buffers' footprint is irrelevant; just close.
     drop(clients);
     Ok(Report {
+        tls: opts.tls_mode,
+        tls_resume: opts.tls_resume,
         scenario: Scenario::Idle,
         qos: 0,
         protocol: opts.protocol.level(),
@@ -583,7 +602,9 @@ async fn connect_rate(opts: Options) -> anyhow::Result<Report> {
                 let start = shared.stamp();
                 let id = format!("cr-{w}-{i}");
                 i += 1;
-                match Client::connect(o.addr, source(&o, w + i as usize), o.protocol, &id, 60).await
+                let tls = o.tls.as_deref();
+                match Client::connect(o.addr, source(&o, w + i as usize), o.protocol, &id, 60, tls)
+                    .await
                 {
                     Ok(c) => {
                         let _ = c.disconnect().await;
@@ -610,6 +631,8 @@ async fn connect_rate(opts: Options) -> anyhow::Result<Report> {
     }
     let units = shared.received.load(Ordering::Relaxed);
     Ok(Report {
+        tls: opts.tls_mode,
+        tls_resume: opts.tls_resume,
         scenario: Scenario::ConnectRate,
         qos: 0,
         protocol: opts.protocol.level(),
