@@ -7,7 +7,9 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
     MqttTcp,
+    MqttTls,
     MqttWs,
+    MqttWss,
 }
 
 impl Protocol {
@@ -15,9 +17,32 @@ impl Protocol {
     pub fn name(self) -> &'static str {
         match self {
             Protocol::MqttTcp => "mqtt-tcp",
+            Protocol::MqttTls => "mqtt-tls",
             Protocol::MqttWs => "mqtt-ws",
+            Protocol::MqttWss => "mqtt-wss",
         }
     }
+
+    pub fn is_tls(self) -> bool {
+        matches!(self, Protocol::MqttTls | Protocol::MqttWss)
+    }
+
+    pub fn is_websocket(self) -> bool {
+        matches!(self, Protocol::MqttWs | Protocol::MqttWss)
+    }
+}
+
+/// Whether a TLS listener asks clients for a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientAuth {
+    /// TLS authenticates the server only.
+    None,
+    /// A client that presents a certificate must pass the registry; one that
+    /// presents none is treated as on a plain listener.
+    Optional,
+    /// Every client must present a certificate that passes the registry.
+    #[default]
+    Required,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +52,8 @@ pub struct ListenerConfig {
     /// Clients without credentials may connect. `None`: only when `addr` is
     /// a loopback address.
     pub allow_anonymous: Option<bool>,
+    /// TLS listeners only.
+    pub client_auth: ClientAuth,
 }
 
 impl ListenerConfig {

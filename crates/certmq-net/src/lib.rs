@@ -1,4 +1,5 @@
-//! certmq's network side: listeners (MQTT over TCP and WebSocket), one task
+//! certmq's network side: listeners (MQTT over TCP, TLS, WebSocket and
+//! WebSocket over TLS), one task
 //! per connection driving a core [`certmq_core::Conn`], the housekeeping
 //! task that runs the broker's timers, and the one shutdown path.
 //!
@@ -28,9 +29,37 @@ use certmq_core::Broker;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-pub use config::{ListenerConfig, NetConfig, Protocol};
+pub use config::{ClientAuth, ListenerConfig, NetConfig, Protocol};
 pub use driver::PeerInfo;
 pub use transport::{StreamTransport, TcpTransport, Transport, WsTransport};
+
+/// What TLS listeners need: the SNI resolver shared by all of them (its
+/// snapshot is swapped on every server-certificate change) and the
+/// crypto provider.
+#[derive(Clone)]
+pub struct TlsContext {
+    pub resolver: Arc<certmq_pki::SniResolver>,
+    pub provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl TlsContext {
+    fn server_config(&self, auth: ClientAuth) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+        let builder = rustls::ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()?;
+        let builder = match auth {
+            ClientAuth::None => builder.with_no_client_auth(),
+            ClientAuth::Optional | ClientAuth::Required => {
+                builder.with_client_cert_verifier(Arc::new(certmq_pki::RegistryVerifier::new(
+                    auth == ClientAuth::Required,
+                    self.provider.clone(),
+                )))
+            }
+        };
+        let mut config = builder.with_cert_resolver(self.resolver.clone());
+        config.alpn_protocols = Vec::new();
+        Ok(Arc::new(config))
+    }
+}
 
 /// State shared by every connection task.
 pub(crate) struct Shared {
@@ -55,19 +84,37 @@ pub enum ServerError {
         addr: SocketAddr,
         source: io::Error,
     },
+    #[error("the {0} listener needs TLS set up (server certificates)")]
+    NoTls(&'static str),
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 pub struct Server {
     shared: Arc<Shared>,
-    listeners: Vec<(ListenerConfig, TcpListener)>,
+    listeners: Vec<(
+        ListenerConfig,
+        TcpListener,
+        Option<Arc<rustls::ServerConfig>>,
+    )>,
 }
 
 impl Server {
     /// Binds every listener, so that the real addresses (port 0) are known
     /// before [`Server::run`].
-    pub async fn bind(broker: Arc<Broker>, config: NetConfig) -> Result<Self, ServerError> {
+    pub async fn bind(
+        broker: Arc<Broker>,
+        config: NetConfig,
+        tls: Option<TlsContext>,
+    ) -> Result<Self, ServerError> {
         let mut listeners = Vec::new();
         for l in &config.listeners {
+            let tls_config = if l.protocol.is_tls() {
+                let ctx = tls.as_ref().ok_or(ServerError::NoTls(l.protocol.name()))?;
+                Some(ctx.server_config(l.client_auth)?)
+            } else {
+                None
+            };
             let socket = TcpListener::bind(l.addr)
                 .await
                 .map_err(|source| ServerError::Bind {
@@ -75,7 +122,7 @@ impl Server {
                     addr: l.addr,
                     source,
                 })?;
-            listeners.push((l.clone(), socket));
+            listeners.push((l.clone(), socket, tls_config));
         }
         Ok(Self {
             shared: Arc::new(Shared {
@@ -90,7 +137,7 @@ impl Server {
     pub fn local_addrs(&self) -> Vec<BoundListener> {
         self.listeners
             .iter()
-            .filter_map(|(c, l)| {
+            .filter_map(|(c, l, _)| {
                 Some(BoundListener {
                     protocol: c.protocol,
                     addr: l.local_addr().ok()?,
@@ -108,11 +155,12 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         // Every task holds a sender; `recv` returns None once all are gone.
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-        for (config, socket) in self.listeners {
+        for (config, socket, tls) in self.listeners {
             let shared = self.shared.clone();
             tokio::spawn(listener::accept_loop(
                 socket,
                 config,
+                tls,
                 shared,
                 stop_rx.clone(),
                 done_tx.clone(),

@@ -15,6 +15,7 @@ use crate::{ListenerConfig, Protocol, Shared};
 pub(crate) async fn accept_loop(
     socket: TcpListener,
     config: ListenerConfig,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     done: mpsc::Sender<()>,
@@ -65,7 +66,53 @@ pub(crate) async fn accept_loop(
             Protocol::MqttWs => {
                 tokio::spawn(serve_ws(stream, guard, peer, stop.clone()));
             }
+            Protocol::MqttTls | Protocol::MqttWss => {
+                let Some(tls) = tls.clone() else {
+                    // Server::bind refuses TLS listeners without a config.
+                    continue;
+                };
+                let ws = config.protocol.is_websocket();
+                tokio::spawn(serve_tls(stream, tls, ws, guard, peer, stop.clone()));
+            }
         }
+    }
+}
+
+/// The TLS handshake (within the connect timeout), then MQTT or WebSocket
+/// over it. The peer's certificate chain goes to the driver in `PeerInfo`.
+async fn serve_tls(
+    stream: TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+    ws: bool,
+    guard: ConnectionGuard,
+    mut peer: Box<PeerInfo>,
+    stop: watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let handshake =
+        tokio::time::timeout(guard.shared.config.connect_timeout, acceptor.accept(stream));
+    let tls_stream = match handshake.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %peer.addr, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(peer = %peer.addr, "TLS handshake timed out");
+            return;
+        }
+    };
+    if let Some(chain) = tls_stream.get_ref().1.peer_certificates() {
+        peer.certificates = chain
+            .iter()
+            .map(|c| bytes::Bytes::copy_from_slice(c.as_ref()))
+            .collect();
+    }
+    if ws {
+        Box::pin(serve_ws(tls_stream, guard, peer, stop)).await;
+    } else {
+        // Boxed: the TLS state is large, and only TLS tasks pay for it.
+        Box::pin(driver::run(StreamTransport(tls_stream), guard, peer, stop)).await;
     }
 }
 
@@ -85,12 +132,14 @@ impl Drop for ConnectionGuard {
 /// The WebSocket handshake: path `/mqtt`, subprotocol `mqtt` when offered.
 // The callback's error type is fixed by tungstenite.
 #[allow(clippy::result_large_err)]
-async fn serve_ws(
-    stream: TcpStream,
+async fn serve_ws<S>(
+    stream: S,
     guard: ConnectionGuard,
     peer: Box<PeerInfo>,
     stop: watch::Receiver<bool>,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let check = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() != "/mqtt" {
             let mut err = ErrorResponse::new(Some("MQTT is served at /mqtt".into()));

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use certmq_core::BrokerConfig;
-use certmq_net::{ListenerConfig, NetConfig, Protocol};
+use certmq_net::{ClientAuth, ListenerConfig, NetConfig, Protocol};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -18,6 +18,34 @@ pub struct Config {
     pub broker: BrokerSection,
     pub connections: ConnectionsSection,
     pub listeners: ListenersSection,
+    pub tls: TlsSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// Host names the default server certificate covers, besides `localhost`
+    /// and `127.0.0.1` (e.g. the broker's public DNS name).
+    pub server_names: Vec<String>,
+}
+
+/// `client_auth` of a TLS listener.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuthSetting {
+    None,
+    Optional,
+    Required,
+}
+
+impl From<ClientAuthSetting> for ClientAuth {
+    fn from(c: ClientAuthSetting) -> Self {
+        match c {
+            ClientAuthSetting::None => ClientAuth::None,
+            ClientAuthSetting::Optional => ClientAuth::Optional,
+            ClientAuthSetting::Required => ClientAuth::Required,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -55,7 +83,9 @@ pub struct ConnectionsSection {
 #[serde(deny_unknown_fields, default)]
 pub struct ListenersSection {
     pub tcp: ListenerSection,
+    pub tls: ListenerSection,
     pub ws: ListenerSection,
+    pub wss: ListenerSection,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -66,6 +96,9 @@ pub struct ListenerSection {
     /// Clients without credentials may connect; unset means "only when bound to loopback".
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_anonymous: Option<bool>,
+    /// TLS listeners: ask for a client certificate (`none`, `optional`, `required`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuthSetting>,
 }
 
 impl Default for Config {
@@ -75,6 +108,7 @@ impl Default for Config {
             broker: BrokerSection::default(),
             connections: ConnectionsSection::default(),
             listeners: ListenersSection::default(),
+            tls: TlsSection::default(),
         }
     }
 }
@@ -108,14 +142,20 @@ impl Default for ConnectionsSection {
 
 impl Default for ListenersSection {
     fn default() -> Self {
-        let listener = |addr: [u8; 4], port| ListenerSection {
+        let listener = |addr: [u8; 4], port, client_auth| ListenerSection {
             enabled: true,
             addr: SocketAddr::from((addr, port)),
             allow_anonymous: None,
+            client_auth,
         };
+        // Plain listeners on loopback only; TLS ones on every interface,
+        // asking for client certificates (the product's way in).
+        let required = Some(ClientAuthSetting::Required);
         Self {
-            tcp: listener([127, 0, 0, 1], 1883),
-            ws: listener([127, 0, 0, 1], 8083),
+            tcp: listener([127, 0, 0, 1], 1883, None),
+            tls: listener([0, 0, 0, 0], 8883, required),
+            ws: listener([127, 0, 0, 1], 8083, None),
+            wss: listener([0, 0, 0, 0], 8084, required),
         }
     }
 }
@@ -176,6 +216,16 @@ impl Config {
         if b.max_queued_messages == 0 {
             bail!("broker.max_queued_messages must be at least 1");
         }
+        for (name, l) in [("tcp", &self.listeners.tcp), ("ws", &self.listeners.ws)] {
+            if l.client_auth.is_some() {
+                bail!("listeners.{name}.client_auth applies to TLS listeners only (tls, wss)");
+            }
+        }
+        for name in &self.tls.server_names {
+            if name.is_empty() || name.contains(char::is_whitespace) {
+                bail!("tls.server_names: '{name}' is not a host name");
+            }
+        }
         if self.connections.max_connections == 0 {
             bail!("connections.max_connections must be at least 1");
         }
@@ -201,13 +251,16 @@ impl Config {
         let mut listeners = Vec::new();
         for (protocol, l) in [
             (Protocol::MqttTcp, &self.listeners.tcp),
+            (Protocol::MqttTls, &self.listeners.tls),
             (Protocol::MqttWs, &self.listeners.ws),
+            (Protocol::MqttWss, &self.listeners.wss),
         ] {
             if l.enabled {
                 listeners.push(ListenerConfig {
                     protocol,
                     addr: l.addr,
                     allow_anonymous: l.allow_anonymous,
+                    client_auth: l.client_auth.unwrap_or(ClientAuthSetting::Required).into(),
                 });
             }
         }

@@ -2,13 +2,15 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 mod config;
+mod tls;
 
-use config::{Config, ListenAddr};
+use config::{ClientAuthSetting, Config, ListenAddr};
 
 #[derive(Parser)]
 #[command(
@@ -24,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a broker node.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -49,9 +51,21 @@ struct ServeArgs {
     /// MQTT over TCP listener address, or `off` (default 127.0.0.1:1883).
     #[arg(long, env = "CERTMQ_LISTEN_TCP", value_name = "ADDR")]
     listen_tcp: Option<ListenAddr>,
+    /// MQTT over TLS listener address, or `off` (default 0.0.0.0:8883).
+    #[arg(long, env = "CERTMQ_LISTEN_TLS", value_name = "ADDR")]
+    listen_tls: Option<ListenAddr>,
     /// MQTT over WebSocket listener address, or `off` (default 127.0.0.1:8083).
     #[arg(long, env = "CERTMQ_LISTEN_WS", value_name = "ADDR")]
     listen_ws: Option<ListenAddr>,
+    /// MQTT over WebSocket-Secure listener address, or `off` (default 0.0.0.0:8084).
+    #[arg(long, env = "CERTMQ_LISTEN_WSS", value_name = "ADDR")]
+    listen_wss: Option<ListenAddr>,
+    /// Client certificates on the TLS listener: none, optional, required (default).
+    #[arg(long, env = "CERTMQ_TLS_CLIENT_AUTH", value_enum)]
+    tls_client_auth: Option<ClientAuthSetting>,
+    /// Client certificates on the WSS listener: none, optional, required (default).
+    #[arg(long, env = "CERTMQ_WSS_CLIENT_AUTH", value_enum)]
+    wss_client_auth: Option<ClientAuthSetting>,
     /// Log filter, as RUST_LOG (default `info`).
     #[arg(long, env = "CERTMQ_LOG", default_value = "info")]
     log: String,
@@ -60,7 +74,7 @@ struct ServeArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Config {
             command: ConfigCommand::Default,
         } => Config::default_toml().map(|t| print!("{t}")),
@@ -88,8 +102,28 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.data_dir = dir;
     }
     config.listeners.tcp.apply(args.listen_tcp.as_ref());
+    config.listeners.tls.apply(args.listen_tls.as_ref());
     config.listeners.ws.apply(args.listen_ws.as_ref());
+    config.listeners.wss.apply(args.listen_wss.as_ref());
+    if let Some(a) = args.tls_client_auth {
+        config.listeners.tls.client_auth = Some(a);
+    }
+    if let Some(a) = args.wss_client_auth {
+        config.listeners.wss.client_auth = Some(a);
+    }
     config.validate()?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    let default_cert = tls::load_or_mint_default(&config.data_dir, &config.tls.server_names)?;
+    tracing::info!(
+        id = %default_cert.info.id,
+        not_after = default_cert.info.not_after,
+        "default server certificate"
+    );
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -100,7 +134,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // SIGTERM at once, and must get a clean shutdown, not the default kill.
         let shutdown = shutdown_signal()?;
         let broker = certmq_core::Broker::new(config.broker_config());
-        let server = certmq_net::Server::bind(broker, config.net_config()).await?;
+        let resolver = Arc::new(certmq_pki::SniResolver::new(
+            certmq_pki::SniSnapshot::build(Some(default_cert.certified.clone()), []),
+        ));
+        let tls = certmq_net::TlsContext {
+            resolver,
+            provider: certmq_pki::provider(),
+        };
+        let server = certmq_net::Server::bind(broker, config.net_config(), Some(tls)).await?;
         for l in server.local_addrs() {
             tracing::info!("listening protocol={} addr={}", l.protocol.name(), l.addr);
         }

@@ -28,7 +28,9 @@ fn environment_variables_and_off() {
     cmd.arg("serve")
         .env("CERTMQ_DATA_DIR", &dir.0)
         .env("CERTMQ_LISTEN_TCP", "127.0.0.1:0")
-        .env("CERTMQ_LISTEN_WS", "off");
+        .env("CERTMQ_LISTEN_WS", "off")
+        .env("CERTMQ_LISTEN_TLS", "off")
+        .env("CERTMQ_LISTEN_WSS", "off");
     let broker = BrokerProcess::spawn(cmd, dir, 1);
     assert!(broker.addrs.contains_key("mqtt-tcp"));
     assert!(!broker.addrs.contains_key("mqtt-ws"));
@@ -57,7 +59,8 @@ fn config_file_is_read_and_flags_override_it() {
         .arg(&file)
         .arg("--data-dir")
         .arg(dir.0.join("data"))
-        .args(["--listen-ws", "127.0.0.1:0"]);
+        .args(["--listen-ws", "127.0.0.1:0"])
+        .args(["--listen-tls", "off", "--listen-wss", "off"]);
     let broker = BrokerProcess::spawn(cmd, dir, 2);
     assert!(
         broker.addrs.contains_key("mqtt-ws"),
@@ -100,6 +103,10 @@ fn config_default_prints_a_loadable_config() {
         "max_queued_messages",
         "[listeners.tcp]",
         "[listeners.ws]",
+        "[listeners.tls]",
+        "[listeners.wss]",
+        "client_auth = \"required\"",
+        "server_names",
         "connect_timeout_secs",
     ] {
         assert!(text.contains(key), "missing {key} in:\n{text}");
@@ -107,13 +114,19 @@ fn config_default_prints_a_loadable_config() {
     // Loading the printed defaults works (with ports moved to 0).
     let dir = TempDir::new("default");
     let file = dir.0.join("default.toml");
-    std::fs::write(&file, text.replace(":1883", ":0").replace(":8083", ":0")).unwrap();
+    let local = text
+        .replace("0.0.0.0", "127.0.0.1")
+        .replace(":1883", ":0")
+        .replace(":8083", ":0")
+        .replace(":8883", ":0")
+        .replace(":8084", ":0");
+    std::fs::write(&file, local).unwrap();
     let mut cmd = Command::new(bin());
     cmd.arg("serve")
         .arg("--config")
         .arg(&file)
         .arg("--data-dir")
         .arg(dir.0.join("d"));
-    let broker = BrokerProcess::spawn(cmd, dir, 2);
+    let broker = BrokerProcess::spawn(cmd, dir, 4);
     assert!(broker.terminate().success());
 }

@@ -35,15 +35,17 @@ impl TestBroker {
                 protocol: Listen::MqttTcp,
                 addr: any,
                 allow_anonymous: None,
+                client_auth: Default::default(),
             },
             ListenerConfig {
                 protocol: Listen::MqttWs,
                 addr: any,
                 allow_anonymous: None,
+                client_auth: Default::default(),
             },
         ];
         let broker = Broker::new(config);
-        let server = Server::bind(broker.clone(), net).await.unwrap();
+        let server = Server::bind(broker.clone(), net, None).await.unwrap();
         let addrs = server.local_addrs();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async move {

@@ -14,7 +14,7 @@ pub struct BrokerProcess {
     child: Child,
     pub addrs: HashMap<String, SocketAddr>,
     pub log: mpsc::Receiver<String>,
-    _dir: TempDir,
+    pub dir: TempDir,
 }
 
 /// A scratch directory removed on drop.
@@ -34,6 +34,9 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        if self.0.as_os_str().is_empty() {
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -57,8 +60,9 @@ impl BrokerProcess {
             .arg("--data-dir")
             .arg(&dir.0)
             .args(["--listen-tcp", "127.0.0.1:0", "--listen-ws", "127.0.0.1:0"])
+            .args(["--listen-tls", "127.0.0.1:0", "--listen-wss", "127.0.0.1:0"])
             .args(extra);
-        Self::spawn(cmd, dir, 2)
+        Self::spawn(cmd, dir, 4)
     }
 
     /// Spawns `cmd` and waits for `listeners` listening lines.
@@ -89,7 +93,7 @@ impl BrokerProcess {
             child,
             addrs,
             log: rx,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -106,13 +110,21 @@ impl BrokerProcess {
     }
 
     /// Sends SIGTERM and returns the exit status.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    pub fn terminate(self) -> std::process::ExitStatus {
+        self.terminate_keep_dir().0
+    }
+
+    /// Sends SIGTERM; returns the exit status and the data directory, for a
+    /// restart on it.
+    pub fn terminate_keep_dir(mut self) -> (std::process::ExitStatus, TempDir) {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
-        wait_timeout(&mut self.child, Duration::from_secs(15))
-            .expect("certmq did not exit after SIGTERM")
+        let status = wait_timeout(&mut self.child, Duration::from_secs(15))
+            .expect("certmq did not exit after SIGTERM");
+        let dir = std::mem::replace(&mut self.dir, TempDir(PathBuf::new()));
+        (status, dir)
     }
 }
 

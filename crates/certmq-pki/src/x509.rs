@@ -1,0 +1,129 @@
+//! Certificate parsing and signature checks shared by every rule.
+
+use aws_lc_rs::digest;
+use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
+use x509_parser::prelude::*;
+
+/// The SHA-256 fingerprint of a DER certificate, lower-case hex: certmq's
+/// certificate id.
+pub fn fingerprint(der: &[u8]) -> String {
+    let d = digest::digest(&digest::SHA256, der);
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What the registry records of a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    pub id: String,
+    pub serial: String,
+    pub subject_cn: Option<String>,
+    pub issuer_cn: Option<String>,
+    /// Unix seconds.
+    pub not_before: i64,
+    pub not_after: i64,
+    pub dns_names: Vec<String>,
+    pub ip_addresses: Vec<std::net::IpAddr>,
+}
+
+impl CertInfo {
+    pub fn of(der: &[u8], cert: &X509Certificate<'_>) -> Self {
+        let mut dns_names = Vec::new();
+        let mut ip_addresses = Vec::new();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::DNSName(n) => dns_names.push(n.to_ascii_lowercase()),
+                    GeneralName::IPAddress(b) => {
+                        if let Ok(a) = <[u8; 4]>::try_from(*b) {
+                            ip_addresses.push(a.into());
+                        } else if let Ok(a) = <[u8; 16]>::try_from(*b) {
+                            ip_addresses.push(a.into());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Self {
+            id: fingerprint(der),
+            serial: cert
+                .raw_serial_as_string()
+                .replace(':', "")
+                .to_ascii_lowercase(),
+            subject_cn: common_name(cert.subject()),
+            issuer_cn: common_name(cert.issuer()),
+            not_before: cert.validity().not_before.timestamp(),
+            not_after: cert.validity().not_after.timestamp(),
+            dns_names,
+            ip_addresses,
+        }
+    }
+}
+
+pub(crate) fn common_name(name: &X509Name<'_>) -> Option<String> {
+    name.iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_owned)
+}
+
+/// Why a signature did not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("signature algorithm {0} is not supported (RSA PKCS#1 or ECDSA with SHA-256/384/512)")]
+    UnsupportedAlgorithm(String),
+    #[error("the issuer's key type is not supported (RSA 2048-8192 bits, ECDSA P-256 or P-384)")]
+    UnsupportedKey,
+    #[error("the signature does not verify with the issuer's public key")]
+    BadSignature,
+}
+
+/// Checks that `cert` was signed by the key in `issuer`. Works for X.509
+/// v1 certificates too (no extensions are consulted).
+pub fn verify_signed_by(
+    cert: &X509Certificate<'_>,
+    issuer: &X509Certificate<'_>,
+) -> Result<(), SignatureError> {
+    verify_with_spki(cert, issuer.public_key())
+}
+
+pub(crate) fn verify_with_spki(
+    cert: &X509Certificate<'_>,
+    spki: &SubjectPublicKeyInfo<'_>,
+) -> Result<(), SignatureError> {
+    let sig_oid = cert.signature_algorithm.algorithm.to_id_string();
+    let key_oid = spki.algorithm.algorithm.to_id_string();
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok())
+        .map(|o| o.to_id_string());
+    let alg: &'static dyn VerificationAlgorithm = match (key_oid.as_str(), sig_oid.as_str()) {
+        (RSA_KEY, "1.2.840.113549.1.1.11") => &signature::RSA_PKCS1_2048_8192_SHA256,
+        (RSA_KEY, "1.2.840.113549.1.1.12") => &signature::RSA_PKCS1_2048_8192_SHA384,
+        (RSA_KEY, "1.2.840.113549.1.1.13") => &signature::RSA_PKCS1_2048_8192_SHA512,
+        (EC_KEY, s) => match (curve.as_deref(), s) {
+            (Some(P256), "1.2.840.10045.4.3.2") => &signature::ECDSA_P256_SHA256_ASN1,
+            (Some(P256), "1.2.840.10045.4.3.3") => &signature::ECDSA_P256_SHA384_ASN1,
+            (Some(P256), "1.2.840.10045.4.3.4") => &signature::ECDSA_P256_SHA512_ASN1,
+            (Some(P384), "1.2.840.10045.4.3.2") => &signature::ECDSA_P384_SHA256_ASN1,
+            (Some(P384), "1.2.840.10045.4.3.3") => &signature::ECDSA_P384_SHA384_ASN1,
+            (Some(P384), "1.2.840.10045.4.3.4") => &signature::ECDSA_P384_SHA512_ASN1,
+            (Some(P256 | P384), other) => {
+                return Err(SignatureError::UnsupportedAlgorithm(other.to_string()))
+            }
+            _ => return Err(SignatureError::UnsupportedKey),
+        },
+        (RSA_KEY, other) => return Err(SignatureError::UnsupportedAlgorithm(other.to_string())),
+        _ => return Err(SignatureError::UnsupportedKey),
+    };
+    UnparsedPublicKey::new(alg, &spki.subject_public_key.data)
+        .verify(cert.tbs_certificate.as_ref(), &cert.signature_value.data)
+        .map_err(|_| SignatureError::BadSignature)
+}
+
+pub(crate) const RSA_KEY: &str = "1.2.840.113549.1.1.1";
+pub(crate) const EC_KEY: &str = "1.2.840.10045.2.1";
+pub(crate) const P256: &str = "1.2.840.10045.3.1.7";
+pub(crate) const P384: &str = "1.3.132.0.34";
