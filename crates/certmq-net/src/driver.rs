@@ -29,6 +29,7 @@ const DELIVERY_BATCH: usize = 256;
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
     pub addr: SocketAddr,
+    pub protocol: crate::Protocol,
     pub allow_anonymous: bool,
     /// The client's certificate chain (DER), leaf first, when TLS presented one.
     pub certificates: Vec<bytes::Bytes>,
@@ -54,6 +55,7 @@ enum Phase<T> {
 
 struct Accepted<T> {
     session: Session<T>,
+    live_id: u64,
     /// Shutdown reaches live sessions through their mailbox (a kick); one
     /// that connected while the kicks went out is closed at once.
     shutting_down: bool,
@@ -83,9 +85,16 @@ impl<T: Transport + 'static> Future for ConnTask<T> {
                     None => this.phase = Phase::Done,
                     Some(Accepted {
                         session,
+                        live_id,
                         shutting_down: false,
-                    }) => this.phase = Phase::Connected(session),
-                    Some(Accepted { session, .. }) => {
+                    }) => {
+                        this._guard.live_id = live_id;
+                        this.phase = Phase::Connected(session);
+                    }
+                    Some(Accepted {
+                        session, live_id, ..
+                    }) => {
+                        this._guard.live_id = live_id;
                         let cause = CloseCause::Server(ReasonCode::SERVER_SHUTTING_DOWN);
                         this.phase = Phase::Closing(Box::pin(session.finish(cause)));
                     }
@@ -146,6 +155,10 @@ async fn accept<T: Transport>(
         Ok(Ok(c)) => c,
     };
     let protocol = connect.protocol;
+    let certificate_id = peer
+        .certificates
+        .first()
+        .map(|der| certmq_pki::fingerprint(der));
     let ctx = ConnectContext {
         authorized: peer.allow_anonymous,
     };
@@ -153,8 +166,20 @@ async fn accept<T: Transport>(
         Ok(conn) => {
             tracing::debug!(peer = %peer.addr, client_id = %conn.client_id(), "connected");
             let shutting_down = *shutdown.borrow();
+            let live_id = shared.live.register(crate::ConnInfo {
+                client_id: conn.client_id().clone(),
+                protocol: peer.protocol,
+                peer: peer.addr,
+                certificate_id,
+                connected_at: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0),
+            });
             Some(Accepted {
+                live_id,
                 session: Session {
+                    live: shared.live.clone(),
                     pending_input: !rbuf.is_empty(),
                     t,
                     conn,
@@ -257,15 +282,18 @@ async fn read_connect<T: Transport>(
 
 /// Encodes the connection's pending output into `wbuf`, leaving out packets
 /// larger than the client accepts. The output list's memory goes with it.
-fn drain_output(conn: &mut Conn, wbuf: &mut BytesMut) {
+fn drain_output(conn: &mut Conn, wbuf: &mut BytesMut) -> u64 {
     let protocol = conn.protocol();
     let max = conn.client_max_packet_size() as usize;
+    let mut n = 0;
     for packet in std::mem::take(conn.output()) {
         if protocol.is_v5() && encoded_len(&packet, protocol) > max {
             continue;
         }
         encode(&packet, protocol, wbuf);
+        n += 1;
     }
+    n
 }
 
 /// What woke the connected phase.
@@ -284,6 +312,7 @@ enum Event {
 struct Session<T> {
     t: T,
     conn: Conn,
+    live: Arc<crate::Live>,
     rbuf: BytesMut,
     wbuf: BytesMut,
     max_in: usize,
@@ -297,11 +326,13 @@ impl<T: Transport> Session<T> {
         let Session {
             t,
             conn,
+            live,
             rbuf,
             wbuf,
             max_in,
             pending_input,
         } = self;
+        use std::sync::atomic::Ordering::Relaxed;
         let protocol: Protocol = conn.protocol();
         let generation = conn.generation();
         loop {
@@ -309,13 +340,18 @@ impl<T: Transport> Session<T> {
                 *pending_input = false;
                 loop {
                     match decode(rbuf, Some(protocol), *max_in) {
-                        Ok(Some(packet)) => match conn.handle(packet, Instant::now()) {
-                            Ok(Flow::Continue) => {}
-                            Ok(Flow::Disconnect { publish_will }) => {
-                                return Poll::Ready(CloseCause::ClientDisconnect { publish_will });
+                        Ok(Some(packet)) => {
+                            live.packets_in.fetch_add(1, Relaxed);
+                            match conn.handle(packet, Instant::now()) {
+                                Ok(Flow::Continue) => {}
+                                Ok(Flow::Disconnect { publish_will }) => {
+                                    return Poll::Ready(CloseCause::ClientDisconnect {
+                                        publish_will,
+                                    });
+                                }
+                                Err(reason) => return Poll::Ready(CloseCause::Server(reason)),
                             }
-                            Err(reason) => return Poll::Ready(CloseCause::Server(reason)),
-                        },
+                        }
                         Ok(None) => break,
                         Err(e) => {
                             tracing::debug!(client_id = %conn.client_id(), error = %e, "malformed input");
@@ -329,12 +365,19 @@ impl<T: Transport> Session<T> {
                     return Poll::Ready(CloseCause::Server(reason));
                 }
             }
-            drain_output(conn, wbuf);
+            let packets = drain_output(conn, wbuf);
+            if packets > 0 {
+                live.packets_out.fetch_add(packets, Relaxed);
+            }
             let backed_up = wbuf.len() >= HIGH_WATER;
             let want_deliveries = !backed_up && conn.window_open();
             let event = 'event: {
                 if !wbuf.is_empty() {
-                    match t.poll_write_from(cx, wbuf) {
+                    let before = wbuf.len();
+                    let r = t.poll_write_from(cx, wbuf);
+                    live.bytes_out
+                        .fetch_add((before - wbuf.len()) as u64, Relaxed);
+                    match r {
                         Poll::Ready(Ok(())) => break 'event Event::Written,
                         Poll::Ready(Err(_)) => break 'event Event::WriteFailed,
                         Poll::Pending => {}
@@ -362,7 +405,8 @@ impl<T: Transport> Session<T> {
                 Event::Read(Ok(0) | Err(_)) | Event::WriteFailed => {
                     return Poll::Ready(CloseCause::ConnectionLost)
                 }
-                Event::Read(Ok(_)) => {
+                Event::Read(Ok(n)) => {
+                    live.bytes_in.fetch_add(n as u64, Relaxed);
                     conn.touch(Instant::now());
                     *pending_input = true;
                 }

@@ -16,6 +16,7 @@
 mod config;
 mod driver;
 mod listener;
+mod live;
 mod transport;
 
 use std::future::Future;
@@ -31,6 +32,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use config::{ClientAuth, ListenerConfig, NetConfig, Protocol};
 pub use driver::PeerInfo;
+pub use live::{ConnInfo, Live};
 pub use transport::{StreamTransport, TcpTransport, Transport, WsTransport};
 
 /// What TLS listeners need: the SNI resolver shared by all of them (its
@@ -66,6 +68,7 @@ pub(crate) struct Shared {
     pub broker: Arc<Broker>,
     pub config: NetConfig,
     pub connections: AtomicUsize,
+    pub live: Arc<Live>,
 }
 
 /// A bound listener.
@@ -78,7 +81,7 @@ pub struct BoundListener {
 /// Errors starting the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr} ({protocol}): {source}")]
+    #[error("cannot listen on {addr} ({protocol})")]
     Bind {
         protocol: &'static str,
         addr: SocketAddr,
@@ -129,6 +132,7 @@ impl Server {
                 broker,
                 config,
                 connections: AtomicUsize::new(0),
+                live: Arc::new(Live::default()),
             }),
             listeners,
         })
@@ -144,6 +148,11 @@ impl Server {
                 })
             })
             .collect()
+    }
+
+    /// Live connections and counters, for the admin API and metrics.
+    pub fn live(&self) -> Arc<Live> {
+        self.shared.live.clone()
     }
 
     pub fn broker(&self) -> &Arc<Broker> {

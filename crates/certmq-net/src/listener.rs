@@ -45,12 +45,16 @@ pub(crate) async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let peer = Box::new(PeerInfo {
             addr,
+            protocol: config.protocol,
             allow_anonymous,
             certificates: Vec::new(),
         });
+        shared.live.opened(config.protocol);
         let guard = ConnectionGuard {
             shared: shared.clone(),
             _done: done.clone(),
+            protocol: config.protocol,
+            live_id: 0,
         };
         // The driver future is spawned as is (no wrapping async block), so
         // what it captures is stored once per connection.
@@ -94,10 +98,15 @@ async fn serve_tls(
     let tls_stream = match handshake.await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
+            guard
+                .shared
+                .live
+                .tls_failure(crate::live::tls_failure_reason(&e));
             tracing::debug!(peer = %peer.addr, error = %e, "TLS handshake failed");
             return;
         }
         Err(_) => {
+            guard.shared.live.tls_failure("timeout");
             tracing::debug!(peer = %peer.addr, "TLS handshake timed out");
             return;
         }
@@ -121,11 +130,18 @@ async fn serve_tls(
 pub(crate) struct ConnectionGuard {
     pub shared: Arc<Shared>,
     _done: mpsc::Sender<()>,
+    pub protocol: Protocol,
+    /// The connection's entry in the live list, once CONNECT is accepted.
+    pub live_id: u64,
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+        self.shared.live.closed(self.protocol);
+        if self.live_id != 0 {
+            self.shared.live.unregister(self.live_id);
+        }
     }
 }
 

@@ -21,7 +21,8 @@ mod x509;
 pub use client_verifier::RegistryVerifier;
 pub use default_cert::{mint_default, DefaultCert, MintError};
 pub use server_cert::{
-    validate_server_cert, ServerCert, ServerCertError, MAX_CHAIN_BYTES, MAX_CHAIN_LEN,
+    load_server_cert, validate_server_cert, ServerCert, ServerCertError, MAX_CHAIN_BYTES,
+    MAX_CHAIN_LEN,
 };
 pub use sni::{SniResolver, SniSnapshot};
 pub use x509::{fingerprint, verify_signed_by, CertInfo, SignatureError};

@@ -98,6 +98,21 @@ pub fn validate_server_cert(
     key_pem: &[u8],
     now: i64,
 ) -> Result<ServerCert, ServerCertError> {
+    check(chain_pem, key_pem, Some(now))
+}
+
+/// As [`validate_server_cert`] without the validity window: for loading a
+/// certificate bound earlier, which stays listed (and served) after it
+/// expires until the operator replaces it.
+pub fn load_server_cert(chain_pem: &[u8], key_pem: &[u8]) -> Result<ServerCert, ServerCertError> {
+    check(chain_pem, key_pem, None)
+}
+
+fn check(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+    now: Option<i64>,
+) -> Result<ServerCert, ServerCertError> {
     if chain_pem.len() > MAX_CHAIN_BYTES {
         return Err(ServerCertError::ChainTooLarge(chain_pem.len()));
     }
@@ -139,13 +154,15 @@ pub fn validate_server_cert(
         return Err(ServerCertError::MissingCommonName);
     }
     let validity = leaf.validity();
-    if now < validity.not_before.timestamp() {
-        return Err(ServerCertError::NotYetValid(
-            validity.not_before.timestamp(),
-        ));
-    }
-    if now > validity.not_after.timestamp() {
-        return Err(ServerCertError::Expired(validity.not_after.timestamp()));
+    if let Some(now) = now {
+        if now < validity.not_before.timestamp() {
+            return Err(ServerCertError::NotYetValid(
+                validity.not_before.timestamp(),
+            ));
+        }
+        if now > validity.not_after.timestamp() {
+            return Err(ServerCertError::Expired(validity.not_after.timestamp()));
+        }
     }
     for (index, pair) in parsed.windows(2).enumerate() {
         let (cert, issuer) = match pair {
@@ -178,7 +195,7 @@ pub fn validate_server_cert(
     if !matches {
         return Err(ServerCertError::KeyMismatch);
     }
-    let info = CertInfo::of(&chain[0], leaf);
+    let info = CertInfo::of(chain.first().map_or(&[][..], |c| c.as_ref()), leaf);
     let certified = Arc::new(CertifiedKey::new(chain.clone(), signing));
     Ok(ServerCert {
         info,

@@ -52,7 +52,8 @@ fn leaf(l: Leaf, issuer: &Ca) -> (String, String) {
         CertificateParams::new(l.sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
     // rcgen's default subject carries a CN; start from an empty one.
     p.distinguished_name = rcgen::DistinguishedName::new();
-    p.distinguished_name.push(DnType::OrganizationName, "Example");
+    p.distinguished_name
+        .push(DnType::OrganizationName, "Example");
     if let Some(cn) = l.cn {
         p.distinguished_name.push(DnType::CommonName, cn);
     }

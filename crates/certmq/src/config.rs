@@ -19,6 +19,29 @@ pub struct Config {
     pub connections: ConnectionsSection,
     pub listeners: ListenersSection,
     pub tls: TlsSection,
+    pub admin: AdminSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    pub enabled: bool,
+    /// The admin HTTP API (and console) address.
+    pub addr: SocketAddr,
+    /// Bearer token; unset means the token in `<data-dir>/admin.token`
+    /// (generated on first start, mode 0600).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            addr: SocketAddr::from(([127, 0, 0, 1], 18083)),
+            token: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -109,6 +132,7 @@ impl Default for Config {
             connections: ConnectionsSection::default(),
             listeners: ListenersSection::default(),
             tls: TlsSection::default(),
+            admin: AdminSection::default(),
         }
     }
 }
@@ -179,6 +203,19 @@ impl std::str::FromStr for ListenAddr {
     }
 }
 
+impl AdminSection {
+    pub fn apply(&mut self, flag: Option<&ListenAddr>) {
+        match flag {
+            Some(ListenAddr::Off) => self.enabled = false,
+            Some(ListenAddr::At(addr)) => {
+                self.enabled = true;
+                self.addr = *addr;
+            }
+            None => {}
+        }
+    }
+}
+
 impl ListenerSection {
     pub fn apply(&mut self, flag: Option<&ListenAddr>) {
         match flag {
@@ -224,6 +261,11 @@ impl Config {
         for name in &self.tls.server_names {
             if name.is_empty() || name.contains(char::is_whitespace) {
                 bail!("tls.server_names: '{name}' is not a host name");
+            }
+        }
+        if let Some(t) = &self.admin.token {
+            if t.len() < 16 || t.chars().any(char::is_whitespace) {
+                bail!("admin.token must be at least 16 characters, without spaces");
             }
         }
         if self.connections.max_connections == 0 {

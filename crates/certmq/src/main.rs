@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod client;
 mod config;
 mod tls;
 
@@ -21,6 +22,8 @@ use config::{ClientAuthSetting, Config, ListenAddr};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    global: client::Global,
 }
 
 #[derive(Subcommand)]
@@ -32,6 +35,8 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    #[command(flatten)]
+    Client(client::ClientCommand),
 }
 
 #[derive(Subcommand)]
@@ -66,6 +71,9 @@ struct ServeArgs {
     /// Client certificates on the WSS listener: none, optional, required (default).
     #[arg(long, env = "CERTMQ_WSS_CLIENT_AUTH", value_enum)]
     wss_client_auth: Option<ClientAuthSetting>,
+    /// Admin HTTP API address, or `off` (default 127.0.0.1:18083).
+    #[arg(long, env = "CERTMQ_LISTEN_ADMIN", value_name = "ADDR")]
+    listen_admin: Option<ListenAddr>,
     /// Log filter, as RUST_LOG (default `info`).
     #[arg(long, env = "CERTMQ_LOG", default_value = "info")]
     log: String,
@@ -78,6 +86,7 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Default,
         } => Config::default_toml().map(|t| print!("{t}")),
+        Command::Client(c) => client::run(c, &cli.global),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -105,6 +114,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.listeners.tls.apply(args.listen_tls.as_ref());
     config.listeners.ws.apply(args.listen_ws.as_ref());
     config.listeners.wss.apply(args.listen_wss.as_ref());
+    config.admin.apply(args.listen_admin.as_ref());
     if let Some(a) = args.tls_client_auth {
         config.listeners.tls.client_auth = Some(a);
     }
@@ -118,7 +128,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             config.data_dir.display()
         )
     })?;
+    std::fs::set_permissions(
+        &config.data_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .with_context(|| {
+        format!(
+            "cannot secure the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
     let default_cert = tls::load_or_mint_default(&config.data_dir, &config.tls.server_names)?;
+    let token = match &config.admin.token {
+        Some(t) => t.clone(),
+        None => tls::load_or_create_token(&config.data_dir)?,
+    };
+    let store: Arc<dyn certmq_store::Store> = Arc::new(
+        certmq_store::SqliteStore::open(&config.data_dir).context("cannot open the registry")?,
+    );
     tracing::info!(
         id = %default_cert.info.id,
         not_after = default_cert.info.not_after,
@@ -134,18 +161,61 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // SIGTERM at once, and must get a clean shutdown, not the default kill.
         let shutdown = shutdown_signal()?;
         let broker = certmq_core::Broker::new(config.broker_config());
-        let resolver = Arc::new(certmq_pki::SniResolver::new(
-            certmq_pki::SniSnapshot::build(Some(default_cert.certified.clone()), []),
-        ));
+        let resolver = Arc::new(certmq_pki::SniResolver::new(Default::default()));
+        let server_certs = certmq_admin::ServerCerts::load(
+            store.clone(),
+            resolver.clone(),
+            default_cert.info.clone(),
+            default_cert.certified.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot load server certificates: {}", e.message))?;
         let tls = certmq_net::TlsContext {
             resolver,
             provider: certmq_pki::provider(),
         };
-        let server = certmq_net::Server::bind(broker, config.net_config(), Some(tls)).await?;
+        let server =
+            certmq_net::Server::bind(broker.clone(), config.net_config(), Some(tls)).await?;
+        let admin_listener = if config.admin.enabled {
+            let l = tokio::net::TcpListener::bind(config.admin.addr)
+                .await
+                .with_context(|| format!("cannot listen on {} (admin-http)", config.admin.addr))?;
+            Some(l)
+        } else {
+            None
+        };
         for l in server.local_addrs() {
             tracing::info!("listening protocol={} addr={}", l.protocol.name(), l.addr);
         }
-        server.run(shutdown).await;
+        // One shutdown signal, fanned out to the broker and the admin API.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let admin = match admin_listener {
+            Some(l) => {
+                if let Ok(addr) = l.local_addr() {
+                    tracing::info!("listening protocol=admin-http addr={addr}");
+                }
+                let state = certmq_admin::AdminState {
+                    token: token.into(),
+                    store,
+                    server_certs,
+                    broker,
+                    live: server.live(),
+                };
+                let stop = stopped(stop_rx.clone());
+                Some(tokio::spawn(certmq_admin::serve(l, state, stop)))
+            }
+            None => None,
+        };
+        server.run(stopped(stop_rx)).await;
+        if let Some(a) = admin {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), a).await;
+        }
         tracing::info!("stopped");
         Ok(())
     })

@@ -114,3 +114,24 @@ fn covers(info: &certmq_pki::CertInfo, host: &str) -> bool {
         || h.parse::<std::net::IpAddr>()
             .is_ok_and(|ip| info.ip_addresses.contains(&ip))
 }
+
+/// The admin API token in `<data-dir>/admin.token` (mode 0600), created
+/// with 32 random bytes (hex) on first start.
+pub fn load_or_create_token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("admin.token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        let t = t.trim().to_string();
+        if !t.is_empty() {
+            return Ok(t);
+        }
+    }
+    let mut bytes = [0u8; 32];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").context("cannot read /dev/urandom")?,
+        &mut bytes,
+    )?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_file(&path, format!("{token}\n").as_bytes(), 0o600)?;
+    tracing::info!(path = %path.display(), "admin API token created");
+    Ok(token)
+}

@@ -30,7 +30,8 @@ fn environment_variables_and_off() {
         .env("CERTMQ_LISTEN_TCP", "127.0.0.1:0")
         .env("CERTMQ_LISTEN_WS", "off")
         .env("CERTMQ_LISTEN_TLS", "off")
-        .env("CERTMQ_LISTEN_WSS", "off");
+        .env("CERTMQ_LISTEN_WSS", "off")
+        .env("CERTMQ_LISTEN_ADMIN", "off");
     let broker = BrokerProcess::spawn(cmd, dir, 1);
     assert!(broker.addrs.contains_key("mqtt-tcp"));
     assert!(!broker.addrs.contains_key("mqtt-ws"));
@@ -60,7 +61,14 @@ fn config_file_is_read_and_flags_override_it() {
         .arg("--data-dir")
         .arg(dir.0.join("data"))
         .args(["--listen-ws", "127.0.0.1:0"])
-        .args(["--listen-tls", "off", "--listen-wss", "off"]);
+        .args([
+            "--listen-tls",
+            "off",
+            "--listen-wss",
+            "off",
+            "--listen-admin",
+            "off",
+        ]);
     let broker = BrokerProcess::spawn(cmd, dir, 2);
     assert!(
         broker.addrs.contains_key("mqtt-ws"),
@@ -107,6 +115,7 @@ fn config_default_prints_a_loadable_config() {
         "[listeners.wss]",
         "client_auth = \"required\"",
         "server_names",
+        "[admin]",
         "connect_timeout_secs",
     ] {
         assert!(text.contains(key), "missing {key} in:\n{text}");
@@ -119,7 +128,8 @@ fn config_default_prints_a_loadable_config() {
         .replace(":1883", ":0")
         .replace(":8083", ":0")
         .replace(":8883", ":0")
-        .replace(":8084", ":0");
+        .replace(":8084", ":0")
+        .replace(":18083", ":0");
     std::fs::write(&file, local).unwrap();
     let mut cmd = Command::new(bin());
     cmd.arg("serve")
@@ -127,6 +137,6 @@ fn config_default_prints_a_loadable_config() {
         .arg(&file)
         .arg("--data-dir")
         .arg(dir.0.join("d"));
-    let broker = BrokerProcess::spawn(cmd, dir, 4);
+    let broker = BrokerProcess::spawn(cmd, dir, 5);
     assert!(broker.terminate().success());
 }

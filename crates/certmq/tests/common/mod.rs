@@ -61,8 +61,9 @@ impl BrokerProcess {
             .arg(&dir.0)
             .args(["--listen-tcp", "127.0.0.1:0", "--listen-ws", "127.0.0.1:0"])
             .args(["--listen-tls", "127.0.0.1:0", "--listen-wss", "127.0.0.1:0"])
+            .args(["--listen-admin", "127.0.0.1:0"])
             .args(extra);
-        Self::spawn(cmd, dir, 4)
+        Self::spawn(cmd, dir, 5)
     }
 
     /// Spawns `cmd` and waits for `listeners` listening lines.
@@ -112,6 +113,17 @@ impl BrokerProcess {
     /// Sends SIGTERM and returns the exit status.
     pub fn terminate(self) -> std::process::ExitStatus {
         self.terminate_keep_dir().0
+    }
+
+    /// kill -9 (no chance to flush anything); returns the data directory.
+    pub fn kill9_keep_dir(mut self) -> ((), TempDir) {
+        let _ = Command::new("kill")
+            .arg("-9")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, TempDir(PathBuf::new()));
+        ((), dir)
     }
 
     /// Sends SIGTERM; returns the exit status and the data directory, for a

@@ -1,0 +1,90 @@
+//! certmq's admin REST API (SPEC section 7), on axum.
+//!
+//! What it does: serves `/api/v1` (route list in [`routes`]) with bearer
+//! token authentication (constant-time comparison; only `/health` is open),
+//! one JSON error format (`{"error":{"code","message"}}`) mapped to statuses
+//! in one place ([`error::ApiError::status`]), a request-size limit, an
+//! OpenAPI document built from the same route table the router uses, and
+//! Prometheus metrics.
+//!
+//! What it does not do: touch sockets of the broker or decide certificate
+//! rules itself; it talks to the broker through handles (`Broker`, `Live`,
+//! the SNI resolver) and to storage through `certmq_store::Store`.
+
+#![forbid(unsafe_code)]
+
+mod auth;
+pub mod error;
+mod metrics;
+mod openapi;
+pub mod routes;
+mod server_certs;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
+use axum::Router;
+
+pub use server_certs::{ServerCertView, ServerCerts, DEFAULT_ID};
+
+/// Largest request body accepted (a chain file is at most 16 KiB; keys
+/// and JSON escaping fit easily).
+pub const MAX_BODY: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub token: Arc<str>,
+    pub store: Arc<dyn certmq_store::Store>,
+    pub server_certs: Arc<ServerCerts>,
+    pub broker: Arc<certmq_core::Broker>,
+    pub live: Arc<certmq_net::Live>,
+}
+
+/// The API router, every route under `/api/v1`.
+pub fn router(state: AdminState) -> Router {
+    use routes::*;
+    let protected = Router::new()
+        .route("/openapi.json", get(openapi::document))
+        .route(
+            "/server-certificates",
+            get(list_server_certs).post(bind_server_cert),
+        )
+        .route("/server-certificates/default/enable", post(enable_default))
+        .route(
+            "/server-certificates/default/disable",
+            post(disable_default),
+        )
+        .route(
+            "/server-certificates/{id}",
+            get(get_server_cert).delete(unbind_server_cert),
+        )
+        .route("/connections", get(list_connections))
+        .route("/connections/{client_id}", delete(kick_connection))
+        .route("/audit-log", get(audit_log))
+        .route("/metrics", get(metrics::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    let api = Router::new()
+        .route("/health", get(health))
+        .merge(protected)
+        .fallback(not_found);
+    Router::new()
+        .nest("/api/v1", api)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,199 @@
+//! Route handlers. Every route (base `/api/v1`):
+//!
+//! | route | does |
+//! | --- | --- |
+//! | `GET /health` | liveness (no token) |
+//! | `GET /openapi.json` | the OpenAPI document of these routes |
+//! | `GET /server-certificates` | list, the default one included |
+//! | `POST /server-certificates` | bind `{name?, certificate_chain, private_key}` |
+//! | `GET /server-certificates/{id}` | one |
+//! | `DELETE /server-certificates/{id}` | unbind |
+//! | `POST /server-certificates/default/enable` · `/disable` | the default certificate |
+//! | `GET /connections` | live clients, with certificate id |
+//! | `DELETE /connections/{client_id}` | kick (MQTT 5: DISCONNECT 0x98) |
+//! | `GET /audit-log` | the newest audit records |
+//! | `GET /metrics` | Prometheus text format |
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ApiError, Kind};
+use crate::server_certs::{rfc3339, ServerCertView};
+use crate::AdminState;
+
+/// `Json` whose rejections are API errors (400, 413) in the API's format.
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let Json(v) = Json::<T>::from_request(req, state).await?;
+        Ok(ApiJson(v))
+    }
+}
+
+const ACTOR: &str = "admin-api";
+
+#[derive(Serialize)]
+pub struct Items<T> {
+    pub items: Vec<T>,
+}
+
+pub async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| ApiError::new(Kind::Internal, "Internal", "the request task failed"))?
+}
+
+pub async fn list_server_certs(State(s): State<AdminState>) -> Json<Items<ServerCertView>> {
+    Json(Items {
+        items: s.server_certs.list(),
+    })
+}
+
+pub async fn get_server_cert(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<ServerCertView>, ApiError> {
+    s.server_certs.get(&id).map(Json).ok_or_else(|| {
+        ApiError::new(
+            Kind::NotFound,
+            "NotFound",
+            format!("server certificate {id} not found"),
+        )
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindRequest {
+    pub name: Option<String>,
+    pub certificate_chain: String,
+    pub private_key: String,
+}
+
+pub async fn bind_server_cert(
+    State(s): State<AdminState>,
+    ApiJson(req): ApiJson<BindRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    if req.name.as_ref().is_some_and(|n| n.len() > 128) {
+        return Err(ApiError::new(
+            Kind::BadRequest,
+            "InvalidName",
+            "name: at most 128 bytes",
+        ));
+    }
+    let certs = s.server_certs.clone();
+    let view =
+        blocking(move || certs.bind(req.name, &req.certificate_chain, &req.private_key, ACTOR))
+            .await?;
+    tracing::info!(id = %view.id, "server certificate bound");
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+pub async fn unbind_server_cert(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let certs = s.server_certs.clone();
+    let id2 = id.clone();
+    blocking(move || certs.unbind(&id2, ACTOR)).await?;
+    tracing::info!(%id, "server certificate unbound");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn enable_default(State(s): State<AdminState>) -> Result<Json<ServerCertView>, ApiError> {
+    let certs = s.server_certs.clone();
+    Ok(Json(
+        blocking(move || certs.set_default_enabled(true, ACTOR)).await?,
+    ))
+}
+
+pub async fn disable_default(
+    State(s): State<AdminState>,
+) -> Result<Json<ServerCertView>, ApiError> {
+    let certs = s.server_certs.clone();
+    Ok(Json(
+        blocking(move || certs.set_default_enabled(false, ACTOR)).await?,
+    ))
+}
+
+#[derive(Serialize)]
+pub struct ConnectionView {
+    pub client_id: String,
+    pub listener: &'static str,
+    pub peer_address: String,
+    pub certificate_id: Option<String>,
+    pub connected_at: String,
+}
+
+pub async fn list_connections(State(s): State<AdminState>) -> Json<Items<ConnectionView>> {
+    let items = s
+        .live
+        .connections()
+        .into_iter()
+        .map(|c| ConnectionView {
+            client_id: c.client_id.to_string(),
+            listener: c.protocol.name(),
+            peer_address: c.peer.to_string(),
+            certificate_id: c.certificate_id,
+            connected_at: rfc3339(c.connected_at),
+        })
+        .collect();
+    Json(Items { items })
+}
+
+pub async fn kick_connection(
+    State(s): State<AdminState>,
+    Path(client_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if s.broker
+        .kick(&client_id, certmq_codec::ReasonCode::ADMINISTRATIVE_ACTION)
+    {
+        tracing::info!(%client_id, "connection closed by the admin API");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(
+            Kind::NotFound,
+            "NotFound",
+            format!("no live connection with client id {client_id}"),
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+pub struct Limit {
+    pub limit: Option<usize>,
+}
+
+pub async fn audit_log(
+    State(s): State<AdminState>,
+    Query(q): Query<Limit>,
+) -> Result<Json<Items<certmq_store::AuditRecord>>, ApiError> {
+    let store = s.store.clone();
+    let limit = q.limit.unwrap_or(100).min(1000);
+    let items = blocking(move || Ok(store.audit_log(limit)?)).await?;
+    Ok(Json(Items { items }))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(
+        Kind::NotFound,
+        "NotFound",
+        "no such route; see /api/v1/openapi.json",
+    )
+}

@@ -1,0 +1,322 @@
+//! Server certificates: the bound ones (from the store) plus the default,
+//! and the SNI snapshot built from them. Every change is written to the
+//! store first (durable, audited), then the in-memory view is rebuilt from
+//! the store and the resolver's snapshot swapped: the same path a change
+//! arriving from another node (PostgreSQL LISTEN/NOTIFY) will take.
+
+use std::sync::Arc;
+
+use certmq_pki::{CertInfo, SniResolver, SniSnapshot};
+use certmq_store::{AuditEntry, ServerCertRecord, Store};
+use parking_lot::Mutex;
+use rustls::sign::CertifiedKey;
+use serde::Serialize;
+
+use crate::error::{ApiError, Kind};
+
+/// The id under which the default certificate is addressed.
+pub const DEFAULT_ID: &str = "default";
+
+struct Bound {
+    record: ServerCertRecord,
+    info: CertInfo,
+    certified: Arc<CertifiedKey>,
+}
+
+struct View {
+    bound: Vec<Bound>,
+    default_enabled: bool,
+}
+
+pub struct ServerCerts {
+    store: Arc<dyn Store>,
+    resolver: Arc<SniResolver>,
+    default_info: CertInfo,
+    default_key: Arc<CertifiedKey>,
+    view: Mutex<View>,
+}
+
+/// A server certificate as the API shows it (never the key).
+#[derive(Debug, Serialize)]
+pub struct ServerCertView {
+    pub id: String,
+    pub name: Option<String>,
+    pub is_default: bool,
+    pub enabled: bool,
+    pub subject_cn: Option<String>,
+    pub issuer_cn: Option<String>,
+    pub serial_number: String,
+    pub dns_names: Vec<String>,
+    pub ip_addresses: Vec<String>,
+    pub not_before: String,
+    pub not_after: String,
+    pub seconds_to_expiry: i64,
+    pub chain_length: usize,
+    pub created_at: Option<String>,
+}
+
+pub fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn view_of(
+    id: &str,
+    name: Option<String>,
+    info: &CertInfo,
+    is_default: bool,
+    enabled: bool,
+    chain_length: usize,
+    created_at: Option<i64>,
+) -> ServerCertView {
+    ServerCertView {
+        id: id.to_string(),
+        name,
+        is_default,
+        enabled,
+        subject_cn: info.subject_cn.clone(),
+        issuer_cn: info.issuer_cn.clone(),
+        serial_number: info.serial.clone(),
+        dns_names: info.dns_names.clone(),
+        ip_addresses: info.ip_addresses.iter().map(|a| a.to_string()).collect(),
+        not_before: rfc3339(info.not_before),
+        not_after: rfc3339(info.not_after),
+        seconds_to_expiry: info.not_after - now_unix(),
+        chain_length,
+        created_at: created_at.map(rfc3339),
+    }
+}
+
+impl ServerCerts {
+    /// Loads the bound certificates from the store and installs the first
+    /// snapshot. A stored certificate that no longer loads is skipped with
+    /// an error in the log (it stays in the store for the operator).
+    pub fn load(
+        store: Arc<dyn Store>,
+        resolver: Arc<SniResolver>,
+        default_info: CertInfo,
+        default_key: Arc<CertifiedKey>,
+    ) -> Result<Arc<Self>, ApiError> {
+        let this = Arc::new(Self {
+            store,
+            resolver,
+            default_info,
+            default_key,
+            view: Mutex::new(View {
+                bound: Vec::new(),
+                default_enabled: true,
+            }),
+        });
+        this.reload()?;
+        Ok(this)
+    }
+
+    /// Rebuilds the view from the store and swaps the SNI snapshot.
+    pub fn reload(&self) -> Result<(), ApiError> {
+        let records = self.store.server_certs()?;
+        let default_enabled = self.store.default_cert_enabled()? || records.is_empty();
+        let mut bound = Vec::new();
+        for record in records {
+            // Loading skips the validity-window check: an expired bound
+            // certificate stays listed (with negative seconds to expiry).
+            let parsed = certmq_pki::load_server_cert(
+                record.chain_pem.as_bytes(),
+                record.key_pem.as_bytes(),
+            );
+            match parsed {
+                Ok(c) => bound.push(Bound {
+                    record,
+                    info: c.info,
+                    certified: c.certified,
+                }),
+                Err(e) => {
+                    tracing::error!(id = %record.id, error = %e, "stored server certificate does not load")
+                }
+            }
+        }
+        let snapshot = SniSnapshot::build(
+            default_enabled.then(|| self.default_key.clone()),
+            bound.iter().map(|b| (&b.info, b.certified.clone())),
+        );
+        self.resolver.swap(snapshot);
+        *self.view.lock() = View {
+            bound,
+            default_enabled,
+        };
+        Ok(())
+    }
+
+    pub fn list(&self) -> Vec<ServerCertView> {
+        let v = self.view.lock();
+        let mut out = vec![self.default_view(v.default_enabled)];
+        for b in &v.bound {
+            out.push(view_of(
+                &b.record.id,
+                b.record.name.clone(),
+                &b.info,
+                false,
+                true,
+                b.certified.cert.len(),
+                Some(b.record.created_at),
+            ));
+        }
+        out
+    }
+
+    fn default_view(&self, enabled: bool) -> ServerCertView {
+        view_of(
+            DEFAULT_ID,
+            Some("default".into()),
+            &self.default_info,
+            true,
+            enabled,
+            self.default_key.cert.len(),
+            None,
+        )
+    }
+
+    pub fn get(&self, id: &str) -> Option<ServerCertView> {
+        self.list().into_iter().find(|c| c.id == id)
+    }
+
+    /// Validates and binds; durable before it returns.
+    pub fn bind(
+        &self,
+        name: Option<String>,
+        chain_pem: &str,
+        key_pem: &str,
+        actor: &str,
+    ) -> Result<ServerCertView, ApiError> {
+        let cert =
+            certmq_pki::validate_server_cert(chain_pem.as_bytes(), key_pem.as_bytes(), now_unix())?;
+        let id = cert.info.id.clone();
+        if self.view.lock().bound.iter().any(|b| b.record.id == id) {
+            return Err(ApiError::new(
+                Kind::Conflict,
+                "CertificateAlreadyBound",
+                format!("server certificate {id} is already bound"),
+            ));
+        }
+        let record = ServerCertRecord {
+            id: id.clone(),
+            name: name.clone(),
+            chain_pem: chain_pem.to_string(),
+            key_pem: key_pem.to_string(),
+            created_at: now_unix(),
+        };
+        let shown = view_of(
+            &id,
+            name,
+            &cert.info,
+            false,
+            true,
+            cert.chain.len(),
+            Some(record.created_at),
+        );
+        let audit = AuditEntry {
+            actor: actor.into(),
+            action: "server_certificate.bind".into(),
+            target: id.clone(),
+            before: None,
+            after: serde_json::to_value(&shown).ok(),
+        };
+        self.store.insert_server_cert(&record, &audit)?;
+        self.reload()?;
+        Ok(shown)
+    }
+
+    pub fn unbind(&self, id: &str, actor: &str) -> Result<(), ApiError> {
+        if id == DEFAULT_ID {
+            return Err(ApiError::new(
+                Kind::Conflict,
+                "DefaultCertificateCannotBeUnbound",
+                "the default certificate cannot be unbound; disable it instead",
+            ));
+        }
+        let (before, remaining, default_enabled) = {
+            let v = self.view.lock();
+            let before = v.bound.iter().find(|b| b.record.id == id).map(|b| {
+                view_of(
+                    &b.record.id,
+                    b.record.name.clone(),
+                    &b.info,
+                    false,
+                    true,
+                    b.certified.cert.len(),
+                    Some(b.record.created_at),
+                )
+            });
+            (before, v.bound.len().saturating_sub(1), v.default_enabled)
+        };
+        let Some(before) = before else {
+            return Err(ApiError::new(
+                Kind::NotFound,
+                "NotFound",
+                format!("server certificate {id} is not bound"),
+            ));
+        };
+        if remaining == 0 && !default_enabled {
+            return Err(ApiError::new(
+                Kind::Conflict,
+                "LastCertificate",
+                "this is the only certificate being served while the default is disabled; enable the default first",
+            ));
+        }
+        let audit = AuditEntry {
+            actor: actor.into(),
+            action: "server_certificate.unbind".into(),
+            target: id.into(),
+            before: serde_json::to_value(&before).ok(),
+            after: None,
+        };
+        self.store.delete_server_cert(id, &audit)?;
+        self.reload()
+    }
+
+    pub fn set_default_enabled(
+        &self,
+        enabled: bool,
+        actor: &str,
+    ) -> Result<ServerCertView, ApiError> {
+        let (was, bound) = {
+            let v = self.view.lock();
+            (v.default_enabled, v.bound.len())
+        };
+        if !enabled && bound == 0 {
+            return Err(ApiError::new(
+                Kind::Conflict,
+                "NoCustomCertificate",
+                "the default certificate can be disabled only while a custom certificate is bound",
+            ));
+        }
+        if was != enabled {
+            let audit = AuditEntry {
+                actor: actor.into(),
+                action: if enabled {
+                    "server_certificate.default.enable"
+                } else {
+                    "server_certificate.default.disable"
+                }
+                .into(),
+                target: DEFAULT_ID.into(),
+                before: Some(serde_json::json!({"enabled": was})),
+                after: Some(serde_json::json!({"enabled": enabled})),
+            };
+            self.store.set_default_cert_enabled(enabled, &audit)?;
+            self.reload()?;
+        }
+        Ok(self.default_view(enabled))
+    }
+}

@@ -1,0 +1,126 @@
+//! What the admin API sees of the network side: live connections (with the
+//! certificate each authenticated with), counts per listener, traffic
+//! counters and TLS handshake failures by reason.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::Protocol;
+
+/// One live (CONNECT accepted) connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub client_id: Arc<str>,
+    pub protocol: Protocol,
+    pub peer: SocketAddr,
+    /// SHA-256 fingerprint of the client certificate, when one was presented.
+    pub certificate_id: Option<String>,
+    /// Unix seconds.
+    pub connected_at: i64,
+}
+
+#[derive(Debug, Default)]
+pub struct Live {
+    next: AtomicU64,
+    conns: Mutex<HashMap<u64, ConnInfo>>,
+    open: [AtomicUsize; 4],
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub packets_in: AtomicU64,
+    pub packets_out: AtomicU64,
+    tls_failures: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+fn slot(p: Protocol) -> usize {
+    match p {
+        Protocol::MqttTcp => 0,
+        Protocol::MqttTls => 1,
+        Protocol::MqttWs => 2,
+        Protocol::MqttWss => 3,
+    }
+}
+
+impl Live {
+    pub(crate) fn register(&self, info: ConnInfo) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.conns.lock().insert(id, info);
+        id
+    }
+
+    pub(crate) fn unregister(&self, id: u64) {
+        self.conns.lock().remove(&id);
+    }
+
+    pub(crate) fn opened(&self, p: Protocol) {
+        if let Some(c) = self.open.get(slot(p)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn closed(&self, p: Protocol) {
+        if let Some(c) = self.open.get(slot(p)) {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn tls_failure(&self, reason: &'static str) {
+        *self.tls_failures.lock().entry(reason).or_insert(0) += 1;
+    }
+
+    /// Live connections, oldest first.
+    pub fn connections(&self) -> Vec<ConnInfo> {
+        let mut v: Vec<(u64, ConnInfo)> = self
+            .conns
+            .lock()
+            .iter()
+            .map(|(k, c)| (*k, c.clone()))
+            .collect();
+        v.sort_by_key(|(k, _)| *k);
+        v.into_iter().map(|(_, c)| c).collect()
+    }
+
+    /// Open sockets (TLS and WebSocket handshakes included) per listener protocol.
+    pub fn open_by_protocol(&self) -> Vec<(Protocol, usize)> {
+        [
+            Protocol::MqttTcp,
+            Protocol::MqttTls,
+            Protocol::MqttWs,
+            Protocol::MqttWss,
+        ]
+        .into_iter()
+        .map(|p| {
+            let n = self
+                .open
+                .get(slot(p))
+                .map_or(0, |c| c.load(Ordering::Relaxed));
+            (p, n)
+        })
+        .collect()
+    }
+
+    pub fn tls_failures(&self) -> Vec<(&'static str, u64)> {
+        self.tls_failures
+            .lock()
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
+    }
+}
+
+/// A handshake error's reason label for metrics.
+pub(crate) fn tls_failure_reason(e: &std::io::Error) -> &'static str {
+    use rustls::Error as E;
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<E>()) {
+        Some(E::NoCertificatesPresented) => "no_client_certificate",
+        Some(E::InvalidCertificate(_)) => "bad_client_certificate",
+        Some(E::AlertReceived(_)) => "alert_received",
+        Some(E::General(m)) if m.contains("no server certificate") => "no_server_certificate",
+        Some(E::PeerIncompatible(_)) => "incompatible",
+        Some(_) => "protocol",
+        None => "io",
+    }
+}

@@ -1,0 +1,94 @@
+//! The registry's durable storage.
+//!
+//! What it does: keeps server certificates (and, with the device registry,
+//! CAs and device certificates) in an embedded SQLite database in the data
+//! directory (WAL, `synchronous = FULL`: a change is on disk before the call
+//! returns), applies versioned migrations at open, and appends an audit
+//! record for every state change in the same transaction.
+//!
+//! What it does not do: decide. Validation and state rules live in
+//! `certmq-pki` and `certmq-admin`; the broker never reads the database on
+//! the connect path (it reads snapshots built from it).
+//!
+//! The [`Store`] trait is the seam for a PostgreSQL implementation.
+
+#![forbid(unsafe_code)]
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+/// A bound server certificate as stored. `key_pem` is the private key:
+/// never logged, never returned by the API.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServerCertRecord {
+    pub id: String,
+    pub name: Option<String>,
+    pub chain_pem: String,
+    pub key_pem: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for ServerCertRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerCertRecord")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who made a change and what it was, for the audit log. `before` and
+/// `after` are JSON documents without secrets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEntry {
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AuditRecord {
+    pub seq: i64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("cannot open the database at {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("the database schema is version {found}; this certmq knows up to {known}")]
+    TooNew { found: i64, known: i64 },
+    #[error("{0} already exists")]
+    Exists(String),
+    #[error("{0} not found")]
+    NotFound(String),
+}
+
+/// The registry's storage operations.
+pub trait Store: Send + Sync + 'static {
+    fn server_certs(&self) -> Result<Vec<ServerCertRecord>, StoreError>;
+    fn insert_server_cert(
+        &self,
+        rec: &ServerCertRecord,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
+    fn delete_server_cert(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError>;
+    /// Whether the default server certificate is enabled (true until changed).
+    fn default_cert_enabled(&self) -> Result<bool, StoreError>;
+    fn set_default_cert_enabled(&self, enabled: bool, audit: &AuditEntry)
+        -> Result<(), StoreError>;
+    /// The newest audit records, newest first.
+    fn audit_log(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
+}
