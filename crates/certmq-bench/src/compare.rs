@@ -81,6 +81,11 @@ impl Running {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// certmq's default server CA, for TLS runs against it.
+    fn certmq_ca(&self) -> PathBuf {
+        self._dir.0.join("data/tls/default-ca.pem")
+    }
 }
 
 impl Drop for Running {
@@ -150,23 +155,26 @@ pub fn start(
         _ => "mosquitto",
     })?;
     let mut cmd = match kind {
-        BrokerKind::Certmq if tls != TlsMode::None => {
-            bail!("certmq's TLS listener arrives with issue 4; compare TLS against mosquitto only for now")
+        BrokerKind::Certmq if tls == TlsMode::Mutual => {
+            bail!("certmq verifies client certificates against registered CAs (issue 5); compare mutual TLS against mosquitto only for now")
         }
         BrokerKind::Certmq => {
             let bin = args.certmq_bin.clone().unwrap_or_else(default_certmq_bin);
             let mut c = Command::new(bin);
+            let addr = addr.to_string();
+            // One listener on the port; TLS runs use certmq's default server
+            // certificate (its CA is in the data directory, see `ca_file`).
+            let (tcp, tls_addr) = match tls {
+                TlsMode::None => (addr.as_str(), "off"),
+                _ => ("off", addr.as_str()),
+            };
             c.arg("serve")
                 .arg("--data-dir")
                 .arg(dir.0.join("data"))
-                .args([
-                    "--listen-tcp",
-                    &addr.to_string(),
-                    "--listen-ws",
-                    "off",
-                    "--log",
-                    "warn",
-                ]);
+                .args(["--listen-tcp", tcp, "--listen-tls", tls_addr])
+                .args(["--tls-client-auth", "none", "--listen-ws", "off"])
+                .args(["--listen-wss", "off", "--listen-admin", "off"])
+                .args(["--log", "warn"]);
             c
         }
         BrokerKind::Mosquitto | BrokerKind::MosquittoNagle => {
@@ -269,6 +277,9 @@ pub async fn run(mut args: CompareArgs) -> anyhow::Result<()> {
                 load.mqtt = 3;
             }
             let running = start(*kind, &args.bins, args.load.tls, tls_files.as_ref())?;
+            if *kind == BrokerKind::Certmq && args.load.tls != TlsMode::None {
+                load.ca = Some(running.certmq_ca());
+            }
             let opts = load.options(running.addr, Some(running.child.id()))?;
             let opts = scenario::Options {
                 progress: false,
