@@ -16,7 +16,7 @@
 mod auth;
 pub mod error;
 mod metrics;
-mod openapi;
+pub mod openapi;
 pub mod routes;
 mod server_certs;
 

@@ -704,6 +704,37 @@ fn api_without_token_wrong_token_or_oversized_body_changes_nothing() {
         serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
     assert!(doc["paths"]["/server-certificates/{id}"]["delete"].is_object());
     assert_eq!(admin.ids(), before);
+
+    // A failed handshake (plain text on the TLS port) is counted by reason.
+    {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(broker.addr("mqtt-tls")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no TLS failure counted"
+        );
+        let mut r = agent
+            .get(&format!("{}/api/v1/metrics", admin.url))
+            .header("authorization", &format!("Bearer {}", admin.token))
+            .call()
+            .unwrap();
+        let text = r.body_mut().read_to_string().unwrap();
+        if text.contains("certmq_tls_handshake_failures_total{reason=") {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        metrics.contains("certmq_server_certificate_expiry_seconds{id=\"default\""),
+        "{metrics}"
+    );
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(broker.dir.0.join("admin.token"))
             .unwrap()
