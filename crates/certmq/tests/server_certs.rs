@@ -269,8 +269,20 @@ fn manual_page_flow_sni_selection_and_clients() {
     let rsa = make_server(&work.0, "rsa", &rsa_conf, Key::Rsa4096);
     // OpenSSL 3 writes PKCS#8; the PKCS#1 form older OpenSSL (and
     // `-traditional`) writes must bind too.
-    openssl(&rsa, &["rsa", "-in", "server.key", "-out", "server.key", "-traditional"]);
-    assert!(std::fs::read_to_string(rsa.join("server.key")).unwrap().contains("BEGIN RSA PRIVATE KEY"));
+    openssl(
+        &rsa,
+        &[
+            "rsa",
+            "-in",
+            "server.key",
+            "-out",
+            "server.key",
+            "-traditional",
+        ],
+    );
+    assert!(std::fs::read_to_string(rsa.join("server.key"))
+        .unwrap()
+        .contains("BEGIN RSA PRIVATE KEY"));
     let cn_conf = server_conf(|c| {
         c.replace("CN = mqtt.example.com", "CN = cn-only.example.org")
             .replace("DNS.1 = mqtt.example.com\nDNS.2 = www.example.com\nDNS.3 = api.example.com\nDNS.4 = *.example.com\n", "DNS.1 = unrelated.example.io\n")
