@@ -99,6 +99,8 @@ pub struct WsTransport<S> {
     ws: WebSocketStream<S>,
     /// A message was handed to the sink and still needs flushing.
     flushing: bool,
+    /// Our Close frame is out; waiting for the peer's.
+    closing: bool,
 }
 
 impl<S> WsTransport<S> {
@@ -106,6 +108,7 @@ impl<S> WsTransport<S> {
         Self {
             ws,
             flushing: false,
+            closing: false,
         }
     }
 }
@@ -157,9 +160,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for WsTransport<S> {
         Ok(()).into()
     }
 
+    /// Sends Close, then waits for the peer's Close (the end of the
+    /// stream), so the peer's reply does not meet a closed socket. The
+    /// driver bounds the wait.
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.ws)
-            .poll_close(cx)
-            .map_err(io::Error::other)
+        if !self.closing {
+            ready!(Pin::new(&mut self.ws).poll_close(cx)).map_err(io::Error::other)?;
+            self.closing = true;
+        }
+        loop {
+            match ready!(Pin::new(&mut self.ws).poll_next(cx)) {
+                None | Some(Err(_)) => return Ok(()).into(),
+                Some(Ok(_)) => continue,
+            }
+        }
     }
 }
