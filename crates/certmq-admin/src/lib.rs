@@ -14,6 +14,8 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+mod ca_routes;
+pub mod devices;
 pub mod error;
 mod metrics;
 pub mod openapi;
@@ -26,6 +28,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 use axum::Router;
 
+pub use devices::{Devices, RegistryConfig};
 pub use server_certs::{ServerCertView, ServerCerts, DEFAULT_ID};
 
 /// Largest request body accepted (a chain file is at most 16 KiB; keys
@@ -39,6 +42,7 @@ pub struct AdminState {
     pub server_certs: Arc<ServerCerts>,
     pub broker: Arc<certmq_core::Broker>,
     pub live: Arc<certmq_net::Live>,
+    pub devices: Arc<Devices>,
 }
 
 /// The API router, every route under `/api/v1`.
@@ -59,6 +63,35 @@ pub fn router(state: AdminState) -> Router {
             "/server-certificates/{id}",
             get(get_server_cert).delete(unbind_server_cert),
         )
+        .route(
+            "/ca-certificates/registration-code",
+            post(ca_routes::registration_code),
+        )
+        .route(
+            "/ca-certificates",
+            get(ca_routes::list_cas).post(ca_routes::register_ca),
+        )
+        .route(
+            "/ca-certificates/{id}",
+            get(ca_routes::get_ca)
+                .delete(ca_routes::delete_ca)
+                .patch(ca_routes::patch_ca),
+        )
+        .route("/ca-certificates/{id}/activate", post(ca_routes::activate_ca))
+        .route("/ca-certificates/{id}/deactivate", post(ca_routes::deactivate_ca))
+        .route(
+            "/device-certificates",
+            get(ca_routes::list_devices).post(ca_routes::register_device),
+        )
+        .route(
+            "/device-certificates/{id}",
+            get(ca_routes::get_device).delete(ca_routes::delete_device),
+        )
+        .route("/device-certificates/{id}/pem", get(ca_routes::device_pem))
+        .route("/device-certificates/{id}/activate", post(ca_routes::activate_device))
+        .route("/device-certificates/{id}/deactivate", post(ca_routes::deactivate_device))
+        .route("/device-certificates/{id}/revoke", post(ca_routes::revoke_device))
+        .route("/connection-rejections", get(ca_routes::rejections))
         .route("/connections", get(list_connections))
         .route("/connections/{client_id}", delete(kick_connection))
         .route("/audit-log", get(audit_log))

@@ -88,6 +88,31 @@ pub async fn metrics(State(s): State<AdminState>) -> Result<impl IntoResponse, A
         "Seconds until each server certificate expires",
         expiry,
     );
+    let by_state = Family::<Labels, Gauge>::default();
+    let cas = s.devices.list_cas().unwrap_or_default();
+    let ca_expiry = Family::<Labels, Gauge>::default();
+    for ca in &cas {
+        ca_expiry
+            .get_or_create(&vec![
+                ("id".into(), ca.id.clone()),
+                ("subject_cn".into(), ca.subject_cn.clone().unwrap_or_default()),
+            ])
+            .set(ca.seconds_to_expiry);
+    }
+    for (status, n) in s.devices.device_counts_by_status() {
+        by_state
+            .get_or_create(&vec![("status".into(), status.to_string())])
+            .set(n as i64);
+    }
+    r.register("device_certificates", "Device certificates by status", by_state);
+    r.register("ca_certificate_expiry_seconds", "Seconds until each CA certificate expires", ca_expiry);
+    let rejected = Family::<Labels, Counter<u64, AtomicU64>>::default();
+    for (reason, n) in live.rejection_counts() {
+        rejected
+            .get_or_create(&vec![("reason".into(), reason.into())])
+            .inc_by(n);
+    }
+    r.register("connection_rejections", "Refused handshakes and CONNECTs by reason", rejected);
     let mut text = String::new();
     encode(&mut text, &r)
         .map_err(|_| ApiError::new(Kind::Internal, "Internal", "metrics encoding failed"))?;

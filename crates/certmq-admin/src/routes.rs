@@ -9,6 +9,14 @@
 //! | `GET /server-certificates/{id}` | one |
 //! | `DELETE /server-certificates/{id}` | unbind |
 //! | `POST /server-certificates/default/enable` · `/disable` | the default certificate |
+//! | `POST /ca-certificates/registration-code` | a new registration code |
+//! | `GET /ca-certificates` · `POST /ca-certificates` | list · register |
+//! | `GET` · `DELETE` · `PATCH /ca-certificates/{id}` | detail (counts) · delete · provisioning |
+//! | `POST /ca-certificates/{id}/activate` · `/deactivate` | CA state |
+//! | `GET /device-certificates` · `POST /device-certificates` | filtered, paged list · register |
+//! | `GET` · `DELETE /device-certificates/{id}` · `GET .../{id}/pem` | detail · delete · download |
+//! | `POST /device-certificates/{id}/activate` · `/deactivate` · `/revoke` | device state |
+//! | `GET /connection-rejections` | recent refusals with reasons |
 //! | `GET /connections` | live clients, with certificate id |
 //! | `DELETE /connections/{client_id}` | kick (MQTT 5: DISCONNECT 0x98) |
 //! | `GET /audit-log` | the newest audit records |

@@ -24,12 +24,23 @@ fn state(dir: &std::path::Path) -> AdminState {
     let resolver = Arc::new(certmq_pki::SniResolver::new(Default::default()));
     let server_certs =
         ServerCerts::load(store.clone(), resolver, cert.info, cert.certified).unwrap();
+    let broker = certmq_core::Broker::new(Default::default());
+    let live = Arc::new(certmq_net::Live::default());
+    let devices = certmq_admin::Devices::load(
+        store.clone(),
+        Default::default(),
+        broker.clone(),
+        live.clone(),
+        Default::default(),
+    )
+    .unwrap();
     AdminState {
         token: "test-token-0123456789".into(),
         store,
         server_certs,
-        broker: certmq_core::Broker::new(Default::default()),
-        live: Arc::new(certmq_net::Live::default()),
+        broker,
+        live,
+        devices,
     }
 }
 
@@ -95,6 +106,8 @@ async fn every_documented_route_is_served_and_guarded() {
         "certmq_server_certificate_expiry_seconds{id=\"default\"",
         "certmq_received_bytes_total",
         "certmq_sent_packets_total",
+        "certmq_device_certificates{status=\"REVOKED\"} 0",
+        "certmq_device_certificates{status=\"REVOKED\"} 0",
     ] {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
     }

@@ -15,6 +15,7 @@ use certmq_codec::{
     ReasonCode,
 };
 use certmq_core::{CloseCause, Conn, ConnectContext, Flow, Ready};
+use certmq_pki::{Decision, Rejection};
 use tokio::sync::watch;
 use tokio::time::timeout;
 
@@ -155,13 +156,60 @@ async fn accept<T: Transport>(
         Ok(Ok(c)) => c,
     };
     let protocol = connect.protocol;
-    let certificate_id = peer
-        .certificates
-        .first()
-        .map(|der| certmq_pki::fingerprint(der));
-    let ctx = ConnectContext {
-        authorized: peer.allow_anonymous,
-    };
+    // A client certificate decides, every time (a resumed TLS session
+    // skipped the verifier): registry state, client-id binding, CA state.
+    let mut certificate_id = None;
+    let mut ca_id = None;
+    let mut authorized = peer.allow_anonymous;
+    if let (Some(leaf), Some(authz)) = (peer.certificates.first(), &shared.authorizer) {
+        let refused = match authz.authorize(leaf, &connect.client_id) {
+            Decision::Allow { device_id, ca_id: ca } => {
+                certificate_id = Some(device_id);
+                ca_id = Some(ca);
+                None
+            }
+            Decision::Provision { chained, activate } => {
+                // The authorizer registered it; only activated ones get in.
+                let (d, c) = (chained.device_id, chained.ca_id);
+                if activate {
+                    certificate_id = Some(d);
+                    ca_id = Some(c);
+                    None
+                } else {
+                    Some((Rejection::CertificatePending, Some(d), Some(c)))
+                }
+            }
+            Decision::Reject {
+                reason,
+                device_id,
+                ca_id,
+            } => Some((reason, device_id, ca_id)),
+        };
+        match refused {
+            None => authorized = true,
+            Some((reason, device_id, ca)) => {
+                shared.live.reject(crate::RejectionRecord {
+                    at: crate::live::now_unix(),
+                    reason,
+                    protocol: peer.protocol,
+                    peer: peer.addr,
+                    client_id: Some(connect.client_id.clone()),
+                    certificate_id: device_id,
+                    ca_id: ca,
+                });
+                let connack = ConnAck {
+                    session_present: false,
+                    reason: ReasonCode::NOT_AUTHORIZED,
+                    properties: Properties::default(),
+                };
+                let mut wbuf = BytesMut::new();
+                encode(&Packet::ConnAck(connack), protocol, &mut wbuf);
+                send_and_close(&mut t, wbuf).await;
+                return None;
+            }
+        }
+    }
+    let ctx = ConnectContext { authorized };
     match shared.broker.connect(connect, &ctx, Instant::now()) {
         Ok(conn) => {
             tracing::debug!(peer = %peer.addr, client_id = %conn.client_id(), "connected");
@@ -171,6 +219,7 @@ async fn accept<T: Transport>(
                 protocol: peer.protocol,
                 peer: peer.addr,
                 certificate_id,
+                ca_id,
                 connected_at: std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs() as i64)

@@ -32,7 +32,14 @@ use tokio::sync::{mpsc, watch};
 
 pub use config::{ClientAuth, ListenerConfig, NetConfig, Protocol};
 pub use driver::PeerInfo;
-pub use live::{ConnInfo, Live};
+pub use live::{ConnInfo, Live, RejectionRecord, REJECTIONS_KEPT};
+
+/// Decides CONNECTs of clients that presented a certificate (the device
+/// registry). Must not block: it runs on the connect path.
+pub trait ConnectAuthorizer: Send + Sync + 'static {
+    /// `leaf` is the client certificate (DER); `client_id` as in CONNECT.
+    fn authorize(&self, leaf: &[u8], client_id: &str) -> certmq_pki::Decision;
+}
 pub use transport::{StreamTransport, TcpTransport, Transport, WsTransport};
 
 /// What TLS listeners need: the SNI resolver shared by all of them (its
@@ -42,6 +49,10 @@ pub use transport::{StreamTransport, TcpTransport, Transport, WsTransport};
 pub struct TlsContext {
     pub resolver: Arc<certmq_pki::SniResolver>,
     pub provider: Arc<rustls::crypto::CryptoProvider>,
+    /// The registry snapshot client certificates are verified against.
+    pub registry: certmq_pki::SharedRegistry,
+    /// The CONNECT-time decision for clients with a certificate.
+    pub authorizer: Arc<dyn ConnectAuthorizer>,
 }
 
 impl TlsContext {
@@ -54,6 +65,7 @@ impl TlsContext {
                 builder.with_client_cert_verifier(Arc::new(certmq_pki::RegistryVerifier::new(
                     auth == ClientAuth::Required,
                     self.provider.clone(),
+                    self.registry.clone(),
                 )))
             }
         };
@@ -66,6 +78,7 @@ impl TlsContext {
 /// State shared by every connection task.
 pub(crate) struct Shared {
     pub broker: Arc<Broker>,
+    pub authorizer: Option<Arc<dyn ConnectAuthorizer>>,
     pub config: NetConfig,
     pub connections: AtomicUsize,
     pub live: Arc<Live>,
@@ -110,6 +123,17 @@ impl Server {
         config: NetConfig,
         tls: Option<TlsContext>,
     ) -> Result<Self, ServerError> {
+        Self::bind_with(broker, config, tls, Arc::new(Live::default())).await
+    }
+
+    /// As [`Server::bind`], reporting into `live` (made first when other
+    /// parts, like the device registry, need it before the server exists).
+    pub async fn bind_with(
+        broker: Arc<Broker>,
+        config: NetConfig,
+        tls: Option<TlsContext>,
+        live: Arc<Live>,
+    ) -> Result<Self, ServerError> {
         let mut listeners = Vec::new();
         for l in &config.listeners {
             let tls_config = if l.protocol.is_tls() {
@@ -129,10 +153,11 @@ impl Server {
         }
         Ok(Self {
             shared: Arc::new(Shared {
+                authorizer: tls.as_ref().map(|t| t.authorizer.clone()),
                 broker,
                 config,
                 connections: AtomicUsize::new(0),
-                live: Arc::new(Live::default()),
+                live,
             }),
             listeners,
         })

@@ -19,6 +19,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// SHA-256 fingerprint of the client certificate, when one was presented.
     pub certificate_id: Option<String>,
+    /// The registered CA that issued it.
+    pub ca_id: Option<String>,
     /// Unix seconds.
     pub connected_at: i64,
 }
@@ -35,7 +37,32 @@ pub struct Live {
     pub packets_in: AtomicU64,
     pub packets_out: AtomicU64,
     tls_failures: Mutex<BTreeMap<&'static str, u64>>,
+    rejections: Mutex<Rejections>,
 }
+
+/// A refused handshake or CONNECT.
+#[derive(Debug, Clone)]
+pub struct RejectionRecord {
+    /// Unix seconds.
+    pub at: i64,
+    pub reason: certmq_pki::Rejection,
+    pub protocol: Protocol,
+    pub peer: SocketAddr,
+    /// None when refused during the TLS handshake (before CONNECT).
+    pub client_id: Option<String>,
+    pub certificate_id: Option<String>,
+    pub ca_id: Option<String>,
+}
+
+/// The newest refusals, and counts by reason since start.
+#[derive(Debug, Default)]
+struct Rejections {
+    recent: std::collections::VecDeque<RejectionRecord>,
+    counts: BTreeMap<&'static str, u64>,
+}
+
+/// Refusals kept for `GET /connection-rejections`.
+pub const REJECTIONS_KEPT: usize = 1000;
 
 fn slot(p: Protocol) -> usize {
     match p {
@@ -67,6 +94,31 @@ impl Live {
         if let Some(c) = self.open.get(slot(p)) {
             c.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+
+    pub fn reject(&self, r: RejectionRecord) {
+        tracing::info!(
+            reason = r.reason.as_str(),
+            peer = %r.peer,
+            client_id = r.client_id.as_deref().unwrap_or("-"),
+            certificate_id = r.certificate_id.as_deref().unwrap_or("-"),
+            "connection refused"
+        );
+        let mut g = self.rejections.lock();
+        *g.counts.entry(r.reason.as_str()).or_insert(0) += 1;
+        if g.recent.len() >= REJECTIONS_KEPT {
+            g.recent.pop_front();
+        }
+        g.recent.push_back(r);
+    }
+
+    /// The newest refusals, newest first.
+    pub fn rejections(&self) -> Vec<RejectionRecord> {
+        self.rejections.lock().recent.iter().rev().cloned().collect()
+    }
+
+    pub fn rejection_counts(&self) -> Vec<(&'static str, u64)> {
+        self.rejections.lock().counts.iter().map(|(k, v)| (*k, *v)).collect()
     }
 
     pub(crate) fn tls_failure(&self, reason: &'static str) {
@@ -118,11 +170,18 @@ pub(crate) fn tls_failure_reason(e: &std::io::Error) -> &'static str {
     use rustls::Error as E;
     match e.get_ref().and_then(|inner| inner.downcast_ref::<E>()) {
         Some(E::NoCertificatesPresented) => "no_client_certificate",
-        Some(E::InvalidCertificate(_)) => "bad_client_certificate",
+        Some(E::InvalidCertificate(_)) => "client_certificate_refused",
         Some(E::AlertReceived(_)) => "alert_received",
         Some(E::General(m)) if m.contains("no server certificate") => "no_server_certificate",
         Some(E::PeerIncompatible(_)) => "incompatible",
         Some(_) => "protocol",
         None => "io",
     }
+}
+
+pub(crate) fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }

@@ -12,13 +12,22 @@
 
 #![forbid(unsafe_code)]
 
+mod ca;
 mod client_verifier;
 mod default_cert;
+mod encode;
+mod registry;
 mod server_cert;
 mod sni;
 mod x509;
 
-pub use client_verifier::RegistryVerifier;
+pub use ca::{parse_ca, single_cert_der, spki_and_subject, verify_ca_registration, CaCert, CaError};
+pub use client_verifier::{rejection_of, Refused, RegistryVerifier, SharedRegistry};
+pub use registry::{
+    CaEntry, CaStatus, Chained, Decision, DeviceEntry, DeviceStatus, Provisioning, RegistrySnapshot,
+    Rejection,
+};
+pub use encode::{pem_encode, random_hex};
 pub use default_cert::{mint_default, DefaultCert, MintError};
 pub use server_cert::{
     load_server_cert, validate_server_cert, ServerCert, ServerCertError, MAX_CHAIN_BYTES,

@@ -40,6 +40,64 @@ impl std::fmt::Debug for ServerCertRecord {
     }
 }
 
+/// A registered CA certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaRecord {
+    pub id: String,
+    pub serial: String,
+    pub subject_cn: Option<String>,
+    pub issuer_cn: Option<String>,
+    pub not_before: i64,
+    pub not_after: i64,
+    /// `ACTIVE` or `INACTIVE`.
+    pub status: String,
+    pub pem: String,
+    pub verification_pem: String,
+    /// `API` or `JITP`.
+    pub provisioning: String,
+    pub automatic_activation: bool,
+    pub registered_at: i64,
+    pub last_activated_at: Option<i64>,
+    pub last_deactivated_at: Option<i64>,
+}
+
+/// A device (client) certificate under a CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    pub id: String,
+    pub ca_id: String,
+    pub serial: String,
+    pub subject_cn: Option<String>,
+    pub subject_ou: Option<String>,
+    pub client_id: Option<String>,
+    pub not_before: i64,
+    pub not_after: i64,
+    /// `ACTIVE`, `INACTIVE`, `REVOKED` or `PENDING_ACTIVATION`.
+    pub status: String,
+    /// `API` or `JITP`.
+    pub source: String,
+    pub pem: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub last_connected_at: Option<i64>,
+}
+
+/// Filters and paging for device lists; every filter is optional.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceFilter {
+    pub ca_id: Option<String>,
+    pub client_id: Option<String>,
+    pub subject_cn: Option<String>,
+    pub subject_ou: Option<String>,
+    pub serial: Option<String>,
+    pub status: Option<String>,
+    /// not_after at or after / before (unix seconds).
+    pub expires_after: Option<i64>,
+    pub expires_before: Option<i64>,
+    pub limit: usize,
+    pub offset: usize,
+}
+
 /// Who made a change and what it was, for the audit log. `before` and
 /// `after` are JSON documents without secrets.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,4 +149,25 @@ pub trait Store: Send + Sync + 'static {
         -> Result<(), StoreError>;
     /// The newest audit records, newest first.
     fn audit_log(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// The current registration code and its expiry (unix seconds).
+    fn registration_code(&self) -> Result<Option<(String, i64)>, StoreError>;
+    fn set_registration_code(&self, code: &str, expires_at: i64, audit: &AuditEntry) -> Result<(), StoreError>;
+    fn cas(&self) -> Result<Vec<CaRecord>, StoreError>;
+    /// Registers a CA and consumes the registration code, in one transaction.
+    fn insert_ca(&self, rec: &CaRecord, audit: &AuditEntry) -> Result<(), StoreError>;
+    /// Writes a CA's status, times and provisioning settings.
+    fn update_ca(&self, rec: &CaRecord, audit: &AuditEntry) -> Result<(), StoreError>;
+    /// Deletes a CA and its device certificates.
+    fn delete_ca(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError>;
+    /// Device counts by status under a CA.
+    fn device_counts(&self, ca_id: &str) -> Result<Vec<(String, u64)>, StoreError>;
+    /// A page of devices matching `filter`, and how many match in all.
+    fn devices(&self, filter: &DeviceFilter) -> Result<(Vec<DeviceRecord>, u64), StoreError>;
+    fn device(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError>;
+    fn insert_device(&self, rec: &DeviceRecord, audit: &AuditEntry) -> Result<(), StoreError>;
+    fn update_device_status(&self, id: &str, status: &str, at: i64, audit: &AuditEntry) -> Result<(), StoreError>;
+    fn delete_device(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError>;
+    /// Every device, for the connect path's snapshot (without PEMs).
+    fn all_devices(&self) -> Result<Vec<DeviceRecord>, StoreError>;
 }

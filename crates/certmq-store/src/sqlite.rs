@@ -7,7 +7,10 @@ use std::path::Path;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use crate::{AuditEntry, AuditRecord, ServerCertRecord, Store, StoreError};
+use crate::{
+    AuditEntry, AuditRecord, CaRecord, DeviceFilter, DeviceRecord, ServerCertRecord, Store,
+    StoreError,
+};
 
 /// Each entry moves the schema one version up; never edit a released one.
 const MIGRATIONS: &[&str] = &[
@@ -29,7 +32,83 @@ const MIGRATIONS: &[&str] = &[
         before TEXT,
         after TEXT
     );",
+    // 2: CA and device certificates.
+    "CREATE TABLE ca_certificates (
+        id TEXT PRIMARY KEY,
+        serial TEXT NOT NULL,
+        subject_cn TEXT,
+        issuer_cn TEXT,
+        not_before INTEGER NOT NULL,
+        not_after INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        pem TEXT NOT NULL,
+        verification_pem TEXT NOT NULL,
+        provisioning TEXT NOT NULL,
+        automatic_activation INTEGER NOT NULL,
+        registered_at INTEGER NOT NULL,
+        last_activated_at INTEGER,
+        last_deactivated_at INTEGER
+    );
+    CREATE TABLE device_certificates (
+        id TEXT PRIMARY KEY,
+        ca_id TEXT NOT NULL REFERENCES ca_certificates(id) ON DELETE CASCADE,
+        serial TEXT NOT NULL,
+        subject_cn TEXT,
+        subject_ou TEXT,
+        client_id TEXT,
+        not_before INTEGER NOT NULL,
+        not_after INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        source TEXT NOT NULL,
+        pem TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        last_connected_at INTEGER
+    );
+    CREATE INDEX device_by_ca ON device_certificates(ca_id, status);
+    CREATE INDEX device_by_client_id ON device_certificates(client_id);",
 ];
+
+const CA_COLS: &str = "id, serial, subject_cn, issuer_cn, not_before, not_after, status, pem, verification_pem, provisioning, automatic_activation, registered_at, last_activated_at, last_deactivated_at";
+const DEVICE_COLS: &str = "id, ca_id, serial, subject_cn, subject_ou, client_id, not_before, not_after, status, source, pem, created_at, updated_at, last_connected_at";
+
+fn ca_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CaRecord> {
+    Ok(CaRecord {
+        id: r.get(0)?,
+        serial: r.get(1)?,
+        subject_cn: r.get(2)?,
+        issuer_cn: r.get(3)?,
+        not_before: r.get(4)?,
+        not_after: r.get(5)?,
+        status: r.get(6)?,
+        pem: r.get(7)?,
+        verification_pem: r.get(8)?,
+        provisioning: r.get(9)?,
+        automatic_activation: r.get(10)?,
+        registered_at: r.get(11)?,
+        last_activated_at: r.get(12)?,
+        last_deactivated_at: r.get(13)?,
+    })
+}
+
+fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
+    Ok(DeviceRecord {
+        id: r.get(0)?,
+        ca_id: r.get(1)?,
+        serial: r.get(2)?,
+        subject_cn: r.get(3)?,
+        subject_ou: r.get(4)?,
+        client_id: r.get(5)?,
+        not_before: r.get(6)?,
+        not_after: r.get(7)?,
+        status: r.get(8)?,
+        source: r.get(9)?,
+        pem: r.get(10)?,
+        created_at: r.get(11)?,
+        updated_at: r.get(12)?,
+        last_connected_at: r.get(13)?,
+    })
+}
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
@@ -205,6 +284,203 @@ impl Store for SqliteStore {
                 after: parse(r.get(6)?),
             })
         })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn registration_code(&self) -> Result<Option<(String, i64)>, StoreError> {
+        let conn = self.conn.lock();
+        let v: Option<String> = conn
+            .query_row("SELECT value FROM settings WHERE key = 'registration_code'", [], |r| r.get(0))
+            .optional()?;
+        Ok(v.and_then(|v| {
+            let (code, exp) = v.split_once(' ')?;
+            Some((code.to_string(), exp.parse().ok()?))
+        }))
+    }
+
+    fn set_registration_code(&self, code: &str, expires_at: i64, audit: &AuditEntry) -> Result<(), StoreError> {
+        self.write(audit, |tx| {
+            tx.execute(
+                "INSERT INTO settings (key, value) VALUES ('registration_code', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [format!("{code} {expires_at}")],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn cas(&self) -> Result<Vec<CaRecord>, StoreError> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {CA_COLS} FROM ca_certificates ORDER BY registered_at, rowid"
+        ))?;
+        let rows = stmt.query_map([], ca_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn insert_ca(&self, rec: &CaRecord, audit: &AuditEntry) -> Result<(), StoreError> {
+        self.write(audit, |tx| {
+            let exists: Option<String> = tx
+                .query_row("SELECT id FROM ca_certificates WHERE id = ?1", [&rec.id], |r| r.get(0))
+                .optional()?;
+            if exists.is_some() {
+                return Err(StoreError::Exists(format!("CA certificate {}", rec.id)));
+            }
+            tx.execute(
+                &format!("INSERT INTO ca_certificates ({CA_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
+                params![
+                    rec.id, rec.serial, rec.subject_cn, rec.issuer_cn, rec.not_before, rec.not_after,
+                    rec.status, rec.pem, rec.verification_pem, rec.provisioning, rec.automatic_activation,
+                    rec.registered_at, rec.last_activated_at, rec.last_deactivated_at
+                ],
+            )?;
+            // Single use: the code that proved possession is spent.
+            tx.execute("DELETE FROM settings WHERE key = 'registration_code'", [])?;
+            Ok(())
+        })
+    }
+
+    fn update_ca(&self, rec: &CaRecord, audit: &AuditEntry) -> Result<(), StoreError> {
+        self.write(audit, |tx| {
+            let n = tx.execute(
+                "UPDATE ca_certificates SET status = ?2, provisioning = ?3, automatic_activation = ?4,
+                 last_activated_at = ?5, last_deactivated_at = ?6 WHERE id = ?1",
+                params![
+                    rec.id, rec.status, rec.provisioning, rec.automatic_activation,
+                    rec.last_activated_at, rec.last_deactivated_at
+                ],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("CA certificate {}", rec.id)));
+            }
+            Ok(())
+        })
+    }
+
+    fn delete_ca(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError> {
+        self.write(audit, |tx| {
+            tx.execute("DELETE FROM device_certificates WHERE ca_id = ?1", [id])?;
+            let n = tx.execute("DELETE FROM ca_certificates WHERE id = ?1", [id])?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("CA certificate {id}")));
+            }
+            Ok(())
+        })
+    }
+
+    fn device_counts(&self, ca_id: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare(
+            "SELECT status, COUNT(*) FROM device_certificates WHERE ca_id = ?1 GROUP BY status",
+        )?;
+        let rows = stmt.query_map([ca_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn devices(&self, f: &DeviceFilter) -> Result<(Vec<DeviceRecord>, u64), StoreError> {
+        let mut clauses: Vec<&str> = Vec::new();
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        let mut text = |clause: &'static str, v: &Option<String>| {
+            if let Some(v) = v {
+                clauses.push(clause);
+                args.push(v.clone().into());
+            }
+        };
+        text("ca_id = ?", &f.ca_id);
+        text("client_id = ?", &f.client_id);
+        text("subject_cn = ?", &f.subject_cn);
+        text("subject_ou = ?", &f.subject_ou);
+        text("serial = ?", &f.serial);
+        text("status = ?", &f.status);
+        if let Some(t) = f.expires_after {
+            clauses.push("not_after >= ?");
+            args.push(t.into());
+        }
+        if let Some(t) = f.expires_before {
+            clauses.push("not_after < ?");
+            args.push(t.into());
+        }
+        let where_ = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", clauses.join(" AND "))
+        };
+        let conn = self.conn.lock();
+        let total: i64 = conn.query_row(
+            &format!("SELECT COUNT(*) FROM device_certificates {where_}"),
+            rusqlite::params_from_iter(args.iter()),
+            |r| r.get(0),
+        )?;
+        let mut page_args = args.clone();
+        page_args.push((f.limit as i64).into());
+        page_args.push((f.offset as i64).into());
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {DEVICE_COLS} FROM device_certificates {where_} ORDER BY created_at, rowid LIMIT ? OFFSET ?"
+        ))?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(page_args.iter()), device_row)?;
+        Ok((rows.collect::<Result<_, _>>()?, total as u64))
+    }
+
+    fn device(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        let conn = self.conn.lock();
+        Ok(conn
+            .query_row(
+                &format!("SELECT {DEVICE_COLS} FROM device_certificates WHERE id = ?1"),
+                [id],
+                device_row,
+            )
+            .optional()?)
+    }
+
+    fn insert_device(&self, rec: &DeviceRecord, audit: &AuditEntry) -> Result<(), StoreError> {
+        self.write(audit, |tx| {
+            let exists: Option<String> = tx
+                .query_row("SELECT id FROM device_certificates WHERE id = ?1", [&rec.id], |r| r.get(0))
+                .optional()?;
+            if exists.is_some() {
+                return Err(StoreError::Exists(format!("device certificate {}", rec.id)));
+            }
+            tx.execute(
+                &format!("INSERT INTO device_certificates ({DEVICE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
+                params![
+                    rec.id, rec.ca_id, rec.serial, rec.subject_cn, rec.subject_ou, rec.client_id,
+                    rec.not_before, rec.not_after, rec.status, rec.source, rec.pem, rec.created_at,
+                    rec.updated_at, rec.last_connected_at
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn update_device_status(&self, id: &str, status: &str, at: i64, audit: &AuditEntry) -> Result<(), StoreError> {
+        self.write(audit, |tx| {
+            let n = tx.execute(
+                "UPDATE device_certificates SET status = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id, status, at],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("device certificate {id}")));
+            }
+            Ok(())
+        })
+    }
+
+    fn delete_device(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError> {
+        self.write(audit, |tx| {
+            let n = tx.execute("DELETE FROM device_certificates WHERE id = ?1", [id])?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("device certificate {id}")));
+            }
+            Ok(())
+        })
+    }
+
+    fn all_devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT id, ca_id, serial, subject_cn, subject_ou, client_id, not_before, not_after, status, source, '' AS pem, created_at, updated_at, last_connected_at FROM device_certificates"
+        ))?;
+        let rows = stmt.query_map([], device_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }

@@ -20,6 +20,28 @@ pub struct Config {
     pub listeners: ListenersSection,
     pub tls: TlsSection,
     pub admin: AdminSection,
+    pub registry: RegistrySection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySection {
+    /// CA certificates that may be registered.
+    pub max_ca_certificates: usize,
+    /// Seconds a registration code stays valid.
+    pub registration_code_ttl_secs: u64,
+    /// Policy: a device certificate's client id must equal its subject CN.
+    pub client_id_must_match_cn: bool,
+}
+
+impl Default for RegistrySection {
+    fn default() -> Self {
+        Self {
+            max_ca_certificates: 32,
+            registration_code_ttl_secs: 3600,
+            client_id_must_match_cn: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -133,6 +155,7 @@ impl Default for Config {
             listeners: ListenersSection::default(),
             tls: TlsSection::default(),
             admin: AdminSection::default(),
+            registry: RegistrySection::default(),
         }
     }
 }
@@ -267,6 +290,9 @@ impl Config {
             if t.len() < 16 || t.chars().any(char::is_whitespace) {
                 bail!("admin.token must be at least 16 characters, without spaces");
             }
+        }
+        if self.registry.max_ca_certificates == 0 || self.registry.registration_code_ttl_secs == 0 {
+            bail!("registry.max_ca_certificates and registry.registration_code_ttl_secs must be at least 1");
         }
         if self.connections.max_connections == 0 {
             bail!("connections.max_connections must be at least 1");

@@ -169,12 +169,29 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             default_cert.certified.clone(),
         )
         .map_err(|e| anyhow::anyhow!("cannot load server certificates: {}", e.message))?;
+        let live = Arc::new(certmq_net::Live::default());
+        let registry: certmq_pki::SharedRegistry = Default::default();
+        let devices = certmq_admin::Devices::load(
+            store.clone(),
+            registry.clone(),
+            broker.clone(),
+            live.clone(),
+            certmq_admin::RegistryConfig {
+                max_cas: config.registry.max_ca_certificates,
+                registration_code_ttl: config.registry.registration_code_ttl_secs as i64,
+                client_id_is_cn: config.registry.client_id_must_match_cn,
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("cannot load the device registry: {}", e.message))?;
         let tls = certmq_net::TlsContext {
             resolver,
             provider: certmq_pki::provider(),
+            registry,
+            authorizer: devices.clone(),
         };
         let server =
-            certmq_net::Server::bind(broker.clone(), config.net_config(), Some(tls)).await?;
+            certmq_net::Server::bind_with(broker.clone(), config.net_config(), Some(tls), live)
+                .await?;
         let admin_listener = if config.admin.enabled {
             let l = tokio::net::TcpListener::bind(config.admin.addr)
                 .await
@@ -206,6 +223,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     server_certs,
                     broker,
                     live: server.live(),
+                    devices,
                 };
                 let stop = stopped(stop_rx.clone());
                 Some(tokio::spawn(certmq_admin::serve(l, state, stop)))

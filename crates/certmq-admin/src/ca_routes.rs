@@ -1,0 +1,248 @@
+//! Handlers for CA certificates, device certificates and connection
+//! rejections (the route table is in [`crate::routes`]).
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use certmq_pki::DeviceStatus;
+use serde::{Deserialize, Serialize};
+
+use crate::devices::{CaView, DeviceView};
+use crate::error::ApiError;
+use crate::routes::{ApiJson, Items};
+use crate::server_certs::rfc3339;
+use crate::AdminState;
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|_| {
+        ApiError::new(crate::error::Kind::Internal, "Internal", "the request task failed")
+    })?
+}
+
+#[derive(Serialize)]
+pub struct RegistrationCode {
+    registration_code: String,
+    expires_at: String,
+}
+
+pub async fn registration_code(State(s): State<AdminState>) -> Result<impl IntoResponse, ApiError> {
+    let d = s.devices.clone();
+    let (code, expires) = blocking(move || d.new_registration_code()).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(RegistrationCode {
+            registration_code: code,
+            expires_at: rfc3339(expires),
+        }),
+    ))
+}
+
+pub async fn list_cas(State(s): State<AdminState>) -> Result<Json<Items<CaView>>, ApiError> {
+    let d = s.devices.clone();
+    Ok(Json(Items { items: blocking(move || d.list_cas()).await? }))
+}
+
+pub async fn get_ca(State(s): State<AdminState>, Path(id): Path<String>) -> Result<Json<CaView>, ApiError> {
+    let d = s.devices.clone();
+    Ok(Json(blocking(move || d.get_ca(&id)).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterCa {
+    ca_certificate: String,
+    verification_certificate: String,
+    status: Option<String>,
+    device_provisioning: Option<String>,
+    automatic_activation: Option<bool>,
+}
+
+pub async fn register_ca(
+    State(s): State<AdminState>,
+    ApiJson(r): ApiJson<RegisterCa>,
+) -> Result<impl IntoResponse, ApiError> {
+    let d = s.devices.clone();
+    let view = blocking(move || {
+        d.register_ca(
+            &r.ca_certificate,
+            &r.verification_certificate,
+            r.status.as_deref(),
+            r.device_provisioning.as_deref(),
+            r.automatic_activation,
+        )
+    })
+    .await?;
+    tracing::info!(id = %view.id, "CA certificate registered");
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+pub async fn activate_ca(State(s): State<AdminState>, Path(id): Path<String>) -> Result<Json<CaView>, ApiError> {
+    let d = s.devices.clone();
+    Ok(Json(blocking(move || d.set_ca_status(&id, true)).await?))
+}
+
+pub async fn deactivate_ca(State(s): State<AdminState>, Path(id): Path<String>) -> Result<Json<CaView>, ApiError> {
+    let d = s.devices.clone();
+    Ok(Json(blocking(move || d.set_ca_status(&id, false)).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchCa {
+    device_provisioning: Option<String>,
+    automatic_activation: Option<bool>,
+}
+
+pub async fn patch_ca(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+    ApiJson(p): ApiJson<PatchCa>,
+) -> Result<Json<CaView>, ApiError> {
+    let d = s.devices.clone();
+    Ok(Json(
+        blocking(move || d.update_ca_provisioning(&id, p.device_provisioning.as_deref(), p.automatic_activation)).await?,
+    ))
+}
+
+pub async fn delete_ca(State(s): State<AdminState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let d = s.devices.clone();
+    blocking(move || d.delete_ca(&id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceQuery {
+    ca_id: Option<String>,
+    client_id: Option<String>,
+    common_name: Option<String>,
+    ou: Option<String>,
+    serial_number: Option<String>,
+    status: Option<String>,
+    /// Unix seconds: certificates expiring before this.
+    expires_before: Option<i64>,
+    expires_after: Option<i64>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+#[derive(Serialize)]
+pub struct Page<T> {
+    items: Vec<T>,
+    total: u64,
+    limit: usize,
+    offset: usize,
+}
+
+pub async fn list_devices(
+    State(s): State<AdminState>,
+    Query(q): Query<DeviceQuery>,
+) -> Result<Json<Page<DeviceView>>, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let offset = q.offset.unwrap_or(0);
+    let f = certmq_store::DeviceFilter {
+        ca_id: q.ca_id,
+        client_id: q.client_id,
+        subject_cn: q.common_name,
+        subject_ou: q.ou,
+        serial: q.serial_number.map(|s| s.replace(':', "").to_ascii_lowercase()),
+        status: q.status,
+        expires_after: q.expires_after,
+        expires_before: q.expires_before,
+        limit,
+        offset,
+    };
+    let d = s.devices.clone();
+    let (items, total) = blocking(move || d.list_devices(&f)).await?;
+    Ok(Json(Page { items, total, limit, offset }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterDevice {
+    device_certificate: String,
+    client_id: Option<String>,
+    status: Option<String>,
+}
+
+pub async fn register_device(
+    State(s): State<AdminState>,
+    ApiJson(r): ApiJson<RegisterDevice>,
+) -> Result<impl IntoResponse, ApiError> {
+    let d = s.devices.clone();
+    let view = blocking(move || d.register_device(&r.device_certificate, r.client_id, r.status.as_deref())).await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+pub async fn get_device(State(s): State<AdminState>, Path(id): Path<String>) -> Result<Json<DeviceView>, ApiError> {
+    let d = s.devices.clone();
+    Ok(Json(DeviceView::of(&blocking(move || d.device(&id)).await?)))
+}
+
+pub async fn device_pem(State(s): State<AdminState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let d = s.devices.clone();
+    let rec = blocking(move || d.device(&id)).await?;
+    Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], rec.pem))
+}
+
+pub async fn delete_device(State(s): State<AdminState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let d = s.devices.clone();
+    blocking(move || d.delete_device(&id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_status(s: AdminState, id: String, status: DeviceStatus) -> Result<Json<DeviceView>, ApiError> {
+    let d = s.devices.clone();
+    Ok(Json(blocking(move || d.set_device_status(&id, status)).await?))
+}
+
+pub async fn activate_device(State(s): State<AdminState>, Path(id): Path<String>) -> Result<Json<DeviceView>, ApiError> {
+    set_status(s, id, DeviceStatus::Active).await
+}
+
+pub async fn deactivate_device(State(s): State<AdminState>, Path(id): Path<String>) -> Result<Json<DeviceView>, ApiError> {
+    set_status(s, id, DeviceStatus::Inactive).await
+}
+
+pub async fn revoke_device(State(s): State<AdminState>, Path(id): Path<String>) -> Result<Json<DeviceView>, ApiError> {
+    set_status(s, id, DeviceStatus::Revoked).await
+}
+
+#[derive(Serialize)]
+pub struct RejectionView {
+    at: String,
+    reason: &'static str,
+    listener: &'static str,
+    peer_address: String,
+    client_id: Option<String>,
+    certificate_id: Option<String>,
+    ca_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct Limit {
+    limit: Option<usize>,
+}
+
+pub async fn rejections(State(s): State<AdminState>, Query(q): Query<Limit>) -> Json<Items<RejectionView>> {
+    let limit = q.limit.unwrap_or(100).min(certmq_net::REJECTIONS_KEPT);
+    let items = s
+        .live
+        .rejections()
+        .into_iter()
+        .take(limit)
+        .map(|r| RejectionView {
+            at: rfc3339(r.at),
+            reason: r.reason.as_str(),
+            listener: r.protocol.name(),
+            peer_address: r.peer.to_string(),
+            client_id: r.client_id,
+            certificate_id: r.certificate_id,
+            ca_id: r.ca_id,
+        })
+        .collect();
+    Json(Items { items })
+}

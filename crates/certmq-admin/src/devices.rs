@@ -1,0 +1,529 @@
+//! CA certificates and device certificates: the rules of SPEC sections 5
+//! and 6 over the store, the connect path's registry snapshot (rebuilt on
+//! CA changes, patched on device changes), live enforcement (kicking the
+//! connections a change disables), and the CONNECT-time authorizer with
+//! just-in-time provisioning.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use certmq_codec::ReasonCode;
+use certmq_pki::{
+    CaEntry, CaStatus, Decision, DeviceEntry, DeviceStatus, Provisioning, RegistrySnapshot,
+    SharedRegistry,
+};
+use certmq_store::{AuditEntry, CaRecord, DeviceFilter, DeviceRecord, Store};
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::error::{ApiError, Kind};
+use crate::server_certs::{now_unix, rfc3339};
+
+/// Registry limits and policy.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    pub max_cas: usize,
+    /// Seconds a registration code stays valid.
+    pub registration_code_ttl: i64,
+    /// Policy: a device's client id must equal its certificate's CN.
+    pub client_id_is_cn: bool,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            max_cas: 32,
+            registration_code_ttl: 3600,
+            client_id_is_cn: false,
+        }
+    }
+}
+
+pub struct Devices {
+    store: Arc<dyn Store>,
+    snapshot: SharedRegistry,
+    broker: Arc<certmq_core::Broker>,
+    live: Arc<certmq_net::Live>,
+    config: RegistryConfig,
+    /// Serializes snapshot updates (readers never wait).
+    update: Mutex<()>,
+    jitp: Mutex<Option<std::sync::mpsc::Sender<DeviceRecord>>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CaView {
+    pub id: String,
+    pub serial_number: String,
+    pub subject_cn: Option<String>,
+    pub issuer_cn: Option<String>,
+    pub not_before: String,
+    pub not_after: String,
+    pub seconds_to_expiry: i64,
+    pub status: String,
+    pub device_provisioning: String,
+    pub automatic_activation: bool,
+    pub registered_at: String,
+    pub last_activated_at: Option<String>,
+    pub last_deactivated_at: Option<String>,
+    pub verification_certificate: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_certificate_counts: Option<HashMap<String, u64>>,
+}
+
+impl CaView {
+    fn of(r: &CaRecord, counts: Option<HashMap<String, u64>>) -> Self {
+        CaView {
+            id: r.id.clone(),
+            serial_number: r.serial.clone(),
+            subject_cn: r.subject_cn.clone(),
+            issuer_cn: r.issuer_cn.clone(),
+            not_before: rfc3339(r.not_before),
+            not_after: rfc3339(r.not_after),
+            seconds_to_expiry: r.not_after - now_unix(),
+            status: r.status.clone(),
+            device_provisioning: r.provisioning.clone(),
+            automatic_activation: r.automatic_activation,
+            registered_at: rfc3339(r.registered_at),
+            last_activated_at: r.last_activated_at.map(rfc3339),
+            last_deactivated_at: r.last_deactivated_at.map(rfc3339),
+            verification_certificate: r.verification_pem.clone(),
+            device_certificate_counts: counts,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeviceView {
+    pub id: String,
+    pub ca_id: String,
+    pub serial_number: String,
+    pub subject_cn: Option<String>,
+    pub subject_ou: Option<String>,
+    pub client_id: Option<String>,
+    pub not_before: String,
+    pub not_after: String,
+    pub status: String,
+    pub source: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub last_connected_at: Option<String>,
+}
+
+impl DeviceView {
+    pub fn of(r: &DeviceRecord) -> Self {
+        DeviceView {
+            id: r.id.clone(),
+            ca_id: r.ca_id.clone(),
+            serial_number: r.serial.clone(),
+            subject_cn: r.subject_cn.clone(),
+            subject_ou: r.subject_ou.clone(),
+            client_id: r.client_id.clone(),
+            not_before: rfc3339(r.not_before),
+            not_after: rfc3339(r.not_after),
+            status: r.status.clone(),
+            source: r.source.clone(),
+            created_at: rfc3339(r.created_at),
+            updated_at: rfc3339(r.updated_at),
+            last_connected_at: r.last_connected_at.map(rfc3339),
+        }
+    }
+}
+
+fn audit(action: &str, target: &str, before: Option<serde_json::Value>, after: Option<serde_json::Value>) -> AuditEntry {
+    AuditEntry {
+        actor: "admin-api".into(),
+        action: action.into(),
+        target: target.into(),
+        before,
+        after,
+    }
+}
+
+fn device_entry(r: &DeviceRecord) -> Option<DeviceEntry> {
+    Some(DeviceEntry {
+        ca_id: r.ca_id.clone(),
+        status: DeviceStatus::parse(&r.status)?,
+        client_id: r.client_id.clone(),
+        subject_cn: r.subject_cn.clone(),
+        not_before: r.not_before,
+        not_after: r.not_after,
+    })
+}
+
+fn ca_entry(r: &CaRecord) -> Option<CaEntry> {
+    let ca = certmq_pki::single_cert_der(r.pem.as_bytes()).ok()?;
+    let (spki, subject_raw) = certmq_pki::spki_and_subject(&ca)?;
+    Some(CaEntry {
+        id: r.id.clone(),
+        status: CaStatus::parse(&r.status)?,
+        provisioning: Provisioning::parse(&r.provisioning)?,
+        automatic_activation: r.automatic_activation,
+        spki,
+        subject_raw,
+        not_before: r.not_before,
+        not_after: r.not_after,
+    })
+}
+
+fn not_found(what: &str, id: &str) -> ApiError {
+    ApiError::new(Kind::NotFound, "NotFound", format!("{what} {id} not found"))
+}
+
+impl Devices {
+    pub fn load(
+        store: Arc<dyn Store>,
+        snapshot: SharedRegistry,
+        broker: Arc<certmq_core::Broker>,
+        live: Arc<certmq_net::Live>,
+        config: RegistryConfig,
+    ) -> Result<Arc<Self>, ApiError> {
+        let this = Arc::new(Self {
+            store,
+            snapshot,
+            broker,
+            live,
+            config,
+            update: Mutex::new(()),
+            jitp: Mutex::new(None),
+        });
+        this.reload()?;
+        // JITP registrations are written off the connect path, in order.
+        let (tx, rx) = std::sync::mpsc::channel::<DeviceRecord>();
+        let weak = Arc::downgrade(&this);
+        std::thread::Builder::new()
+            .name("certmq-jitp".into())
+            .spawn(move || {
+                while let Ok(rec) = rx.recv() {
+                    let Some(this) = weak.upgrade() else { return };
+                    let a = audit("device_certificate.jitp", &rec.id, None, serde_json::to_value(DeviceView::of(&rec)).ok());
+                    match this.store.insert_device(&rec, &a) {
+                        Ok(()) | Err(certmq_store::StoreError::Exists(_)) => {}
+                        Err(e) => tracing::error!(id = %rec.id, error = %e, "JITP registration not stored"),
+                    }
+                }
+            })
+            .map_err(|e| ApiError::new(Kind::Internal, "Internal", e.to_string()))?;
+        *this.jitp.lock() = Some(tx);
+        Ok(this)
+    }
+
+    /// Rebuilds the snapshot from the store.
+    pub fn reload(&self) -> Result<(), ApiError> {
+        let _g = self.update.lock();
+        let cas = self.store.cas()?.iter().filter_map(ca_entry).collect();
+        let devices = self
+            .store
+            .all_devices()?
+            .iter()
+            .filter_map(|d| Some((d.id.clone(), device_entry(d)?)))
+            .collect();
+        self.snapshot
+            .store(Arc::new(RegistrySnapshot::new(cas, devices, self.config.client_id_is_cn)));
+        Ok(())
+    }
+
+    fn patch_device(&self, id: &str, entry: Option<DeviceEntry>) {
+        let _g = self.update.lock();
+        let next = self.snapshot.load().with_device(id, entry);
+        self.snapshot.store(Arc::new(next));
+    }
+
+    /// Closes every live connection that authenticated with `device_id`,
+    /// or with any certificate of `ca_id` (MQTT 5: DISCONNECT 0x98).
+    fn kick(&self, device_id: Option<&str>, ca_id: Option<&str>) -> usize {
+        let mut n = 0;
+        for c in self.live.connections() {
+            let hit = device_id.is_some_and(|d| c.certificate_id.as_deref() == Some(d))
+                || ca_id.is_some_and(|a| c.ca_id.as_deref() == Some(a));
+            if hit && self.broker.kick(&c.client_id, ReasonCode::ADMINISTRATIVE_ACTION) {
+                n += 1;
+            }
+        }
+        if n > 0 {
+            tracing::info!(connections = n, device_id, ca_id, "live connections closed by a registry change");
+        }
+        n
+    }
+
+    pub fn snapshot(&self) -> Arc<RegistrySnapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Device certificates by status, from the snapshot (no database).
+    pub fn device_counts_by_status(&self) -> Vec<(&'static str, usize)> {
+        self.snapshot.load().count_by_status()
+    }
+
+    // ---- CA certificates ----
+
+    pub fn new_registration_code(&self) -> Result<(String, i64), ApiError> {
+        let code = certmq_pki::random_hex(16).map_err(|e| ApiError::new(Kind::Internal, "Internal", e))?;
+        let expires = now_unix() + self.config.registration_code_ttl;
+        self.store
+            .set_registration_code(&code, expires, &audit("ca_certificate.registration_code", "registration_code", None, None))?;
+        Ok((code, expires))
+    }
+
+    pub fn list_cas(&self) -> Result<Vec<CaView>, ApiError> {
+        Ok(self.store.cas()?.iter().map(|r| CaView::of(r, None)).collect())
+    }
+
+    fn ca_record(&self, id: &str) -> Result<CaRecord, ApiError> {
+        self.store
+            .cas()?
+            .into_iter()
+            .find(|c| c.id == id)
+            .ok_or_else(|| not_found("CA certificate", id))
+    }
+
+    pub fn get_ca(&self, id: &str) -> Result<CaView, ApiError> {
+        let r = self.ca_record(id)?;
+        let counts = self.store.device_counts(id)?.into_iter().collect();
+        Ok(CaView::of(&r, Some(counts)))
+    }
+
+    pub fn register_ca(
+        &self,
+        ca_pem: &str,
+        verification_pem: &str,
+        status: Option<&str>,
+        provisioning: Option<&str>,
+        automatic_activation: Option<bool>,
+    ) -> Result<CaView, ApiError> {
+        let status = match status.unwrap_or("ACTIVE") {
+            s @ ("ACTIVE" | "INACTIVE") => s.to_string(),
+            other => return Err(ApiError::new(Kind::BadRequest, "InvalidStatus", format!("status must be ACTIVE or INACTIVE, not {other}"))),
+        };
+        let provisioning = match provisioning.unwrap_or("JITP") {
+            p @ ("API" | "JITP") => p.to_string(),
+            other => return Err(ApiError::new(Kind::BadRequest, "InvalidProvisioning", format!("device_provisioning must be API or JITP, not {other}"))),
+        };
+        let now = now_unix();
+        let code = self.store.registration_code()?;
+        let ca = certmq_pki::verify_ca_registration(
+            ca_pem.as_bytes(),
+            verification_pem.as_bytes(),
+            code.as_ref().map(|(c, e)| (c.as_str(), *e)),
+            now,
+        )
+        .map_err(|e| ApiError::new(Kind::Invalid, e.code(), e.to_string()))?;
+        let existing = self.store.cas()?;
+        if existing.iter().any(|c| c.id == ca.info.id) {
+            return Err(ApiError::new(Kind::Conflict, "CaAlreadyRegistered", format!("CA certificate {} is already registered", ca.info.id)));
+        }
+        if existing.len() >= self.config.max_cas {
+            return Err(ApiError::new(
+                Kind::Conflict,
+                "CaLimitReached",
+                format!("{} CA certificates are registered, the most allowed; delete one first", existing.len()),
+            ));
+        }
+        let rec = CaRecord {
+            id: ca.info.id.clone(),
+            serial: ca.info.serial.clone(),
+            subject_cn: ca.info.subject_cn.clone(),
+            issuer_cn: ca.info.issuer_cn.clone(),
+            not_before: ca.info.not_before,
+            not_after: ca.info.not_after,
+            status: status.clone(),
+            pem: certmq_pki::pem_encode("CERTIFICATE", &ca.der),
+            verification_pem: verification_pem.to_string(),
+            provisioning,
+            automatic_activation: automatic_activation.unwrap_or(true),
+            registered_at: now,
+            last_activated_at: (status == "ACTIVE").then_some(now),
+            last_deactivated_at: None,
+        };
+        let view = CaView::of(&rec, None);
+        self.store
+            .insert_ca(&rec, &audit("ca_certificate.register", &rec.id, None, serde_json::to_value(&view).ok()))?;
+        self.reload()?;
+        Ok(view)
+    }
+
+    pub fn set_ca_status(&self, id: &str, active: bool) -> Result<CaView, ApiError> {
+        let mut rec = self.ca_record(id)?;
+        let before = serde_json::json!({"status": rec.status});
+        let now = now_unix();
+        rec.status = if active { "ACTIVE" } else { "INACTIVE" }.into();
+        if active {
+            rec.last_activated_at = Some(now);
+        } else {
+            rec.last_deactivated_at = Some(now);
+        }
+        let action = if active { "ca_certificate.activate" } else { "ca_certificate.deactivate" };
+        self.store
+            .update_ca(&rec, &audit(action, id, Some(before), Some(serde_json::json!({"status": rec.status}))))?;
+        self.reload()?;
+        if !active {
+            self.kick(None, Some(id));
+        }
+        Ok(CaView::of(&rec, None))
+    }
+
+    pub fn update_ca_provisioning(&self, id: &str, provisioning: Option<&str>, automatic_activation: Option<bool>) -> Result<CaView, ApiError> {
+        let mut rec = self.ca_record(id)?;
+        let before = serde_json::json!({"device_provisioning": rec.provisioning, "automatic_activation": rec.automatic_activation});
+        if let Some(p) = provisioning {
+            if !matches!(p, "API" | "JITP") {
+                return Err(ApiError::new(Kind::BadRequest, "InvalidProvisioning", format!("device_provisioning must be API or JITP, not {p}")));
+            }
+            rec.provisioning = p.into();
+        }
+        if let Some(a) = automatic_activation {
+            rec.automatic_activation = a;
+        }
+        let after = serde_json::json!({"device_provisioning": rec.provisioning, "automatic_activation": rec.automatic_activation});
+        self.store.update_ca(&rec, &audit("ca_certificate.update", id, Some(before), Some(after)))?;
+        self.reload()?;
+        Ok(CaView::of(&rec, None))
+    }
+
+    pub fn delete_ca(&self, id: &str) -> Result<(), ApiError> {
+        let rec = self.ca_record(id)?;
+        if rec.status == "ACTIVE" {
+            return Err(ApiError::new(Kind::Conflict, "CaActive", "an ACTIVE CA certificate cannot be deleted; deactivate it first"));
+        }
+        let active = self
+            .store
+            .device_counts(id)?
+            .into_iter()
+            .find(|(s, _)| s == "ACTIVE")
+            .map_or(0, |(_, n)| n);
+        if active > 0 {
+            return Err(ApiError::new(
+                Kind::Conflict,
+                "CaHasActiveDevices",
+                format!("{active} ACTIVE device certificate(s) under this CA; deactivate or revoke them first"),
+            ));
+        }
+        let before = serde_json::to_value(CaView::of(&rec, None)).ok();
+        self.store.delete_ca(id, &audit("ca_certificate.delete", id, before, None))?;
+        self.reload()?;
+        self.kick(None, Some(id));
+        Ok(())
+    }
+
+    // ---- device certificates ----
+
+    pub fn list_devices(&self, f: &DeviceFilter) -> Result<(Vec<DeviceView>, u64), ApiError> {
+        let (rows, total) = self.store.devices(f)?;
+        Ok((rows.iter().map(DeviceView::of).collect(), total))
+    }
+
+    pub fn device(&self, id: &str) -> Result<DeviceRecord, ApiError> {
+        self.store.device(id)?.ok_or_else(|| not_found("device certificate", id))
+    }
+
+    pub fn register_device(&self, pem: &str, client_id: Option<String>, status: Option<&str>) -> Result<DeviceView, ApiError> {
+        let status = match status.unwrap_or("ACTIVE") {
+            s @ ("ACTIVE" | "INACTIVE" | "PENDING_ACTIVATION") => s.to_string(),
+            other => return Err(ApiError::new(Kind::BadRequest, "InvalidStatus", format!("status must be ACTIVE, INACTIVE or PENDING_ACTIVATION, not {other}"))),
+        };
+        if client_id.as_ref().is_some_and(|c| c.is_empty() || c.len() > 65535) {
+            return Err(ApiError::new(Kind::BadRequest, "InvalidClientId", "client_id must be 1 to 65535 bytes"));
+        }
+        let der = certmq_pki::single_cert_der(pem.as_bytes())
+            .map_err(|e| ApiError::new(Kind::Invalid, "InvalidCertificatePem", e))?;
+        let (chained, _) = self.snapshot.load().chain(&der, now_unix()).map_err(|r| {
+            ApiError::new(
+                Kind::Invalid,
+                "CertificateNotAccepted",
+                format!("the certificate does not chain to a registered CA within validity ({})", r.as_str()),
+            )
+        })?;
+        let now = now_unix();
+        let rec = DeviceRecord {
+            id: chained.device_id.clone(),
+            ca_id: chained.ca_id,
+            serial: chained.serial,
+            subject_cn: chained.subject_cn,
+            subject_ou: chained.subject_ou,
+            client_id,
+            not_before: chained.not_before,
+            not_after: chained.not_after,
+            status,
+            source: "API".into(),
+            pem: certmq_pki::pem_encode("CERTIFICATE", &der),
+            created_at: now,
+            updated_at: now,
+            last_connected_at: None,
+        };
+        let view = DeviceView::of(&rec);
+        self.store
+            .insert_device(&rec, &audit("device_certificate.register", &rec.id, None, serde_json::to_value(&view).ok()))
+            .map_err(|e| match e {
+                certmq_store::StoreError::Exists(_) => ApiError::new(Kind::Conflict, "DeviceCertificateAlreadyRegistered", format!("device certificate {} is already registered", rec.id)),
+                other => other.into(),
+            })?;
+        self.patch_device(&rec.id, device_entry(&rec));
+        Ok(view)
+    }
+
+    pub fn set_device_status(&self, id: &str, status: DeviceStatus) -> Result<DeviceView, ApiError> {
+        let mut rec = self.device(id)?;
+        if rec.status == "REVOKED" {
+            return Err(ApiError::new(Kind::Conflict, "CertificateRevoked", "a REVOKED certificate stays revoked; register a new one"));
+        }
+        let before = serde_json::json!({"status": rec.status});
+        let now = now_unix();
+        rec.status = status.as_str().into();
+        rec.updated_at = now;
+        let action = match status {
+            DeviceStatus::Active => "device_certificate.activate",
+            DeviceStatus::Inactive => "device_certificate.deactivate",
+            DeviceStatus::Revoked => "device_certificate.revoke",
+            DeviceStatus::PendingActivation => "device_certificate.pending",
+        };
+        self.store
+            .update_device_status(id, &rec.status, now, &audit(action, id, Some(before), Some(serde_json::json!({"status": rec.status}))))?;
+        self.patch_device(id, device_entry(&rec));
+        if status != DeviceStatus::Active {
+            self.kick(Some(id), None);
+        }
+        Ok(DeviceView::of(&rec))
+    }
+
+    pub fn delete_device(&self, id: &str) -> Result<(), ApiError> {
+        let rec = self.device(id)?;
+        let before = serde_json::to_value(DeviceView::of(&rec)).ok();
+        self.store.delete_device(id, &audit("device_certificate.delete", id, before, None))?;
+        self.patch_device(id, None);
+        self.kick(Some(id), None);
+        Ok(())
+    }
+}
+
+impl certmq_net::ConnectAuthorizer for Devices {
+    fn authorize(&self, leaf: &[u8], client_id: &str) -> Decision {
+        let snapshot = self.snapshot.load();
+        let decision = snapshot.authorize(leaf, client_id, now_unix());
+        if let Decision::Provision { chained, activate } = &decision {
+            let now = now_unix();
+            let rec = DeviceRecord {
+                id: chained.device_id.clone(),
+                ca_id: chained.ca_id.clone(),
+                serial: chained.serial.clone(),
+                subject_cn: chained.subject_cn.clone(),
+                subject_ou: chained.subject_ou.clone(),
+                client_id: None,
+                not_before: chained.not_before,
+                not_after: chained.not_after,
+                status: if *activate { "ACTIVE" } else { "PENDING_ACTIVATION" }.into(),
+                source: "JITP".into(),
+                pem: certmq_pki::pem_encode("CERTIFICATE", leaf),
+                created_at: now,
+                updated_at: now,
+                last_connected_at: Some(now),
+            };
+            // Visible at once to the next CONNECT; stored in order off the
+            // connect path.
+            self.patch_device(&rec.id, device_entry(&rec));
+            tracing::info!(id = %rec.id, ca_id = %rec.ca_id, status = %rec.status, "device certificate provisioned (JITP)");
+            if let Some(tx) = self.jitp.lock().as_ref() {
+                let _ = tx.send(rec);
+            }
+        }
+        decision
+    }
+}
