@@ -18,7 +18,11 @@ async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(|_| {
-        ApiError::new(crate::error::Kind::Internal, "Internal", "the request task failed")
+        ApiError::new(
+            crate::error::Kind::Internal,
+            "Internal",
+            "the request task failed",
+        )
     })?
 }
 
@@ -42,10 +46,15 @@ pub async fn registration_code(State(s): State<AdminState>) -> Result<impl IntoR
 
 pub async fn list_cas(State(s): State<AdminState>) -> Result<Json<Items<CaView>>, ApiError> {
     let d = s.devices.clone();
-    Ok(Json(Items { items: blocking(move || d.list_cas()).await? }))
+    Ok(Json(Items {
+        items: blocking(move || d.list_cas()).await?,
+    }))
 }
 
-pub async fn get_ca(State(s): State<AdminState>, Path(id): Path<String>) -> Result<Json<CaView>, ApiError> {
+pub async fn get_ca(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<CaView>, ApiError> {
     let d = s.devices.clone();
     Ok(Json(blocking(move || d.get_ca(&id)).await?))
 }
@@ -79,12 +88,18 @@ pub async fn register_ca(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
-pub async fn activate_ca(State(s): State<AdminState>, Path(id): Path<String>) -> Result<Json<CaView>, ApiError> {
+pub async fn activate_ca(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<CaView>, ApiError> {
     let d = s.devices.clone();
     Ok(Json(blocking(move || d.set_ca_status(&id, true)).await?))
 }
 
-pub async fn deactivate_ca(State(s): State<AdminState>, Path(id): Path<String>) -> Result<Json<CaView>, ApiError> {
+pub async fn deactivate_ca(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<CaView>, ApiError> {
     let d = s.devices.clone();
     Ok(Json(blocking(move || d.set_ca_status(&id, false)).await?))
 }
@@ -103,11 +118,21 @@ pub async fn patch_ca(
 ) -> Result<Json<CaView>, ApiError> {
     let d = s.devices.clone();
     Ok(Json(
-        blocking(move || d.update_ca_provisioning(&id, p.device_provisioning.as_deref(), p.automatic_activation)).await?,
+        blocking(move || {
+            d.update_ca_provisioning(
+                &id,
+                p.device_provisioning.as_deref(),
+                p.automatic_activation,
+            )
+        })
+        .await?,
     ))
 }
 
-pub async fn delete_ca(State(s): State<AdminState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete_ca(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let d = s.devices.clone();
     blocking(move || d.delete_ca(&id)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -148,7 +173,9 @@ pub async fn list_devices(
         client_id: q.client_id,
         subject_cn: q.common_name,
         subject_ou: q.ou,
-        serial: q.serial_number.map(|s| s.replace(':', "").to_ascii_lowercase()),
+        serial: q
+            .serial_number
+            .map(|s| s.replace(':', "").to_ascii_lowercase()),
         status: q.status,
         expires_after: q.expires_after,
         expires_before: q.expires_before,
@@ -157,7 +184,12 @@ pub async fn list_devices(
     };
     let d = s.devices.clone();
     let (items, total) = blocking(move || d.list_devices(&f)).await?;
-    Ok(Json(Page { items, total, limit, offset }))
+    Ok(Json(Page {
+        items,
+        total,
+        limit,
+        offset,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -173,41 +205,70 @@ pub async fn register_device(
     ApiJson(r): ApiJson<RegisterDevice>,
 ) -> Result<impl IntoResponse, ApiError> {
     let d = s.devices.clone();
-    let view = blocking(move || d.register_device(&r.device_certificate, r.client_id, r.status.as_deref())).await?;
+    let view = blocking(move || {
+        d.register_device(&r.device_certificate, r.client_id, r.status.as_deref())
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
-pub async fn get_device(State(s): State<AdminState>, Path(id): Path<String>) -> Result<Json<DeviceView>, ApiError> {
+pub async fn get_device(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceView>, ApiError> {
     let d = s.devices.clone();
-    Ok(Json(DeviceView::of(&blocking(move || d.device(&id)).await?)))
+    Ok(Json(DeviceView::of(
+        &blocking(move || d.device(&id)).await?,
+    )))
 }
 
-pub async fn device_pem(State(s): State<AdminState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+pub async fn device_pem(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
     let d = s.devices.clone();
     let rec = blocking(move || d.device(&id)).await?;
     Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], rec.pem))
 }
 
-pub async fn delete_device(State(s): State<AdminState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete_device(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let d = s.devices.clone();
     blocking(move || d.delete_device(&id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn set_status(s: AdminState, id: String, status: DeviceStatus) -> Result<Json<DeviceView>, ApiError> {
+async fn set_status(
+    s: AdminState,
+    id: String,
+    status: DeviceStatus,
+) -> Result<Json<DeviceView>, ApiError> {
     let d = s.devices.clone();
-    Ok(Json(blocking(move || d.set_device_status(&id, status)).await?))
+    Ok(Json(
+        blocking(move || d.set_device_status(&id, status)).await?,
+    ))
 }
 
-pub async fn activate_device(State(s): State<AdminState>, Path(id): Path<String>) -> Result<Json<DeviceView>, ApiError> {
+pub async fn activate_device(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceView>, ApiError> {
     set_status(s, id, DeviceStatus::Active).await
 }
 
-pub async fn deactivate_device(State(s): State<AdminState>, Path(id): Path<String>) -> Result<Json<DeviceView>, ApiError> {
+pub async fn deactivate_device(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceView>, ApiError> {
     set_status(s, id, DeviceStatus::Inactive).await
 }
 
-pub async fn revoke_device(State(s): State<AdminState>, Path(id): Path<String>) -> Result<Json<DeviceView>, ApiError> {
+pub async fn revoke_device(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceView>, ApiError> {
     set_status(s, id, DeviceStatus::Revoked).await
 }
 
@@ -227,7 +288,10 @@ pub struct Limit {
     limit: Option<usize>,
 }
 
-pub async fn rejections(State(s): State<AdminState>, Query(q): Query<Limit>) -> Json<Items<RejectionView>> {
+pub async fn rejections(
+    State(s): State<AdminState>,
+    Query(q): Query<Limit>,
+) -> Json<Items<RejectionView>> {
     let limit = q.limit.unwrap_or(100).min(certmq_net::REJECTIONS_KEPT);
     let items = s
         .live

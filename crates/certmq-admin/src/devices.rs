@@ -129,7 +129,12 @@ impl DeviceView {
     }
 }
 
-fn audit(action: &str, target: &str, before: Option<serde_json::Value>, after: Option<serde_json::Value>) -> AuditEntry {
+fn audit(
+    action: &str,
+    target: &str,
+    before: Option<serde_json::Value>,
+    after: Option<serde_json::Value>,
+) -> AuditEntry {
     AuditEntry {
         actor: "admin-api".into(),
         action: action.into(),
@@ -217,8 +222,11 @@ impl Devices {
             .iter()
             .filter_map(|d| Some((d.id.clone(), device_entry(d)?)))
             .collect();
-        self.snapshot
-            .store(Arc::new(RegistrySnapshot::new(cas, devices, self.config.client_id_is_cn)));
+        self.snapshot.store(Arc::new(RegistrySnapshot::new(
+            cas,
+            devices,
+            self.config.client_id_is_cn,
+        )));
         Ok(())
     }
 
@@ -235,12 +243,21 @@ impl Devices {
         for c in self.live.connections() {
             let hit = device_id.is_some_and(|d| c.certificate_id.as_deref() == Some(d))
                 || ca_id.is_some_and(|a| c.ca_id.as_deref() == Some(a));
-            if hit && self.broker.kick(&c.client_id, ReasonCode::ADMINISTRATIVE_ACTION) {
+            if hit
+                && self
+                    .broker
+                    .kick(&c.client_id, ReasonCode::ADMINISTRATIVE_ACTION)
+            {
                 n += 1;
             }
         }
         if n > 0 {
-            tracing::info!(connections = n, device_id, ca_id, "live connections closed by a registry change");
+            tracing::info!(
+                connections = n,
+                device_id,
+                ca_id,
+                "live connections closed by a registry change"
+            );
         }
         n
     }
@@ -257,15 +274,29 @@ impl Devices {
     // ---- CA certificates ----
 
     pub fn new_registration_code(&self) -> Result<(String, i64), ApiError> {
-        let code = certmq_pki::random_hex(16).map_err(|e| ApiError::new(Kind::Internal, "Internal", e))?;
+        let code =
+            certmq_pki::random_hex(16).map_err(|e| ApiError::new(Kind::Internal, "Internal", e))?;
         let expires = now_unix() + self.config.registration_code_ttl;
-        self.store
-            .set_registration_code(&code, expires, &audit("ca_certificate.registration_code", "registration_code", None, None))?;
+        self.store.set_registration_code(
+            &code,
+            expires,
+            &audit(
+                "ca_certificate.registration_code",
+                "registration_code",
+                None,
+                None,
+            ),
+        )?;
         Ok((code, expires))
     }
 
     pub fn list_cas(&self) -> Result<Vec<CaView>, ApiError> {
-        Ok(self.store.cas()?.iter().map(|r| CaView::of(r, None)).collect())
+        Ok(self
+            .store
+            .cas()?
+            .iter()
+            .map(|r| CaView::of(r, None))
+            .collect())
     }
 
     fn ca_record(&self, id: &str) -> Result<CaRecord, ApiError> {
@@ -292,11 +323,23 @@ impl Devices {
     ) -> Result<CaView, ApiError> {
         let status = match status.unwrap_or("ACTIVE") {
             s @ ("ACTIVE" | "INACTIVE") => s.to_string(),
-            other => return Err(ApiError::new(Kind::BadRequest, "InvalidStatus", format!("status must be ACTIVE or INACTIVE, not {other}"))),
+            other => {
+                return Err(ApiError::new(
+                    Kind::BadRequest,
+                    "InvalidStatus",
+                    format!("status must be ACTIVE or INACTIVE, not {other}"),
+                ))
+            }
         };
         let provisioning = match provisioning.unwrap_or("JITP") {
             p @ ("API" | "JITP") => p.to_string(),
-            other => return Err(ApiError::new(Kind::BadRequest, "InvalidProvisioning", format!("device_provisioning must be API or JITP, not {other}"))),
+            other => {
+                return Err(ApiError::new(
+                    Kind::BadRequest,
+                    "InvalidProvisioning",
+                    format!("device_provisioning must be API or JITP, not {other}"),
+                ))
+            }
         };
         let now = now_unix();
         let code = self.store.registration_code()?;
@@ -309,13 +352,20 @@ impl Devices {
         .map_err(|e| ApiError::new(Kind::Invalid, e.code(), e.to_string()))?;
         let existing = self.store.cas()?;
         if existing.iter().any(|c| c.id == ca.info.id) {
-            return Err(ApiError::new(Kind::Conflict, "CaAlreadyRegistered", format!("CA certificate {} is already registered", ca.info.id)));
+            return Err(ApiError::new(
+                Kind::Conflict,
+                "CaAlreadyRegistered",
+                format!("CA certificate {} is already registered", ca.info.id),
+            ));
         }
         if existing.len() >= self.config.max_cas {
             return Err(ApiError::new(
                 Kind::Conflict,
                 "CaLimitReached",
-                format!("{} CA certificates are registered, the most allowed; delete one first", existing.len()),
+                format!(
+                    "{} CA certificates are registered, the most allowed; delete one first",
+                    existing.len()
+                ),
             ));
         }
         let rec = CaRecord {
@@ -335,8 +385,15 @@ impl Devices {
             last_deactivated_at: None,
         };
         let view = CaView::of(&rec, None);
-        self.store
-            .insert_ca(&rec, &audit("ca_certificate.register", &rec.id, None, serde_json::to_value(&view).ok()))?;
+        self.store.insert_ca(
+            &rec,
+            &audit(
+                "ca_certificate.register",
+                &rec.id,
+                None,
+                serde_json::to_value(&view).ok(),
+            ),
+        )?;
         self.reload()?;
         Ok(view)
     }
@@ -351,9 +408,20 @@ impl Devices {
         } else {
             rec.last_deactivated_at = Some(now);
         }
-        let action = if active { "ca_certificate.activate" } else { "ca_certificate.deactivate" };
-        self.store
-            .update_ca(&rec, &audit(action, id, Some(before), Some(serde_json::json!({"status": rec.status}))))?;
+        let action = if active {
+            "ca_certificate.activate"
+        } else {
+            "ca_certificate.deactivate"
+        };
+        self.store.update_ca(
+            &rec,
+            &audit(
+                action,
+                id,
+                Some(before),
+                Some(serde_json::json!({"status": rec.status})),
+            ),
+        )?;
         self.reload()?;
         if !active {
             self.kick(None, Some(id));
@@ -361,12 +429,21 @@ impl Devices {
         Ok(CaView::of(&rec, None))
     }
 
-    pub fn update_ca_provisioning(&self, id: &str, provisioning: Option<&str>, automatic_activation: Option<bool>) -> Result<CaView, ApiError> {
+    pub fn update_ca_provisioning(
+        &self,
+        id: &str,
+        provisioning: Option<&str>,
+        automatic_activation: Option<bool>,
+    ) -> Result<CaView, ApiError> {
         let mut rec = self.ca_record(id)?;
         let before = serde_json::json!({"device_provisioning": rec.provisioning, "automatic_activation": rec.automatic_activation});
         if let Some(p) = provisioning {
             if !matches!(p, "API" | "JITP") {
-                return Err(ApiError::new(Kind::BadRequest, "InvalidProvisioning", format!("device_provisioning must be API or JITP, not {p}")));
+                return Err(ApiError::new(
+                    Kind::BadRequest,
+                    "InvalidProvisioning",
+                    format!("device_provisioning must be API or JITP, not {p}"),
+                ));
             }
             rec.provisioning = p.into();
         }
@@ -374,7 +451,10 @@ impl Devices {
             rec.automatic_activation = a;
         }
         let after = serde_json::json!({"device_provisioning": rec.provisioning, "automatic_activation": rec.automatic_activation});
-        self.store.update_ca(&rec, &audit("ca_certificate.update", id, Some(before), Some(after)))?;
+        self.store.update_ca(
+            &rec,
+            &audit("ca_certificate.update", id, Some(before), Some(after)),
+        )?;
         self.reload()?;
         Ok(CaView::of(&rec, None))
     }
@@ -382,7 +462,11 @@ impl Devices {
     pub fn delete_ca(&self, id: &str) -> Result<(), ApiError> {
         let rec = self.ca_record(id)?;
         if rec.status == "ACTIVE" {
-            return Err(ApiError::new(Kind::Conflict, "CaActive", "an ACTIVE CA certificate cannot be deleted; deactivate it first"));
+            return Err(ApiError::new(
+                Kind::Conflict,
+                "CaActive",
+                "an ACTIVE CA certificate cannot be deleted; deactivate it first",
+            ));
         }
         let active = self
             .store
@@ -398,7 +482,8 @@ impl Devices {
             ));
         }
         let before = serde_json::to_value(CaView::of(&rec, None)).ok();
-        self.store.delete_ca(id, &audit("ca_certificate.delete", id, before, None))?;
+        self.store
+            .delete_ca(id, &audit("ca_certificate.delete", id, before, None))?;
         self.reload()?;
         self.kick(None, Some(id));
         Ok(())
@@ -412,16 +497,36 @@ impl Devices {
     }
 
     pub fn device(&self, id: &str) -> Result<DeviceRecord, ApiError> {
-        self.store.device(id)?.ok_or_else(|| not_found("device certificate", id))
+        self.store
+            .device(id)?
+            .ok_or_else(|| not_found("device certificate", id))
     }
 
-    pub fn register_device(&self, pem: &str, client_id: Option<String>, status: Option<&str>) -> Result<DeviceView, ApiError> {
+    pub fn register_device(
+        &self,
+        pem: &str,
+        client_id: Option<String>,
+        status: Option<&str>,
+    ) -> Result<DeviceView, ApiError> {
         let status = match status.unwrap_or("ACTIVE") {
             s @ ("ACTIVE" | "INACTIVE" | "PENDING_ACTIVATION") => s.to_string(),
-            other => return Err(ApiError::new(Kind::BadRequest, "InvalidStatus", format!("status must be ACTIVE, INACTIVE or PENDING_ACTIVATION, not {other}"))),
+            other => {
+                return Err(ApiError::new(
+                    Kind::BadRequest,
+                    "InvalidStatus",
+                    format!("status must be ACTIVE, INACTIVE or PENDING_ACTIVATION, not {other}"),
+                ))
+            }
         };
-        if client_id.as_ref().is_some_and(|c| c.is_empty() || c.len() > 65535) {
-            return Err(ApiError::new(Kind::BadRequest, "InvalidClientId", "client_id must be 1 to 65535 bytes"));
+        if client_id
+            .as_ref()
+            .is_some_and(|c| c.is_empty() || c.len() > 65535)
+        {
+            return Err(ApiError::new(
+                Kind::BadRequest,
+                "InvalidClientId",
+                "client_id must be 1 to 65535 bytes",
+            ));
         }
         let der = certmq_pki::single_cert_der(pem.as_bytes())
             .map_err(|e| ApiError::new(Kind::Invalid, "InvalidCertificatePem", e))?;
@@ -429,7 +534,10 @@ impl Devices {
             ApiError::new(
                 Kind::Invalid,
                 "CertificateNotAccepted",
-                format!("the certificate does not chain to a registered CA within validity ({})", r.as_str()),
+                format!(
+                    "the certificate does not chain to a registered CA within validity ({})",
+                    r.as_str()
+                ),
             )
         })?;
         let now = now_unix();
@@ -451,19 +559,39 @@ impl Devices {
         };
         let view = DeviceView::of(&rec);
         self.store
-            .insert_device(&rec, &audit("device_certificate.register", &rec.id, None, serde_json::to_value(&view).ok()))
+            .insert_device(
+                &rec,
+                &audit(
+                    "device_certificate.register",
+                    &rec.id,
+                    None,
+                    serde_json::to_value(&view).ok(),
+                ),
+            )
             .map_err(|e| match e {
-                certmq_store::StoreError::Exists(_) => ApiError::new(Kind::Conflict, "DeviceCertificateAlreadyRegistered", format!("device certificate {} is already registered", rec.id)),
+                certmq_store::StoreError::Exists(_) => ApiError::new(
+                    Kind::Conflict,
+                    "DeviceCertificateAlreadyRegistered",
+                    format!("device certificate {} is already registered", rec.id),
+                ),
                 other => other.into(),
             })?;
         self.patch_device(&rec.id, device_entry(&rec));
         Ok(view)
     }
 
-    pub fn set_device_status(&self, id: &str, status: DeviceStatus) -> Result<DeviceView, ApiError> {
+    pub fn set_device_status(
+        &self,
+        id: &str,
+        status: DeviceStatus,
+    ) -> Result<DeviceView, ApiError> {
         let mut rec = self.device(id)?;
         if rec.status == "REVOKED" {
-            return Err(ApiError::new(Kind::Conflict, "CertificateRevoked", "a REVOKED certificate stays revoked; register a new one"));
+            return Err(ApiError::new(
+                Kind::Conflict,
+                "CertificateRevoked",
+                "a REVOKED certificate stays revoked; register a new one",
+            ));
         }
         let before = serde_json::json!({"status": rec.status});
         let now = now_unix();
@@ -475,8 +603,17 @@ impl Devices {
             DeviceStatus::Revoked => "device_certificate.revoke",
             DeviceStatus::PendingActivation => "device_certificate.pending",
         };
-        self.store
-            .update_device_status(id, &rec.status, now, &audit(action, id, Some(before), Some(serde_json::json!({"status": rec.status}))))?;
+        self.store.update_device_status(
+            id,
+            &rec.status,
+            now,
+            &audit(
+                action,
+                id,
+                Some(before),
+                Some(serde_json::json!({"status": rec.status})),
+            ),
+        )?;
         self.patch_device(id, device_entry(&rec));
         if status != DeviceStatus::Active {
             self.kick(Some(id), None);
@@ -487,7 +624,8 @@ impl Devices {
     pub fn delete_device(&self, id: &str) -> Result<(), ApiError> {
         let rec = self.device(id)?;
         let before = serde_json::to_value(DeviceView::of(&rec)).ok();
-        self.store.delete_device(id, &audit("device_certificate.delete", id, before, None))?;
+        self.store
+            .delete_device(id, &audit("device_certificate.delete", id, before, None))?;
         self.patch_device(id, None);
         self.kick(Some(id), None);
         Ok(())
@@ -509,7 +647,12 @@ impl certmq_net::ConnectAuthorizer for Devices {
                 client_id: None,
                 not_before: chained.not_before,
                 not_after: chained.not_after,
-                status: if *activate { "ACTIVE" } else { "PENDING_ACTIVATION" }.into(),
+                status: if *activate {
+                    "ACTIVE"
+                } else {
+                    "PENDING_ACTIVATION"
+                }
+                .into(),
                 source: "JITP".into(),
                 pem: certmq_pki::pem_encode("CERTIFICATE", leaf),
                 created_at: now,

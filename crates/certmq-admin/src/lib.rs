@@ -77,8 +77,14 @@ pub fn router(state: AdminState) -> Router {
                 .delete(ca_routes::delete_ca)
                 .patch(ca_routes::patch_ca),
         )
-        .route("/ca-certificates/{id}/activate", post(ca_routes::activate_ca))
-        .route("/ca-certificates/{id}/deactivate", post(ca_routes::deactivate_ca))
+        .route(
+            "/ca-certificates/{id}/activate",
+            post(ca_routes::activate_ca),
+        )
+        .route(
+            "/ca-certificates/{id}/deactivate",
+            post(ca_routes::deactivate_ca),
+        )
         .route(
             "/device-certificates",
             get(ca_routes::list_devices).post(ca_routes::register_device),
@@ -88,9 +94,18 @@ pub fn router(state: AdminState) -> Router {
             get(ca_routes::get_device).delete(ca_routes::delete_device),
         )
         .route("/device-certificates/{id}/pem", get(ca_routes::device_pem))
-        .route("/device-certificates/{id}/activate", post(ca_routes::activate_device))
-        .route("/device-certificates/{id}/deactivate", post(ca_routes::deactivate_device))
-        .route("/device-certificates/{id}/revoke", post(ca_routes::revoke_device))
+        .route(
+            "/device-certificates/{id}/activate",
+            post(ca_routes::activate_device),
+        )
+        .route(
+            "/device-certificates/{id}/deactivate",
+            post(ca_routes::deactivate_device),
+        )
+        .route(
+            "/device-certificates/{id}/revoke",
+            post(ca_routes::revoke_device),
+        )
         .route("/connection-rejections", get(ca_routes::rejections))
         .route("/connections", get(list_connections))
         .route("/connections/{client_id}", delete(kick_connection))

@@ -95,7 +95,10 @@ pub async fn metrics(State(s): State<AdminState>) -> Result<impl IntoResponse, A
         ca_expiry
             .get_or_create(&vec![
                 ("id".into(), ca.id.clone()),
-                ("subject_cn".into(), ca.subject_cn.clone().unwrap_or_default()),
+                (
+                    "subject_cn".into(),
+                    ca.subject_cn.clone().unwrap_or_default(),
+                ),
             ])
             .set(ca.seconds_to_expiry);
     }
@@ -104,15 +107,27 @@ pub async fn metrics(State(s): State<AdminState>) -> Result<impl IntoResponse, A
             .get_or_create(&vec![("status".into(), status.to_string())])
             .set(n as i64);
     }
-    r.register("device_certificates", "Device certificates by status", by_state);
-    r.register("ca_certificate_expiry_seconds", "Seconds until each CA certificate expires", ca_expiry);
+    r.register(
+        "device_certificates",
+        "Device certificates by status",
+        by_state,
+    );
+    r.register(
+        "ca_certificate_expiry_seconds",
+        "Seconds until each CA certificate expires",
+        ca_expiry,
+    );
     let rejected = Family::<Labels, Counter<u64, AtomicU64>>::default();
     for (reason, n) in live.rejection_counts() {
         rejected
             .get_or_create(&vec![("reason".into(), reason.into())])
             .inc_by(n);
     }
-    r.register("connection_rejections", "Refused handshakes and CONNECTs by reason", rejected);
+    r.register(
+        "connection_rejections",
+        "Refused handshakes and CONNECTs by reason",
+        rejected,
+    );
     let mut text = String::new();
     encode(&mut text, &r)
         .map_err(|_| ApiError::new(Kind::Internal, "Internal", "metrics encoding failed"))?;

@@ -163,7 +163,10 @@ async fn accept<T: Transport>(
     let mut authorized = peer.allow_anonymous;
     if let (Some(leaf), Some(authz)) = (peer.certificates.first(), &shared.authorizer) {
         let refused = match authz.authorize(leaf, &connect.client_id) {
-            Decision::Allow { device_id, ca_id: ca } => {
+            Decision::Allow {
+                device_id,
+                ca_id: ca,
+            } => {
                 certificate_id = Some(device_id);
                 ca_id = Some(ca);
                 None

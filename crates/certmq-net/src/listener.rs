@@ -103,6 +103,17 @@ async fn serve_tls(
                 .live
                 .tls_failure(crate::live::tls_failure_reason(&e));
             tracing::debug!(peer = %peer.addr, error = %e, "TLS handshake failed");
+            if let Some(reason) = crate::live::rustls_error(&e).and_then(certmq_pki::rejection_of) {
+                guard.shared.live.reject(crate::RejectionRecord {
+                    at: crate::live::now_unix(),
+                    reason,
+                    protocol: peer.protocol,
+                    peer: peer.addr,
+                    client_id: None,
+                    certificate_id: None,
+                    ca_id: None,
+                });
+            }
             return;
         }
         Err(_) => {

@@ -114,11 +114,22 @@ impl Live {
 
     /// The newest refusals, newest first.
     pub fn rejections(&self) -> Vec<RejectionRecord> {
-        self.rejections.lock().recent.iter().rev().cloned().collect()
+        self.rejections
+            .lock()
+            .recent
+            .iter()
+            .rev()
+            .cloned()
+            .collect()
     }
 
     pub fn rejection_counts(&self) -> Vec<(&'static str, u64)> {
-        self.rejections.lock().counts.iter().map(|(k, v)| (*k, *v)).collect()
+        self.rejections
+            .lock()
+            .counts
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
     }
 
     pub(crate) fn tls_failure(&self, reason: &'static str) {
@@ -168,7 +179,7 @@ impl Live {
 /// A handshake error's reason label for metrics.
 pub(crate) fn tls_failure_reason(e: &std::io::Error) -> &'static str {
     use rustls::Error as E;
-    match e.get_ref().and_then(|inner| inner.downcast_ref::<E>()) {
+    match rustls_error(e) {
         Some(E::NoCertificatesPresented) => "no_client_certificate",
         Some(E::InvalidCertificate(_)) => "client_certificate_refused",
         Some(E::AlertReceived(_)) => "alert_received",
@@ -184,4 +195,20 @@ pub(crate) fn now_unix() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// The rustls error inside a handshake's I/O error, however deeply wrapped.
+pub(crate) fn rustls_error(e: &std::io::Error) -> Option<&rustls::Error> {
+    let mut cur: &(dyn std::error::Error + 'static) = e.get_ref()?;
+    for _ in 0..4 {
+        if let Some(r) = cur.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        if let Some(io) = cur.downcast_ref::<std::io::Error>() {
+            cur = io.get_ref()?;
+            continue;
+        }
+        cur = cur.source()?;
+    }
+    None
 }

@@ -15,7 +15,9 @@ use crate::x509::{common_name, verify_signed_by, CertInfo};
 pub enum CaError {
     #[error("the CA certificate is not one PEM CERTIFICATE block that parses as X.509: {0}")]
     InvalidCaCertificate(String),
-    #[error("the verification certificate is not one PEM CERTIFICATE block that parses as X.509: {0}")]
+    #[error(
+        "the verification certificate is not one PEM CERTIFICATE block that parses as X.509: {0}"
+    )]
     InvalidVerificationCertificate(String),
     #[error("the certificate is not a CA: it lacks basicConstraints CA:TRUE (make it with -extensions v3_ca)")]
     NotACa,
@@ -25,7 +27,9 @@ pub enum CaError {
     CaExpired(i64),
     #[error("no registration code is active; request one first (certmq ca registration-code)")]
     NoRegistrationCode,
-    #[error("the registration code expired; request a new one and reissue the verification certificate")]
+    #[error(
+        "the registration code expired; request a new one and reissue the verification certificate"
+    )]
     RegistrationCodeExpired,
     #[error("the verification certificate's CN is not the current registration code (a new code replaces the old one)")]
     RegistrationCodeMismatch,
@@ -107,7 +111,8 @@ pub fn verify_ca_registration(
     now: i64,
 ) -> Result<CaCert, CaError> {
     let ca = parse_ca(ca_pem, now)?;
-    let vder = single_cert_der(verification_pem).map_err(CaError::InvalidVerificationCertificate)?;
+    let vder =
+        single_cert_der(verification_pem).map_err(CaError::InvalidVerificationCertificate)?;
     let (_, ver) = X509Certificate::from_der(&vder)
         .map_err(|e| CaError::InvalidVerificationCertificate(e.to_string()))?;
     let (code, expires) = code.ok_or(CaError::NoRegistrationCode)?;
@@ -122,7 +127,8 @@ pub fn verify_ca_registration(
     if ver.issuer().as_raw() != ca_x.subject().as_raw() {
         return Err(CaError::VerificationIssuerMismatch);
     }
-    verify_signed_by(&ver, &ca_x).map_err(|e| CaError::VerificationSignatureInvalid(e.to_string()))?;
+    verify_signed_by(&ver, &ca_x)
+        .map_err(|e| CaError::VerificationSignatureInvalid(e.to_string()))?;
     Ok(ca)
 }
 

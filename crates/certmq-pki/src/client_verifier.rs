@@ -13,13 +13,15 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use aws_lc_rs::signature::{self as sig, UnparsedPublicKey, VerificationAlgorithm};
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, Error, OtherError, SignatureScheme,
 };
+use x509_parser::prelude::*;
 
 use crate::{RegistrySnapshot, Rejection};
 
@@ -89,9 +91,9 @@ impl ClientCertVerifier for RegistryVerifier {
         let now = now.as_secs() as i64;
         match self.registry.load().verify_handshake(end_entity, now) {
             Ok(_) => Ok(ClientCertVerified::assertion()),
-            Err(r) => Err(Error::InvalidCertificate(CertificateError::Other(OtherError(
-                Arc::new(Refused(r)),
-            )))),
+            Err(r) => Err(Error::InvalidCertificate(CertificateError::Other(
+                OtherError(Arc::new(Refused(r))),
+            ))),
         }
     }
 
@@ -101,12 +103,7 @@ impl ClientCertVerifier for RegistryVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_handshake_signature(message, cert, dss, false)
     }
 
     fn verify_tls13_signature(
@@ -115,17 +112,71 @@ impl ClientCertVerifier for RegistryVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_handshake_signature(message, cert, dss, true)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        let _ = &self.provider;
+        SCHEMES.to_vec()
     }
+}
+
+const SCHEMES: &[SignatureScheme] = &[
+    SignatureScheme::ECDSA_NISTP256_SHA256,
+    SignatureScheme::ECDSA_NISTP384_SHA384,
+    SignatureScheme::RSA_PSS_SHA256,
+    SignatureScheme::RSA_PSS_SHA384,
+    SignatureScheme::RSA_PSS_SHA512,
+    SignatureScheme::RSA_PKCS1_SHA256,
+    SignatureScheme::RSA_PKCS1_SHA384,
+    SignatureScheme::RSA_PKCS1_SHA512,
+    SignatureScheme::ED25519,
+];
+
+/// The client's CertificateVerify signature, checked with the key in its
+/// certificate. Done here because rustls's helpers parse the certificate
+/// with webpki, which refuses X.509 v1 certificates.
+fn verify_handshake_signature(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+    tls13: bool,
+) -> Result<HandshakeSignatureValid, Error> {
+    let bad = || Error::InvalidCertificate(CertificateError::BadSignature);
+    let (_, c) = X509Certificate::from_der(cert)
+        .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    let spki = c.public_key();
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok())
+        .map(|o| o.to_id_string());
+    let is_rsa = spki.algorithm.algorithm.to_id_string() == crate::x509::RSA_KEY;
+    let p256 = curve.as_deref() == Some(crate::x509::P256);
+    let p384 = curve.as_deref() == Some(crate::x509::P384);
+    use SignatureScheme as S;
+    let alg: &'static dyn VerificationAlgorithm = match dss.scheme {
+        S::RSA_PKCS1_SHA256 if is_rsa && !tls13 => &sig::RSA_PKCS1_2048_8192_SHA256,
+        S::RSA_PKCS1_SHA384 if is_rsa && !tls13 => &sig::RSA_PKCS1_2048_8192_SHA384,
+        S::RSA_PKCS1_SHA512 if is_rsa && !tls13 => &sig::RSA_PKCS1_2048_8192_SHA512,
+        S::RSA_PSS_SHA256 if is_rsa => &sig::RSA_PSS_2048_8192_SHA256,
+        S::RSA_PSS_SHA384 if is_rsa => &sig::RSA_PSS_2048_8192_SHA384,
+        S::RSA_PSS_SHA512 if is_rsa => &sig::RSA_PSS_2048_8192_SHA512,
+        S::ECDSA_NISTP256_SHA256 if p256 => &sig::ECDSA_P256_SHA256_ASN1,
+        S::ECDSA_NISTP384_SHA384 if p384 => &sig::ECDSA_P384_SHA384_ASN1,
+        // TLS 1.2 names the hash only; the curve comes from the key.
+        S::ECDSA_NISTP256_SHA256 if p384 && !tls13 => &sig::ECDSA_P384_SHA256_ASN1,
+        S::ECDSA_NISTP384_SHA384 if p256 && !tls13 => &sig::ECDSA_P256_SHA384_ASN1,
+        S::ED25519 if spki.algorithm.algorithm.to_id_string() == "1.3.101.112" => &sig::ED25519,
+        _ => {
+            return Err(Error::PeerMisbehaved(
+                rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
+            ))
+        }
+    };
+    UnparsedPublicKey::new(alg, &spki.subject_public_key.data)
+        .verify(message, dss.signature())
+        .map_err(|_| bad())?;
+    Ok(HandshakeSignatureValid::assertion())
 }

@@ -21,14 +21,16 @@ mod server_cert;
 mod sni;
 mod x509;
 
-pub use ca::{parse_ca, single_cert_der, spki_and_subject, verify_ca_registration, CaCert, CaError};
-pub use client_verifier::{rejection_of, Refused, RegistryVerifier, SharedRegistry};
-pub use registry::{
-    CaEntry, CaStatus, Chained, Decision, DeviceEntry, DeviceStatus, Provisioning, RegistrySnapshot,
-    Rejection,
+pub use ca::{
+    parse_ca, single_cert_der, spki_and_subject, verify_ca_registration, CaCert, CaError,
 };
-pub use encode::{pem_encode, random_hex};
+pub use client_verifier::{rejection_of, Refused, RegistryVerifier, SharedRegistry};
 pub use default_cert::{mint_default, DefaultCert, MintError};
+pub use encode::{pem_encode, random_hex};
+pub use registry::{
+    CaEntry, CaStatus, Chained, Decision, DeviceEntry, DeviceStatus, Provisioning,
+    RegistrySnapshot, Rejection,
+};
 pub use server_cert::{
     load_server_cert, validate_server_cert, ServerCert, ServerCertError, MAX_CHAIN_BYTES,
     MAX_CHAIN_LEN,

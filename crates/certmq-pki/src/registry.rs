@@ -122,10 +122,16 @@ pub struct Chained {
 /// What CONNECT does with a certificate.
 #[derive(Debug, Clone)]
 pub enum Decision {
-    Allow { device_id: String, ca_id: String },
+    Allow {
+        device_id: String,
+        ca_id: String,
+    },
     /// First connection under a JITP CA: register it (`ACTIVE` and allow
     /// when `activate`, else `PENDING_ACTIVATION` and refuse).
-    Provision { chained: Chained, activate: bool },
+    Provision {
+        chained: Chained,
+        activate: bool,
+    },
     Reject {
         reason: Rejection,
         device_id: Option<String>,
@@ -253,7 +259,10 @@ impl RegistrySnapshot {
             Chained {
                 device_id: fingerprint(leaf),
                 ca_id: ca.id.clone(),
-                serial: cert.raw_serial_as_string().replace(':', "").to_ascii_lowercase(),
+                serial: cert
+                    .raw_serial_as_string()
+                    .replace(':', "")
+                    .to_ascii_lowercase(),
                 subject_cn: common_name(cert.subject()),
                 subject_ou: ou,
                 not_before: v.not_before.timestamp(),

@@ -152,7 +152,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// The current registration code and its expiry (unix seconds).
     fn registration_code(&self) -> Result<Option<(String, i64)>, StoreError>;
-    fn set_registration_code(&self, code: &str, expires_at: i64, audit: &AuditEntry) -> Result<(), StoreError>;
+    fn set_registration_code(
+        &self,
+        code: &str,
+        expires_at: i64,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
     fn cas(&self) -> Result<Vec<CaRecord>, StoreError>;
     /// Registers a CA and consumes the registration code, in one transaction.
     fn insert_ca(&self, rec: &CaRecord, audit: &AuditEntry) -> Result<(), StoreError>;
@@ -166,7 +171,13 @@ pub trait Store: Send + Sync + 'static {
     fn devices(&self, filter: &DeviceFilter) -> Result<(Vec<DeviceRecord>, u64), StoreError>;
     fn device(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError>;
     fn insert_device(&self, rec: &DeviceRecord, audit: &AuditEntry) -> Result<(), StoreError>;
-    fn update_device_status(&self, id: &str, status: &str, at: i64, audit: &AuditEntry) -> Result<(), StoreError>;
+    fn update_device_status(
+        &self,
+        id: &str,
+        status: &str,
+        at: i64,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
     fn delete_device(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError>;
     /// Every device, for the connect path's snapshot (without PEMs).
     fn all_devices(&self) -> Result<Vec<DeviceRecord>, StoreError>;

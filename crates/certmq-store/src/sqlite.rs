@@ -290,7 +290,11 @@ impl Store for SqliteStore {
     fn registration_code(&self) -> Result<Option<(String, i64)>, StoreError> {
         let conn = self.conn.lock();
         let v: Option<String> = conn
-            .query_row("SELECT value FROM settings WHERE key = 'registration_code'", [], |r| r.get(0))
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'registration_code'",
+                [],
+                |r| r.get(0),
+            )
             .optional()?;
         Ok(v.and_then(|v| {
             let (code, exp) = v.split_once(' ')?;
@@ -298,7 +302,12 @@ impl Store for SqliteStore {
         }))
     }
 
-    fn set_registration_code(&self, code: &str, expires_at: i64, audit: &AuditEntry) -> Result<(), StoreError> {
+    fn set_registration_code(
+        &self,
+        code: &str,
+        expires_at: i64,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
         self.write(audit, |tx| {
             tx.execute(
                 "INSERT INTO settings (key, value) VALUES ('registration_code', ?1)
@@ -373,7 +382,9 @@ impl Store for SqliteStore {
         let mut stmt = conn.prepare(
             "SELECT status, COUNT(*) FROM device_certificates WHERE ca_id = ?1 GROUP BY status",
         )?;
-        let rows = stmt.query_map([ca_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
+        let rows = stmt.query_map([ca_id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -452,7 +463,13 @@ impl Store for SqliteStore {
         })
     }
 
-    fn update_device_status(&self, id: &str, status: &str, at: i64, audit: &AuditEntry) -> Result<(), StoreError> {
+    fn update_device_status(
+        &self,
+        id: &str,
+        status: &str,
+        at: i64,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
         self.write(audit, |tx| {
             let n = tx.execute(
                 "UPDATE device_certificates SET status = ?2, updated_at = ?3 WHERE id = ?1",
@@ -477,9 +494,9 @@ impl Store for SqliteStore {
 
     fn all_devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
         let conn = self.conn.lock();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT id, ca_id, serial, subject_cn, subject_ou, client_id, not_before, not_after, status, source, '' AS pem, created_at, updated_at, last_connected_at FROM device_certificates"
-        ))?;
+        let mut stmt = conn.prepare(
+            "SELECT id, ca_id, serial, subject_cn, subject_ou, client_id, not_before, not_after, status, source, '' AS pem, created_at, updated_at, last_connected_at FROM device_certificates",
+        )?;
         let rows = stmt.query_map([], device_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

@@ -34,6 +34,21 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: ServerCertCommand,
     },
+    /// CA certificates: registration with proof of possession, state, provisioning.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Device (client) certificates.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
+    /// Recently refused handshakes and CONNECTs, with their reasons.
+    Rejections {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// Live MQTT connections.
     Connections {
         #[command(subcommand)]
@@ -69,6 +84,111 @@ pub enum ServerCertCommand {
     Default {
         #[arg(value_enum)]
         action: Toggle,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CaCommand {
+    /// Issue a registration code (replaces the previous one); put it in the
+    /// verification certificate's CN.
+    RegistrationCode,
+    /// Register a CA with its verification certificate.
+    Register {
+        #[arg(long, value_name = "FILE")]
+        ca: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        verification: PathBuf,
+        /// ACTIVE (default) or INACTIVE.
+        #[arg(long)]
+        status: Option<String>,
+        /// API or JITP (default).
+        #[arg(long)]
+        provisioning: Option<String>,
+        /// Register JITP devices PENDING_ACTIVATION instead of ACTIVE.
+        #[arg(long)]
+        no_automatic_activation: bool,
+    },
+    List,
+    /// Detail, with device-certificate counts by status.
+    Get {
+        id: String,
+    },
+    Activate {
+        id: String,
+    },
+    /// Deactivate: its devices are refused and their live connections closed.
+    Deactivate {
+        id: String,
+    },
+    /// Delete an INACTIVE CA with no ACTIVE device certificates.
+    Delete {
+        id: String,
+    },
+    /// Change device provisioning.
+    Update {
+        id: String,
+        #[arg(long)]
+        provisioning: Option<String>,
+        #[arg(long)]
+        automatic_activation: Option<bool>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DeviceCommand {
+    /// Register a device certificate (it must chain to a registered CA).
+    Register {
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        /// The only client id this certificate may connect with.
+        #[arg(long)]
+        client_id: Option<String>,
+        /// ACTIVE (default), INACTIVE or PENDING_ACTIVATION.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// List, filtered and paged.
+    List {
+        #[arg(long)]
+        ca: Option<String>,
+        #[arg(long)]
+        client_id: Option<String>,
+        #[arg(long)]
+        cn: Option<String>,
+        #[arg(long)]
+        ou: Option<String>,
+        #[arg(long)]
+        serial: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        /// Only certificates expiring within this many days.
+        #[arg(long)]
+        expiring_within_days: Option<i64>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+    },
+    Get {
+        id: String,
+    },
+    /// Print the certificate (PEM).
+    Pem {
+        id: String,
+    },
+    Activate {
+        id: String,
+    },
+    /// Deactivate: refused at connect, live connections closed.
+    Deactivate {
+        id: String,
+    },
+    /// Revoke for good: refused at connect, live connections closed.
+    Revoke {
+        id: String,
+    },
+    Delete {
+        id: String,
     },
 }
 
@@ -123,6 +243,28 @@ impl Api {
             base: format!("{}/api/v1", g.url.trim_end_matches('/')),
             token,
         })
+    }
+
+    /// A text body (the PEM download).
+    fn text(&self, path: &str) -> anyhow::Result<String> {
+        let url = format!("{}{path}", self.base);
+        let mut resp = self
+            .agent
+            .get(&url)
+            .header("authorization", &format!("Bearer {}", self.token))
+            .call()
+            .with_context(|| format!("cannot reach the admin API at {url}"))?;
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        if !resp.status().is_success() {
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            bail!(
+                "{} (HTTP {}): {}",
+                v["error"]["code"].as_str().unwrap_or("Error"),
+                resp.status().as_u16(),
+                v["error"]["message"].as_str().unwrap_or("")
+            );
+        }
+        Ok(text)
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
@@ -327,6 +469,40 @@ pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
                 });
             }
         },
+        ClientCommand::Ca { command } => ca(&api, command, &out)?,
+        ClientCommand::Device { command } => device(&api, command, &out)?,
+        ClientCommand::Rejections { limit } => {
+            let v = api.call(
+                "GET",
+                &format!("/connection-rejections?limit={limit}"),
+                None,
+            )?;
+            out(&v, &|v| {
+                table(
+                    &[
+                        "AT",
+                        "REASON",
+                        "LISTENER",
+                        "PEER",
+                        "CLIENT ID",
+                        "CERTIFICATE",
+                    ],
+                    items(v)
+                        .iter()
+                        .map(|r| {
+                            vec![
+                                s(&r["at"]),
+                                s(&r["reason"]),
+                                s(&r["listener"]),
+                                s(&r["peer_address"]),
+                                s(&r["client_id"]),
+                                s(&r["certificate_id"]),
+                            ]
+                        })
+                        .collect(),
+                )
+            });
+        }
         ClientCommand::Audit { limit } => {
             let v = api.call("GET", &format!("/audit-log?limit={limit}"), None)?;
             out(&v, &|v| {
@@ -351,4 +527,249 @@ pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+type Out<'a> = dyn Fn(&Value, &dyn Fn(&Value)) + 'a;
+
+fn items(v: &Value) -> &[Value] {
+    v["items"].as_array().map_or(&[][..], |a| a)
+}
+
+fn read(path: &PathBuf) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn ca_rows(cas: &[Value]) {
+    table(
+        &[
+            "ID",
+            "STATUS",
+            "SUBJECT CN",
+            "SERIAL",
+            "PROVISIONING",
+            "AUTO",
+            "NOT AFTER",
+        ],
+        cas.iter()
+            .map(|c| {
+                vec![
+                    s(&c["id"]),
+                    s(&c["status"]),
+                    s(&c["subject_cn"]),
+                    s(&c["serial_number"]),
+                    s(&c["device_provisioning"]),
+                    s(&c["automatic_activation"]),
+                    s(&c["not_after"]),
+                ]
+            })
+            .collect(),
+    );
+}
+
+fn device_rows(ds: &[Value]) {
+    table(
+        &[
+            "ID",
+            "STATUS",
+            "SUBJECT CN",
+            "CLIENT ID",
+            "SOURCE",
+            "CA",
+            "NOT AFTER",
+        ],
+        ds.iter()
+            .map(|d| {
+                vec![
+                    s(&d["id"]),
+                    s(&d["status"]),
+                    s(&d["subject_cn"]),
+                    s(&d["client_id"]),
+                    s(&d["source"]),
+                    s(&d["ca_id"]),
+                    s(&d["not_after"]),
+                ]
+            })
+            .collect(),
+    );
+}
+
+fn ca(api: &Api, cmd: CaCommand, out: &Out<'_>) -> anyhow::Result<()> {
+    match cmd {
+        CaCommand::RegistrationCode => {
+            let v = api.call("POST", "/ca-certificates/registration-code", None)?;
+            out(&v, &|v| {
+                println!("{}", s(&v["registration_code"]));
+                eprintln!(
+                    "(valid until {}; use it as the verification certificate's Common Name)",
+                    s(&v["expires_at"])
+                );
+            });
+        }
+        CaCommand::Register {
+            ca,
+            verification,
+            status,
+            provisioning,
+            no_automatic_activation,
+        } => {
+            let body = serde_json::json!({
+                "ca_certificate": read(&ca)?,
+                "verification_certificate": read(&verification)?,
+                "status": status,
+                "device_provisioning": provisioning,
+                "automatic_activation": !no_automatic_activation,
+            });
+            let v = api.call("POST", "/ca-certificates", Some(body))?;
+            out(&v, &|v| {
+                println!("registered {}", s(&v["id"]));
+                ca_rows(std::slice::from_ref(v));
+            });
+        }
+        CaCommand::List => {
+            let v = api.call("GET", "/ca-certificates", None)?;
+            out(&v, &|v| ca_rows(items(v)));
+        }
+        CaCommand::Get { id } => {
+            let v = api.call("GET", &format!("/ca-certificates/{id}"), None)?;
+            out(&v, &|v| {
+                ca_rows(std::slice::from_ref(v));
+                if let Some(counts) = v["device_certificate_counts"].as_object() {
+                    let text: Vec<String> =
+                        counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+                    println!(
+                        "device certificates: {}",
+                        if text.is_empty() {
+                            "none".into()
+                        } else {
+                            text.join(", ")
+                        }
+                    );
+                }
+            });
+        }
+        CaCommand::Activate { id } => {
+            let v = api.call("POST", &format!("/ca-certificates/{id}/activate"), None)?;
+            out(&v, &|v| ca_rows(std::slice::from_ref(v)));
+        }
+        CaCommand::Deactivate { id } => {
+            let v = api.call("POST", &format!("/ca-certificates/{id}/deactivate"), None)?;
+            out(&v, &|v| ca_rows(std::slice::from_ref(v)));
+        }
+        CaCommand::Delete { id } => {
+            api.call("DELETE", &format!("/ca-certificates/{id}"), None)?;
+            out(&serde_json::json!({"deleted": id}), &|_| {
+                println!("deleted {id}")
+            });
+        }
+        CaCommand::Update {
+            id,
+            provisioning,
+            automatic_activation,
+        } => {
+            let body = serde_json::json!({
+                "device_provisioning": provisioning,
+                "automatic_activation": automatic_activation,
+            });
+            let v = api.call("PATCH", &format!("/ca-certificates/{id}"), Some(body))?;
+            out(&v, &|v| ca_rows(std::slice::from_ref(v)));
+        }
+    }
+    Ok(())
+}
+
+fn device(api: &Api, cmd: DeviceCommand, out: &Out<'_>) -> anyhow::Result<()> {
+    match cmd {
+        DeviceCommand::Register {
+            cert,
+            client_id,
+            status,
+        } => {
+            let body = serde_json::json!({
+                "device_certificate": read(&cert)?,
+                "client_id": client_id,
+                "status": status,
+            });
+            let v = api.call("POST", "/device-certificates", Some(body))?;
+            out(&v, &|v| {
+                println!("registered {}", s(&v["id"]));
+                device_rows(std::slice::from_ref(v));
+            });
+        }
+        DeviceCommand::List {
+            ca,
+            client_id,
+            cn,
+            ou,
+            serial,
+            status,
+            expiring_within_days,
+            limit,
+            offset,
+        } => {
+            let mut q = vec![format!("limit={limit}"), format!("offset={offset}")];
+            for (k, v) in [
+                ("ca_id", ca),
+                ("client_id", client_id),
+                ("common_name", cn),
+                ("ou", ou),
+                ("serial_number", serial),
+                ("status", status),
+            ] {
+                if let Some(v) = v {
+                    q.push(format!("{k}={}", encode_query(&v)));
+                }
+            }
+            if let Some(days) = expiring_within_days {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
+                q.push(format!("expires_before={}", now + days * 86_400));
+            }
+            let v = api.call(
+                "GET",
+                &format!("/device-certificates?{}", q.join("&")),
+                None,
+            )?;
+            out(&v, &|v| {
+                device_rows(items(v));
+                println!("({} of {})", items(v).len(), s(&v["total"]));
+            });
+        }
+        DeviceCommand::Get { id } => {
+            let v = api.call("GET", &format!("/device-certificates/{id}"), None)?;
+            out(&v, &|v| device_rows(std::slice::from_ref(v)));
+        }
+        DeviceCommand::Pem { id } => {
+            print!("{}", api.text(&format!("/device-certificates/{id}/pem"))?);
+        }
+        DeviceCommand::Activate { id } => state(api, &id, "activate", out)?,
+        DeviceCommand::Deactivate { id } => state(api, &id, "deactivate", out)?,
+        DeviceCommand::Revoke { id } => state(api, &id, "revoke", out)?,
+        DeviceCommand::Delete { id } => {
+            api.call("DELETE", &format!("/device-certificates/{id}"), None)?;
+            out(&serde_json::json!({"deleted": id}), &|_| {
+                println!("deleted {id}")
+            });
+        }
+    }
+    Ok(())
+}
+
+fn state(api: &Api, id: &str, action: &str, out: &Out<'_>) -> anyhow::Result<()> {
+    let v = api.call("POST", &format!("/device-certificates/{id}/{action}"), None)?;
+    out(&v, &|v| device_rows(std::slice::from_ref(v)));
+    Ok(())
+}
+
+/// Percent-encodes a query value.
+fn encode_query(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
