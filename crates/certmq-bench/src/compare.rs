@@ -74,6 +74,8 @@ pub struct Bins {
 pub struct Running {
     child: Child,
     pub addr: SocketAddr,
+    /// certmq's admin API, when started with one.
+    admin: Option<SocketAddr>,
     _dir: ScratchDir,
 }
 
@@ -154,10 +156,8 @@ pub fn start(
         BrokerKind::Rumqttd => "rumqttd",
         _ => "mosquitto",
     })?;
+    let mut admin_addr: Option<SocketAddr> = None;
     let mut cmd = match kind {
-        BrokerKind::Certmq if tls == TlsMode::Mutual => {
-            bail!("certmq verifies client certificates against registered CAs (issue 5); compare mutual TLS against mosquitto only for now")
-        }
         BrokerKind::Certmq => {
             let bin = args.certmq_bin.clone().unwrap_or_else(default_certmq_bin);
             let mut c = Command::new(bin);
@@ -168,13 +168,20 @@ pub fn start(
                 TlsMode::None => (addr.as_str(), "off"),
                 _ => ("off", addr.as_str()),
             };
+            // Mutual TLS: the minted CA is registered through the admin
+            // API once certmq listens (see `prepare_certmq`).
+            let (auth, admin) = match tls {
+                TlsMode::Mutual => ("required", format!("127.0.0.1:{}", free_port()?)),
+                _ => ("none", "off".to_string()),
+            };
             c.arg("serve")
                 .arg("--data-dir")
                 .arg(dir.0.join("data"))
                 .args(["--listen-tcp", tcp, "--listen-tls", tls_addr])
-                .args(["--tls-client-auth", "none", "--listen-ws", "off"])
-                .args(["--listen-wss", "off", "--listen-admin", "off"])
+                .args(["--tls-client-auth", auth, "--listen-ws", "off"])
+                .args(["--listen-wss", "off", "--listen-admin", &admin])
                 .args(["--log", "warn"]);
+            admin_addr = admin.parse().ok();
             c
         }
         BrokerKind::Mosquitto | BrokerKind::MosquittoNagle => {
@@ -225,10 +232,14 @@ pub fn start(
         child,
         addr,
         _dir: dir,
+        admin: admin_addr,
     };
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            if let (Some(admin), Some(f)) = (running.admin, files) {
+                register_bench_ca(&running, admin, f)?;
+            }
             return Ok(running);
         }
         if let Ok(Some(status)) = running.child.try_wait() {
@@ -239,6 +250,56 @@ pub fn start(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Registers the minted CA with certmq (proof of possession through the
+/// admin API), so its client certificates pass mutual TLS.
+fn register_bench_ca(r: &Running, admin: SocketAddr, files: &TlsFiles) -> anyhow::Result<()> {
+    let token = std::fs::read_to_string(r._dir.0.join("data/admin.token"))?;
+    let auth = format!("Bearer {}", token.trim());
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let base = format!("http://{admin}/api/v1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        match agent
+            .post(&format!("{base}/ca-certificates/registration-code"))
+            .header("authorization", &auth)
+            .send_empty()
+        {
+            Ok(mut resp) if resp.status().is_success() => {
+                let v: serde_json::Value =
+                    serde_json::from_str(&resp.body_mut().read_to_string()?)?;
+                break v["registration_code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+            }
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            other => bail!(
+                "certmq's admin API did not answer: {:?}",
+                other.map(|r| r.status())
+            ),
+        }
+    };
+    let body = serde_json::json!({
+        "ca_certificate": std::fs::read_to_string(&files.ca)?,
+        "verification_certificate": crate::tls::verification_cert(files, &code)?,
+    });
+    let mut resp = agent
+        .post(&format!("{base}/ca-certificates"))
+        .header("authorization", &auth)
+        .content_type("application/json")
+        .send(body.to_string())?;
+    if !resp.status().is_success() {
+        bail!(
+            "CA registration refused: {}",
+            resp.body_mut().read_to_string()?
+        );
+    }
+    Ok(())
 }
 
 fn rumqttd_config(addr: SocketAddr) -> String {

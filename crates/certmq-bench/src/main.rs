@@ -142,6 +142,7 @@ impl LoadArgs {
                     server_key: None,
                     client_cert: self.cert.clone(),
                     client_key: self.key.clone(),
+                    ca_key: None,
                 };
                 Some(std::sync::Arc::new(tls::TlsSetup::new(
                     mode,

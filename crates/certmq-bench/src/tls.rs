@@ -35,6 +35,8 @@ pub struct TlsFiles {
     pub server_key: Option<PathBuf>,
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
+    /// The minted CA's key (for certmq's proof of possession).
+    pub ca_key: Option<PathBuf>,
 }
 
 pub struct TlsSetup {
@@ -150,21 +152,9 @@ impl AsyncWrite for Stream {
 /// Mints an ECDSA P-256 CA, a server certificate for `localhost` and
 /// `127.0.0.1`, and a client certificate, as PEM files in `dir`.
 pub fn mint(dir: &Path) -> anyhow::Result<TlsFiles> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
     let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "certmq-bench CA");
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca.self_signed(&ca_key)?;
+    let ca_cert = ca_params()?.self_signed(&ca_key)?;
 
     let leaf = |sans: Vec<String>, cn: &str, eku| -> anyhow::Result<(String, String)> {
         let key = KeyPair::generate()?;
@@ -195,5 +185,36 @@ pub fn mint(dir: &Path) -> anyhow::Result<TlsFiles> {
         server_key: Some(write("server.key", &server_key)?),
         client_cert: Some(write("client.pem", &client_cert)?),
         client_key: Some(write("client.key", &client_key)?),
+        ca_key: Some(write("ca.key", &ca_key.serialize_pem())?),
     })
+}
+
+/// The bench CA's parameters: always the same, so its issuer can be
+/// rebuilt from the stored key.
+fn ca_params() -> anyhow::Result<rcgen::CertificateParams> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name = rcgen::DistinguishedName::new();
+    ca.distinguished_name
+        .push(DnType::CommonName, "certmq-bench CA");
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(ca)
+}
+
+/// A verification certificate (CN = `code`) signed by the minted CA, for
+/// certmq's CA registration.
+pub fn verification_cert(files: &TlsFiles, code: &str) -> anyhow::Result<String> {
+    let key_path = files.ca_key.as_ref().context("no CA key")?;
+    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(key_path)?)?;
+    let ca_cert = ca_params()?.self_signed(&ca_key)?;
+    let key = rcgen::KeyPair::generate()?;
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(rcgen::DnType::CommonName, code);
+    Ok(p.signed_by(&key, &ca_cert, &ca_key)?.pem())
 }

@@ -71,6 +71,12 @@ impl TlsContext {
         };
         let mut config = builder.with_cert_resolver(self.resolver.clone());
         config.alpn_protocols = Vec::new();
+        // The provider's suite order (cheapest hash first) decides.
+        config.ignore_client_order = true;
+        // One resumption ticket per handshake: MQTT clients hold one
+        // connection and resume it once; rustls's default of two doubles
+        // the ticket work of every full handshake.
+        config.send_tls13_tickets = 1;
         Ok(Arc::new(config))
     }
 }

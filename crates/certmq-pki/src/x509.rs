@@ -7,8 +7,14 @@ use x509_parser::prelude::*;
 /// The SHA-256 fingerprint of a DER certificate, lower-case hex: certmq's
 /// certificate id.
 pub fn fingerprint(der: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let d = digest::digest(&digest::SHA256, der);
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(64);
+    for b in d.as_ref() {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    out
 }
 
 /// What the registry records of a certificate.

@@ -74,10 +74,7 @@ pub fn load_or_mint_default(
                 if cert.info.not_after - now > RENEW_BEFORE_SECS
                     && hosts.iter().all(|h| covers(&cert.info, h)) =>
             {
-                return Ok(DefaultServerCert {
-                    certified: cert.certified,
-                    info: cert.info,
-                });
+                return Ok(leaf_only(cert));
             }
             Ok(_) => {
                 tracing::info!("reissuing the default server certificate (expiry or host names)")
@@ -102,10 +99,17 @@ pub fn load_or_mint_default(
     let chain = format!("{}{}", minted.cert_pem, minted.ca_cert_pem);
     let cert = certmq_pki::validate_server_cert(chain.as_bytes(), minted.key_pem.as_bytes(), now)
         .context("the minted default server certificate does not validate")?;
-    Ok(DefaultServerCert {
-        certified: cert.certified,
+    Ok(leaf_only(cert))
+}
+
+/// The default certificate is served without its CA: clients trust the
+/// CA file, and a root in the chain only adds bytes to every handshake.
+fn leaf_only(cert: certmq_pki::ServerCert) -> DefaultServerCert {
+    let chain: Vec<_> = cert.chain.into_iter().take(1).collect();
+    DefaultServerCert {
+        certified: Arc::new(CertifiedKey::new(chain, cert.certified.key.clone())),
         info: cert.info,
-    })
+    }
 }
 
 fn covers(info: &certmq_pki::CertInfo, host: &str) -> bool {
