@@ -54,6 +54,10 @@ pub struct CompareArgs {
     brokers: Vec<BrokerKind>,
     #[command(flatten)]
     bins: Bins,
+    /// certmq with mutual TLS: device certificates in its registry before
+    /// the run (imported into its store, then certmq restarted).
+    #[arg(long, default_value_t = 0)]
+    registered_devices: usize,
     /// Append every run's report, one JSON object per line, to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -76,6 +80,11 @@ pub struct Running {
     pub addr: SocketAddr,
     /// certmq's admin API, when started with one.
     admin: Option<SocketAddr>,
+    /// The bench CA's id in certmq, once registered.
+    ca_id: Option<String>,
+    /// How it was started, for a restart.
+    program: std::ffi::OsString,
+    args: Vec<std::ffi::OsString>,
     _dir: ScratchDir,
 }
 
@@ -223,6 +232,8 @@ pub fn start(
             c
         }
     };
+    let program = cmd.get_program().to_owned();
+    let cmd_args: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_owned()).collect();
     let child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -233,12 +244,15 @@ pub fn start(
         addr,
         _dir: dir,
         admin: admin_addr,
+        ca_id: None,
+        program,
+        args: cmd_args,
     };
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
             if let (Some(admin), Some(f)) = (running.admin, files) {
-                register_bench_ca(&running, admin, f)?;
+                running.ca_id = Some(register_bench_ca(&running, admin, f)?);
             }
             return Ok(running);
         }
@@ -252,9 +266,63 @@ pub fn start(
     }
 }
 
+/// Stops certmq, imports `n` device records under its (only) CA into its
+/// store, and starts it again on the same data directory and port.
+fn import_devices(mut r: Running, n: usize) -> anyhow::Result<Running> {
+    use certmq_store::Store;
+    let ca_id = r.ca_id.clone().context("no CA registered (use --tls mutual)")?;
+    stop(&mut r.child);
+    let data = r._dir.0.join("data");
+    let store = certmq_store::SqliteStore::open(&data)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let recs: Vec<certmq_store::DeviceRecord> = (0..n)
+        .map(|i| certmq_store::DeviceRecord {
+            // Ids spread like SHA-256 fingerprints (the registry shards by them).
+            id: format!("{:016x}{:048x}", (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15), i),
+            ca_id: ca_id.clone(),
+            serial: format!("{i:x}"),
+            subject_cn: Some(format!("bench-imported-{i}")),
+            subject_ou: None,
+            client_id: None,
+            not_before: now - 86_400,
+            not_after: now + 86_400 * 365,
+            status: "ACTIVE".into(),
+            source: "API".into(),
+            pem: String::new(),
+            created_at: now,
+            updated_at: now,
+            last_connected_at: None,
+        })
+        .collect();
+    let audit = certmq_store::AuditEntry {
+        actor: "certmq-bench".into(),
+        action: "device_certificate.import".into(),
+        target: ca_id.clone(),
+        before: None,
+        after: Some(serde_json::json!({"count": n})),
+    };
+    let added = store.import_devices(&recs, &audit)?;
+    drop(store);
+    eprintln!("imported {added} device certificates under {ca_id}");
+    let mut cmd = Command::new(r.program.clone());
+    cmd.args(&r.args).stdout(Stdio::null()).stderr(Stdio::null());
+    r.child = cmd.spawn().context("cannot restart certmq")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect_timeout(&r.addr, Duration::from_millis(200)).is_err() {
+        if Instant::now() > deadline {
+            bail!("certmq did not listen again within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(r)
+}
+
 /// Registers the minted CA with certmq (proof of possession through the
 /// admin API), so its client certificates pass mutual TLS.
-fn register_bench_ca(r: &Running, admin: SocketAddr, files: &TlsFiles) -> anyhow::Result<()> {
+fn register_bench_ca(r: &Running, admin: SocketAddr, files: &TlsFiles) -> anyhow::Result<String> {
     let token = std::fs::read_to_string(r._dir.0.join("data/admin.token"))?;
     let auth = format!("Bearer {}", token.trim());
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -293,13 +361,12 @@ fn register_bench_ca(r: &Running, admin: SocketAddr, files: &TlsFiles) -> anyhow
         .header("authorization", &auth)
         .content_type("application/json")
         .send(body.to_string())?;
+    let text = resp.body_mut().read_to_string()?;
     if !resp.status().is_success() {
-        bail!(
-            "CA registration refused: {}",
-            resp.body_mut().read_to_string()?
-        );
+        bail!("CA registration refused: {text}");
     }
-    Ok(())
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    Ok(v["id"].as_str().unwrap_or_default().to_string())
 }
 
 fn rumqttd_config(addr: SocketAddr) -> String {
@@ -337,7 +404,10 @@ pub async fn run(mut args: CompareArgs) -> anyhow::Result<()> {
                 // rumqttd's v4 listener serves MQTT 3.1.1.
                 load.mqtt = 3;
             }
-            let running = start(*kind, &args.bins, args.load.tls, tls_files.as_ref())?;
+            let mut running = start(*kind, &args.bins, args.load.tls, tls_files.as_ref())?;
+            if *kind == BrokerKind::Certmq && args.registered_devices > 0 {
+                running = import_devices(running, args.registered_devices)?;
+            }
             if *kind == BrokerKind::Certmq && args.load.tls != TlsMode::None {
                 load.ca = Some(running.certmq_ca());
             }

@@ -145,9 +145,21 @@ pub struct RegistrySnapshot {
     /// CA ids by subject DER (a rogue CA may share a subject; the
     /// signature decides).
     by_subject: Arc<HashMap<Vec<u8>, Vec<String>>>,
-    devices: Arc<HashMap<String, DeviceEntry>>,
+    /// Sharded by the id's first byte, so that a change copies one shard:
+    /// provisioning many devices one by one stays linear overall.
+    devices: Arc<Vec<Arc<HashMap<String, DeviceEntry>>>>,
     /// Policy: the client id must equal the certificate's CN.
     pub client_id_is_cn: bool,
+}
+
+const SHARDS: usize = 256;
+
+/// Ids are lower-case hex fingerprints: their first byte spreads evenly.
+fn shard_of(id: &str) -> usize {
+    id.get(..2)
+        .and_then(|h| usize::from_str_radix(h, 16).ok())
+        .unwrap_or(0)
+        % SHARDS
 }
 
 fn reject(reason: Rejection) -> Decision {
@@ -173,23 +185,36 @@ impl RegistrySnapshot {
                 .push(ca.id.clone());
             map.insert(ca.id.clone(), Arc::new(ca));
         }
+        let mut shards: Vec<HashMap<String, DeviceEntry>> = vec![HashMap::new(); SHARDS];
+        for (id, d) in devices {
+            if let Some(s) = shards.get_mut(shard_of(&id)) {
+                s.insert(id, d);
+            }
+        }
         Self {
             cas: Arc::new(map),
             by_subject: Arc::new(by_subject),
-            devices: Arc::new(devices),
+            devices: Arc::new(shards.into_iter().map(Arc::new).collect()),
             client_id_is_cn,
         }
     }
 
+    fn device_map(&self, id: &str) -> Option<&HashMap<String, DeviceEntry>> {
+        self.devices.get(shard_of(id)).map(|m| &**m)
+    }
+
     /// A copy with one device changed (None removes it); CAs are shared.
     pub fn with_device(&self, id: &str, entry: Option<DeviceEntry>) -> Self {
-        let mut devices = HashMap::clone(&self.devices);
-        match entry {
-            Some(e) => devices.insert(id.to_string(), e),
-            None => devices.remove(id),
-        };
+        let mut shards: Vec<Arc<HashMap<String, DeviceEntry>>> = self.devices.to_vec();
+        if let Some(shard) = shards.get_mut(shard_of(id)) {
+            let map = Arc::make_mut(shard);
+            match entry {
+                Some(e) => map.insert(id.to_string(), e),
+                None => map.remove(id),
+            };
+        }
         Self {
-            devices: Arc::new(devices),
+            devices: Arc::new(shards),
             ..self.clone()
         }
     }
@@ -199,16 +224,16 @@ impl RegistrySnapshot {
     }
 
     pub fn device(&self, id: &str) -> Option<&DeviceEntry> {
-        self.devices.get(id)
+        self.device_map(id)?.get(id)
     }
 
     pub fn device_count(&self) -> usize {
-        self.devices.len()
+        self.devices.iter().map(|m| m.len()).sum()
     }
 
     pub fn count_by_status(&self) -> Vec<(&'static str, usize)> {
         let mut counts: HashMap<DeviceStatus, usize> = HashMap::new();
-        for d in self.devices.values() {
+        for d in self.devices.iter().flat_map(|m| m.values()) {
             *counts.entry(d.status).or_default() += 1;
         }
         [
@@ -277,7 +302,7 @@ impl RegistrySnapshot {
     /// was registered (by the API or JITP), and its record names its CA and
     /// validity: only those are checked, without a signature verification.
     pub fn verify_handshake(&self, leaf: &[u8], now: i64) -> Result<(), Rejection> {
-        if let Some(d) = self.devices.get(&fingerprint(leaf)) {
+        if let Some(d) = self.device(&fingerprint(leaf)) {
             let ca = self.cas.get(&d.ca_id).ok_or(Rejection::UnknownCa)?;
             if ca.status != CaStatus::Active {
                 return Err(Rejection::CaInactive);
@@ -306,7 +331,7 @@ impl RegistrySnapshot {
     /// are chained and provisioned per their CA's settings.
     pub fn authorize(&self, leaf: &[u8], client_id: &str, now: i64) -> Decision {
         let id = fingerprint(leaf);
-        if let Some(d) = self.devices.get(&id) {
+        if let Some(d) = self.device(&id) {
             let with = |reason| Decision::Reject {
                 reason,
                 device_id: Some(id.clone()),

@@ -463,6 +463,23 @@ impl Store for SqliteStore {
         })
     }
 
+    fn import_devices(&self, recs: &[DeviceRecord], audit: &AuditEntry) -> Result<usize, StoreError> {
+        self.write(audit, |tx| {
+            let mut stmt = tx.prepare(&format!(
+                "INSERT OR IGNORE INTO device_certificates ({DEVICE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+            ))?;
+            let mut n = 0;
+            for rec in recs {
+                n += stmt.execute(params![
+                    rec.id, rec.ca_id, rec.serial, rec.subject_cn, rec.subject_ou, rec.client_id,
+                    rec.not_before, rec.not_after, rec.status, rec.source, rec.pem, rec.created_at,
+                    rec.updated_at, rec.last_connected_at
+                ])?;
+            }
+            Ok(n)
+        })
+    }
+
     fn update_device_status(
         &self,
         id: &str,
