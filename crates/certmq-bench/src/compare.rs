@@ -93,8 +93,18 @@ impl Running {
         self.child.id()
     }
 
+    /// certmq's admin API address and token, when it runs one.
+    pub fn admin_access(&self) -> Option<(SocketAddr, String)> {
+        let token = std::fs::read_to_string(self._dir.0.join("data/admin.token")).ok()?;
+        Some((self.admin?, token.trim().to_string()))
+    }
+
+    pub fn ca_id(&self) -> Option<String> {
+        self.ca_id.clone()
+    }
+
     /// certmq's default server CA, for TLS runs against it.
-    fn certmq_ca(&self) -> PathBuf {
+    pub fn certmq_ca(&self) -> PathBuf {
         self._dir.0.join("data/tls/default-ca.pem")
     }
 }
@@ -270,7 +280,10 @@ pub fn start(
 /// store, and starts it again on the same data directory and port.
 fn import_devices(mut r: Running, n: usize) -> anyhow::Result<Running> {
     use certmq_store::Store;
-    let ca_id = r.ca_id.clone().context("no CA registered (use --tls mutual)")?;
+    let ca_id = r
+        .ca_id
+        .clone()
+        .context("no CA registered (use --tls mutual)")?;
     stop(&mut r.child);
     let data = r._dir.0.join("data");
     let store = certmq_store::SqliteStore::open(&data)?;
@@ -281,7 +294,11 @@ fn import_devices(mut r: Running, n: usize) -> anyhow::Result<Running> {
     let recs: Vec<certmq_store::DeviceRecord> = (0..n)
         .map(|i| certmq_store::DeviceRecord {
             // Ids spread like SHA-256 fingerprints (the registry shards by them).
-            id: format!("{:016x}{:048x}", (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15), i),
+            id: format!(
+                "{:016x}{:048x}",
+                (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                i
+            ),
             ca_id: ca_id.clone(),
             serial: format!("{i:x}"),
             subject_cn: Some(format!("bench-imported-{i}")),
@@ -308,7 +325,9 @@ fn import_devices(mut r: Running, n: usize) -> anyhow::Result<Running> {
     drop(store);
     eprintln!("imported {added} device certificates under {ca_id}");
     let mut cmd = Command::new(r.program.clone());
-    cmd.args(&r.args).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.args(&r.args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     r.child = cmd.spawn().context("cannot restart certmq")?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect_timeout(&r.addr, Duration::from_millis(200)).is_err() {

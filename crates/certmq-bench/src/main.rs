@@ -8,6 +8,7 @@
 
 mod client;
 mod compare;
+mod enforce;
 mod plot;
 mod procstat;
 mod scenario;
@@ -53,6 +54,9 @@ enum Command {
     /// Throughput and p99 latency against offered load for each broker, the
     /// p99 at half of mosquitto's maximum rate, and an SVG plot.
     Sweep(sweep::SweepArgs),
+    /// certmq's live enforcement at scale: N mutual-TLS connections under one
+    /// CA, the CA deactivated, the time until each is closed.
+    Enforce(enforce::EnforceArgs),
 }
 
 #[derive(Args, Clone)]
@@ -202,6 +206,7 @@ fn main() -> ExitCode {
             }
             Command::Compare(args) => compare::run(args).await,
             Command::Sweep(args) => sweep::run(args).await,
+            Command::Enforce(args) => enforce::run(args).await,
         }
     });
     match result {

@@ -28,7 +28,7 @@ pub enum TlsMode {
 }
 
 /// Where a run's certificates are.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TlsFiles {
     pub ca: PathBuf,
     pub server_cert: Option<PathBuf>,

@@ -173,7 +173,11 @@ pub trait Store: Send + Sync + 'static {
     fn insert_device(&self, rec: &DeviceRecord, audit: &AuditEntry) -> Result<(), StoreError>;
     /// Imports many devices in one transaction (one audit record); ids
     /// already present are skipped. Returns how many were added.
-    fn import_devices(&self, recs: &[DeviceRecord], audit: &AuditEntry) -> Result<usize, StoreError>;
+    fn import_devices(
+        &self,
+        recs: &[DeviceRecord],
+        audit: &AuditEntry,
+    ) -> Result<usize, StoreError>;
     fn update_device_status(
         &self,
         id: &str,

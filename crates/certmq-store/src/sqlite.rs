@@ -463,7 +463,11 @@ impl Store for SqliteStore {
         })
     }
 
-    fn import_devices(&self, recs: &[DeviceRecord], audit: &AuditEntry) -> Result<usize, StoreError> {
+    fn import_devices(
+        &self,
+        recs: &[DeviceRecord],
+        audit: &AuditEntry,
+    ) -> Result<usize, StoreError> {
         self.write(audit, |tx| {
             let mut stmt = tx.prepare(&format!(
                 "INSERT OR IGNORE INTO device_certificates ({DEVICE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
