@@ -787,3 +787,110 @@ fn delete_rules_jitp_and_live_enforcement_within_a_second() {
     }
     assert!(!audit.to_string().contains("PRIVATE KEY"));
 }
+
+// ---------- optional client auth, WSS, the client id = CN policy ----------
+
+#[test]
+fn optional_client_auth_wss_with_device_certificates_and_cn_policy() {
+    let w = TempDir::new("cn-policy");
+    let conf = w.0.join("certmq.toml");
+    std::fs::write(&conf, "[registry]\nclient_id_must_match_cn = true\n").unwrap();
+    let broker = BrokerProcess::start(&[
+        "--tls-client-auth",
+        "optional",
+        "--config",
+        conf.to_str().unwrap(),
+    ]);
+    let api = Api::of(&broker);
+    let good = ca("Policy CA");
+    register(&api, &good, json!({}));
+
+    // optional: no certificate is a plain (loopback, anonymous-allowed) client...
+    mtls(&broker, None, "no-cert")
+        .expect("optional listener lets a client without a certificate in");
+    // ...but a presented certificate must pass the registry.
+    assert!(matches!(
+        mtls(&broker, Some(&device(&ca("Stranger"), "x")), "x"),
+        Err(Failure::Tls(_))
+    ));
+    assert_eq!(api.rejections()[0]["reason"], "UNKNOWN_CA");
+
+    // client id = CN policy.
+    let dev = device(&good, "sensor-7");
+    assert!(matches!(
+        mtls(&broker, Some(&dev), "not-sensor-7"),
+        Err(Failure::Refused(0x87))
+    ));
+    assert_eq!(api.rejections()[0]["reason"], "CLIENT_ID_MISMATCH");
+    mtls(&broker, Some(&dev), "sensor-7").expect("CN as client id connects");
+
+    // WSS (client_auth required): MQTT.js with and without a device certificate.
+    let js = repo_root().join("tests/interop/mqttjs");
+    assert!(
+        js.join("node_modules/mqtt").exists(),
+        "MQTT.js is not installed: run scripts/test"
+    );
+    let (cert, key) = (w.0.join("dev.crt"), w.0.join("dev.key"));
+    // MQTT.js connects with its own client id (`wss-<pid>`), not the CN:
+    // the policy refuses it at CONNECT, over WSS as over TLS.
+    std::fs::write(&cert, &dev.0).unwrap();
+    std::fs::write(&key, &dev.1).unwrap();
+    let url = format!("wss://localhost:{}/mqtt", broker.port("mqtt-wss"));
+    let ca_file = broker.dir.0.join("tls/default-ca.pem");
+    let with_cert = run(
+        Command::new("node")
+            .arg(js.join("wss.mjs"))
+            .arg(&url)
+            .arg(&ca_file)
+            .arg(&cert)
+            .arg(&key),
+        LIMIT,
+    );
+    assert!(
+        !with_cert.status.success(),
+        "the CN policy should refuse MQTT.js's own client id"
+    );
+    assert_eq!(api.rejections()[0]["reason"], "CLIENT_ID_MISMATCH");
+    assert_eq!(api.rejections()[0]["listener"], "mqtt-wss");
+    let without = run(
+        Command::new("node")
+            .arg(js.join("wss.mjs"))
+            .arg(&url)
+            .arg(&ca_file),
+        LIMIT,
+    );
+    assert!(
+        !without.status.success(),
+        "WSS requires a client certificate"
+    );
+}
+
+#[test]
+fn mqttjs_over_wss_with_a_device_certificate() {
+    let broker = BrokerProcess::start(&[]);
+    let api = Api::of(&broker);
+    let good = ca("WSS CA");
+    register(&api, &good, json!({}));
+    let w = TempDir::new("wss-dev");
+    let dev = device(&good, "browser-device");
+    let (cert, key) = (w.0.join("dev.crt"), w.0.join("dev.key"));
+    std::fs::write(&cert, &dev.0).unwrap();
+    std::fs::write(&key, &dev.1).unwrap();
+    let js = repo_root().join("tests/interop/mqttjs");
+    let out = run(
+        Command::new("node")
+            .arg(js.join("wss.mjs"))
+            .arg(format!("wss://localhost:{}/mqtt", broker.port("mqtt-wss")))
+            .arg(broker.dir.0.join("tls/default-ca.pem"))
+            .arg(&cert)
+            .arg(&key),
+        LIMIT,
+    );
+    assert!(
+        out.status.success(),
+        "MQTT.js over WSS with a device certificate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let conns = api.ok("GET", "/device-certificates", None);
+    assert_eq!(conns["items"][0]["source"], "JITP");
+}
