@@ -241,8 +241,9 @@ impl Devices {
     fn kick(&self, device_id: Option<&str>, ca_id: Option<&str>) -> usize {
         let mut n = 0;
         for c in self.live.connections() {
-            let hit = device_id.is_some_and(|d| c.certificate_id.as_deref() == Some(d))
-                || ca_id.is_some_and(|a| c.ca_id.as_deref() == Some(a));
+            let Some(ids) = &c.certificate else { continue };
+            let hit = device_id.is_some_and(|d| ids.certificate_id == d)
+                || ca_id.is_some_and(|a| ids.ca_id == a);
             if hit
                 && self
                     .broker

@@ -158,7 +158,7 @@ pub async fn list_connections(State(s): State<AdminState>) -> Json<Items<Connect
             client_id: c.client_id.to_string(),
             listener: c.protocol.name(),
             peer_address: c.peer.to_string(),
-            certificate_id: c.certificate_id,
+            certificate_id: c.certificate.map(|ids| ids.certificate_id),
             connected_at: rfc3339(c.connected_at),
         })
         .collect();

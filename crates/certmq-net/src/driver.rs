@@ -101,7 +101,7 @@ impl<T: Transport + 'static> Future for ConnTask<T> {
                     }
                 },
                 Phase::Connected(session) => {
-                    let cause = ready!(session.poll_step(cx));
+                    let cause = ready!(session.poll_step(cx, &this._guard.shared.live));
                     if let Phase::Connected(session) =
                         std::mem::replace(&mut this.phase, Phase::Done)
                     {
@@ -158,8 +158,7 @@ async fn accept<T: Transport>(
     let protocol = connect.protocol;
     // A client certificate decides, every time (a resumed TLS session
     // skipped the verifier): registry state, client-id binding, CA state.
-    let mut certificate_id = None;
-    let mut ca_id = None;
+    let mut certificate = None;
     let mut authorized = peer.allow_anonymous;
     if let (Some(leaf), Some(authz)) = (peer.certificates.first(), &shared.authorizer) {
         let refused = match authz.authorize(leaf, &connect.client_id) {
@@ -167,16 +166,20 @@ async fn accept<T: Transport>(
                 device_id,
                 ca_id: ca,
             } => {
-                certificate_id = Some(device_id);
-                ca_id = Some(ca);
+                certificate = Some(Box::new(crate::CertIds {
+                    certificate_id: device_id,
+                    ca_id: ca,
+                }));
                 None
             }
             Decision::Provision { chained, activate } => {
                 // The authorizer registered it; only activated ones get in.
                 let (d, c) = (chained.device_id, chained.ca_id);
                 if activate {
-                    certificate_id = Some(d);
-                    ca_id = Some(c);
+                    certificate = Some(Box::new(crate::CertIds {
+                        certificate_id: d,
+                        ca_id: c,
+                    }));
                     None
                 } else {
                     Some((Rejection::CertificatePending, Some(d), Some(c)))
@@ -221,8 +224,7 @@ async fn accept<T: Transport>(
                 client_id: conn.client_id().clone(),
                 protocol: peer.protocol,
                 peer: peer.addr,
-                certificate_id,
-                ca_id,
+                certificate,
                 connected_at: std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs() as i64)
@@ -231,7 +233,6 @@ async fn accept<T: Transport>(
             Some(Accepted {
                 live_id,
                 session: Session {
-                    live: shared.live.clone(),
                     pending_input: !rbuf.is_empty(),
                     t,
                     conn,
@@ -364,7 +365,6 @@ enum Event {
 struct Session<T> {
     t: T,
     conn: Conn,
-    live: Arc<crate::Live>,
     rbuf: BytesMut,
     wbuf: BytesMut,
     max_in: usize,
@@ -374,11 +374,10 @@ struct Session<T> {
 
 impl<T: Transport> Session<T> {
     /// Runs until every source is pending, or the connection must close.
-    fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<CloseCause> {
+    fn poll_step(&mut self, cx: &mut Context<'_>, live: &crate::Live) -> Poll<CloseCause> {
         let Session {
             t,
             conn,
-            live,
             rbuf,
             wbuf,
             max_in,

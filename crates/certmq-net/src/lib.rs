@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use config::{ClientAuth, ListenerConfig, NetConfig, Protocol};
 pub use driver::PeerInfo;
-pub use live::{ConnInfo, Live, RejectionRecord, REJECTIONS_KEPT};
+pub use live::{CertIds, ConnInfo, Live, RejectionRecord, REJECTIONS_KEPT};
 
 /// Decides CONNECTs of clients that presented a certificate (the device
 /// registry). Must not block: it runs on the connect path.

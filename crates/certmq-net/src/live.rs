@@ -11,16 +11,22 @@ use parking_lot::Mutex;
 
 use crate::Protocol;
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertIds {
+    pub certificate_id: String,
+    pub ca_id: String,
+}
+
 /// One live (CONNECT accepted) connection.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub client_id: Arc<str>,
     pub protocol: Protocol,
     pub peer: SocketAddr,
-    /// SHA-256 fingerprint of the client certificate, when one was presented.
-    pub certificate_id: Option<String>,
-    /// The registered CA that issued it.
-    pub ca_id: Option<String>,
+    /// The client certificate's id and its CA's id (SHA-256 fingerprints),
+    /// when one was presented; boxed, as most connections of a plain
+    /// listener have none (memory per idle connection is a target).
+    pub certificate: Option<Box<CertIds>>,
     /// Unix seconds.
     pub connected_at: i64,
 }
