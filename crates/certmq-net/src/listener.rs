@@ -76,7 +76,15 @@ pub(crate) async fn accept_loop(
                     continue;
                 };
                 let ws = config.protocol.is_websocket();
-                tokio::spawn(serve_tls(stream, tls, ws, guard, peer, stop.clone()));
+                let required = config.client_auth == crate::ClientAuth::Required;
+                tokio::spawn(serve_tls(
+                    stream,
+                    tls,
+                    (ws, required),
+                    guard,
+                    peer,
+                    stop.clone(),
+                ));
             }
         }
     }
@@ -87,7 +95,7 @@ pub(crate) async fn accept_loop(
 async fn serve_tls(
     stream: TcpStream,
     tls: Arc<rustls::ServerConfig>,
-    ws: bool,
+    (ws, cert_required): (bool, bool),
     guard: ConnectionGuard,
     mut peer: Box<PeerInfo>,
     stop: watch::Receiver<bool>,
@@ -127,6 +135,20 @@ async fn serve_tls(
             .iter()
             .map(|c| bytes::Bytes::copy_from_slice(c.as_ref()))
             .collect();
+    }
+    if cert_required && peer.certificates.is_empty() {
+        // rustls enforces this during the handshake; a resumed session must
+        // carry the certificate too, or the client is not let through.
+        guard.shared.live.reject(crate::RejectionRecord {
+            at: crate::live::now_unix(),
+            reason: certmq_pki::Rejection::NoCertificate,
+            protocol: peer.protocol,
+            peer: peer.addr,
+            client_id: None,
+            certificate_id: None,
+            ca_id: None,
+        });
+        return;
     }
     if ws {
         Box::pin(serve_ws(tls_stream, guard, peer, stop)).await;

@@ -894,3 +894,40 @@ fn mqttjs_over_wss_with_a_device_certificate() {
     let conns = api.ok("GET", "/device-certificates", None);
     assert_eq!(conns["items"][0]["source"], "JITP");
 }
+
+#[test]
+fn a_resumed_tls_session_is_still_checked_at_connect() {
+    let broker = BrokerProcess::start(&[]);
+    let api = Api::of(&broker);
+    let good = ca("Resumption CA");
+    register(&api, &good, json!({}));
+    let dev = device(&good, "resumer");
+    let ca_pem = std::fs::read(broker.dir.0.join("tls/default-ca.pem")).unwrap();
+    let config = tls_client::config(&ca_pem, Some((dev.0.as_bytes(), dev.1.as_bytes()))).unwrap();
+    let addr = broker.addr("mqtt-tls");
+    let mut first =
+        tls_client::connect_with(addr, config.clone(), "resumer", Protocol::V5).unwrap();
+    assert!(!first.resumed());
+    assert!(first.alive());
+    drop(first);
+    let again = tls_client::connect_with(addr, config.clone(), "resumer", Protocol::V5).unwrap();
+    assert!(
+        again.resumed(),
+        "the second connection should resume the TLS session"
+    );
+    drop(again);
+    // Revoke, then resume: the verifier is skipped, CONNECT is not.
+    let id = api.ok("GET", "/device-certificates?common_name=resumer", None)["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    api.ok("POST", &format!("/device-certificates/{id}/revoke"), None);
+    match tls_client::connect_with(addr, config, "resumer", Protocol::V5) {
+        Err(Failure::Refused(0x87)) => {}
+        other => panic!(
+            "a resumed session of a revoked certificate: {:?}",
+            other.map(|c| c.resumed())
+        ),
+    }
+    assert_eq!(api.rejections()[0]["reason"], "CERTIFICATE_REVOKED");
+}

@@ -34,13 +34,11 @@ fn other(e: impl std::fmt::Display) -> Failure {
     Failure::Other(e.to_string())
 }
 
-pub fn connect(
-    addr: SocketAddr,
+/// A client configuration (kept to resume sessions across connections).
+pub fn config(
     ca_pem: &[u8],
     identity: Option<(&[u8], &[u8])>,
-    client_id: &str,
-    protocol: Protocol,
-) -> Result<Client, Failure> {
+) -> Result<Arc<rustls::ClientConfig>, Failure> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem) {
         roots.add(c.map_err(other)?).map_err(other)?;
@@ -60,8 +58,27 @@ pub fn connect(
         }
         None => b.with_no_client_auth(),
     };
+    Ok(Arc::new(config))
+}
+
+pub fn connect(
+    addr: SocketAddr,
+    ca_pem: &[u8],
+    identity: Option<(&[u8], &[u8])>,
+    client_id: &str,
+    protocol: Protocol,
+) -> Result<Client, Failure> {
+    connect_with(addr, config(ca_pem, identity)?, client_id, protocol)
+}
+
+pub fn connect_with(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    client_id: &str,
+    protocol: Protocol,
+) -> Result<Client, Failure> {
     let name = ServerName::try_from("localhost").map_err(other)?;
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(other)?;
+    let conn = rustls::ClientConnection::new(config, name).map_err(other)?;
     let tcp = TcpStream::connect(addr).map_err(other)?;
     tcp.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(other)?;
@@ -101,6 +118,11 @@ pub fn connect(
 }
 
 impl Client {
+    /// Whether the TLS session was resumed.
+    pub fn resumed(&self) -> bool {
+        self.s.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+    }
+
     pub fn send(&mut self, p: &Packet) -> Result<(), String> {
         let mut out = BytesMut::new();
         encode(p, self.protocol, &mut out);
