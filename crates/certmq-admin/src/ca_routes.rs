@@ -1,7 +1,7 @@
 //! Handlers for CA certificates, device certificates and connection
 //! rejections (the route table is in [`crate::routes`]).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::devices::{CaView, DeviceView};
 use crate::error::ApiError;
-use crate::routes::{ApiJson, Items};
+use crate::routes::{ApiJson, ApiQuery, Items};
 use crate::server_certs::rfc3339;
 use crate::AdminState;
 
@@ -164,7 +164,7 @@ pub struct Page<T> {
 
 pub async fn list_devices(
     State(s): State<AdminState>,
-    Query(q): Query<DeviceQuery>,
+    ApiQuery(q): ApiQuery<DeviceQuery>,
 ) -> Result<Json<Page<DeviceView>>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let offset = q.offset.unwrap_or(0);
@@ -290,7 +290,7 @@ pub struct Limit {
 
 pub async fn rejections(
     State(s): State<AdminState>,
-    Query(q): Query<Limit>,
+    ApiQuery(q): ApiQuery<Limit>,
 ) -> Json<Items<RejectionView>> {
     let limit = q.limit.unwrap_or(100).min(certmq_net::REJECTIONS_KEPT);
     let items = s

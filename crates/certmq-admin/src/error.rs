@@ -17,6 +17,7 @@ pub enum Kind {
     /// Well-formed, but the content breaks a rule (a certificate refused).
     Invalid,
     TooLarge,
+    MethodNotAllowed,
     /// Our fault.
     Internal,
 }
@@ -45,6 +46,7 @@ impl ApiError {
             Kind::Conflict => StatusCode::CONFLICT,
             Kind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
             Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -118,7 +118,8 @@ pub fn router(state: AdminState) -> Router {
     let api = Router::new()
         .route("/health", get(health))
         .merge(protected)
-        .fallback(not_found);
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .nest("/api/v1", api)
         .fallback(not_found)

@@ -48,6 +48,27 @@ where
     }
 }
 
+/// `Query` whose rejections are API errors (400) in the API's format.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        let Query(v) = Query::<T>::from_request_parts(parts, state)
+            .await
+            .map_err(|r| ApiError::new(Kind::BadRequest, "InvalidQuery", r.body_text()))?;
+        Ok(ApiQuery(v))
+    }
+}
+
 const ACTOR: &str = "admin-api";
 
 #[derive(Serialize)]
@@ -190,12 +211,20 @@ pub struct Limit {
 
 pub async fn audit_log(
     State(s): State<AdminState>,
-    Query(q): Query<Limit>,
+    ApiQuery(q): ApiQuery<Limit>,
 ) -> Result<Json<Items<certmq_store::AuditRecord>>, ApiError> {
     let store = s.store.clone();
     let limit = q.limit.unwrap_or(100).min(1000);
     let items = blocking(move || Ok(store.audit_log(limit)?)).await?;
     Ok(Json(Items { items }))
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        Kind::MethodNotAllowed,
+        "MethodNotAllowed",
+        "this route does not take that method; see /api/v1/openapi.json",
+    )
 }
 
 pub async fn not_found() -> ApiError {

@@ -97,6 +97,25 @@ async fn every_documented_route_is_served_and_guarded() {
             assert_eq!(status, StatusCode::OK, "{method} {path}");
         }
     }
+    // Malformed queries and wrong methods answer in the API's error format.
+    let (status, body) = call(
+        &app,
+        "get",
+        "/device-certificates?limit=lots",
+        Some("test-token-0123456789"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("\"code\":\"InvalidQuery\""), "{body}");
+    let (status, body) = call(
+        &app,
+        "put",
+        "/server-certificates",
+        Some("test-token-0123456789"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(body.contains("\"code\":\"MethodNotAllowed\""), "{body}");
     let (status, body) = call(&app, "get", "/nope", Some("test-token-0123456789")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body.contains("no such route"));
