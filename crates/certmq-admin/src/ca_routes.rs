@@ -10,21 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::devices::{CaView, DeviceView};
 use crate::error::ApiError;
-use crate::routes::{ApiJson, ApiQuery, Items};
+use crate::routes::{blocking, ApiJson, ApiQuery, Items};
 use crate::server_certs::rfc3339;
 use crate::AdminState;
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|_| {
-        ApiError::new(
-            crate::error::Kind::Internal,
-            "Internal",
-            "the request task failed",
-        )
-    })?
-}
 
 #[derive(Serialize)]
 pub struct RegistrationCode {

@@ -170,6 +170,24 @@ fn ca_entry(r: &CaRecord) -> Option<CaEntry> {
     })
 }
 
+/// `value` if it is one of `allowed`, else a 400 naming the field.
+fn one_of(
+    value: &str,
+    allowed: &[&str],
+    field: &str,
+    code: &'static str,
+) -> Result<String, ApiError> {
+    if allowed.contains(&value) {
+        Ok(value.to_string())
+    } else {
+        Err(ApiError::new(
+            Kind::BadRequest,
+            code,
+            format!("{field} must be one of {}, not {value}", allowed.join(", ")),
+        ))
+    }
+}
+
 fn not_found(what: &str, id: &str) -> ApiError {
     ApiError::new(Kind::NotFound, "NotFound", format!("{what} {id} not found"))
 }
@@ -322,26 +340,18 @@ impl Devices {
         provisioning: Option<&str>,
         automatic_activation: Option<bool>,
     ) -> Result<CaView, ApiError> {
-        let status = match status.unwrap_or("ACTIVE") {
-            s @ ("ACTIVE" | "INACTIVE") => s.to_string(),
-            other => {
-                return Err(ApiError::new(
-                    Kind::BadRequest,
-                    "InvalidStatus",
-                    format!("status must be ACTIVE or INACTIVE, not {other}"),
-                ))
-            }
-        };
-        let provisioning = match provisioning.unwrap_or("JITP") {
-            p @ ("API" | "JITP") => p.to_string(),
-            other => {
-                return Err(ApiError::new(
-                    Kind::BadRequest,
-                    "InvalidProvisioning",
-                    format!("device_provisioning must be API or JITP, not {other}"),
-                ))
-            }
-        };
+        let status = one_of(
+            status.unwrap_or("ACTIVE"),
+            &["ACTIVE", "INACTIVE"],
+            "status",
+            "InvalidStatus",
+        )?;
+        let provisioning = one_of(
+            provisioning.unwrap_or("JITP"),
+            &["API", "JITP"],
+            "device_provisioning",
+            "InvalidProvisioning",
+        )?;
         let now = now_unix();
         let code = self.store.registration_code()?;
         let ca = certmq_pki::verify_ca_registration(
@@ -439,14 +449,12 @@ impl Devices {
         let mut rec = self.ca_record(id)?;
         let before = serde_json::json!({"device_provisioning": rec.provisioning, "automatic_activation": rec.automatic_activation});
         if let Some(p) = provisioning {
-            if !matches!(p, "API" | "JITP") {
-                return Err(ApiError::new(
-                    Kind::BadRequest,
-                    "InvalidProvisioning",
-                    format!("device_provisioning must be API or JITP, not {p}"),
-                ));
-            }
-            rec.provisioning = p.into();
+            rec.provisioning = one_of(
+                p,
+                &["API", "JITP"],
+                "device_provisioning",
+                "InvalidProvisioning",
+            )?;
         }
         if let Some(a) = automatic_activation {
             rec.automatic_activation = a;
@@ -509,16 +517,12 @@ impl Devices {
         client_id: Option<String>,
         status: Option<&str>,
     ) -> Result<DeviceView, ApiError> {
-        let status = match status.unwrap_or("ACTIVE") {
-            s @ ("ACTIVE" | "INACTIVE" | "PENDING_ACTIVATION") => s.to_string(),
-            other => {
-                return Err(ApiError::new(
-                    Kind::BadRequest,
-                    "InvalidStatus",
-                    format!("status must be ACTIVE, INACTIVE or PENDING_ACTIVATION, not {other}"),
-                ))
-            }
-        };
+        let status = one_of(
+            status.unwrap_or("ACTIVE"),
+            &["ACTIVE", "INACTIVE", "PENDING_ACTIVATION"],
+            "status",
+            "InvalidStatus",
+        )?;
         if client_id
             .as_ref()
             .is_some_and(|c| c.is_empty() || c.len() > 65535)

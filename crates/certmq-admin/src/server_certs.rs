@@ -23,6 +23,20 @@ struct Bound {
     certified: Arc<CertifiedKey>,
 }
 
+impl Bound {
+    fn view(&self) -> ServerCertView {
+        view_of(
+            &self.record.id,
+            self.record.name.clone(),
+            &self.info,
+            false,
+            true,
+            self.certified.cert.len(),
+            Some(self.record.created_at),
+        )
+    }
+}
+
 struct View {
     bound: Vec<Bound>,
     default_enabled: bool,
@@ -162,15 +176,7 @@ impl ServerCerts {
         let v = self.view.lock();
         let mut out = vec![self.default_view(v.default_enabled)];
         for b in &v.bound {
-            out.push(view_of(
-                &b.record.id,
-                b.record.name.clone(),
-                &b.info,
-                false,
-                true,
-                b.certified.cert.len(),
-                Some(b.record.created_at),
-            ));
+            out.push(b.view());
         }
         out
     }
@@ -247,17 +253,7 @@ impl ServerCerts {
         }
         let (before, remaining, default_enabled) = {
             let v = self.view.lock();
-            let before = v.bound.iter().find(|b| b.record.id == id).map(|b| {
-                view_of(
-                    &b.record.id,
-                    b.record.name.clone(),
-                    &b.info,
-                    false,
-                    true,
-                    b.certified.cert.len(),
-                    Some(b.record.created_at),
-                )
-            });
+            let before = v.bound.iter().find(|b| b.record.id == id).map(Bound::view);
             (before, v.bound.len().saturating_sub(1), v.default_enabled)
         };
         let Some(before) = before else {

@@ -90,6 +90,19 @@ pub(crate) async fn accept_loop(
     }
 }
 
+/// Records a client refused before CONNECT (no client id yet).
+fn refused_at_handshake(guard: &ConnectionGuard, peer: &PeerInfo, reason: certmq_pki::Rejection) {
+    guard.shared.live.reject(crate::RejectionRecord {
+        at: crate::live::now_unix(),
+        reason,
+        protocol: peer.protocol,
+        peer: peer.addr,
+        client_id: None,
+        certificate_id: None,
+        ca_id: None,
+    });
+}
+
 /// The TLS handshake (within the connect timeout), then MQTT or WebSocket
 /// over it. The peer's certificate chain goes to the driver in `PeerInfo`.
 async fn serve_tls(
@@ -112,15 +125,7 @@ async fn serve_tls(
                 .tls_failure(crate::live::tls_failure_reason(&e));
             tracing::debug!(peer = %peer.addr, error = %e, "TLS handshake failed");
             if let Some(reason) = crate::live::rustls_error(&e).and_then(certmq_pki::rejection_of) {
-                guard.shared.live.reject(crate::RejectionRecord {
-                    at: crate::live::now_unix(),
-                    reason,
-                    protocol: peer.protocol,
-                    peer: peer.addr,
-                    client_id: None,
-                    certificate_id: None,
-                    ca_id: None,
-                });
+                refused_at_handshake(&guard, &peer, reason);
             }
             return;
         }
@@ -139,15 +144,7 @@ async fn serve_tls(
     if cert_required && peer.certificates.is_empty() {
         // rustls enforces this during the handshake; a resumed session must
         // carry the certificate too, or the client is not let through.
-        guard.shared.live.reject(crate::RejectionRecord {
-            at: crate::live::now_unix(),
-            reason: certmq_pki::Rejection::NoCertificate,
-            protocol: peer.protocol,
-            peer: peer.addr,
-            client_id: None,
-            certificate_id: None,
-            ca_id: None,
-        });
+        refused_at_handshake(&guard, &peer, certmq_pki::Rejection::NoCertificate);
         return;
     }
     if ws {

@@ -146,12 +146,7 @@ fn verify_handshake_signature(
     let (_, c) = X509Certificate::from_der(cert)
         .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
     let spki = c.public_key();
-    let curve = spki
-        .algorithm
-        .parameters
-        .as_ref()
-        .and_then(|p| p.as_oid().ok())
-        .map(|o| o.to_id_string());
+    let curve = crate::x509::curve_of(spki);
     let is_rsa = spki.algorithm.algorithm.to_id_string() == crate::x509::RSA_KEY;
     let p256 = curve.as_deref() == Some(crate::x509::P256);
     let p384 = curve.as_deref() == Some(crate::x509::P384);

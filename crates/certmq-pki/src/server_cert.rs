@@ -218,12 +218,7 @@ fn check_key_type(spki: &SubjectPublicKeyInfo<'_>) -> Result<(), ServerCertError
             }
         }
         EC_KEY => {
-            let curve = spki
-                .algorithm
-                .parameters
-                .as_ref()
-                .and_then(|p| p.as_oid().ok())
-                .map(|o| o.to_id_string());
+            let curve = crate::x509::curve_of(spki);
             match curve.as_deref() {
                 Some(P256 | P384) => Ok(()),
                 other => Err(ServerCertError::UnsupportedKey(format!(

@@ -66,6 +66,15 @@ impl CertInfo {
     }
 }
 
+/// The named curve of an EC key (dotted OID), if it is one.
+pub(crate) fn curve_of(spki: &SubjectPublicKeyInfo<'_>) -> Option<String> {
+    spki.algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok())
+        .map(|o| o.to_id_string())
+}
+
 pub(crate) fn common_name(name: &X509Name<'_>) -> Option<String> {
     name.iter_common_name()
         .next()
@@ -99,12 +108,7 @@ pub(crate) fn verify_with_spki(
 ) -> Result<(), SignatureError> {
     let sig_oid = cert.signature_algorithm.algorithm.to_id_string();
     let key_oid = spki.algorithm.algorithm.to_id_string();
-    let curve = spki
-        .algorithm
-        .parameters
-        .as_ref()
-        .and_then(|p| p.as_oid().ok())
-        .map(|o| o.to_id_string());
+    let curve = curve_of(spki);
     let alg: &'static dyn VerificationAlgorithm = match (key_oid.as_str(), sig_oid.as_str()) {
         (RSA_KEY, "1.2.840.113549.1.1.11") => &signature::RSA_PKCS1_2048_8192_SHA256,
         (RSA_KEY, "1.2.840.113549.1.1.12") => &signature::RSA_PKCS1_2048_8192_SHA384,

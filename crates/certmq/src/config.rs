@@ -226,29 +226,29 @@ impl std::str::FromStr for ListenAddr {
     }
 }
 
-impl AdminSection {
-    pub fn apply(&mut self, flag: Option<&ListenAddr>) {
+impl ListenAddr {
+    /// Applies a `--listen-*` flag to a section's `enabled` and `addr`.
+    fn apply_to(flag: Option<&ListenAddr>, enabled: &mut bool, addr: &mut SocketAddr) {
         match flag {
-            Some(ListenAddr::Off) => self.enabled = false,
-            Some(ListenAddr::At(addr)) => {
-                self.enabled = true;
-                self.addr = *addr;
+            Some(ListenAddr::Off) => *enabled = false,
+            Some(ListenAddr::At(a)) => {
+                *enabled = true;
+                *addr = *a;
             }
             None => {}
         }
     }
 }
 
+impl AdminSection {
+    pub fn apply(&mut self, flag: Option<&ListenAddr>) {
+        ListenAddr::apply_to(flag, &mut self.enabled, &mut self.addr);
+    }
+}
+
 impl ListenerSection {
     pub fn apply(&mut self, flag: Option<&ListenAddr>) {
-        match flag {
-            Some(ListenAddr::Off) => self.enabled = false,
-            Some(ListenAddr::At(addr)) => {
-                self.enabled = true;
-                self.addr = *addr;
-            }
-            None => {}
-        }
+        ListenAddr::apply_to(flag, &mut self.enabled, &mut self.addr);
     }
 }
 
