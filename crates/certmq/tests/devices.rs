@@ -10,7 +10,6 @@
 mod common;
 mod tls_client;
 
-use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -172,15 +171,6 @@ fn mtls(
     )
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = run(Command::new("openssl").current_dir(dir).args(args), LIMIT);
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn cli(b: &BrokerProcess, args: &[&str]) -> Output {
     let token = std::fs::read_to_string(b.dir.0.join("admin.token")).unwrap();
     run(
@@ -202,40 +192,7 @@ fn manual_page_flow_with_openssl_mosquitto_and_paho() {
     let w = TempDir::new("seed-ca");
     let d = &w.0;
     // Step 2-5: the CA (subject on the line instead of the prompt).
-    openssl(d, &["genrsa", "-out", "CA.key", "2048"]);
-    openssl(
-        d,
-        &[
-            "req",
-            "-new",
-            "-key",
-            "CA.key",
-            "-out",
-            "CA.csr",
-            "-subj",
-            "/C=CN/ST=ZJ/L=HZ/O=Example/OU=IoT/CN=*.mqtt.example.com",
-        ],
-    );
-    openssl(
-        d,
-        &[
-            "x509",
-            "-req",
-            "-extfile",
-            "/etc/ssl/openssl.cnf",
-            "-extensions",
-            "v3_ca",
-            "-in",
-            "CA.csr",
-            "-out",
-            "CA.crt",
-            "-signkey",
-            "CA.key",
-            "-CAcreateserial",
-            "-days",
-            "3650",
-        ],
-    );
+    seed_ca(d, "/C=CN/ST=ZJ/L=HZ/O=Example/OU=IoT/CN=*.mqtt.example.com");
     // The verification certificate: the registration code as CN, -sha512.
     let out = cli(&broker, &["ca", "registration-code"]);
     assert!(out.status.success());

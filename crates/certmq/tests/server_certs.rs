@@ -27,50 +27,10 @@ fn ok(out: Output, what: &str) -> Output {
     out
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    ok(
-        run(Command::new("openssl").current_dir(dir).args(args), LIMIT),
-        &format!("openssl {args:?}"),
-    );
-}
-
 /// The CA manual page's commands (subject given on the line instead of at
 /// the prompt).
 fn make_ca(dir: &Path) {
-    openssl(dir, &["genrsa", "-out", "CA.key", "2048"]);
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-key",
-            "CA.key",
-            "-out",
-            "CA.csr",
-            "-subj",
-            "/C=CN/ST=ZJ/L=HZ/O=Example/CN=Example Root CA",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-extfile",
-            "/etc/ssl/openssl.cnf",
-            "-extensions",
-            "v3_ca",
-            "-in",
-            "CA.csr",
-            "-out",
-            "CA.crt",
-            "-signkey",
-            "CA.key",
-            "-CAcreateserial",
-            "-days",
-            "3650",
-        ],
-    );
+    seed_ca(dir, "/C=CN/ST=ZJ/L=HZ/O=Example/CN=Example Root CA");
 }
 
 /// The manual page's server.conf; `edit` may change it for refusal cases.

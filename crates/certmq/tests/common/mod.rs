@@ -204,3 +204,48 @@ pub fn spawn_piped(cmd: &mut Command) -> Child {
             panic!("cannot run {program}: {e} (run .ci/run, or see README, to install test tools)")
         })
 }
+
+/// Runs `openssl ARGS` in `dir`; a failure fails the test with its stderr.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = run(
+        Command::new("openssl").current_dir(dir).args(args),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The CA manual page's commands in `dir` (`CA.key`, `CA.csr`, `CA.crt`),
+/// with the subject given on the line instead of at the prompt.
+pub fn seed_ca(dir: &Path, subject: &str) {
+    openssl(dir, &["genrsa", "-out", "CA.key", "2048"]);
+    openssl(
+        dir,
+        &[
+            "req", "-new", "-key", "CA.key", "-out", "CA.csr", "-subj", subject,
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-extfile",
+            "/etc/ssl/openssl.cnf",
+            "-extensions",
+            "v3_ca",
+            "-in",
+            "CA.csr",
+            "-out",
+            "CA.crt",
+            "-signkey",
+            "CA.key",
+            "-CAcreateserial",
+            "-days",
+            "3650",
+        ],
+    );
+}
