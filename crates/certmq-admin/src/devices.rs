@@ -396,8 +396,17 @@ impl Devices {
             last_deactivated_at: None,
         };
         let view = CaView::of(&rec, None);
+        let Some((code, _)) = code else {
+            return Err(ApiError::new(
+                Kind::Invalid,
+                "NoRegistrationCode",
+                "no registration code is active",
+            ));
+        };
         self.store.insert_ca(
             &rec,
+            &code,
+            self.config.max_cas,
             &audit(
                 "ca_certificate.register",
                 &rec.id,

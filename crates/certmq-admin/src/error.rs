@@ -71,6 +71,8 @@ impl From<certmq_store::StoreError> for ApiError {
         match &e {
             E::Exists(_) => ApiError::new(Kind::Conflict, "AlreadyExists", e.to_string()),
             E::NotFound(_) => ApiError::new(Kind::NotFound, "NotFound", e.to_string()),
+            E::Conflict(_) => ApiError::new(Kind::Conflict, "RegistrationCodeUsed", e.to_string()),
+            E::Limit(_) => ApiError::new(Kind::Conflict, "CaLimitReached", e.to_string()),
             _ => {
                 tracing::error!(error = %e, "store failure");
                 ApiError::new(

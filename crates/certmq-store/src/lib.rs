@@ -132,6 +132,12 @@ pub enum StoreError {
     Exists(String),
     #[error("{0} not found")]
     NotFound(String),
+    /// A precondition checked before the write no longer held inside it
+    /// (a concurrent change won).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Limit(String),
 }
 
 /// The registry's storage operations.
@@ -159,8 +165,17 @@ pub trait Store: Send + Sync + 'static {
         audit: &AuditEntry,
     ) -> Result<(), StoreError>;
     fn cas(&self) -> Result<Vec<CaRecord>, StoreError>;
-    /// Registers a CA and consumes the registration code, in one transaction.
-    fn insert_ca(&self, rec: &CaRecord, audit: &AuditEntry) -> Result<(), StoreError>;
+    /// Registers a CA and consumes the registration code `code`, in one
+    /// transaction that also checks the code is still current and fewer
+    /// than `max_cas` CAs are registered (two registrations cannot both
+    /// spend one code or both take the last place).
+    fn insert_ca(
+        &self,
+        rec: &CaRecord,
+        code: &str,
+        max_cas: usize,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
     /// Writes a CA's status, times and provisioning settings.
     fn update_ca(&self, rec: &CaRecord, audit: &AuditEntry) -> Result<(), StoreError>;
     /// Deletes a CA and its device certificates.

@@ -327,13 +327,33 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn insert_ca(&self, rec: &CaRecord, audit: &AuditEntry) -> Result<(), StoreError> {
+    fn insert_ca(
+        &self,
+        rec: &CaRecord,
+        code: &str,
+        max_cas: usize,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
         self.write(audit, |tx| {
+            let current: Option<String> = tx
+                .query_row("SELECT value FROM settings WHERE key = 'registration_code'", [], |r| r.get(0))
+                .optional()?;
+            if current.as_deref().and_then(|v| v.split(' ').next()) != Some(code) {
+                return Err(StoreError::Conflict(
+                    "the registration code was used or replaced meanwhile; request a new one".into(),
+                ));
+            }
             let exists: Option<String> = tx
                 .query_row("SELECT id FROM ca_certificates WHERE id = ?1", [&rec.id], |r| r.get(0))
                 .optional()?;
             if exists.is_some() {
                 return Err(StoreError::Exists(format!("CA certificate {}", rec.id)));
+            }
+            let count: i64 = tx.query_row("SELECT COUNT(*) FROM ca_certificates", [], |r| r.get(0))?;
+            if count as usize >= max_cas {
+                return Err(StoreError::Limit(format!(
+                    "{count} CA certificates are registered, the most allowed; delete one first"
+                )));
             }
             tx.execute(
                 &format!("INSERT INTO ca_certificates ({CA_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
@@ -536,6 +556,51 @@ mod tests {
             before: None,
             after: Some(serde_json::json!({"k": 1})),
         }
+    }
+
+    #[test]
+    fn a_registration_code_is_spent_once_and_the_ca_limit_holds() {
+        let dir = std::env::temp_dir().join(format!("certmq-store-ca-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = SqliteStore::open(&dir).unwrap();
+        let ca = |id: &str| CaRecord {
+            id: id.into(),
+            serial: "1".into(),
+            subject_cn: None,
+            issuer_cn: None,
+            not_before: 0,
+            not_after: 1,
+            status: "ACTIVE".into(),
+            pem: String::new(),
+            verification_pem: String::new(),
+            provisioning: "JITP".into(),
+            automatic_activation: true,
+            registered_at: 0,
+            last_activated_at: None,
+            last_deactivated_at: None,
+        };
+        s.set_registration_code("c1", i64::MAX, &audit("code"))
+            .unwrap();
+        assert!(matches!(
+            s.insert_ca(&ca("a"), "other", 2, &audit("r")),
+            Err(StoreError::Conflict(_))
+        ));
+        s.insert_ca(&ca("a"), "c1", 2, &audit("r")).unwrap();
+        assert!(
+            matches!(
+                s.insert_ca(&ca("b"), "c1", 2, &audit("r")),
+                Err(StoreError::Conflict(_))
+            ),
+            "spent"
+        );
+        s.set_registration_code("c2", i64::MAX, &audit("code"))
+            .unwrap();
+        assert!(matches!(
+            s.insert_ca(&ca("b"), "c2", 1, &audit("r")),
+            Err(StoreError::Limit(_))
+        ));
+        assert_eq!(s.cas().unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
