@@ -285,6 +285,22 @@ impl<T: Transport> Session<T> {
                 encode(&d, protocol, &mut wbuf);
             }
         }
+        if wbuf.is_empty() && matches!(cause, CloseCause::ClientDisconnect { .. }) {
+            // A client that sent DISCONNECT usually closes at once: when its
+            // end of stream is already here, closing our side (TLS
+            // close_notify, TCP shutdown) would only write to a closed peer.
+            let mut scratch = BytesMut::new();
+            let peer_gone = poll_fn(|cx| {
+                Poll::Ready(matches!(
+                    t.poll_read_into(cx, &mut scratch),
+                    Poll::Ready(Ok(0) | Err(_))
+                ))
+            })
+            .await;
+            if peer_gone {
+                return;
+            }
+        }
         send_and_close(&mut t, wbuf).await;
     }
 }
