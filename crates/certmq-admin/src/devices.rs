@@ -155,6 +155,34 @@ fn device_entry(r: &DeviceRecord) -> Option<DeviceEntry> {
     })
 }
 
+/// The record of a certificate that chained to a registered CA.
+fn device_record(
+    chained: &certmq_pki::Chained,
+    der: &[u8],
+    client_id: Option<String>,
+    status: String,
+    source: &str,
+    now: i64,
+    last_connected_at: Option<i64>,
+) -> DeviceRecord {
+    DeviceRecord {
+        id: chained.device_id.clone(),
+        ca_id: chained.ca_id.clone(),
+        serial: chained.serial.clone(),
+        subject_cn: chained.subject_cn.clone(),
+        subject_ou: chained.subject_ou.clone(),
+        client_id,
+        not_before: chained.not_before,
+        not_after: chained.not_after,
+        status,
+        source: source.into(),
+        pem: certmq_pki::pem_encode("CERTIFICATE", der),
+        created_at: now,
+        updated_at: now,
+        last_connected_at,
+    }
+}
+
 fn ca_entry(r: &CaRecord) -> Option<CaEntry> {
     let ca = certmq_pki::single_cert_der(r.pem.as_bytes()).ok()?;
     let (spki, subject_raw) = certmq_pki::spki_and_subject(&ca)?;
@@ -555,22 +583,7 @@ impl Devices {
             )
         })?;
         let now = now_unix();
-        let rec = DeviceRecord {
-            id: chained.device_id.clone(),
-            ca_id: chained.ca_id,
-            serial: chained.serial,
-            subject_cn: chained.subject_cn,
-            subject_ou: chained.subject_ou,
-            client_id,
-            not_before: chained.not_before,
-            not_after: chained.not_after,
-            status,
-            source: "API".into(),
-            pem: certmq_pki::pem_encode("CERTIFICATE", &der),
-            created_at: now,
-            updated_at: now,
-            last_connected_at: None,
-        };
+        let rec = device_record(&chained, &der, client_id, status, "API", now, None);
         let view = DeviceView::of(&rec);
         self.store
             .insert_device(
@@ -652,27 +665,12 @@ impl certmq_net::ConnectAuthorizer for Devices {
         let decision = snapshot.authorize(leaf, client_id, now_unix());
         if let Decision::Provision { chained, activate } = &decision {
             let now = now_unix();
-            let rec = DeviceRecord {
-                id: chained.device_id.clone(),
-                ca_id: chained.ca_id.clone(),
-                serial: chained.serial.clone(),
-                subject_cn: chained.subject_cn.clone(),
-                subject_ou: chained.subject_ou.clone(),
-                client_id: None,
-                not_before: chained.not_before,
-                not_after: chained.not_after,
-                status: if *activate {
-                    "ACTIVE"
-                } else {
-                    "PENDING_ACTIVATION"
-                }
-                .into(),
-                source: "JITP".into(),
-                pem: certmq_pki::pem_encode("CERTIFICATE", leaf),
-                created_at: now,
-                updated_at: now,
-                last_connected_at: Some(now),
+            let status = if *activate {
+                "ACTIVE"
+            } else {
+                "PENDING_ACTIVATION"
             };
+            let rec = device_record(chained, leaf, None, status.into(), "JITP", now, Some(now));
             // Visible at once to the next CONNECT; stored in order off the
             // connect path.
             self.patch_device(&rec.id, device_entry(&rec));

@@ -44,14 +44,8 @@ pub struct CompareArgs {
     /// Rounds; each round runs every broker once, in order.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// Brokers to compare, in run order.
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "certmq,mosquitto,mosquitto-nagle"
-    )]
-    brokers: Vec<BrokerKind>,
+    #[command(flatten)]
+    brokers: Brokers,
     #[command(flatten)]
     bins: Bins,
     /// certmq with mutual TLS: device certificates in its registry before
@@ -61,6 +55,19 @@ pub struct CompareArgs {
     /// Append every run's report, one JSON object per line, to this file.
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+/// Which brokers a run compares.
+#[derive(Args, Clone)]
+pub struct Brokers {
+    /// Brokers to compare, in run order.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "certmq,mosquitto,mosquitto-nagle"
+    )]
+    pub brokers: Vec<BrokerKind>,
 }
 
 /// Where the brokers' programs are.
@@ -414,8 +421,12 @@ pub async fn run(mut args: CompareArgs) -> anyhow::Result<()> {
             Some(files)
         }
     };
-    let mut results: Vec<(BrokerKind, Vec<Report>)> =
-        args.brokers.iter().map(|b| (*b, Vec::new())).collect();
+    let mut results: Vec<(BrokerKind, Vec<Report>)> = args
+        .brokers
+        .brokers
+        .iter()
+        .map(|b| (*b, Vec::new()))
+        .collect();
     for round in 1..=args.rounds {
         for (kind, reports) in results.iter_mut() {
             let mut load = args.load.clone();

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
-use crate::compare::{start, Bins, BrokerKind};
+use crate::compare::{start, Bins, BrokerKind, Brokers};
 use crate::plot::{self, Series};
 use crate::scenario::{self, Report};
 use crate::tls::TlsMode;
@@ -27,13 +27,8 @@ pub struct SweepArgs {
         default_value = "10000,20000,40000,60000,80000,120000,160000"
     )]
     loads: Vec<u64>,
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "certmq,mosquitto,mosquitto-nagle"
-    )]
-    brokers: Vec<BrokerKind>,
+    #[command(flatten)]
+    brokers: Brokers,
     #[command(flatten)]
     bins: Bins,
     /// Write the plot here (SVG).
@@ -86,7 +81,7 @@ pub async fn run(args: SweepArgs) -> anyhow::Result<()> {
         "--loads must be positive"
     );
     let mut max = Vec::new();
-    for kind in &args.brokers {
+    for kind in &args.brokers.brokers {
         max.push((*kind, measure(*kind, &args, 0).await?));
     }
     let mosquitto_max = max
@@ -97,12 +92,16 @@ pub async fn run(args: SweepArgs) -> anyhow::Result<()> {
     let half = (mosquitto_max / 2.0).round() as u64;
     let mut at_half = Vec::new();
     if half > 0 {
-        for kind in &args.brokers {
+        for kind in &args.brokers.brokers {
             at_half.push((*kind, measure(*kind, &args, half).await?));
         }
     }
-    let mut points: Vec<(BrokerKind, Vec<Point>)> =
-        args.brokers.iter().map(|k| (*k, Vec::new())).collect();
+    let mut points: Vec<(BrokerKind, Vec<Point>)> = args
+        .brokers
+        .brokers
+        .iter()
+        .map(|k| (*k, Vec::new()))
+        .collect();
     for offered in &args.loads {
         for (kind, pts) in points.iter_mut() {
             let report = measure(*kind, &args, *offered).await?;

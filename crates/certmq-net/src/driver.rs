@@ -225,10 +225,7 @@ async fn accept<T: Transport>(
                 protocol: peer.protocol,
                 peer: peer.addr,
                 certificate,
-                connected_at: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs() as i64)
-                    .unwrap_or(0),
+                connected_at: crate::live::now_unix(),
             });
             Some(Accepted {
                 live_id,

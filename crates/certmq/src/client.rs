@@ -247,27 +247,21 @@ impl Api {
 
     /// A text body (the PEM download).
     fn text(&self, path: &str) -> anyhow::Result<String> {
-        let url = format!("{}{path}", self.base);
-        let mut resp = self
-            .agent
-            .get(&url)
-            .header("authorization", &format!("Bearer {}", self.token))
-            .call()
-            .with_context(|| format!("cannot reach the admin API at {url}"))?;
-        let text = resp.body_mut().read_to_string().unwrap_or_default();
-        if !resp.status().is_success() {
-            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-            bail!(
-                "{} (HTTP {}): {}",
-                v["error"]["code"].as_str().unwrap_or("Error"),
-                resp.status().as_u16(),
-                v["error"]["message"].as_str().unwrap_or("")
-            );
-        }
-        Ok(text)
+        self.send("GET", path, None)
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let text = self.send(method, path, body)?;
+        Ok(if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        })
+    }
+
+    /// One request; a non-2xx answer becomes an error with the API's code
+    /// and message.
+    fn send(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<String> {
         let url = format!("{}{path}", self.base);
         let auth = format!("Bearer {}", self.token);
         let result = match (method, body) {
@@ -292,17 +286,13 @@ impl Api {
         let mut resp = result.with_context(|| format!("cannot reach the admin API at {url}"))?;
         let status = resp.status();
         let text = resp.body_mut().read_to_string().unwrap_or_default();
-        let value: Value = if text.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
         if !status.is_success() {
-            let code = value["error"]["code"].as_str().unwrap_or("Error");
-            let message = value["error"]["message"].as_str().unwrap_or("");
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let code = v["error"]["code"].as_str().unwrap_or("Error");
+            let message = v["error"]["message"].as_str().unwrap_or("");
             bail!("{code} (HTTP {}): {message}", status.as_u16());
         }
-        Ok(value)
+        Ok(text)
     }
 }
 

@@ -354,17 +354,7 @@ fn manual_page_flow_with_openssl_mosquitto_and_paho() {
             .arg("--key")
             .arg(d.join("device-2.key")),
     );
-    let stdout = sub.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for l in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(l);
-        }
-    });
+    let rx = stdout_lines(&mut sub);
     let line = loop {
         let out = run(
             mosq("device-1").args(["-t", "seed/t", "-m", "over-mtls"]),

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::Command;
 use std::time::Duration;
 
@@ -27,15 +26,7 @@ fn mosquitto_sub(
             .args(["-h", "127.0.0.1", "-p", port, "-W", "30"])
             .args(args),
     );
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = stdout_lines(&mut child);
     (child, rx)
 }
 

@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -306,13 +306,7 @@ fn manual_page_flow_sni_selection_and_clients() {
             ])
             .arg(&ca),
     );
-    let out = sub.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
+    let rx = stdout_lines(&mut sub);
     let got = loop {
         ok(
             run(
@@ -503,13 +497,7 @@ fn hot_swap_under_a_live_tls_client_and_kill_9_durability() {
             ])
             .arg(&default_ca),
     );
-    let sub_out = sub.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(sub_out).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
+    let rx = stdout_lines(&mut sub);
     let mut publisher = Command::new("mosquitto_pub")
         .args([
             "-h",
@@ -589,27 +577,7 @@ fn hot_swap_under_a_live_tls_client_and_kill_9_durability() {
     // kill -9 right after a bind answered: the certificate is there after restart.
     ok(admin.bind(&b), "bind b");
     let (_, dir) = broker.kill9_keep_dir();
-    let mut cmd = Command::new(bin());
-    cmd.arg("serve")
-        .arg("--data-dir")
-        .arg(&dir.0)
-        .args([
-            "--listen-tcp",
-            "off",
-            "--listen-ws",
-            "off",
-            "--listen-wss",
-            "off",
-        ])
-        .args([
-            "--listen-tls",
-            "127.0.0.1:0",
-            "--tls-client-auth",
-            "none",
-            "--listen-admin",
-            "127.0.0.1:0",
-        ]);
-    let again = BrokerProcess::spawn(cmd, dir, 2);
+    let again = serve_tls_only(dir, true);
     let (s, verified) = served(
         &again.port("mqtt-tls"),
         Some("mqtt.example.com"),

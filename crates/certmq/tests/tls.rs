@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -51,13 +50,7 @@ fn default_certificate_serves_tls_and_wss_and_survives_restart() {
             .arg("--cafile")
             .arg(&ca),
     );
-    let out = sub.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
+    let rx = stdout_lines(&mut sub);
     let got = loop {
         let p = run(
             Command::new("mosquitto_pub")
@@ -108,21 +101,8 @@ fn default_certificate_serves_tls_and_wss_and_survives_restart() {
     // Restart on the same data directory: the same certificate is served.
     let (status, dir) = broker.terminate_keep_dir();
     assert!(status.success());
-    let mut cmd = Command::new(bin());
-    cmd.arg("serve")
-        .arg("--data-dir")
-        .arg(&dir.0)
-        .args([
-            "--listen-tcp",
-            "off",
-            "--listen-ws",
-            "off",
-            "--listen-wss",
-            "off",
-        ])
-        .args(["--listen-tls", "127.0.0.1:0", "--tls-client-auth", "none"]);
     let pem = dir.0.join("tls/default.pem");
-    let again = BrokerProcess::spawn(cmd, dir, 1);
+    let again = serve_tls_only(dir, false);
     assert_eq!(std::fs::read(pem).unwrap(), before);
     let text = s_client(&again.port("mqtt-tls"), Some("localhost"), &ca);
     assert!(text.contains("Verify return code: 0 (ok)"), "{text}");

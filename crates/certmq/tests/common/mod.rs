@@ -205,6 +205,40 @@ pub fn spawn_piped(cmd: &mut Command) -> Child {
         })
 }
 
+/// The lines a piped child prints on stdout, as they come.
+pub fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let out = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// `certmq serve` again on a kept data directory with only the TLS
+/// listener (one-way), and the admin API when `admin`.
+pub fn serve_tls_only(dir: TempDir, admin: bool) -> BrokerProcess {
+    let mut cmd = Command::new(bin());
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(&dir.0)
+        .args([
+            "--listen-tcp",
+            "off",
+            "--listen-ws",
+            "off",
+            "--listen-wss",
+            "off",
+        ])
+        .args(["--listen-tls", "127.0.0.1:0", "--tls-client-auth", "none"])
+        .args(["--listen-admin", if admin { "127.0.0.1:0" } else { "off" }]);
+    BrokerProcess::spawn(cmd, dir, if admin { 2 } else { 1 })
+}
+
 /// Runs `openssl ARGS` in `dir`; a failure fails the test with its stderr.
 pub fn openssl(dir: &Path, args: &[&str]) {
     let out = run(
