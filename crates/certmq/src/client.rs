@@ -271,6 +271,12 @@ impl Api {
                 .delete(&url)
                 .header("authorization", &auth)
                 .call(),
+            ("PATCH", Some(b)) => self
+                .agent
+                .patch(&url)
+                .header("authorization", &auth)
+                .content_type("application/json")
+                .send(b.to_string()),
             (_, Some(b)) => self
                 .agent
                 .post(&url)

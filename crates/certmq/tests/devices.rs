@@ -281,6 +281,32 @@ fn manual_page_flow_with_openssl_mosquitto_and_paho() {
         .unwrap()
         .to_string();
 
+    // Provisioning settings change through the CLI (PATCH).
+    let out = cli(
+        &broker,
+        &[
+            "ca",
+            "update",
+            &ca_id,
+            "--automatic-activation",
+            "true",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "ca update: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            v["device_provisioning"].as_str(),
+            v["automatic_activation"].as_bool()
+        ),
+        (Some("JITP"), Some(true))
+    );
+
     // Device certificates signed by the CA, as OpenSSL does without
     // -extfile (X.509 v1), RSA.
     for dev in ["device-1", "device-2"] {
