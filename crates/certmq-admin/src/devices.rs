@@ -10,7 +10,7 @@ use std::sync::Arc;
 use certmq_codec::ReasonCode;
 use certmq_pki::{
     CaEntry, CaStatus, Decision, DeviceEntry, DeviceStatus, Provisioning, RegistrySnapshot,
-    SharedRegistry,
+    RevokedEntry, SharedRegistry,
 };
 use certmq_store::{AuditEntry, CaRecord, DeviceFilter, DeviceRecord, Store};
 use parking_lot::Mutex;
@@ -45,7 +45,9 @@ pub struct Devices {
     broker: Arc<certmq_core::Broker>,
     live: Arc<certmq_net::Live>,
     config: RegistryConfig,
-    /// Serializes snapshot updates (readers never wait).
+    /// Held across every registry write and the snapshot change that
+    /// follows it, so the snapshot follows the store in the store's order
+    /// (readers never wait).
     update: Mutex<()>,
     jitp: Mutex<Option<std::sync::mpsc::Sender<DeviceRecord>>>,
 }
@@ -144,15 +146,30 @@ fn audit(
     }
 }
 
-fn device_entry(r: &DeviceRecord) -> Option<DeviceEntry> {
-    Some(DeviceEntry {
-        ca_id: r.ca_id.clone(),
-        status: DeviceStatus::parse(&r.status)?,
-        client_id: r.client_id.clone(),
-        subject_cn: r.subject_cn.clone(),
-        not_before: r.not_before,
-        not_after: r.not_after,
-    })
+/// A record as the connect path sees it, under its signed id.
+fn device_entry(r: &DeviceRecord) -> Option<(String, DeviceEntry)> {
+    Some((
+        r.signed_id.clone(),
+        DeviceEntry {
+            id: r.id.clone(),
+            ca_id: r.ca_id.clone(),
+            serial: r.serial.clone(),
+            status: DeviceStatus::parse(&r.status)?,
+            client_id: r.client_id.clone(),
+            subject_cn: r.subject_cn.clone(),
+            not_before: r.not_before,
+            not_after: r.not_after,
+        },
+    ))
+    .filter(|(k, _)| !k.is_empty())
+}
+
+fn revoked_entry(r: &DeviceRecord) -> RevokedEntry {
+    RevokedEntry {
+        signed_id: r.signed_id.clone(),
+        issuer_key: r.issuer_key.clone(),
+        serial: r.serial.clone(),
+    }
 }
 
 /// The record of a certificate that chained to a registered CA.
@@ -180,6 +197,8 @@ fn device_record(
         created_at: now,
         updated_at: now,
         last_connected_at,
+        signed_id: chained.signed_id.clone(),
+        issuer_key: chained.issuer_key.clone(),
     }
 }
 
@@ -191,6 +210,7 @@ fn ca_entry(r: &CaRecord) -> Option<CaEntry> {
         status: CaStatus::parse(&r.status)?,
         provisioning: Provisioning::parse(&r.provisioning)?,
         automatic_activation: r.automatic_activation,
+        key_id: certmq_pki::hex_sha256(&spki),
         spki,
         subject_raw,
         not_before: r.not_before,
@@ -237,6 +257,7 @@ impl Devices {
             update: Mutex::new(()),
             jitp: Mutex::new(None),
         });
+        this.backfill()?;
         this.reload()?;
         // JITP registrations are written off the connect path, in order.
         let (tx, rx) = std::sync::mpsc::channel::<DeviceRecord>();
@@ -249,7 +270,17 @@ impl Devices {
                     let a = audit("device_certificate.jitp", &rec.id, None, serde_json::to_value(DeviceView::of(&rec)).ok());
                     match this.store.insert_device(&rec, &a) {
                         Ok(()) | Err(certmq_store::StoreError::Exists(_)) => {}
-                        Err(e) => tracing::error!(id = %rec.id, error = %e, "JITP registration not stored"),
+                        Err(e) => {
+                            // The store refused what the snapshot let in (a
+                            // revocation or serial that raced it): undo.
+                            tracing::error!(id = %rec.id, error = %e, "JITP registration not stored; device removed");
+                            {
+                                let _g = this.update.lock();
+                                let next = this.snapshot.load().with_device(&rec.signed_id, None);
+                                this.snapshot.store(Arc::new(next));
+                            }
+                            this.kick(Some(&rec.id), None);
+                        }
                     }
                 }
             })
@@ -258,27 +289,75 @@ impl Devices {
         Ok(this)
     }
 
+    /// Records written before device identity was keyed on the signed
+    /// content get their signed id and issuer key (and revoked ones join
+    /// the revocation list).
+    fn backfill(&self) -> Result<(), ApiError> {
+        let keys: HashMap<String, String> = self
+            .store
+            .cas()?
+            .iter()
+            .filter_map(|c| Some((c.id.clone(), ca_entry(c)?.key_id)))
+            .collect();
+        let identity = |r: &DeviceRecord| {
+            let der = certmq_pki::single_cert_der(r.pem.as_bytes()).ok()?;
+            let signed = certmq_pki::signed_id_of(&der).ok()?;
+            Some((signed, keys.get(&r.ca_id)?.clone()))
+        };
+        let n = self.store.backfill_identity(&identity)?;
+        if n > 0 {
+            tracing::info!(records = n, "device records keyed by signed content");
+        }
+        Ok(())
+    }
+
     /// Rebuilds the snapshot from the store.
     pub fn reload(&self) -> Result<(), ApiError> {
-        let _g = self.update.lock();
+        let g = self.update.lock();
+        self.reload_locked(&g)
+    }
+
+    fn reload_locked(&self, _held: &parking_lot::MutexGuard<'_, ()>) -> Result<(), ApiError> {
         let cas = self.store.cas()?.iter().filter_map(ca_entry).collect();
         let devices = self
             .store
             .all_devices()?
             .iter()
-            .filter_map(|d| Some((d.id.clone(), device_entry(d)?)))
+            .filter_map(device_entry)
+            .collect();
+        let revoked = self
+            .store
+            .revoked()?
+            .into_iter()
+            .map(|r| RevokedEntry {
+                signed_id: r.signed_id,
+                issuer_key: r.issuer_key,
+                serial: r.serial,
+            })
             .collect();
         self.snapshot.store(Arc::new(RegistrySnapshot::new(
             cas,
             devices,
+            revoked,
             self.config.client_id_is_cn,
         )));
         Ok(())
     }
 
-    fn patch_device(&self, id: &str, entry: Option<DeviceEntry>) {
-        let _g = self.update.lock();
-        let next = self.snapshot.load().with_device(id, entry);
+    /// Applies one record's change to the snapshot (the update lock held).
+    fn patch_locked(
+        &self,
+        _held: &parking_lot::MutexGuard<'_, ()>,
+        rec: &DeviceRecord,
+        present: bool,
+    ) {
+        let mut next = self.snapshot.load().with_device(
+            &rec.signed_id,
+            device_entry(rec).filter(|_| present).map(|(_, e)| e),
+        );
+        if rec.status == DeviceStatus::Revoked.as_str() {
+            next = next.with_revoked(revoked_entry(rec));
+        }
         self.snapshot.store(Arc::new(next));
     }
 
@@ -381,6 +460,7 @@ impl Devices {
             "InvalidProvisioning",
         )?;
         let now = now_unix();
+        let g = self.update.lock();
         let code = self.store.registration_code()?;
         let ca = certmq_pki::verify_ca_registration(
             ca_pem.as_bytes(),
@@ -442,11 +522,13 @@ impl Devices {
                 serde_json::to_value(&view).ok(),
             ),
         )?;
-        self.reload()?;
+        self.reload_locked(&g)?;
+        drop(g);
         Ok(view)
     }
 
     pub fn set_ca_status(&self, id: &str, active: bool) -> Result<CaView, ApiError> {
+        let g = self.update.lock();
         let mut rec = self.ca_record(id)?;
         let before = serde_json::json!({"status": rec.status});
         let now = now_unix();
@@ -470,7 +552,8 @@ impl Devices {
                 Some(serde_json::json!({"status": rec.status})),
             ),
         )?;
-        self.reload()?;
+        self.reload_locked(&g)?;
+        drop(g);
         if !active {
             self.kick(None, Some(id));
         }
@@ -483,6 +566,7 @@ impl Devices {
         provisioning: Option<&str>,
         automatic_activation: Option<bool>,
     ) -> Result<CaView, ApiError> {
+        let g = self.update.lock();
         let mut rec = self.ca_record(id)?;
         let before = serde_json::json!({"device_provisioning": rec.provisioning, "automatic_activation": rec.automatic_activation});
         if let Some(p) = provisioning {
@@ -501,11 +585,13 @@ impl Devices {
             &rec,
             &audit("ca_certificate.update", id, Some(before), Some(after)),
         )?;
-        self.reload()?;
+        self.reload_locked(&g)?;
+        drop(g);
         Ok(CaView::of(&rec, None))
     }
 
     pub fn delete_ca(&self, id: &str) -> Result<(), ApiError> {
+        let g = self.update.lock();
         let rec = self.ca_record(id)?;
         if rec.status == "ACTIVE" {
             return Err(ApiError::new(
@@ -530,7 +616,8 @@ impl Devices {
         let before = serde_json::to_value(CaView::of(&rec, None)).ok();
         self.store
             .delete_ca(id, &audit("ca_certificate.delete", id, before, None))?;
-        self.reload()?;
+        self.reload_locked(&g)?;
+        drop(g);
         self.kick(None, Some(id));
         Ok(())
     }
@@ -573,18 +660,40 @@ impl Devices {
         let der = certmq_pki::single_cert_der(pem.as_bytes())
             .map_err(|e| ApiError::new(Kind::Invalid, "InvalidCertificatePem", e))?;
         let (chained, _) = self.snapshot.load().chain(&der, now_unix()).map_err(|r| {
-            ApiError::new(
-                Kind::Invalid,
-                "CertificateNotAccepted",
-                format!(
-                    "the certificate does not chain to a registered CA within validity ({})",
-                    r.as_str()
+            use certmq_pki::Rejection as R;
+            match r {
+                R::CertificateRevoked => ApiError::new(
+                    Kind::Conflict,
+                    "CertificateRevoked",
+                    "this certificate was revoked; REVOKED is final",
                 ),
-            )
+                R::CertificatePurpose => ApiError::new(
+                    Kind::Invalid,
+                    "CertificatePurpose",
+                    "the certificate is not fit for client authentication: it is a CA \
+                         (basicConstraints CA:TRUE), its Extended Key Usage lacks clientAuth, \
+                         or its keyUsage lacks digitalSignature",
+                ),
+                R::CertificateEncoding => ApiError::new(
+                    Kind::Invalid,
+                    "CertificateEncoding",
+                    "the certificate is not DER, or its outer signature algorithm differs \
+                         from the signed one",
+                ),
+                r => ApiError::new(
+                    Kind::Invalid,
+                    "CertificateNotAccepted",
+                    format!(
+                        "the certificate does not chain to a registered CA within validity ({})",
+                        r.as_str()
+                    ),
+                ),
+            }
         })?;
         let now = now_unix();
         let rec = device_record(&chained, &der, client_id, status, "API", now, None);
         let view = DeviceView::of(&rec);
+        let g = self.update.lock();
         self.store
             .insert_device(
                 &rec,
@@ -603,7 +712,7 @@ impl Devices {
                 ),
                 other => other.into(),
             })?;
-        self.patch_device(&rec.id, device_entry(&rec));
+        self.patch_locked(&g, &rec, true);
         Ok(view)
     }
 
@@ -612,48 +721,35 @@ impl Devices {
         id: &str,
         status: DeviceStatus,
     ) -> Result<DeviceView, ApiError> {
-        let mut rec = self.device(id)?;
-        if rec.status == "REVOKED" {
-            return Err(ApiError::new(
-                Kind::Conflict,
-                "CertificateRevoked",
-                "a REVOKED certificate stays revoked; register a new one",
-            ));
-        }
-        let before = serde_json::json!({"status": rec.status});
-        let now = now_unix();
-        rec.status = status.as_str().into();
-        rec.updated_at = now;
         let action = match status {
             DeviceStatus::Active => "device_certificate.activate",
             DeviceStatus::Inactive => "device_certificate.deactivate",
             DeviceStatus::Revoked => "device_certificate.revoke",
             DeviceStatus::PendingActivation => "device_certificate.pending",
         };
-        self.store.update_device_status(
-            id,
-            &rec.status,
-            now,
-            &audit(
-                action,
-                id,
-                Some(before),
-                Some(serde_json::json!({"status": rec.status})),
-            ),
-        )?;
-        self.patch_device(id, device_entry(&rec));
+        // One conditional step in the store, and the snapshot changed under
+        // the same lock: concurrent transitions land in the store's order.
+        let g = self.update.lock();
+        let (_, after) =
+            self.store
+                .transition_device(id, status.as_str(), now_unix(), "admin-api", action)?;
+        self.patch_locked(&g, &after, true);
+        drop(g);
         if status != DeviceStatus::Active {
             self.kick(Some(id), None);
         }
-        Ok(DeviceView::of(&rec))
+        Ok(DeviceView::of(&after))
     }
 
     pub fn delete_device(&self, id: &str) -> Result<(), ApiError> {
+        let g = self.update.lock();
         let rec = self.device(id)?;
         let before = serde_json::to_value(DeviceView::of(&rec)).ok();
         self.store
             .delete_device(id, &audit("device_certificate.delete", id, before, None))?;
-        self.patch_device(id, None);
+        // A revoked certificate stays on the revocation list.
+        self.patch_locked(&g, &rec, false);
+        drop(g);
         self.kick(Some(id), None);
         Ok(())
     }
@@ -661,8 +757,15 @@ impl Devices {
 
 impl certmq_net::ConnectAuthorizer for Devices {
     fn authorize(&self, leaf: &[u8], client_id: &str) -> Decision {
-        let snapshot = self.snapshot.load();
-        let decision = snapshot.authorize(leaf, client_id, now_unix());
+        let decision = self.snapshot.load().authorize(leaf, client_id, now_unix());
+        let Decision::Provision { .. } = &decision else {
+            return decision;
+        };
+        // Decide again under the update lock, so that two first connections
+        // of one certificate (or of two with one serial), or a revocation
+        // in between, cannot both provision.
+        let g = self.update.lock();
+        let decision = self.snapshot.load().authorize(leaf, client_id, now_unix());
         if let Decision::Provision { chained, activate } = &decision {
             let now = now_unix();
             let status = if *activate {
@@ -673,7 +776,8 @@ impl certmq_net::ConnectAuthorizer for Devices {
             let rec = device_record(chained, leaf, None, status.into(), "JITP", now, Some(now));
             // Visible at once to the next CONNECT; stored in order off the
             // connect path.
-            self.patch_device(&rec.id, device_entry(&rec));
+            self.patch_locked(&g, &rec, true);
+            drop(g);
             tracing::info!(id = %rec.id, ca_id = %rec.ca_id, status = %rec.status, "device certificate provisioned (JITP)");
             if let Some(tx) = self.jitp.lock().as_ref() {
                 let _ = tx.send(rec);

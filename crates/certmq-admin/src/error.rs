@@ -73,6 +73,10 @@ impl From<certmq_store::StoreError> for ApiError {
             E::NotFound(_) => ApiError::new(Kind::NotFound, "NotFound", e.to_string()),
             E::Conflict(_) => ApiError::new(Kind::Conflict, "RegistrationCodeUsed", e.to_string()),
             E::Limit(_) => ApiError::new(Kind::Conflict, "CaLimitReached", e.to_string()),
+            E::Revoked(_) => ApiError::new(Kind::Conflict, "CertificateRevoked", e.to_string()),
+            E::SerialInUse(_) => {
+                ApiError::new(Kind::Conflict, "CertificateSerialInUse", e.to_string())
+            }
             _ => {
                 tracing::error!(error = %e, "store failure");
                 ApiError::new(

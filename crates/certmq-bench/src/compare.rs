@@ -299,26 +299,31 @@ fn import_devices(mut r: Running, n: usize) -> anyhow::Result<Running> {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     let recs: Vec<certmq_store::DeviceRecord> = (0..n)
-        .map(|i| certmq_store::DeviceRecord {
-            // Ids spread like SHA-256 fingerprints (the registry shards by them).
-            id: format!(
+        .map(|i| {
+            // Ids spread like SHA-256 digests (the registry shards by them).
+            let id = format!(
                 "{:016x}{:048x}",
                 (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
                 i
-            ),
-            ca_id: ca_id.clone(),
-            serial: format!("{i:x}"),
-            subject_cn: Some(format!("bench-imported-{i}")),
-            subject_ou: None,
-            client_id: None,
-            not_before: now - 86_400,
-            not_after: now + 86_400 * 365,
-            status: "ACTIVE".into(),
-            source: "API".into(),
-            pem: String::new(),
-            created_at: now,
-            updated_at: now,
-            last_connected_at: None,
+            );
+            certmq_store::DeviceRecord {
+                signed_id: id.clone(),
+                issuer_key: "certmq-bench".into(),
+                id,
+                ca_id: ca_id.clone(),
+                serial: format!("{i:x}"),
+                subject_cn: Some(format!("bench-imported-{i}")),
+                subject_ou: None,
+                client_id: None,
+                not_before: now - 86_400,
+                not_after: now + 86_400 * 365,
+                status: "ACTIVE".into(),
+                source: "API".into(),
+                pem: String::new(),
+                created_at: now,
+                updated_at: now,
+                last_connected_at: None,
+            }
         })
         .collect();
     let audit = certmq_store::AuditEntry {

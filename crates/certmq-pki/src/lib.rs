@@ -15,6 +15,7 @@
 mod ca;
 mod client_verifier;
 mod default_cert;
+mod der;
 mod encode;
 mod registry;
 mod server_cert;
@@ -26,17 +27,18 @@ pub use ca::{
 };
 pub use client_verifier::{rejection_of, Refused, RegistryVerifier, SharedRegistry};
 pub use default_cert::{mint_default, DefaultCert, MintError};
+pub use der::{split_certificate, CertParts, EncodingError};
 pub use encode::{pem_encode, random_hex};
 pub use registry::{
-    CaEntry, CaStatus, Chained, Decision, DeviceEntry, DeviceStatus, Provisioning,
-    RegistrySnapshot, Rejection,
+    check_client_purpose, signed_id_of, CaEntry, CaStatus, Chained, Decision, DeviceEntry,
+    DeviceStatus, Provisioning, RegistrySnapshot, Rejection, RevokedEntry,
 };
 pub use server_cert::{
     load_server_cert, validate_server_cert, ServerCert, ServerCertError, MAX_CHAIN_BYTES,
     MAX_CHAIN_LEN,
 };
 pub use sni::{SniResolver, SniSnapshot};
-pub use x509::{fingerprint, verify_signed_by, CertInfo, SignatureError};
+pub use x509::{fingerprint, hex_sha256, verify_signed_by, CertInfo, SignatureError};
 
 /// The crypto provider every rustls config in certmq uses (passed
 /// explicitly, never installed process-wide): aws-lc-rs, with the SHA-256

@@ -3,12 +3,22 @@
 //! every change. The TLS verifier checks chains against it; at CONNECT
 //! (every time, TLS resumption included) [`RegistrySnapshot::authorize`]
 //! decides from it. Nothing here touches storage.
+//!
+//! Identity: a device certificate is keyed by what its CA signed (the
+//! SHA-256 of its `tbsCertificate`, its "signed id"), so every encoding of
+//! one signed certificate is the same device, and by (CA, serial), so a CA
+//! never gets a second record for a serial it already has. Revocations are
+//! kept apart from device records, by signed id and by (CA key, serial):
+//! deleting a record, or deleting and re-registering its CA, never lets a
+//! revoked certificate in again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use x509_parser::prelude::*;
 
+use crate::der::split_certificate;
 use crate::x509::{common_name, fingerprint, verify_with_spki};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -61,16 +71,33 @@ pub struct CaEntry {
     pub subject_raw: Vec<u8>,
     pub not_before: i64,
     pub not_after: i64,
+    /// SHA-256 of the CA's SubjectPublicKeyInfo, lower-case hex: the CA's
+    /// identity for revocations (the same across re-registration and any
+    /// re-encoding of the CA certificate).
+    pub key_id: String,
 }
 
 #[derive(Debug, Clone)]
 pub struct DeviceEntry {
+    /// The certificate id (SHA-256 of the DER that was registered).
+    pub id: String,
     pub ca_id: String,
+    pub serial: String,
     pub status: DeviceStatus,
     pub client_id: Option<String>,
     pub subject_cn: Option<String>,
     pub not_before: i64,
     pub not_after: i64,
+}
+
+/// A revoked certificate, remembered for ever.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedEntry {
+    /// SHA-256 of the certificate's `tbsCertificate`.
+    pub signed_id: String,
+    /// The issuing CA's key id ([`CaEntry::key_id`]).
+    pub issuer_key: String,
+    pub serial: String,
 }
 
 /// Why a handshake or CONNECT was refused.
@@ -89,6 +116,15 @@ pub enum Rejection {
     /// `API` provisioning and the certificate was never registered.
     CertificateNotRegistered,
     ClientIdMismatch,
+    /// The certificate is not fit for client authentication (SPEC 6).
+    CertificatePurpose,
+    /// Not DER, or the outer signature algorithm differs from the signed one.
+    CertificateEncoding,
+    /// The CA already has a device certificate with this serial.
+    CertificateSerialInUse,
+    /// A live or persisted session with this client id belongs to another
+    /// identity (certificate, user or anonymous).
+    ClientIdInUseByAnotherIdentity,
 }
 
 names!(Rejection {
@@ -104,6 +140,10 @@ names!(Rejection {
     CertificatePending => "CERTIFICATE_PENDING_ACTIVATION",
     CertificateNotRegistered => "CERTIFICATE_NOT_REGISTERED",
     ClientIdMismatch => "CLIENT_ID_MISMATCH",
+    CertificatePurpose => "CERTIFICATE_PURPOSE",
+    CertificateEncoding => "CERTIFICATE_ENCODING",
+    CertificateSerialInUse => "CERTIFICATE_SERIAL_IN_USE",
+    ClientIdInUseByAnotherIdentity => "CLIENT_ID_IN_USE_BY_ANOTHER_IDENTITY",
 });
 
 /// A device certificate that chains to a registered CA, with what the
@@ -111,7 +151,11 @@ names!(Rejection {
 #[derive(Debug, Clone)]
 pub struct Chained {
     pub device_id: String,
+    /// SHA-256 of the `tbsCertificate` (the registry's key).
+    pub signed_id: String,
     pub ca_id: String,
+    /// The CA's key id, for the revocation list.
+    pub issuer_key: String,
     pub serial: String,
     pub subject_cn: Option<String>,
     pub subject_ou: Option<String>,
@@ -145,21 +189,34 @@ pub struct RegistrySnapshot {
     /// CA ids by subject DER (a rogue CA may share a subject; the
     /// signature decides).
     by_subject: Arc<HashMap<Vec<u8>, Vec<String>>>,
-    /// Sharded by the id's first byte, so that a change copies one shard:
-    /// provisioning many devices one by one stays linear overall.
+    /// Device entries by signed id, sharded by its first byte, so that a
+    /// change copies one shard: provisioning many devices one by one stays
+    /// linear overall.
     devices: Arc<Vec<Arc<HashMap<String, DeviceEntry>>>>,
+    /// (CA id, serial) -> signed id, sharded by a hash of the serial.
+    serials: Arc<Vec<Arc<HashMap<(String, String), String>>>>,
+    /// Revoked signed ids, and revoked (CA key id, serial) pairs.
+    revoked_signed: Arc<HashSet<String>>,
+    revoked_serials: Arc<HashSet<(String, String)>>,
     /// Policy: the client id must equal the certificate's CN.
     pub client_id_is_cn: bool,
 }
 
 const SHARDS: usize = 256;
 
-/// Ids are lower-case hex fingerprints: their first byte spreads evenly.
+/// Signed ids are lower-case hex digests: their first byte spreads evenly.
 fn shard_of(id: &str) -> usize {
     id.get(..2)
         .and_then(|h| usize::from_str_radix(h, 16).ok())
         .unwrap_or(0)
         % SHARDS
+}
+
+/// Serials often share their leading bytes: shard by a hash instead.
+fn serial_shard(serial: &str) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serial.hash(&mut h);
+    (h.finish() as usize) % SHARDS
 }
 
 fn reject(reason: Rejection) -> Decision {
@@ -170,10 +227,49 @@ fn reject(reason: Rejection) -> Decision {
     }
 }
 
+/// Whether a certificate may authenticate a client (SPEC 6): a v3
+/// certificate is refused when it is a CA, when its Extended Key Usage
+/// lacks `clientAuth`, or when its keyUsage lacks `digitalSignature`.
+/// X.509 v1 certificates carry no extensions and pass.
+pub fn check_client_purpose(cert: &X509Certificate<'_>) -> Result<(), Rejection> {
+    let bad = |_| Rejection::BadCertificate;
+    if cert
+        .basic_constraints()
+        .map_err(bad)?
+        .is_some_and(|b| b.value.ca)
+    {
+        return Err(Rejection::CertificatePurpose);
+    }
+    if cert
+        .extended_key_usage()
+        .map_err(bad)?
+        .is_some_and(|e| !e.value.client_auth)
+    {
+        return Err(Rejection::CertificatePurpose);
+    }
+    if cert
+        .key_usage()
+        .map_err(bad)?
+        .is_some_and(|k| !k.value.digital_signature())
+    {
+        return Err(Rejection::CertificatePurpose);
+    }
+    Ok(())
+}
+
+/// The signed id of a presented certificate, refusing encodings that are
+/// not DER or whose signature algorithms disagree.
+pub fn signed_id_of(leaf: &[u8]) -> Result<String, Rejection> {
+    split_certificate(leaf)
+        .map(|p| p.signed_id())
+        .map_err(|_| Rejection::CertificateEncoding)
+}
+
 impl RegistrySnapshot {
     pub fn new(
         cas: Vec<CaEntry>,
-        devices: HashMap<String, DeviceEntry>,
+        devices: Vec<(String, DeviceEntry)>,
+        revoked: Vec<RevokedEntry>,
         client_id_is_cn: bool,
     ) -> Self {
         let mut by_subject: HashMap<Vec<u8>, Vec<String>> = HashMap::new();
@@ -186,45 +282,95 @@ impl RegistrySnapshot {
             map.insert(ca.id.clone(), Arc::new(ca));
         }
         let mut shards: Vec<HashMap<String, DeviceEntry>> = vec![HashMap::new(); SHARDS];
-        for (id, d) in devices {
-            if let Some(s) = shards.get_mut(shard_of(&id)) {
-                s.insert(id, d);
+        let mut serials: Vec<HashMap<(String, String), String>> = vec![HashMap::new(); SHARDS];
+        for (key, d) in devices {
+            if let Some(s) = serials.get_mut(serial_shard(&d.serial)) {
+                s.insert((d.ca_id.clone(), d.serial.clone()), key.clone());
+            }
+            if let Some(s) = shards.get_mut(shard_of(&key)) {
+                s.insert(key, d);
             }
         }
-        Self {
+        let mut this = Self {
             cas: Arc::new(map),
             by_subject: Arc::new(by_subject),
             devices: Arc::new(shards.into_iter().map(Arc::new).collect()),
+            serials: Arc::new(serials.into_iter().map(Arc::new).collect()),
+            revoked_signed: Default::default(),
+            revoked_serials: Default::default(),
             client_id_is_cn,
+        };
+        let signed = Arc::make_mut(&mut this.revoked_signed);
+        let by_serial = Arc::make_mut(&mut this.revoked_serials);
+        for r in revoked {
+            signed.insert(r.signed_id);
+            by_serial.insert((r.issuer_key, r.serial));
         }
+        this
     }
 
-    fn device_map(&self, id: &str) -> Option<&HashMap<String, DeviceEntry>> {
-        self.devices.get(shard_of(id)).map(|m| &**m)
+    fn device_map(&self, key: &str) -> Option<&HashMap<String, DeviceEntry>> {
+        self.devices.get(shard_of(key)).map(|m| &**m)
     }
 
-    /// A copy with one device changed (None removes it); CAs are shared.
-    pub fn with_device(&self, id: &str, entry: Option<DeviceEntry>) -> Self {
+    /// A copy with the device of signed id `key` changed (None removes
+    /// it); CAs are shared.
+    pub fn with_device(&self, key: &str, entry: Option<DeviceEntry>) -> Self {
         let mut shards: Vec<Arc<HashMap<String, DeviceEntry>>> = self.devices.to_vec();
-        if let Some(shard) = shards.get_mut(shard_of(id)) {
+        let mut serials = self.serials.to_vec();
+        if let Some(shard) = shards.get_mut(shard_of(key)) {
             let map = Arc::make_mut(shard);
-            match entry {
-                Some(e) => map.insert(id.to_string(), e),
-                None => map.remove(id),
+            let old = match entry {
+                Some(e) => {
+                    if let Some(s) = serials.get_mut(serial_shard(&e.serial)) {
+                        Arc::make_mut(s).insert((e.ca_id.clone(), e.serial.clone()), key.into());
+                    }
+                    map.insert(key.to_string(), e)
+                }
+                None => map.remove(key),
             };
+            if let Some(old) = old.filter(|o| map.get(key).is_none_or(|n| n.serial != o.serial)) {
+                if let Some(s) = serials.get_mut(serial_shard(&old.serial)) {
+                    Arc::make_mut(s).remove(&(old.ca_id, old.serial));
+                }
+            }
         }
         Self {
             devices: Arc::new(shards),
+            serials: Arc::new(serials),
             ..self.clone()
         }
+    }
+
+    /// A copy that remembers `r` as revoked.
+    pub fn with_revoked(&self, r: RevokedEntry) -> Self {
+        let mut next = self.clone();
+        Arc::make_mut(&mut next.revoked_signed).insert(r.signed_id);
+        Arc::make_mut(&mut next.revoked_serials).insert((r.issuer_key, r.serial));
+        next
     }
 
     pub fn ca(&self, id: &str) -> Option<&Arc<CaEntry>> {
         self.cas.get(id)
     }
 
-    pub fn device(&self, id: &str) -> Option<&DeviceEntry> {
-        self.device_map(id)?.get(id)
+    /// The device registered under signed id `key`.
+    pub fn device(&self, key: &str) -> Option<&DeviceEntry> {
+        self.device_map(key)?.get(key)
+    }
+
+    /// The signed id of the device the CA `ca_id` has with `serial`.
+    pub fn device_by_serial(&self, ca_id: &str, serial: &str) -> Option<&String> {
+        self.serials
+            .get(serial_shard(serial))?
+            .get(&(ca_id.to_string(), serial.to_string()))
+    }
+
+    pub fn is_revoked(&self, signed_id: &str, issuer_key: &str, serial: &str) -> bool {
+        self.revoked_signed.contains(signed_id)
+            || self
+                .revoked_serials
+                .contains(&(issuer_key.to_string(), serial.to_string()))
     }
 
     pub fn device_count(&self) -> usize {
@@ -247,10 +393,13 @@ impl RegistrySnapshot {
         .collect()
     }
 
-    /// Which registered CA signed `leaf` (any state), with the leaf's and
-    /// the CA's validity checked at `now`.
+    /// Which registered CA signed `leaf` (any state), with the leaf's
+    /// encoding, purpose, revocation and the validity of both checked at
+    /// `now`.
     pub fn chain(&self, leaf: &[u8], now: i64) -> Result<(Chained, Arc<CaEntry>), Rejection> {
+        let signed_id = signed_id_of(leaf)?;
         let (_, cert) = X509Certificate::from_der(leaf).map_err(|_| Rejection::BadCertificate)?;
+        check_client_purpose(&cert)?;
         let candidates = self
             .by_subject
             .get(cert.issuer().as_raw())
@@ -264,6 +413,13 @@ impl RegistrySnapshot {
                     .is_some_and(|(_, spki)| verify_with_spki(&cert, &spki).is_ok())
             })
             .ok_or(Rejection::UnknownCa)?;
+        let serial = cert
+            .raw_serial_as_string()
+            .replace(':', "")
+            .to_ascii_lowercase();
+        if self.is_revoked(&signed_id, &ca.key_id, &serial) {
+            return Err(Rejection::CertificateRevoked);
+        }
         if now > ca.not_after || now < ca.not_before {
             return Err(Rejection::CaExpired);
         }
@@ -283,11 +439,10 @@ impl RegistrySnapshot {
         Ok((
             Chained {
                 device_id: fingerprint(leaf),
+                signed_id,
                 ca_id: ca.id.clone(),
-                serial: cert
-                    .raw_serial_as_string()
-                    .replace(':', "")
-                    .to_ascii_lowercase(),
+                issuer_key: ca.key_id.clone(),
+                serial,
                 subject_cn: common_name(cert.subject()),
                 subject_ou: ou,
                 not_before: v.not_before.timestamp(),
@@ -297,12 +452,17 @@ impl RegistrySnapshot {
         ))
     }
 
-    /// The TLS handshake's check: chains to an `ACTIVE` registered CA.
-    /// A certificate the registry already holds was chain-verified when it
-    /// was registered (by the API or JITP), and its record names its CA and
+    /// The TLS handshake's check: chains to an `ACTIVE` registered CA and
+    /// is not revoked. A certificate the registry already holds (any
+    /// encoding of what its CA signed) was chain-verified when it was
+    /// registered (by the API or JITP), and its record names its CA and
     /// validity: only those are checked, without a signature verification.
     pub fn verify_handshake(&self, leaf: &[u8], now: i64) -> Result<(), Rejection> {
-        if let Some(d) = self.device(&fingerprint(leaf)) {
+        let key = signed_id_of(leaf)?;
+        if let Some(d) = self.device(&key) {
+            if d.status == DeviceStatus::Revoked {
+                return Err(Rejection::CertificateRevoked);
+            }
             let ca = self.cas.get(&d.ca_id).ok_or(Rejection::UnknownCa)?;
             if ca.status != CaStatus::Active {
                 return Err(Rejection::CaInactive);
@@ -330,16 +490,22 @@ impl RegistrySnapshot {
     /// (their chain was verified when they were registered); unknown ones
     /// are chained and provisioned per their CA's settings.
     pub fn authorize(&self, leaf: &[u8], client_id: &str, now: i64) -> Decision {
-        let id = fingerprint(leaf);
-        if let Some(d) = self.device(&id) {
+        let key = match signed_id_of(leaf) {
+            Ok(k) => k,
+            Err(r) => return reject(r),
+        };
+        if let Some(d) = self.device(&key) {
             let with = |reason| Decision::Reject {
                 reason,
-                device_id: Some(id.clone()),
+                device_id: Some(d.id.clone()),
                 ca_id: Some(d.ca_id.clone()),
             };
             let Some(ca) = self.cas.get(&d.ca_id) else {
                 return with(Rejection::UnknownCa);
             };
+            if d.status == DeviceStatus::Revoked {
+                return with(Rejection::CertificateRevoked);
+            }
             if ca.status != CaStatus::Active {
                 return with(Rejection::CaInactive);
             }
@@ -347,9 +513,8 @@ impl RegistrySnapshot {
                 return with(Rejection::CaExpired);
             }
             match d.status {
-                DeviceStatus::Active => {}
+                DeviceStatus::Active | DeviceStatus::Revoked => {}
                 DeviceStatus::Inactive => return with(Rejection::CertificateInactive),
-                DeviceStatus::Revoked => return with(Rejection::CertificateRevoked),
                 DeviceStatus::PendingActivation => return with(Rejection::CertificatePending),
             }
             if now > d.not_after {
@@ -364,7 +529,7 @@ impl RegistrySnapshot {
                 return with(Rejection::ClientIdMismatch);
             }
             return Decision::Allow {
-                device_id: id,
+                device_id: d.id.clone(),
                 ca_id: d.ca_id.clone(),
             };
         }
@@ -379,6 +544,16 @@ impl RegistrySnapshot {
         };
         if ca.status != CaStatus::Active {
             return with(Rejection::CaInactive);
+        }
+        if let Some(other) = self.device_by_serial(&chained.ca_id, &chained.serial) {
+            let revoked = self
+                .device(other)
+                .is_some_and(|d| d.status == DeviceStatus::Revoked);
+            return with(if revoked {
+                Rejection::CertificateRevoked
+            } else {
+                Rejection::CertificateSerialInUse
+            });
         }
         if ca.provisioning == Provisioning::Api {
             return with(Rejection::CertificateNotRegistered);

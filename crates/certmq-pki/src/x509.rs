@@ -7,8 +7,13 @@ use x509_parser::prelude::*;
 /// The SHA-256 fingerprint of a DER certificate, lower-case hex: certmq's
 /// certificate id.
 pub fn fingerprint(der: &[u8]) -> String {
+    hex_sha256(der)
+}
+
+/// SHA-256 of `bytes`, lower-case hex.
+pub fn hex_sha256(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let d = digest::digest(&digest::SHA256, der);
+    let d = digest::digest(&digest::SHA256, bytes);
     let mut out = String::with_capacity(64);
     for b in d.as_ref() {
         out.push(char::from(HEX[usize::from(b >> 4)]));

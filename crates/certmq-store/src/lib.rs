@@ -80,6 +80,23 @@ pub struct DeviceRecord {
     pub created_at: i64,
     pub updated_at: i64,
     pub last_connected_at: Option<i64>,
+    /// SHA-256 of the certificate's `tbsCertificate` (what its CA signed):
+    /// the same for every encoding of the certificate.
+    pub signed_id: String,
+    /// SHA-256 of the issuing CA's public key, for the revocation list.
+    pub issuer_key: String,
+}
+
+/// A revoked certificate. Kept for ever: deleting its device record or its
+/// CA leaves it in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedRecord {
+    pub signed_id: String,
+    pub fingerprint: String,
+    pub issuer_key: String,
+    pub serial: String,
+    pub ca_id: String,
+    pub revoked_at: i64,
 }
 
 /// Filters and paging for device lists; every filter is optional.
@@ -138,6 +155,12 @@ pub enum StoreError {
     Conflict(String),
     #[error("{0}")]
     Limit(String),
+    /// The certificate was revoked; `REVOKED` is final.
+    #[error("{0}")]
+    Revoked(String),
+    /// The CA already has a device certificate with this serial.
+    #[error("{0}")]
+    SerialInUse(String),
 }
 
 /// The registry's storage operations.
@@ -185,6 +208,10 @@ pub trait Store: Send + Sync + 'static {
     /// A page of devices matching `filter`, and how many match in all.
     fn devices(&self, filter: &DeviceFilter) -> Result<(Vec<DeviceRecord>, u64), StoreError>;
     fn device(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError>;
+    /// Adds a device certificate, in one transaction that refuses it when
+    /// its id or signed id is registered already (`Exists`), when its CA
+    /// has the serial already (`SerialInUse`) or when it was revoked
+    /// (`Revoked`).
     fn insert_device(&self, rec: &DeviceRecord, audit: &AuditEntry) -> Result<(), StoreError>;
     /// Imports many devices in one transaction (one audit record); ids
     /// already present are skipped. Returns how many were added.
@@ -193,13 +220,29 @@ pub trait Store: Send + Sync + 'static {
         recs: &[DeviceRecord],
         audit: &AuditEntry,
     ) -> Result<usize, StoreError>;
-    fn update_device_status(
+    /// Moves a device to `status` in one conditional step: a `REVOKED`
+    /// device stays revoked (`Revoked`), and revoking adds the certificate
+    /// to the revocation list. The audit record gets the status found
+    /// inside the transaction as its "before". Returns the record before
+    /// and after.
+    fn transition_device(
         &self,
         id: &str,
         status: &str,
         at: i64,
-        audit: &AuditEntry,
-    ) -> Result<(), StoreError>;
+        actor: &str,
+        action: &str,
+    ) -> Result<(DeviceRecord, DeviceRecord), StoreError>;
+    /// Every revoked certificate.
+    fn revoked(&self) -> Result<Vec<RevokedRecord>, StoreError>;
+    /// Fills in the signed id and issuer key of records written before
+    /// they existed (`identity` computes them from a record's PEM), and
+    /// adds those that are `REVOKED` to the revocation list. Returns how
+    /// many records were updated.
+    fn backfill_identity(
+        &self,
+        identity: &dyn Fn(&DeviceRecord) -> Option<(String, String)>,
+    ) -> Result<usize, StoreError>;
     fn delete_device(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError>;
     /// Every device, for the connect path's snapshot (without PEMs).
     fn all_devices(&self) -> Result<Vec<DeviceRecord>, StoreError>;

@@ -8,8 +8,8 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::{
-    AuditEntry, AuditRecord, CaRecord, DeviceFilter, DeviceRecord, ServerCertRecord, Store,
-    StoreError,
+    AuditEntry, AuditRecord, CaRecord, DeviceFilter, DeviceRecord, RevokedRecord, ServerCertRecord,
+    Store, StoreError,
 };
 
 /// Each entry moves the schema one version up; never edit a released one.
@@ -67,10 +67,25 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX device_by_ca ON device_certificates(ca_id, status);
     CREATE INDEX device_by_client_id ON device_certificates(client_id);",
+    // 3: identity by what the CA signed; revocations outlive records and CAs.
+    "ALTER TABLE device_certificates ADD COLUMN signed_id TEXT;
+    ALTER TABLE device_certificates ADD COLUMN issuer_key TEXT;
+    CREATE INDEX device_by_signed_id ON device_certificates(signed_id);
+    CREATE INDEX device_by_serial ON device_certificates(ca_id, serial);
+    CREATE TABLE revoked_certificates (
+        signed_id TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL,
+        issuer_key TEXT NOT NULL,
+        serial TEXT NOT NULL,
+        ca_id TEXT NOT NULL,
+        revoked_at INTEGER NOT NULL
+    );
+    CREATE INDEX revoked_by_serial ON revoked_certificates(issuer_key, serial);",
 ];
 
 const CA_COLS: &str = "id, serial, subject_cn, issuer_cn, not_before, not_after, status, pem, verification_pem, provisioning, automatic_activation, registered_at, last_activated_at, last_deactivated_at";
-const DEVICE_COLS: &str = "id, ca_id, serial, subject_cn, subject_ou, client_id, not_before, not_after, status, source, pem, created_at, updated_at, last_connected_at";
+const DEVICE_COLS: &str = "id, ca_id, serial, subject_cn, subject_ou, client_id, not_before, not_after, status, source, pem, created_at, updated_at, last_connected_at, signed_id, issuer_key";
+const DEVICE_VALUES: &str = "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16";
 
 fn ca_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CaRecord> {
     Ok(CaRecord {
@@ -107,7 +122,54 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
         created_at: r.get(11)?,
         updated_at: r.get(12)?,
         last_connected_at: r.get(13)?,
+        signed_id: r.get::<_, Option<String>>(14)?.unwrap_or_default(),
+        issuer_key: r.get::<_, Option<String>>(15)?.unwrap_or_default(),
     })
+}
+
+fn device_params(rec: &DeviceRecord) -> [&dyn rusqlite::ToSql; 16] {
+    [
+        &rec.id,
+        &rec.ca_id,
+        &rec.serial,
+        &rec.subject_cn,
+        &rec.subject_ou,
+        &rec.client_id,
+        &rec.not_before,
+        &rec.not_after,
+        &rec.status,
+        &rec.source,
+        &rec.pem,
+        &rec.created_at,
+        &rec.updated_at,
+        &rec.last_connected_at,
+        &rec.signed_id,
+        &rec.issuer_key,
+    ]
+}
+
+fn audit_insert(tx: &Transaction<'_>, audit: &AuditEntry) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO audit_log (at, actor, action, target, before, after) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            now(),
+            audit.actor,
+            audit.action,
+            audit.target,
+            audit.before.as_ref().map(|v| v.to_string()),
+            audit.after.as_ref().map(|v| v.to_string()),
+        ],
+    )?;
+    Ok(())
+}
+
+fn revoke_in(tx: &Transaction<'_>, rec: &DeviceRecord, at: i64) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT OR IGNORE INTO revoked_certificates (signed_id, fingerprint, issuer_key, serial, ca_id, revoked_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![rec.signed_id, rec.id, rec.issuer_key, rec.serial, rec.ca_id, at],
+    )?;
+    Ok(())
 }
 
 pub struct SqliteStore {
@@ -172,17 +234,7 @@ impl SqliteStore {
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
         let out = f(&tx)?;
-        tx.execute(
-            "INSERT INTO audit_log (at, actor, action, target, before, after) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                now(),
-                audit.actor,
-                audit.action,
-                audit.target,
-                audit.before.as_ref().map(|v| v.to_string()),
-                audit.after.as_ref().map(|v| v.to_string()),
-            ],
-        )?;
+        audit_insert(&tx, audit)?;
         tx.commit()?;
         Ok(out)
     }
@@ -466,18 +518,44 @@ impl Store for SqliteStore {
     fn insert_device(&self, rec: &DeviceRecord, audit: &AuditEntry) -> Result<(), StoreError> {
         self.write(audit, |tx| {
             let exists: Option<String> = tx
-                .query_row("SELECT id FROM device_certificates WHERE id = ?1", [&rec.id], |r| r.get(0))
+                .query_row(
+                    "SELECT id FROM device_certificates WHERE id = ?1 OR signed_id = ?2",
+                    [&rec.id, &rec.signed_id],
+                    |r| r.get(0),
+                )
                 .optional()?;
-            if exists.is_some() {
-                return Err(StoreError::Exists(format!("device certificate {}", rec.id)));
+            if let Some(id) = exists {
+                return Err(StoreError::Exists(format!("device certificate {id}")));
+            }
+            let revoked: Option<String> = tx
+                .query_row(
+                    "SELECT fingerprint FROM revoked_certificates WHERE signed_id = ?1 OR (issuer_key = ?2 AND serial = ?3)",
+                    [&rec.signed_id, &rec.issuer_key, &rec.serial],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(id) = revoked {
+                return Err(StoreError::Revoked(format!(
+                    "this certificate (serial {}) was revoked as {id}; REVOKED is final",
+                    rec.serial
+                )));
+            }
+            let same_serial: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM device_certificates WHERE ca_id = ?1 AND serial = ?2",
+                    [&rec.ca_id, &rec.serial],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(id) = same_serial {
+                return Err(StoreError::SerialInUse(format!(
+                    "the CA already has device certificate {id} with serial {}",
+                    rec.serial
+                )));
             }
             tx.execute(
-                &format!("INSERT INTO device_certificates ({DEVICE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
-                params![
-                    rec.id, rec.ca_id, rec.serial, rec.subject_cn, rec.subject_ou, rec.client_id,
-                    rec.not_before, rec.not_after, rec.status, rec.source, rec.pem, rec.created_at,
-                    rec.updated_at, rec.last_connected_at
-                ],
+                &format!("INSERT INTO device_certificates ({DEVICE_COLS}) VALUES ({DEVICE_VALUES})"),
+                device_params(rec),
             )?;
             Ok(())
         })
@@ -490,37 +568,120 @@ impl Store for SqliteStore {
     ) -> Result<usize, StoreError> {
         self.write(audit, |tx| {
             let mut stmt = tx.prepare(&format!(
-                "INSERT OR IGNORE INTO device_certificates ({DEVICE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                "INSERT OR IGNORE INTO device_certificates ({DEVICE_COLS}) VALUES ({DEVICE_VALUES})"
             ))?;
             let mut n = 0;
             for rec in recs {
-                n += stmt.execute(params![
-                    rec.id, rec.ca_id, rec.serial, rec.subject_cn, rec.subject_ou, rec.client_id,
-                    rec.not_before, rec.not_after, rec.status, rec.source, rec.pem, rec.created_at,
-                    rec.updated_at, rec.last_connected_at
-                ])?;
+                n += stmt.execute(device_params(rec))?;
             }
             Ok(n)
         })
     }
 
-    fn update_device_status(
+    fn transition_device(
         &self,
         id: &str,
         status: &str,
         at: i64,
-        audit: &AuditEntry,
-    ) -> Result<(), StoreError> {
-        self.write(audit, |tx| {
-            let n = tx.execute(
-                "UPDATE device_certificates SET status = ?2, updated_at = ?3 WHERE id = ?1",
-                params![id, status, at],
+        actor: &str,
+        action: &str,
+    ) -> Result<(DeviceRecord, DeviceRecord), StoreError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        let before = tx
+            .query_row(
+                &format!("SELECT {DEVICE_COLS} FROM device_certificates WHERE id = ?1"),
+                [id],
+                device_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("device certificate {id}")))?;
+        if before.status == "REVOKED" {
+            return Err(StoreError::Revoked(
+                "a REVOKED certificate stays revoked; register a new one".into(),
+            ));
+        }
+        // Conditional on what was read, in the same transaction.
+        let n = tx.execute(
+            "UPDATE device_certificates SET status = ?2, updated_at = ?3 WHERE id = ?1 AND status = ?4",
+            params![id, status, at, before.status],
+        )?;
+        if n != 1 {
+            return Err(StoreError::Conflict(format!(
+                "device certificate {id} changed meanwhile; try again"
+            )));
+        }
+        let after = DeviceRecord {
+            status: status.to_string(),
+            updated_at: at,
+            ..before.clone()
+        };
+        if status == "REVOKED" {
+            revoke_in(&tx, &after, at)?;
+        }
+        audit_insert(
+            &tx,
+            &AuditEntry {
+                actor: actor.into(),
+                action: action.into(),
+                target: id.into(),
+                before: Some(serde_json::json!({"status": before.status})),
+                after: Some(serde_json::json!({"status": after.status})),
+            },
+        )?;
+        tx.commit()?;
+        Ok((before, after))
+    }
+
+    fn revoked(&self) -> Result<Vec<RevokedRecord>, StoreError> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare(
+            "SELECT signed_id, fingerprint, issuer_key, serial, ca_id, revoked_at FROM revoked_certificates",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(RevokedRecord {
+                signed_id: r.get(0)?,
+                fingerprint: r.get(1)?,
+                issuer_key: r.get(2)?,
+                serial: r.get(3)?,
+                ca_id: r.get(4)?,
+                revoked_at: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn backfill_identity(
+        &self,
+        identity: &dyn Fn(&DeviceRecord) -> Option<(String, String)>,
+    ) -> Result<usize, StoreError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        let rows: Vec<DeviceRecord> = {
+            let mut stmt = tx.prepare(&format!(
+                "SELECT {DEVICE_COLS} FROM device_certificates WHERE signed_id IS NULL OR issuer_key IS NULL"
+            ))?;
+            let rows = stmt.query_map([], device_row)?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut n = 0;
+        for mut rec in rows {
+            let Some((signed_id, issuer_key)) = identity(&rec) else {
+                continue;
+            };
+            tx.execute(
+                "UPDATE device_certificates SET signed_id = ?2, issuer_key = ?3 WHERE id = ?1",
+                params![rec.id, signed_id, issuer_key],
             )?;
-            if n == 0 {
-                return Err(StoreError::NotFound(format!("device certificate {id}")));
+            rec.signed_id = signed_id;
+            rec.issuer_key = issuer_key;
+            if rec.status == "REVOKED" {
+                revoke_in(&tx, &rec, rec.updated_at)?;
             }
-            Ok(())
-        })
+            n += 1;
+        }
+        tx.commit()?;
+        Ok(n)
     }
 
     fn delete_device(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError> {
@@ -536,7 +697,7 @@ impl Store for SqliteStore {
     fn all_devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
         let conn = self.conn.lock();
         let mut stmt = conn.prepare(
-            "SELECT id, ca_id, serial, subject_cn, subject_ou, client_id, not_before, not_after, status, source, '' AS pem, created_at, updated_at, last_connected_at FROM device_certificates",
+            "SELECT id, ca_id, serial, subject_cn, subject_ou, client_id, not_before, not_after, status, source, '' AS pem, created_at, updated_at, last_connected_at, signed_id, issuer_key FROM device_certificates",
         )?;
         let rows = stmt.query_map([], device_row)?;
         Ok(rows.collect::<Result<_, _>>()?)

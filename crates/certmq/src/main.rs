@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod client;
 mod config;
+mod lock;
 mod tls;
 
 use config::{ClientAuthSetting, Config, ListenAddr};
@@ -138,6 +139,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             config.data_dir.display()
         )
     })?;
+    // Before any state is read or written: one node per data directory.
+    let _lock = lock::lock_data_dir(&config.data_dir)?;
     let default_cert = tls::load_or_mint_default(&config.data_dir, &config.tls.server_names)?;
     let token = match &config.admin.token {
         Some(t) => t.clone(),
