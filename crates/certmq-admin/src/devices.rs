@@ -662,11 +662,6 @@ impl Devices {
         let (chained, _) = self.snapshot.load().chain(&der, now_unix()).map_err(|r| {
             use certmq_pki::Rejection as R;
             match r {
-                R::CertificateRevoked => ApiError::new(
-                    Kind::Conflict,
-                    "CertificateRevoked",
-                    "this certificate was revoked; REVOKED is final",
-                ),
                 R::CertificatePurpose => ApiError::new(
                     Kind::Invalid,
                     "CertificatePurpose",
@@ -690,6 +685,17 @@ impl Devices {
                 ),
             }
         })?;
+        if self
+            .snapshot
+            .load()
+            .is_revoked(&chained.signed_id, &chained.issuer_key, &chained.serial)
+        {
+            return Err(ApiError::new(
+                Kind::Conflict,
+                "CertificateRevoked",
+                "this certificate was revoked; REVOKED is final",
+            ));
+        }
         let now = now_unix();
         let rec = device_record(&chained, &der, client_id, status, "API", now, None);
         let view = DeviceView::of(&rec);

@@ -319,6 +319,16 @@ impl Broker {
 
     /// Closes the live connection of a client, if any (administrative kick).
     pub fn kick(&self, client_id: &str, reason: certmq_codec::ReasonCode) -> bool {
+        self.kick_with_text(client_id, reason, None)
+    }
+
+    /// [`Broker::kick`] with a reason string for MQTT 5 clients.
+    pub fn kick_with_text(
+        &self,
+        client_id: &str,
+        reason: certmq_codec::ReasonCode,
+        text: Option<&'static str>,
+    ) -> bool {
         let Some(entry) = self.session(client_id) else {
             return false;
         };
@@ -326,7 +336,7 @@ impl Broker {
         if owner == 0 {
             return false;
         }
-        entry.mailbox.kick(owner, reason);
+        entry.mailbox.kick_with_text(owner, reason, text);
         true
     }
 }

@@ -34,6 +34,9 @@ pub enum CloseCause {
     ClientDisconnect { publish_will: bool },
     /// The broker closes for this reason (protocol error, kick, timeout...).
     Server(ReasonCode),
+    /// Closed by a kick through the session's mailbox (takeover, keep
+    /// alive, an administrative action), with its reason string.
+    Kicked(crate::Kick),
     /// The network connection went away without DISCONNECT.
     ConnectionLost,
 }
@@ -43,6 +46,48 @@ pub enum CloseCause {
 pub struct ConnectContext {
     /// The client may connect (anonymous allowed, or a credential checked).
     pub authorized: bool,
+    /// The identity the client authenticated as. A session belongs to the
+    /// identity that created it.
+    pub identity: Identity,
+}
+
+/// Who a client is, for session ownership: another identity may not take
+/// over or resume a session (SPEC 2).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub enum Identity {
+    /// No credentials (a listener that allows anonymous clients).
+    #[default]
+    Anonymous,
+    /// A device certificate, by its certificate id.
+    Certificate(Arc<str>),
+    /// An MQTT user, by user name.
+    User(Arc<str>),
+}
+
+/// Why CONNECT was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectRefused {
+    /// Refused with this CONNACK reason code.
+    Code(ReasonCode),
+    /// A live or persisted session with this client id belongs to another
+    /// identity (CONNACK "not authorized").
+    ClientIdInUseByAnotherIdentity,
+}
+
+impl ConnectRefused {
+    /// The CONNACK reason code to send.
+    pub fn reason_code(self) -> ReasonCode {
+        match self {
+            ConnectRefused::Code(c) => c,
+            ConnectRefused::ClientIdInUseByAnotherIdentity => ReasonCode::NOT_AUTHORIZED,
+        }
+    }
+}
+
+impl From<ReasonCode> for ConnectRefused {
+    fn from(c: ReasonCode) -> Self {
+        ConnectRefused::Code(c)
+    }
 }
 
 pub struct Conn {
@@ -86,14 +131,14 @@ impl Broker {
         connect: Connect,
         ctx: &ConnectContext,
         now: Instant,
-    ) -> Result<Conn, ReasonCode> {
+    ) -> Result<Conn, ConnectRefused> {
         let v5 = connect.protocol.is_v5();
         let props = &connect.properties;
         if props.authentication_method.is_some() {
-            return Err(ReasonCode::BAD_AUTHENTICATION_METHOD);
+            return Err(ReasonCode::BAD_AUTHENTICATION_METHOD.into());
         }
         if !ctx.authorized {
-            return Err(ReasonCode::NOT_AUTHORIZED);
+            return Err(ReasonCode::NOT_AUTHORIZED.into());
         }
         let mut assigned = None;
         let client_id: Arc<str> = if connect.client_id.is_empty() {
@@ -103,7 +148,7 @@ impl Broker {
                 Protocol::V3_1 => false,
             };
             if !allowed {
-                return Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+                return Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID.into());
             }
             let id: Arc<str> = format!("auto-{:016x}", self.next_id() ^ random_salt()).into();
             assigned = Some(id.to_string());
@@ -137,6 +182,11 @@ impl Broker {
             let resumed = match existing {
                 Some(entry) => {
                     let mut state = entry.state.lock();
+                    if !state.ended && state.identity.as_ref() != Some(&ctx.identity) {
+                        // Neither a takeover nor a resume (nor a clean
+                        // start that would discard it) by someone else.
+                        return Err(ConnectRefused::ClientIdInUseByAnotherIdentity);
+                    }
                     if state.owner != 0 {
                         entry
                             .mailbox
@@ -148,6 +198,7 @@ impl Broker {
                     } else {
                         state.owner = generation;
                         state.expiry_interval = expiry;
+                        state.identity = Some(ctx.identity.clone());
                         // A delayed will of the previous connection is cancelled
                         // by resuming its session (MQTT 5 §3.1.3.2.2).
                         state.pending_will = None;
@@ -165,6 +216,7 @@ impl Broker {
                         let mut state = entry.state.lock();
                         state.owner = generation;
                         state.expiry_interval = expiry;
+                        state.identity = Some(ctx.identity.clone());
                     }
                     sessions.insert(client_id.clone(), entry.clone());
                     (entry, false)

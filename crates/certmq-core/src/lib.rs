@@ -25,7 +25,7 @@ mod tree;
 
 pub use broker::{message_from, Broker, Stats};
 pub use config::BrokerConfig;
-pub use conn::{CloseCause, Conn, ConnectContext, Flow};
+pub use conn::{CloseCause, Conn, ConnectContext, ConnectRefused, Flow, Identity};
 pub use mailbox::{Dropped, Kick, Mailbox, Ready};
 pub use message::{Delivery, Message};
 pub use session::{SessionEntry, SessionId};

@@ -29,6 +29,8 @@ pub struct Kick {
     /// The connection generation being closed; newer connections ignore it.
     pub generation: u64,
     pub reason: ReasonCode,
+    /// MQTT 5 reason string of the DISCONNECT, if any.
+    pub text: Option<&'static str>,
 }
 
 #[derive(Debug)]
@@ -146,9 +148,18 @@ impl Mailbox {
 
     /// Asks the connection of `generation` to close with `reason`.
     pub fn kick(&self, generation: u64, reason: ReasonCode) {
+        self.kick_with_text(generation, reason, None)
+    }
+
+    /// [`Mailbox::kick`] with a reason string for MQTT 5 clients.
+    pub fn kick_with_text(&self, generation: u64, reason: ReasonCode, text: Option<&'static str>) {
         let waker = {
             let mut inner = self.inner.lock();
-            inner.kick = Some(Kick { generation, reason });
+            inner.kick = Some(Kick {
+                generation,
+                reason,
+                text,
+            });
             inner.waker.take()
         };
         if let Some(w) = waker {

@@ -51,6 +51,8 @@ pub(crate) struct SessionState {
     pub next_packet_id: u16,
     /// A will waiting for its delay (or the session's end) to elapse.
     pub pending_will: Option<Arc<Message>>,
+    /// Who created the session; only that identity may take it over.
+    pub identity: Option<crate::Identity>,
 }
 
 impl SessionState {

@@ -28,8 +28,15 @@ fn connect(protocol: Protocol, id: &str, clean: bool, expiry: Option<u32>) -> Co
 }
 
 fn open(b: &Arc<Broker>, c: Connect, now: Instant) -> Conn {
-    b.connect(c, &ConnectContext { authorized: true }, now)
-        .unwrap()
+    b.connect(
+        c,
+        &ConnectContext {
+            authorized: true,
+            ..Default::default()
+        },
+        now,
+    )
+    .unwrap()
 }
 
 fn connack(conn: &mut Conn) -> ConnAck {

@@ -14,7 +14,7 @@ use certmq_codec::{
     decode, encode, encoded_len, ConnAck, DecodeError, Disconnect, Packet, Properties, Protocol,
     ReasonCode,
 };
-use certmq_core::{CloseCause, Conn, ConnectContext, Flow, Ready};
+use certmq_core::{CloseCause, Conn, ConnectContext, ConnectRefused, Flow, Identity, Ready};
 use certmq_pki::{Decision, Rejection};
 use tokio::sync::watch;
 use tokio::time::timeout;
@@ -165,10 +165,12 @@ async fn accept<T: Transport>(
             Decision::Allow {
                 device_id,
                 ca_id: ca,
+                not_after,
             } => {
                 certificate = Some(Box::new(crate::CertIds {
                     certificate_id: device_id,
                     ca_id: ca,
+                    not_after,
                 }));
                 None
             }
@@ -179,6 +181,7 @@ async fn accept<T: Transport>(
                     certificate = Some(Box::new(crate::CertIds {
                         certificate_id: d,
                         ca_id: c,
+                        not_after: chained.not_after,
                     }));
                     None
                 } else {
@@ -215,7 +218,15 @@ async fn accept<T: Transport>(
             }
         }
     }
-    let ctx = ConnectContext { authorized };
+    let identity = match &certificate {
+        Some(c) => Identity::Certificate(c.certificate_id.as_str().into()),
+        None => Identity::Anonymous,
+    };
+    let ctx = ConnectContext {
+        authorized,
+        identity,
+    };
+    let client_id = connect.client_id.clone();
     match shared.broker.connect(connect, &ctx, Instant::now()) {
         Ok(conn) => {
             tracing::debug!(peer = %peer.addr, client_id = %conn.client_id(), "connected");
@@ -240,8 +251,21 @@ async fn accept<T: Transport>(
                 shutting_down,
             })
         }
-        Err(reason) => {
-            tracing::info!(peer = %peer.addr, %reason, "CONNECT refused");
+        Err(refused) => {
+            let reason = refused.reason_code();
+            if refused == ConnectRefused::ClientIdInUseByAnotherIdentity {
+                shared.live.reject(crate::RejectionRecord {
+                    at: crate::live::now_unix(),
+                    reason: Rejection::ClientIdInUseByAnotherIdentity,
+                    protocol: peer.protocol,
+                    peer: peer.addr,
+                    client_id: Some(client_id),
+                    certificate_id: certificate.as_ref().map(|c| c.certificate_id.clone()),
+                    ca_id: certificate.as_ref().map(|c| c.ca_id.clone()),
+                });
+            } else {
+                tracing::info!(peer = %peer.addr, %reason, "CONNECT refused");
+            }
             let connack = ConnAck {
                 session_present: false,
                 reason,
@@ -273,11 +297,19 @@ impl<T: Transport> Session<T> {
         // final state.
         drain_output(&mut conn, &mut wbuf);
         conn.close(cause, Instant::now());
-        if let CloseCause::Server(reason) = cause {
+        let server_close = match cause {
+            CloseCause::Server(reason) => Some((reason, None)),
+            CloseCause::Kicked(k) => Some((k.reason, k.text)),
+            _ => None,
+        };
+        if let Some((reason, text)) = server_close {
             if protocol.is_v5() {
                 let d = Packet::Disconnect(Disconnect {
                     reason,
-                    properties: Properties::default(),
+                    properties: Properties {
+                        reason_string: text.map(str::to_owned),
+                        ..Properties::default()
+                    },
                 });
                 encode(&d, protocol, &mut wbuf);
             }
@@ -458,9 +490,7 @@ impl<T: Transport> Session<T> {
                 return Poll::Pending;
             };
             match event {
-                Event::Mailbox(Ready::Kicked(k)) => {
-                    return Poll::Ready(CloseCause::Server(k.reason))
-                }
+                Event::Mailbox(Ready::Kicked(k)) => return Poll::Ready(CloseCause::Kicked(k)),
                 Event::Mailbox(Ready::Deliveries) => {
                     if let Err(reason) = conn.poll_deliveries(DELIVERY_BATCH, Instant::now()) {
                         return Poll::Ready(CloseCause::Server(reason));

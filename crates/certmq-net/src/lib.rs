@@ -206,7 +206,11 @@ impl Server {
                 done_tx.clone(),
             ));
         }
-        let housekeeping = tokio::spawn(housekeeping(self.shared.broker.clone(), stop_rx.clone()));
+        let housekeeping = tokio::spawn(housekeeping(
+            self.shared.broker.clone(),
+            self.shared.live.clone(),
+            stop_rx.clone(),
+        ));
         drop(done_tx);
         shutdown.await;
         tracing::info!("shutting down: closing connections");
@@ -228,8 +232,10 @@ impl Server {
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Runs the broker's timers (keep-alive sweep, delayed wills, session
-/// expiry) when they fall due.
-async fn housekeeping(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
+/// expiry) when they fall due, and closes connections whose client
+/// certificate expired (MQTT 5: DISCONNECT 0x98 "client certificate
+/// expired").
+async fn housekeeping(broker: Arc<Broker>, live: Arc<Live>, mut stop: watch::Receiver<bool>) {
     loop {
         let now = tokio::time::Instant::now();
         let next = broker
@@ -239,7 +245,17 @@ async fn housekeeping(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
             .min(now + SWEEP_INTERVAL);
         tokio::select! {
             _ = stop.changed() => return,
-            _ = tokio::time::sleep_until(next) => broker.tick(std::time::Instant::now()),
+            _ = tokio::time::sleep_until(next) => {
+                broker.tick(std::time::Instant::now());
+                for c in live.take_expired(live::now_unix()) {
+                    tracing::info!(client_id = %c.client_id, "client certificate expired: closing");
+                    broker.kick_with_text(
+                        &c.client_id,
+                        certmq_codec::ReasonCode::ADMINISTRATIVE_ACTION,
+                        Some("client certificate expired"),
+                    );
+                }
+            }
         }
     }
 }

@@ -2,7 +2,7 @@
 //! certificate each authenticated with), counts per listener, traffic
 //! counters and TLS handshake failures by reason.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,6 +15,9 @@ use crate::Protocol;
 pub struct CertIds {
     pub certificate_id: String,
     pub ca_id: String,
+    /// The certificate's not-after (unix seconds): the connection is
+    /// closed then (SPEC 6).
+    pub not_after: i64,
 }
 
 /// One live (CONNECT accepted) connection.
@@ -37,6 +40,9 @@ pub struct Live {
     /// Boxed: a map slot then costs 16 bytes, and the map's spare capacity
     /// (up to half of it after growth) is paid in slots, per connection.
     conns: Mutex<HashMap<u64, Box<ConnInfo>>>,
+    /// (not-after, live id) of connections that authenticated with a
+    /// certificate, soonest first.
+    expiries: Mutex<BTreeSet<(i64, u64)>>,
     open: [AtomicUsize; 4],
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
@@ -82,12 +88,42 @@ fn slot(p: Protocol) -> usize {
 impl Live {
     pub(crate) fn register(&self, info: ConnInfo) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(c) = &info.certificate {
+            self.expiries.lock().insert((c.not_after, id));
+        }
         self.conns.lock().insert(id, Box::new(info));
         id
     }
 
     pub(crate) fn unregister(&self, id: u64) {
-        self.conns.lock().remove(&id);
+        let removed = self.conns.lock().remove(&id);
+        if let Some(c) = removed.and_then(|c| c.certificate) {
+            self.expiries.lock().remove(&(c.not_after, id));
+        }
+    }
+
+    /// Live connections whose certificate's not-after is at or before
+    /// `now` (unix seconds); each is returned once.
+    pub fn take_expired(&self, now: i64) -> Vec<ConnInfo> {
+        let due: Vec<u64> = {
+            let mut e = self.expiries.lock();
+            let mut due = Vec::new();
+            while let Some(&(t, id)) = e.first() {
+                if t > now {
+                    break;
+                }
+                e.pop_first();
+                due.push(id);
+            }
+            due
+        };
+        if due.is_empty() {
+            return Vec::new();
+        }
+        let conns = self.conns.lock();
+        due.iter()
+            .filter_map(|id| conns.get(id).map(|c| ConnInfo::clone(c)))
+            .collect()
     }
 
     pub(crate) fn opened(&self, p: Protocol) {

@@ -169,13 +169,13 @@ pub enum Decision {
     Allow {
         device_id: String,
         ca_id: String,
+        /// The certificate's not-after (unix seconds): the connection is
+        /// closed then.
+        not_after: i64,
     },
     /// First connection under a JITP CA: register it (`ACTIVE` and allow
     /// when `activate`, else `PENDING_ACTIVATION` and refuse).
-    Provision {
-        chained: Chained,
-        activate: bool,
-    },
+    Provision { chained: Chained, activate: bool },
     Reject {
         reason: Rejection,
         device_id: Option<String>,
@@ -394,8 +394,9 @@ impl RegistrySnapshot {
     }
 
     /// Which registered CA signed `leaf` (any state), with the leaf's
-    /// encoding, purpose, revocation and the validity of both checked at
-    /// `now`.
+    /// encoding, purpose and the validity of both checked at `now`.
+    /// Revocation is registry state, decided at CONNECT
+    /// ([`RegistrySnapshot::authorize`]).
     pub fn chain(&self, leaf: &[u8], now: i64) -> Result<(Chained, Arc<CaEntry>), Rejection> {
         let signed_id = signed_id_of(leaf)?;
         let (_, cert) = X509Certificate::from_der(leaf).map_err(|_| Rejection::BadCertificate)?;
@@ -417,9 +418,6 @@ impl RegistrySnapshot {
             .raw_serial_as_string()
             .replace(':', "")
             .to_ascii_lowercase();
-        if self.is_revoked(&signed_id, &ca.key_id, &serial) {
-            return Err(Rejection::CertificateRevoked);
-        }
         if now > ca.not_after || now < ca.not_before {
             return Err(Rejection::CaExpired);
         }
@@ -452,17 +450,15 @@ impl RegistrySnapshot {
         ))
     }
 
-    /// The TLS handshake's check: chains to an `ACTIVE` registered CA and
-    /// is not revoked. A certificate the registry already holds (any
+    /// The TLS handshake's check: chains to an `ACTIVE` registered CA
+    /// (registry states, revocation included, are CONNECT's: the client
+    /// then gets CONNACK "not authorized"). A certificate the registry already holds (any
     /// encoding of what its CA signed) was chain-verified when it was
     /// registered (by the API or JITP), and its record names its CA and
     /// validity: only those are checked, without a signature verification.
     pub fn verify_handshake(&self, leaf: &[u8], now: i64) -> Result<(), Rejection> {
         let key = signed_id_of(leaf)?;
         if let Some(d) = self.device(&key) {
-            if d.status == DeviceStatus::Revoked {
-                return Err(Rejection::CertificateRevoked);
-            }
             let ca = self.cas.get(&d.ca_id).ok_or(Rejection::UnknownCa)?;
             if ca.status != CaStatus::Active {
                 return Err(Rejection::CaInactive);
@@ -531,6 +527,7 @@ impl RegistrySnapshot {
             return Decision::Allow {
                 device_id: d.id.clone(),
                 ca_id: d.ca_id.clone(),
+                not_after: d.not_after,
             };
         }
         let (chained, ca) = match self.chain(leaf, now) {
@@ -542,6 +539,9 @@ impl RegistrySnapshot {
             device_id: Some(chained.device_id.clone()),
             ca_id: Some(chained.ca_id.clone()),
         };
+        if self.is_revoked(&chained.signed_id, &chained.issuer_key, &chained.serial) {
+            return with(Rejection::CertificateRevoked);
+        }
         if ca.status != CaStatus::Active {
             return with(Rejection::CaInactive);
         }

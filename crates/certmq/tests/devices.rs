@@ -8,181 +8,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+mod device_helpers;
 mod tls_client;
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use certmq_codec::Protocol;
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use device_helpers::*;
+use rcgen::KeyPair;
 use serde_json::{json, Value};
 use tls_client::Failure;
-
-const LIMIT: Duration = Duration::from_secs(60);
-
-// ---------- helpers ----------
-
-struct Api {
-    url: String,
-    token: String,
-    agent: ureq::Agent,
-}
-
-impl Api {
-    fn of(b: &BrokerProcess) -> Api {
-        Api {
-            url: format!("http://{}/api/v1", b.addr("admin-http")),
-            token: std::fs::read_to_string(b.dir.0.join("admin.token"))
-                .unwrap()
-                .trim()
-                .into(),
-            agent: ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .build()
-                .into(),
-        }
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let url = format!("{}{path}", self.url);
-        let auth = format!("Bearer {}", self.token);
-        let r = match (method, body) {
-            ("GET", _) => self.agent.get(&url).header("authorization", &auth).call(),
-            ("DELETE", _) => self
-                .agent
-                .delete(&url)
-                .header("authorization", &auth)
-                .call(),
-            ("PATCH", Some(b)) => self
-                .agent
-                .patch(&url)
-                .header("authorization", &auth)
-                .content_type("application/json")
-                .send(b.to_string()),
-            (_, Some(b)) => self
-                .agent
-                .post(&url)
-                .header("authorization", &auth)
-                .content_type("application/json")
-                .send(b.to_string()),
-            (_, None) => self
-                .agent
-                .post(&url)
-                .header("authorization", &auth)
-                .send_empty(),
-        };
-        let mut r = r.unwrap();
-        let status = r.status().as_u16();
-        let text = r.body_mut().read_to_string().unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let (s, v) = self.call(method, path, body);
-        assert!((200..300).contains(&s), "{method} {path}: {s} {v}");
-        v
-    }
-
-    fn code(&self) -> String {
-        self.ok("POST", "/ca-certificates/registration-code", None)["registration_code"]
-            .as_str()
-            .unwrap()
-            .into()
-    }
-
-    fn rejections(&self) -> Vec<Value> {
-        self.ok("GET", "/connection-rejections?limit=1000", None)["items"]
-            .as_array()
-            .unwrap()
-            .clone()
-    }
-}
-
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-fn days(n: i64) -> time::OffsetDateTime {
-    time::OffsetDateTime::now_utc() + time::Duration::days(n)
-}
-
-fn rcgen_ca(cn: &str, key: KeyPair, is_ca: bool) -> Ca {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name = rcgen::DistinguishedName::new();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    if is_ca {
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    }
-    Ca {
-        cert: p.self_signed(&key).unwrap(),
-        key,
-    }
-}
-
-fn ca(cn: &str) -> Ca {
-    rcgen_ca(cn, KeyPair::generate().unwrap(), true)
-}
-
-/// (cert PEM, key PEM) for a leaf with subject CN `cn`, signed by `ca`.
-fn leaf(ca: &Ca, cn: &str, from: i64, to: i64) -> (String, String) {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name = rcgen::DistinguishedName::new();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.not_before = days(from);
-    p.not_after = days(to);
-    let c = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
-    (c.pem(), key.serialize_pem())
-}
-
-fn device(ca: &Ca, cn: &str) -> (String, String) {
-    leaf(ca, cn, -1, 365)
-}
-
-fn register(api: &Api, ca: &Ca, extra: Value) -> String {
-    let code = api.code();
-    let (v, _) = leaf(ca, &code, -1, 30);
-    let mut body = json!({"ca_certificate": ca.cert.pem(), "verification_certificate": v});
-    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
-        for (k, x) in e {
-            b.insert(k.clone(), x.clone());
-        }
-    }
-    api.ok("POST", "/ca-certificates", Some(body))["id"]
-        .as_str()
-        .unwrap()
-        .into()
-}
-
-fn mtls(
-    b: &BrokerProcess,
-    id: Option<&(String, String)>,
-    client_id: &str,
-) -> Result<tls_client::Client, Failure> {
-    let ca = std::fs::read(b.dir.0.join("tls/default-ca.pem")).unwrap();
-    tls_client::connect(
-        b.addr("mqtt-tls"),
-        &ca,
-        id.map(|(c, k)| (c.as_bytes(), k.as_bytes())),
-        client_id,
-        Protocol::V5,
-    )
-}
-
-fn cli(b: &BrokerProcess, args: &[&str]) -> Output {
-    let token = std::fs::read_to_string(b.dir.0.join("admin.token")).unwrap();
-    run(
-        Command::new(bin()).args(args).args([
-            "--url",
-            &format!("http://{}", b.addr("admin-http")),
-            "--token",
-            token.trim(),
-        ]),
-        LIMIT,
-    )
-}
 
 // ---------- the manual page ----------
 

@@ -77,6 +77,27 @@ pub fn connect_with(
     client_id: &str,
     protocol: Protocol,
 ) -> Result<Client, Failure> {
+    let connect = Connect {
+        protocol,
+        clean_start: true,
+        keep_alive: 60,
+        client_id: client_id.into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Properties::default(),
+    };
+    connect_packet(addr, config, connect).map(|(c, _)| c)
+}
+
+/// Connects with `connect` as the CONNECT packet; returns the client and
+/// whether the broker had a session for it (CONNACK session present).
+pub fn connect_packet(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    connect: Connect,
+) -> Result<(Client, bool), Failure> {
+    let protocol = connect.protocol;
     let name = ServerName::try_from("localhost").map_err(other)?;
     let conn = rustls::ClientConnection::new(config, name).map_err(other)?;
     let tcp = TcpStream::connect(addr).map_err(other)?;
@@ -92,22 +113,12 @@ pub fn connect_with(
             .complete_io(&mut c.s.sock)
             .map_err(|e| Failure::Tls(e.to_string()))?;
     }
-    let connect = Connect {
-        protocol,
-        clean_start: true,
-        keep_alive: 60,
-        client_id: client_id.into(),
-        will: None,
-        username: None,
-        password: None,
-        properties: Properties::default(),
-    };
     // With TLS 1.3 a refused client certificate arrives as an alert on the
     // first read after the client's handshake completed.
     c.send(&Packet::Connect(Box::new(connect)))
         .map_err(Failure::Tls)?;
     match c.recv(Duration::from_secs(10)) {
-        Ok(Packet::ConnAck(a)) if a.reason.0 == 0 => Ok(c),
+        Ok(Packet::ConnAck(a)) if a.reason.0 == 0 => Ok((c, a.session_present)),
         Ok(Packet::ConnAck(a)) => Err(Failure::Refused(a.reason.0)),
         Ok(p) => Err(Failure::Other(format!(
             "expected CONNACK, got {}",
@@ -173,6 +184,16 @@ impl Client {
         loop {
             if let Packet::Disconnect(d) = self.recv(limit)? {
                 return Ok(d.reason.0);
+            }
+        }
+    }
+
+    /// Waits for the broker's DISCONNECT and returns its reason code and
+    /// reason string.
+    pub fn disconnect_packet(&mut self, limit: Duration) -> Result<(u8, Option<String>), String> {
+        loop {
+            if let Packet::Disconnect(d) = self.recv(limit)? {
+                return Ok((d.reason.0, d.properties.reason_string));
             }
         }
     }
