@@ -42,8 +42,17 @@ const BIT_STRING: u8 = 0x03;
 const INTEGER: u8 = 0x02;
 const VERSION: u8 = 0xa0;
 
-/// One TLV: (tag, whole TLV, contents, rest).
-fn tlv(input: &[u8]) -> Result<(u8, &[u8], &[u8], &[u8]), EncodingError> {
+/// One TLV read from the front of a buffer.
+struct Tlv<'a> {
+    tag: u8,
+    /// Tag, length and contents.
+    whole: &'a [u8],
+    contents: &'a [u8],
+    /// What follows it.
+    rest: &'a [u8],
+}
+
+fn tlv(input: &[u8]) -> Result<Tlv<'_>, EncodingError> {
     let short = EncodingError::NotDer("truncated");
     let (&tag, after_tag) = input.split_first().ok_or(short)?;
     if tag & 0x1f == 0x1f {
@@ -77,51 +86,51 @@ fn tlv(input: &[u8]) -> Result<(u8, &[u8], &[u8], &[u8]), EncodingError> {
     let contents = rest.get(..len).ok_or(short)?;
     let whole = input.get(..header + len).ok_or(short)?;
     let after = rest.get(len..).ok_or(short)?;
-    Ok((tag, whole, contents, after))
+    Ok(Tlv {
+        tag,
+        whole,
+        contents,
+        rest: after,
+    })
 }
 
-fn expect<'a>(
-    input: &'a [u8],
-    tag: u8,
-    what: &'static str,
-) -> Result<(&'a [u8], &'a [u8], &'a [u8]), EncodingError> {
-    let (t, whole, contents, rest) = tlv(input)?;
-    if t != tag {
+fn expect<'a>(input: &'a [u8], tag: u8, what: &'static str) -> Result<Tlv<'a>, EncodingError> {
+    let t = tlv(input)?;
+    if t.tag != tag {
         return Err(EncodingError::NotDer(what));
     }
-    Ok((whole, contents, rest))
+    Ok(t)
 }
 
 /// Splits a certificate's DER, checking the outer encoding is DER with
 /// nothing after it and that both signature algorithms are the same.
 pub fn split_certificate(der: &[u8]) -> Result<CertParts<'_>, EncodingError> {
-    let (_, body, trailing) = expect(der, SEQUENCE, "not a SEQUENCE")?;
-    if !trailing.is_empty() {
+    let outer = expect(der, SEQUENCE, "not a SEQUENCE")?;
+    if !outer.rest.is_empty() {
         return Err(EncodingError::NotDer("bytes after the certificate"));
     }
-    let (tbs, tbs_body, rest) = expect(body, SEQUENCE, "tbsCertificate is not a SEQUENCE")?;
-    let (signature_algorithm, _, rest) =
-        expect(rest, SEQUENCE, "signatureAlgorithm is not a SEQUENCE")?;
-    let (_, bits, rest) = expect(rest, BIT_STRING, "signatureValue is not a BIT STRING")?;
-    if bits.first() != Some(&0) {
+    let tbs = expect(outer.contents, SEQUENCE, "tbsCertificate is not a SEQUENCE")?;
+    let alg = expect(tbs.rest, SEQUENCE, "signatureAlgorithm is not a SEQUENCE")?;
+    let bits = expect(alg.rest, BIT_STRING, "signatureValue is not a BIT STRING")?;
+    if bits.contents.first() != Some(&0) {
         return Err(EncodingError::NotDer("signatureValue has unused bits"));
     }
-    if !rest.is_empty() {
+    if !bits.rest.is_empty() {
         return Err(EncodingError::NotDer("extra fields after signatureValue"));
     }
     // tbsCertificate: [0] version (optional), serialNumber, signature, ...
-    let mut inner = tbs_body;
+    let mut inner = tbs.contents;
     if inner.first() == Some(&VERSION) {
-        inner = tlv(inner)?.3;
+        inner = tlv(inner)?.rest;
     }
-    let (_, _, inner) = expect(inner, INTEGER, "serialNumber is not an INTEGER")?;
-    let (inner_alg, _, _) = expect(inner, SEQUENCE, "signature is not a SEQUENCE")?;
-    if inner_alg != signature_algorithm {
+    let serial = expect(inner, INTEGER, "serialNumber is not an INTEGER")?;
+    let inner_alg = expect(serial.rest, SEQUENCE, "signature is not a SEQUENCE")?;
+    if inner_alg.whole != alg.whole {
         return Err(EncodingError::AlgorithmMismatch);
     }
     Ok(CertParts {
-        tbs,
-        signature_algorithm,
+        tbs: tbs.whole,
+        signature_algorithm: alg.whole,
     })
 }
 
@@ -150,7 +159,7 @@ mod tests {
         t.push(0);
         assert!(split_certificate(&t).is_err());
         // The outer length in a longer form than needed.
-        let (_, _, body, _) = tlv(&der).unwrap();
+        let body = tlv(&der).unwrap().contents;
         let mut long = vec![0x30, 0x84];
         long.extend_from_slice(&(body.len() as u32).to_be_bytes());
         long.extend_from_slice(body);

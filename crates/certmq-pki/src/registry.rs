@@ -11,6 +11,10 @@
 //! kept apart from device records, by signed id and by (CA key, serial):
 //! deleting a record, or deleting and re-registering its CA, never lets a
 //! revoked certificate in again.
+//!
+//! Validity: a device certificate is refused from its `not_after` second
+//! on, the second at which a live connection that used it is closed, so
+//! the two agree.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -192,15 +196,18 @@ pub struct RegistrySnapshot {
     /// Device entries by signed id, sharded by its first byte, so that a
     /// change copies one shard: provisioning many devices one by one stays
     /// linear overall.
-    devices: Arc<Vec<Arc<HashMap<String, DeviceEntry>>>>,
+    devices: Shards<String, DeviceEntry>,
     /// (CA id, serial) -> signed id, sharded by a hash of the serial.
-    serials: Arc<Vec<Arc<HashMap<(String, String), String>>>>,
+    serials: Shards<(String, String), String>,
     /// Revoked signed ids, and revoked (CA key id, serial) pairs.
     revoked_signed: Arc<HashSet<String>>,
     revoked_serials: Arc<HashSet<(String, String)>>,
     /// Policy: the client id must equal the certificate's CN.
     pub client_id_is_cn: bool,
 }
+
+/// A map split into [`SHARDS`] copy-on-write parts.
+type Shards<K, V> = Arc<Vec<Arc<HashMap<K, V>>>>;
 
 const SHARDS: usize = 256;
 
@@ -422,7 +429,7 @@ impl RegistrySnapshot {
             return Err(Rejection::CaExpired);
         }
         let v = cert.validity();
-        if now > v.not_after.timestamp() {
+        if now >= v.not_after.timestamp() {
             return Err(Rejection::CertificateExpired);
         }
         if now < v.not_before.timestamp() {
@@ -466,7 +473,7 @@ impl RegistrySnapshot {
             if now > ca.not_after || now < ca.not_before {
                 return Err(Rejection::CaExpired);
             }
-            if now > d.not_after {
+            if now >= d.not_after {
                 return Err(Rejection::CertificateExpired);
             }
             if now < d.not_before {
@@ -513,7 +520,7 @@ impl RegistrySnapshot {
                 DeviceStatus::Inactive => return with(Rejection::CertificateInactive),
                 DeviceStatus::PendingActivation => return with(Rejection::CertificatePending),
             }
-            if now > d.not_after {
+            if now >= d.not_after {
                 return with(Rejection::CertificateExpired);
             }
             if now < d.not_before {
@@ -565,5 +572,47 @@ impl RegistrySnapshot {
             activate: ca.automatic_activation,
             chained,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose as E, IsCa, KeyUsagePurpose as K};
+
+    fn cert(ku: Vec<K>, eku: Vec<E>, ca: bool) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.key_usages = ku;
+        p.extended_key_usages = eku;
+        // rcgen writes no extensions for keyUsage alone: say "not a CA".
+        p.is_ca = if ca {
+            IsCa::Ca(rcgen::BasicConstraints::Unconstrained)
+        } else {
+            IsCa::ExplicitNoCa
+        };
+        p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    fn purpose(der: &[u8]) -> Result<(), Rejection> {
+        let (_, c) = X509Certificate::from_der(der).unwrap();
+        check_client_purpose(&c)
+    }
+
+    #[test]
+    fn client_purpose_rules() {
+        assert_eq!(purpose(&cert(vec![], vec![], false)), Ok(()));
+        assert_eq!(
+            purpose(&cert(vec![K::DigitalSignature], vec![E::ClientAuth], false)),
+            Ok(())
+        );
+        let refused = Err(Rejection::CertificatePurpose);
+        assert_eq!(purpose(&cert(vec![], vec![], true)), refused);
+        assert_eq!(purpose(&cert(vec![], vec![E::ServerAuth], false)), refused);
+        assert_eq!(
+            purpose(&cert(vec![K::KeyEncipherment], vec![], false)),
+            refused
+        );
     }
 }

@@ -59,8 +59,13 @@ pub enum ClientCommand {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
-    /// Is the node up?
-    Health,
+    /// Is the node up? (needs no token)
+    Health {
+        /// Keep asking for up to SECS seconds until the node answers (for
+        /// scripts that start the broker and go on once it is up).
+        #[arg(long, value_name = "SECS")]
+        wait: Option<f64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -68,7 +73,10 @@ pub enum ServerCertCommand {
     /// List every server certificate, the default one included.
     List,
     /// Show one certificate.
-    Get { id: String },
+    Get {
+        /// The certificate's id (its SHA-256 fingerprint), or a PEM file holding it.
+        id: String,
+    },
     /// Bind a certificate chain (PEM, leaf first) and its private key.
     Bind {
         #[arg(long, value_name = "FILE")]
@@ -79,7 +87,10 @@ pub enum ServerCertCommand {
         name: Option<String>,
     },
     /// Unbind a certificate by id.
-    Unbind { id: String },
+    Unbind {
+        /// The certificate's id (its SHA-256 fingerprint), or a PEM file holding it.
+        id: String,
+    },
     /// Enable or disable the default certificate.
     Default {
         #[arg(value_enum)]
@@ -111,21 +122,26 @@ pub enum CaCommand {
     List,
     /// Detail, with device-certificate counts by status.
     Get {
+        /// The certificate's id (its SHA-256 fingerprint), or a PEM file holding it.
         id: String,
     },
     Activate {
+        /// The certificate's id (its SHA-256 fingerprint), or a PEM file holding it.
         id: String,
     },
     /// Deactivate: its devices are refused and their live connections closed.
     Deactivate {
+        /// The certificate's id (its SHA-256 fingerprint), or a PEM file holding it.
         id: String,
     },
     /// Delete an INACTIVE CA with no ACTIVE device certificates.
     Delete {
+        /// The certificate's id (its SHA-256 fingerprint), or a PEM file holding it.
         id: String,
     },
     /// Change device provisioning.
     Update {
+        /// The certificate's id (its SHA-256 fingerprint), or a PEM file holding it.
         id: String,
         #[arg(long)]
         provisioning: Option<String>,
@@ -170,24 +186,30 @@ pub enum DeviceCommand {
         offset: usize,
     },
     Get {
+        /// The certificate's id (its SHA-256 fingerprint), or a PEM file holding it.
         id: String,
     },
     /// Print the certificate (PEM).
     Pem {
+        /// The certificate's id (its SHA-256 fingerprint), or a PEM file holding it.
         id: String,
     },
     Activate {
+        /// The certificate's id (its SHA-256 fingerprint), or a PEM file holding it.
         id: String,
     },
     /// Deactivate: refused at connect, live connections closed.
     Deactivate {
+        /// The certificate's id (its SHA-256 fingerprint), or a PEM file holding it.
         id: String,
     },
     /// Revoke for good: refused at connect, live connections closed.
     Revoke {
+        /// The certificate's id (its SHA-256 fingerprint), or a PEM file holding it.
         id: String,
     },
     Delete {
+        /// The certificate's id (its SHA-256 fingerprint), or a PEM file holding it.
         id: String,
     },
 }
@@ -207,6 +229,22 @@ pub enum ConnectionsCommand {
     },
 }
 
+/// A certificate argument: an id as the API shows it, or the path of a PEM
+/// file whose first certificate's SHA-256 fingerprint is the id.
+fn cert_id(arg: &str) -> anyhow::Result<String> {
+    let path = std::path::Path::new(arg);
+    if !path.is_file() {
+        return Ok(arg.to_string());
+    }
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let pem = std::fs::read(path).with_context(|| format!("cannot read {arg}"))?;
+    let der = CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .with_context(|| format!("{arg} holds no PEM certificate"))?
+        .with_context(|| format!("{arg} is not a PEM certificate"))?;
+    Ok(certmq_pki::fingerprint(&der))
+}
+
 struct Api {
     agent: ureq::Agent,
     base: String,
@@ -214,6 +252,24 @@ struct Api {
 }
 
 impl Api {
+    /// A client without a token: for `/health` only.
+    fn anonymous(g: &Global) -> Self {
+        Self::with_token(g, String::new())
+    }
+
+    fn with_token(g: &Global, token: String) -> Self {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(30)))
+            .build()
+            .into();
+        Self {
+            agent,
+            base: format!("{}/api/v1", g.url.trim_end_matches('/')),
+            token,
+        }
+    }
+
     fn new(g: &Global) -> anyhow::Result<Self> {
         let token = match &g.token {
             Some(t) => t.clone(),
@@ -233,16 +289,7 @@ impl Api {
                     .to_string()
             }
         };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(std::time::Duration::from_secs(30)))
-            .build()
-            .into();
-        Ok(Self {
-            agent,
-            base: format!("{}/api/v1", g.url.trim_end_matches('/')),
-            token,
-        })
+        Ok(Self::with_token(g, token))
     }
 
     /// A text body (the PEM download).
@@ -367,7 +414,6 @@ fn cert_rows(items: &[Value]) {
 }
 
 pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
-    let api = Api::new(g)?;
     let out = |v: &Value, human: &dyn Fn(&Value)| {
         if g.json {
             println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
@@ -375,11 +421,25 @@ pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
             human(v);
         }
     };
+    if let ClientCommand::Health { wait } = cmd {
+        let api = Api::anonymous(g);
+        let wait = std::time::Duration::try_from_secs_f64(wait.unwrap_or(0.0))
+            .unwrap_or_default()
+            .min(std::time::Duration::from_secs(3600));
+        let deadline = std::time::Instant::now() + wait;
+        let v = loop {
+            match api.call("GET", "/health", None) {
+                Ok(v) => break v,
+                Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+            }
+        };
+        out(&v, &|v| println!("{}", s(&v["status"])));
+        return Ok(());
+    }
+    let api = Api::new(g)?;
     match cmd {
-        ClientCommand::Health => {
-            let v = api.call("GET", "/health", None)?;
-            out(&v, &|v| println!("{}", s(&v["status"])));
-        }
+        ClientCommand::Health { .. } => {}
         ClientCommand::ServerCert { command } => match command {
             ServerCertCommand::List => {
                 let v = api.call("GET", "/server-certificates", None)?;
@@ -388,6 +448,7 @@ pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
                 });
             }
             ServerCertCommand::Get { id } => {
+                let id = cert_id(&id)?;
                 let v = api.call("GET", &format!("/server-certificates/{id}"), None)?;
                 out(&v, &|v| cert_rows(std::slice::from_ref(v)));
             }
@@ -408,6 +469,7 @@ pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
                 });
             }
             ServerCertCommand::Unbind { id } => {
+                let id = cert_id(&id)?;
                 api.call("DELETE", &format!("/server-certificates/{id}"), None)?;
                 out(&serde_json::json!({"unbound": id}), &|_| {
                     println!("unbound {id}")
@@ -626,6 +688,7 @@ fn ca(api: &Api, cmd: CaCommand, out: &Out<'_>) -> anyhow::Result<()> {
             out(&v, &|v| ca_rows(items(v)));
         }
         CaCommand::Get { id } => {
+            let id = cert_id(&id)?;
             let v = api.call("GET", &format!("/ca-certificates/{id}"), None)?;
             out(&v, &|v| {
                 ca_rows(std::slice::from_ref(v));
@@ -644,14 +707,17 @@ fn ca(api: &Api, cmd: CaCommand, out: &Out<'_>) -> anyhow::Result<()> {
             });
         }
         CaCommand::Activate { id } => {
+            let id = cert_id(&id)?;
             let v = api.call("POST", &format!("/ca-certificates/{id}/activate"), None)?;
             out(&v, &|v| ca_rows(std::slice::from_ref(v)));
         }
         CaCommand::Deactivate { id } => {
+            let id = cert_id(&id)?;
             let v = api.call("POST", &format!("/ca-certificates/{id}/deactivate"), None)?;
             out(&v, &|v| ca_rows(std::slice::from_ref(v)));
         }
         CaCommand::Delete { id } => {
+            let id = cert_id(&id)?;
             api.call("DELETE", &format!("/ca-certificates/{id}"), None)?;
             out(&serde_json::json!({"deleted": id}), &|_| {
                 println!("deleted {id}")
@@ -662,6 +728,7 @@ fn ca(api: &Api, cmd: CaCommand, out: &Out<'_>) -> anyhow::Result<()> {
             provisioning,
             automatic_activation,
         } => {
+            let id = cert_id(&id)?;
             let body = serde_json::json!({
                 "device_provisioning": provisioning,
                 "automatic_activation": automatic_activation,
@@ -733,16 +800,19 @@ fn device(api: &Api, cmd: DeviceCommand, out: &Out<'_>) -> anyhow::Result<()> {
             });
         }
         DeviceCommand::Get { id } => {
+            let id = cert_id(&id)?;
             let v = api.call("GET", &format!("/device-certificates/{id}"), None)?;
             out(&v, &|v| device_rows(std::slice::from_ref(v)));
         }
         DeviceCommand::Pem { id } => {
+            let id = cert_id(&id)?;
             print!("{}", api.text(&format!("/device-certificates/{id}/pem"))?);
         }
-        DeviceCommand::Activate { id } => state(api, &id, "activate", out)?,
-        DeviceCommand::Deactivate { id } => state(api, &id, "deactivate", out)?,
-        DeviceCommand::Revoke { id } => state(api, &id, "revoke", out)?,
+        DeviceCommand::Activate { id } => state(api, &cert_id(&id)?, "activate", out)?,
+        DeviceCommand::Deactivate { id } => state(api, &cert_id(&id)?, "deactivate", out)?,
+        DeviceCommand::Revoke { id } => state(api, &cert_id(&id)?, "revoke", out)?,
         DeviceCommand::Delete { id } => {
+            let id = cert_id(&id)?;
             api.call("DELETE", &format!("/device-certificates/{id}"), None)?;
             out(&serde_json::json!({"deleted": id}), &|_| {
                 println!("deleted {id}")

@@ -283,3 +283,105 @@ pub fn seed_ca(dir: &Path, subject: &str) {
         ],
     );
 }
+
+/// The manual page's server.conf; `edit` may change it for refusal cases.
+pub fn server_conf(edit: impl Fn(String) -> String) -> String {
+    edit(
+        "[req]
+distinguished_name = req_distinguished_name
+req_extensions = v3_req
+prompt = no
+[req_distinguished_name]
+C = CN
+ST = ZheJiang
+L = HangZhou
+O = Example
+CN = mqtt.example.com
+[v3_req]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = @alt_names
+[alt_names]
+DNS.1 = mqtt.example.com
+DNS.2 = www.example.com
+DNS.3 = api.example.com
+DNS.4 = *.example.com
+IP.1 = 192.168.1.100
+IP.2 = 10.0.0.50
+"
+        .to_string(),
+    )
+}
+
+#[derive(Clone, Copy)]
+pub enum Key {
+    Ec,
+    Rsa4096,
+}
+
+/// The manual page's step 2 and 4 in `dir/<name>/`: key, CSR, certificate
+/// signed by the CA, `server.chain.crt`. Returns the directory.
+pub fn make_server(root: &Path, name: &str, conf: &str, key: Key) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["CA.crt", "CA.key"] {
+        std::fs::copy(root.join(f), dir.join(f)).unwrap();
+    }
+    std::fs::write(dir.join("server.conf"), conf).unwrap();
+    match key {
+        Key::Ec => openssl(
+            &dir,
+            &[
+                "ecparam",
+                "-genkey",
+                "-name",
+                "prime256v1",
+                "-out",
+                "server.key",
+            ],
+        ),
+        Key::Rsa4096 => openssl(&dir, &["genrsa", "-out", "server.key", "4096"]),
+    }
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-new",
+            "-key",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-config",
+            "server.conf",
+        ],
+    );
+    openssl(
+        &dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "CA.crt",
+            "-CAkey",
+            "CA.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "365",
+            "-sha256",
+            "-extensions",
+            "v3_req",
+            "-extfile",
+            "server.conf",
+        ],
+    );
+    openssl(&dir, &["verify", "-CAfile", "CA.crt", "server.crt"]);
+    let mut chain = std::fs::read(dir.join("server.crt")).unwrap();
+    chain.extend(std::fs::read(dir.join("CA.crt")).unwrap());
+    std::fs::write(dir.join("server.chain.crt"), chain).unwrap();
+    dir
+}
