@@ -24,6 +24,9 @@ pub struct BrokerConfig {
     pub max_session_expiry: u32,
     /// Whether retained messages are supported.
     pub retain_available: bool,
+    /// Most levels in a topic name or filter (SUBSCRIBE: reason 0x8F;
+    /// PUBLISH or will: 0x90).
+    pub max_topic_levels: usize,
 }
 
 impl Default for BrokerConfig {
@@ -37,6 +40,7 @@ impl Default for BrokerConfig {
             max_keep_alive: 65_535,
             max_session_expiry: u32::MAX,
             retain_available: true,
+            max_topic_levels: 128,
         }
     }
 }

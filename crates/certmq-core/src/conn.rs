@@ -13,7 +13,7 @@ use certmq_codec::{
 
 use crate::broker::message_from;
 use crate::session::{Inflight, Timer};
-use crate::topic::parse_filter;
+use crate::topic::{level_count, parse_filter, parse_filter_within};
 use crate::tree::Subscriber;
 use crate::{Broker, Delivery, Mailbox, Message, SessionEntry};
 
@@ -139,6 +139,13 @@ impl Broker {
         }
         if !ctx.authorized {
             return Err(ReasonCode::NOT_AUTHORIZED.into());
+        }
+        if connect
+            .will
+            .as_ref()
+            .is_some_and(|w| level_count(&w.topic) > self.config.max_topic_levels)
+        {
+            return Err(ReasonCode::TOPIC_NAME_INVALID.into());
         }
         let mut assigned = None;
         let client_id: Arc<str> = if connect.client_id.is_empty() {
@@ -483,6 +490,9 @@ impl Conn {
             None if p.topic.is_empty() => return Err(ReasonCode::PROTOCOL_ERROR),
             None => p.topic,
         };
+        if level_count(&topic) > self.broker.config.max_topic_levels {
+            return Err(ReasonCode::TOPIC_NAME_INVALID);
+        }
         if p.retain && !self.broker.config.retain_available {
             return Err(ReasonCode::RETAIN_NOT_SUPPORTED);
         }
@@ -534,7 +544,7 @@ impl Conn {
         {
             let mut state = self.entry.state.lock();
             for (raw, options) in &s.filters {
-                let parsed = match parse_filter(raw) {
+                let parsed = match parse_filter_within(raw, self.broker.config.max_topic_levels) {
                     Ok(p) => p,
                     Err(_) => {
                         reasons.push(if v5 {

@@ -17,6 +17,7 @@
 mod broker;
 mod config;
 mod conn;
+mod fuzz;
 mod mailbox;
 mod message;
 mod session;
@@ -26,6 +27,7 @@ mod tree;
 pub use broker::{message_from, Broker, Stats};
 pub use config::BrokerConfig;
 pub use conn::{CloseCause, Conn, ConnectContext, ConnectRefused, Flow, Identity};
+pub use fuzz::fuzz_tree;
 pub use mailbox::{Dropped, Kick, Mailbox, Ready};
 pub use message::{Delivery, Message};
 pub use session::{SessionEntry, SessionId};

@@ -11,6 +11,22 @@ pub enum FilterError {
     BadSingleLevel,
     #[error("malformed shared subscription: $share/<group>/<filter>")]
     BadShare,
+    #[error("the topic filter has more levels than allowed")]
+    TooManyLevels,
+}
+
+/// The levels of a topic name or filter (`a/b` has two).
+pub fn level_count(topic: &str) -> usize {
+    topic.bytes().filter(|b| *b == b'/').count() + 1
+}
+
+/// [`parse_filter`], refusing filters with more than `max_levels` levels.
+pub fn parse_filter_within(raw: &str, max_levels: usize) -> Result<ParsedFilter<'_>, FilterError> {
+    let parsed = parse_filter(raw)?;
+    if level_count(parsed.filter) > max_levels {
+        return Err(FilterError::TooManyLevels);
+    }
+    Ok(parsed)
 }
 
 /// A subscription filter split into its optional share group and the filter.

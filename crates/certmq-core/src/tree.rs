@@ -60,8 +60,19 @@ struct Node {
 }
 
 impl Node {
-    fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.subs.is_empty() && self.shared.is_empty()
+    fn has_subscribers(&self) -> bool {
+        !self.subs.is_empty() || !self.shared.is_empty()
+    }
+}
+
+/// Dropping a deep chain of nodes must not recurse once per level (a
+/// filter thousands of levels deep would overflow the stack).
+impl Drop for Node {
+    fn drop(&mut self) {
+        let mut stack: Vec<Node> = self.children.drain().map(|(_, n)| n).collect();
+        while let Some(mut n) = stack.pop() {
+            stack.extend(n.children.drain().map(|(_, c)| c));
+        }
     }
 }
 
@@ -117,23 +128,114 @@ impl SubscriptionTree {
     }
 
     /// Removes a session's subscription; returns whether it existed.
+    /// Iterative: no recursion on the filter's depth.
     pub fn remove(&mut self, filter: &ParsedFilter<'_>, session: SessionId) -> bool {
         let levels: Vec<&str> = filter.filter.split('/').collect();
-        let removed = remove_at(&mut self.root, &levels, filter.share_group, session);
-        if removed {
-            self.len -= 1;
+        // Down to the filter's node.
+        let mut node = &mut self.root;
+        for level in &levels {
+            match node.children.get_mut(*level) {
+                Some(child) => node = child,
+                None => return false,
+            }
         }
-        removed
+        let removed = match filter.share_group {
+            None => node.subs.remove(&session).is_some(),
+            Some(group) => match node.shared.get_mut(group) {
+                None => false,
+                Some(g) => {
+                    let before = g.members.len();
+                    g.members.retain(|m| m.session() != session);
+                    let removed = g.members.len() != before;
+                    if g.members.is_empty() {
+                        node.shared.remove(group);
+                    }
+                    removed
+                }
+            },
+        };
+        if !removed {
+            return false;
+        }
+        self.len -= 1;
+        self.prune(&levels);
+        true
+    }
+
+    /// Removes the nodes of `levels`' path that hold nothing any more: the
+    /// shallowest node from which the rest of the path is a bare chain
+    /// ending in an empty leaf is cut from its parent.
+    fn prune(&mut self, levels: &[&str]) {
+        // The depth (1-based) of the shallowest node to cut, if any.
+        let mut cut = None;
+        let mut node = &self.root;
+        for (depth, level) in levels.iter().enumerate() {
+            let Some(child) = node.children.get(*level) else {
+                return;
+            };
+            let last = depth + 1 == levels.len();
+            let bare = !child.has_subscribers()
+                && if last {
+                    child.children.is_empty()
+                } else {
+                    child.children.len() == 1
+                };
+            cut = match (bare, cut) {
+                (false, _) => None,
+                (true, None) => Some(depth + 1),
+                (true, c) => c,
+            };
+            node = child;
+        }
+        let Some(cut) = cut else { return };
+        let mut parent = &mut self.root;
+        for level in levels.iter().take(cut - 1) {
+            match parent.children.get_mut(*level) {
+                Some(child) => parent = child,
+                None => return,
+            }
+        }
+        if let Some(level) = levels.get(cut - 1) {
+            // Dropped iteratively (`Drop for Node`).
+            parent.children.remove(*level);
+        }
     }
 
     /// Appends every subscriber whose filter matches `topic`; for each shared
     /// group, one member. Returns true when matches came from more than one
-    /// node, so one session may appear more than once.
+    /// node, so one session may appear more than once. Iterative: the `+`
+    /// branches wait on an explicit stack, so no recursion on the depth.
     pub fn matches<'a>(&'a self, topic: &str, out: &mut Vec<Match<'a>>) -> bool {
         let mut nodes = 0;
-        let dollar = topic.starts_with('$');
-        let levels = topic.split('/');
-        collect(&self.root, levels, out, &mut nodes, dollar);
+        let mut pending: Vec<(&'a Node, std::str::Split<'_, char>, bool)> = Vec::new();
+        let mut current = Some((&self.root, topic.split('/'), topic.starts_with('$')));
+        while let Some((mut node, mut levels, mut first_is_dollar)) =
+            current.take().or_else(|| pending.pop())
+        {
+            loop {
+                let Some(level) = levels.next() else {
+                    add(node, out, &mut nodes);
+                    // "a/#" also matches "a".
+                    if let Some(hash) = node.children.get("#") {
+                        add(hash, out, &mut nodes);
+                    }
+                    break;
+                };
+                if !first_is_dollar {
+                    if let Some(hash) = node.children.get("#") {
+                        add(hash, out, &mut nodes);
+                    }
+                    if let Some(plus) = node.children.get("+") {
+                        pending.push((plus, levels.clone(), false));
+                    }
+                }
+                first_is_dollar = false;
+                match node.children.get(level) {
+                    Some(child) => node = child,
+                    None => break,
+                }
+            }
+        }
         nodes > 1
     }
 }
@@ -150,62 +252,6 @@ fn add<'a>(node: &'a Node, out: &mut Vec<Match<'a>>, nodes: &mut usize) {
             .filter_map(|g| g.pick())
             .map(|s| (s, true)),
     );
-}
-
-fn collect<'a>(
-    node: &'a Node,
-    mut levels: std::str::Split<'_, char>,
-    out: &mut Vec<Match<'a>>,
-    nodes: &mut usize,
-    first_is_dollar: bool,
-) {
-    let Some(level) = levels.next() else {
-        add(node, out, nodes);
-        // "a/#" also matches "a".
-        if let Some(hash) = node.children.get("#") {
-            add(hash, out, nodes);
-        }
-        return;
-    };
-    if !first_is_dollar {
-        if let Some(hash) = node.children.get("#") {
-            add(hash, out, nodes);
-        }
-        if let Some(plus) = node.children.get("+") {
-            collect(plus, levels.clone(), out, nodes, false);
-        }
-    }
-    if let Some(child) = node.children.get(level) {
-        collect(child, levels, out, nodes, false);
-    }
-}
-
-fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, session: SessionId) -> bool {
-    let Some((first, rest)) = levels.split_first() else {
-        return match group {
-            None => node.subs.remove(&session).is_some(),
-            Some(group) => {
-                let Some(g) = node.shared.get_mut(group) else {
-                    return false;
-                };
-                let before = g.members.len();
-                g.members.retain(|m| m.session() != session);
-                let removed = g.members.len() != before;
-                if g.members.is_empty() {
-                    node.shared.remove(group);
-                }
-                removed
-            }
-        };
-    };
-    let Some(child) = node.children.get_mut(*first) else {
-        return false;
-    };
-    let removed = remove_at(child, rest, group, session);
-    if child.is_empty() {
-        node.children.remove(*first);
-    }
-    removed
 }
 
 #[cfg(test)]
@@ -275,6 +321,37 @@ mod tests {
                 prop_assert_eq!(got, want, "topic {}", t);
             }
         }
+    }
+
+    /// Filters far deeper than any limit: insert, match, remove and drop
+    /// run on a small stack (no recursion per level), and removal leaves no
+    /// node behind.
+    #[test]
+    fn deep_filters_do_not_recurse() {
+        std::thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(|| {
+                let deep = vec!["a"; 100_000].join("/");
+                let plus = vec!["+"; 100_000].join("/");
+                let mut tree = SubscriptionTree::new();
+                tree.insert(&parse_filter(&deep).unwrap(), sub(1));
+                tree.insert(&parse_filter(&plus).unwrap(), sub(2));
+                tree.insert(&parse_filter("a/#").unwrap(), sub(3));
+                let mut out = Vec::new();
+                tree.matches(&deep, &mut out);
+                assert_eq!(out.len(), 3);
+                assert!(tree.remove(&parse_filter(&deep).unwrap(), SessionId(1)));
+                assert!(tree.remove(&parse_filter(&plus).unwrap(), SessionId(2)));
+                assert_eq!(tree.root.children.len(), 1, "only a/# is left");
+                assert!(tree.remove(&parse_filter("a/#").unwrap(), SessionId(3)));
+                assert!(tree.root.children.is_empty());
+                // Dropping a tree that still holds a deep chain.
+                tree.insert(&parse_filter(&plus).unwrap(), sub(4));
+                drop(tree);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     #[test]

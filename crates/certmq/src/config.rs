@@ -111,6 +111,9 @@ pub struct BrokerSection {
     /// Upper bound on session expiry (seconds).
     pub max_session_expiry: u32,
     pub retain_available: bool,
+    /// Most levels in a topic name or filter (deeper: SUBACK 0x8F, or
+    /// DISCONNECT / CONNACK 0x90 for a PUBLISH or will topic).
+    pub max_topic_levels: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -172,6 +175,7 @@ impl Default for BrokerSection {
             max_keep_alive: d.max_keep_alive,
             max_session_expiry: d.max_session_expiry,
             retain_available: d.retain_available,
+            max_topic_levels: d.max_topic_levels,
         }
     }
 }
@@ -276,6 +280,9 @@ impl Config {
         if b.max_queued_messages == 0 {
             bail!("broker.max_queued_messages must be at least 1");
         }
+        if !(1..=65_535).contains(&b.max_topic_levels) {
+            bail!("broker.max_topic_levels must be between 1 and 65535");
+        }
         for (name, l) in [("tcp", &self.listeners.tcp), ("ws", &self.listeners.ws)] {
             if l.client_auth.is_some() {
                 bail!("listeners.{name}.client_auth applies to TLS listeners only (tls, wss)");
@@ -311,6 +318,7 @@ impl Config {
             max_keep_alive: b.max_keep_alive,
             max_session_expiry: b.max_session_expiry,
             retain_available: b.retain_available,
+            max_topic_levels: b.max_topic_levels,
         }
     }
 
