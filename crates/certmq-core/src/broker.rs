@@ -13,9 +13,14 @@ use std::time::{Duration, Instant};
 use certmq_codec::{Properties, QoS};
 use parking_lot::{Mutex, RwLock};
 
+use crate::retained::RetainedStore;
 use crate::session::{Deadline, SessionState, Timer};
-use crate::topic::{matches, parse_filter};
+use crate::topic::parse_filter;
 use crate::tree::{Match, SubscriptionTree};
+
+/// Index nodes one SUBSCRIBE filter may visit looking for retained
+/// messages: a bound on one client's work under the store's read lock.
+pub const RETAINED_VISIT_BUDGET: usize = 100_000;
 use crate::{BrokerConfig, Delivery, Mailbox, Message, SessionEntry, SessionId};
 
 /// Counters readable at any time (metrics come from these).
@@ -31,7 +36,7 @@ pub struct Broker {
     pub(crate) config: BrokerConfig,
     pub(crate) sessions: Mutex<HashMap<Arc<str>, Arc<SessionEntry>>>,
     pub(crate) tree: RwLock<SubscriptionTree>,
-    retained: RwLock<HashMap<Arc<str>, Arc<Message>>>,
+    retained: RwLock<RetainedStore>,
     timers: Mutex<BTreeMap<Deadline, Timer>>,
     next_id: AtomicU64,
     /// Origin of the millisecond clock the keep-alive sweep compares.
@@ -109,25 +114,21 @@ impl Broker {
             expires_at: message.expires_at,
             origin: message.origin,
         });
-        self.retained.write().insert(message.topic.clone(), owned);
+        self.retained.write().insert(owned);
     }
 
-    /// Retained messages matching a filter (without `$share/`), unexpired.
-    pub(crate) fn retained_matching(&self, filter: &str, now: Instant) -> Vec<Arc<Message>> {
-        let retained = self.retained.read();
-        if !filter.contains(['+', '#']) {
-            return retained
-                .get(filter)
-                .filter(|m| !m.is_expired(now))
-                .cloned()
-                .into_iter()
-                .collect();
-        }
-        retained
-            .values()
-            .filter(|m| !m.is_expired(now) && matches(filter, &m.topic))
-            .cloned()
-            .collect()
+    /// Retained messages matching a filter (without `$share/`), unexpired:
+    /// at most `limit`, visiting at most [`RETAINED_VISIT_BUDGET`] nodes of
+    /// the index.
+    pub(crate) fn retained_matching(
+        &self,
+        filter: &str,
+        now: Instant,
+        limit: usize,
+    ) -> crate::retained::Found {
+        self.retained
+            .read()
+            .matching(filter, now, limit, RETAINED_VISIT_BUDGET)
     }
 
     /// Publishes a message: stores it if retained, then routes it.

@@ -541,6 +541,8 @@ impl Conn {
         let subscription_id = s.properties.subscription_identifiers.first().copied();
         let mut reasons = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
+        let mut retained_dropped = false;
+        let queued = self.entry.mailbox.len();
         {
             let mut state = self.entry.state.lock();
             for (raw, options) in &s.filters {
@@ -575,7 +577,17 @@ impl Conn {
                         RetainHandling::DoNotSend => false,
                     };
                 if send_retained {
-                    for message in self.broker.retained_matching(parsed.filter, now) {
+                    // Within the queue limit, for the whole SUBSCRIBE.
+                    let room = self
+                        .broker
+                        .config
+                        .max_queued_messages
+                        .saturating_sub(queued + retained.len());
+                    let found = self.broker.retained_matching(parsed.filter, now, room);
+                    if found.truncated {
+                        retained_dropped = true;
+                    }
+                    for message in found.messages {
                         retained.push(Delivery {
                             qos: message.qos.min(options.qos),
                             message,
@@ -591,6 +603,9 @@ impl Conn {
             reasons,
             properties: Properties::default(),
         }));
+        if retained_dropped {
+            self.entry.mailbox.count_dropped(1);
+        }
         if !retained.is_empty() {
             self.entry.mailbox.push_own(retained);
         }

@@ -20,6 +20,7 @@ mod conn;
 mod fuzz;
 mod mailbox;
 mod message;
+mod retained;
 mod session;
 pub mod topic;
 mod tree;

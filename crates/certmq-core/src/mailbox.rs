@@ -133,8 +133,13 @@ impl Mailbox {
         Ok(())
     }
 
+    /// Counts `n` deliveries refused before they reached the queue.
+    pub(crate) fn count_dropped(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Queues deliveries the session asked for itself (retained messages on
-    /// subscribe), which the limit does not apply to.
+    /// subscribe); the caller keeps them within the limit.
     pub(crate) fn push_own(&self, deliveries: impl IntoIterator<Item = Delivery>) {
         let waker = {
             let mut inner = self.inner.lock();

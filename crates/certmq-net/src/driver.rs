@@ -334,6 +334,28 @@ impl<T: Transport> Session<T> {
     }
 }
 
+/// A payload shares its read buffer only while it is at least this
+/// fraction of it: a queued message then pins at most this many times its
+/// own size. Smaller payloads (and correlation data) are copied out.
+const PIN_FACTOR: usize = 4;
+
+/// Copies a PUBLISH's payload and correlation data out of the read buffer
+/// (`alloc` bytes) when sharing it would pin much more than their size: a
+/// 4-byte message queued for an offline session must not keep the 1 MiB
+/// buffer of the publish before it alive.
+fn unpin(packet: &mut Packet, alloc: usize) {
+    let Packet::Publish(p) = packet else { return };
+    let copy = |b: &bytes::Bytes| b.len().saturating_mul(PIN_FACTOR) < alloc;
+    if copy(&p.payload) {
+        p.payload = bytes::Bytes::copy_from_slice(&p.payload);
+    }
+    if let Some(c) = p.properties.correlation_data.as_mut() {
+        if copy(c) {
+            *c = bytes::Bytes::copy_from_slice(c);
+        }
+    }
+}
+
 /// How long the last bytes of a closing connection may take to go out.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -434,10 +456,16 @@ impl<T: Transport> Session<T> {
         loop {
             if *pending_input {
                 *pending_input = false;
+                // Decoded payloads are slices of this allocation (rbuf starts
+                // each batch in a buffer of its own, see below).
+                let alloc = rbuf.capacity();
+                let mut decoded = false;
                 loop {
                     match decode(rbuf, Some(protocol), *max_in) {
-                        Ok(Some(packet)) => {
+                        Ok(Some(mut packet)) => {
                             live.packets_in.fetch_add(1, Relaxed);
+                            unpin(&mut packet, alloc);
+                            decoded = true;
                             match conn.handle(packet, Instant::now()) {
                                 Ok(Flow::Continue) => {}
                                 Ok(Flow::Disconnect { publish_will }) => {
@@ -448,7 +476,20 @@ impl<T: Transport> Session<T> {
                                 Err(reason) => return Poll::Ready(CloseCause::Server(reason)),
                             }
                         }
-                        Ok(None) => break,
+                        Ok(None) => {
+                            if decoded {
+                                // Decoded payloads may share this allocation:
+                                // the next reads go to a buffer of their own
+                                // (with any partial packet moved there), so
+                                // they cannot pin it, nor it them.
+                                *rbuf = if rbuf.is_empty() {
+                                    BytesMut::new()
+                                } else {
+                                    BytesMut::from(&rbuf[..])
+                                };
+                            }
+                            break;
+                        }
                         Err(e) => {
                             tracing::debug!(client_id = %conn.client_id(), error = %e, "malformed input");
                             return Poll::Ready(CloseCause::Server(e.reason_code()));

@@ -98,3 +98,148 @@ async fn very_deep_filters_never_overflow_the_stack() {
     bystanders_still_fine(&b, 2).await;
     b.stop().await;
 }
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+/// A small payload queued for offline sessions must not keep the read
+/// buffer it arrived in alive: 100 rounds of a 1 MB publish with a 4-byte
+/// one right behind it (one write), the small ones queued for three offline
+/// sessions. Sharing the buffer held ~100 MB; copying small payloads out
+/// holds ~nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_queued_payload_does_not_pin_its_read_buffer() {
+    let b = TestBroker::start().await;
+    for i in 0..3 {
+        let mut connect = connect_packet(Protocol::V5, &format!("offline-{i}"), true);
+        connect.properties.session_expiry_interval = Some(3600);
+        let (mut s, _) = Client::connect_with(b.tcp, connect).await;
+        s.subscribe("small", QoS::AtLeastOnce).await;
+        s.send(&Packet::Disconnect(Disconnect {
+            reason: ReasonCode::SUCCESS,
+            properties: Properties::default(),
+        }))
+        .await;
+        assert!(s.expect_close().await.is_none());
+    }
+    let mut publ = Client::connect(b.tcp, Protocol::V5, "pinner").await;
+    let big = vec![7u8; 1_000_000];
+    // Warm up allocator arenas with one round before measuring.
+    let round = |n: u16| {
+        let mut bytes = bytes::BytesMut::new();
+        encode(
+            &Packet::Publish(publish("big", &big, QoS::AtMostOnce, false, 0)),
+            Protocol::V5,
+            &mut bytes,
+        );
+        encode(
+            &Packet::Publish(publish("small", b"tiny", QoS::AtLeastOnce, false, n)),
+            Protocol::V5,
+            &mut bytes,
+        );
+        bytes
+    };
+    publ.send_raw(&round(1)).await;
+    assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
+    let before = rss_bytes();
+    for n in 2..102 {
+        publ.send_raw(&round(n)).await;
+        assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
+    }
+    let grown = rss_bytes().saturating_sub(before);
+    assert!(
+        grown < 30_000_000,
+        "100 queued 4-byte payloads grew the process by {grown} bytes"
+    );
+    // They are all there.
+    let mut connect = connect_packet(Protocol::V5, "offline-0", false);
+    connect.properties.session_expiry_interval = Some(3600);
+    let (mut s, ack) = Client::connect_with(b.tcp, connect).await;
+    assert!(ack.session_present);
+    for _ in 0..101 {
+        let p = s.expect_publish().await;
+        assert_eq!(&p.payload[..], b"tiny");
+        s.send(&Packet::PubAck(PubResponse::new(
+            p.packet_id,
+            ReasonCode::SUCCESS,
+        )))
+        .await;
+    }
+    b.stop().await;
+}
+
+/// Retained messages on SUBSCRIBE stay within `max_queued_messages` for the
+/// whole SUBSCRIBE, and finding them walks an index within a budget: a
+/// SUBSCRIBE of 3,000 wildcard filters over 20,000 retained messages
+/// neither floods the subscriber's queue (it was 3,000 x 20,000
+/// deliveries) nor holds up other clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_on_subscribe_are_bounded_and_indexed() {
+    let b = TestBroker::start().await;
+    let mut publ = Client::connect(b.tcp, Protocol::V5, "retainer").await;
+    const RETAINED: usize = 20_000;
+    let mut batch = bytes::BytesMut::new();
+    for i in 0..RETAINED {
+        encode(
+            &Packet::Publish(publish(
+                &format!("r/{}/{i}", i % 100),
+                b"v",
+                QoS::AtMostOnce,
+                true,
+                0,
+            )),
+            Protocol::V5,
+            &mut batch,
+        );
+        if batch.len() > 60_000 || i + 1 == RETAINED {
+            publ.send_raw(&batch).await;
+            batch.clear();
+        }
+    }
+    // Everything routed: a ping after the batch is answered after it.
+    publ.send(&Packet::PingReq).await;
+    assert!(matches!(publ.recv().await, Some(Packet::PingResp)));
+    assert_eq!(b.broker.retained_count(), RETAINED);
+
+    let mut bystander = Client::connect(b.tcp, Protocol::V5, "bystander").await;
+    let mut greedy = Client::connect(b.tcp, Protocol::V5, "greedy").await;
+    greedy
+        .send(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: (0..3_000)
+                .map(|i| {
+                    (
+                        if i % 2 == 0 {
+                            "#".to_string()
+                        } else {
+                            "+/+/#".to_string()
+                        },
+                        SubscriptionOptions::default(),
+                    )
+                })
+                .collect(),
+            properties: Properties::default(),
+        }))
+        .await;
+    // Other clients are served meanwhile.
+    bystander.send(&Packet::PingReq).await;
+    assert!(matches!(
+        bystander.try_recv(std::time::Duration::from_secs(2)).await,
+        Some(Packet::PingResp)
+    ));
+    match greedy.recv().await {
+        Some(Packet::SubAck(a)) => assert_eq!(a.reasons.len(), 3_000),
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+    let limit = BrokerConfig::default().max_queued_messages;
+    for _ in 0..limit {
+        assert!(matches!(greedy.recv().await, Some(Packet::Publish(_))));
+    }
+    greedy
+        .expect_silence(std::time::Duration::from_millis(300))
+        .await;
+    b.stop().await;
+}
