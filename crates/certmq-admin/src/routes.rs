@@ -210,13 +210,37 @@ pub struct Limit {
     pub limit: Option<usize>,
 }
 
+/// An audit record as the API shows it (times in RFC 3339, SPEC 9).
+#[derive(Serialize)]
+pub struct AuditView {
+    pub seq: i64,
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}
+
 pub async fn audit_log(
     State(s): State<AdminState>,
     ApiQuery(q): ApiQuery<Limit>,
-) -> Result<Json<Items<certmq_store::AuditRecord>>, ApiError> {
+) -> Result<Json<Items<AuditView>>, ApiError> {
     let store = s.store.clone();
     let limit = q.limit.unwrap_or(100).min(1000);
-    let items = blocking(move || Ok(store.audit_log(limit)?)).await?;
+    let records = blocking(move || Ok(store.audit_log(limit)?)).await?;
+    let items = records
+        .into_iter()
+        .map(|r| AuditView {
+            seq: r.seq,
+            at: rfc3339(r.at),
+            actor: r.actor,
+            action: r.action,
+            target: r.target,
+            before: r.before,
+            after: r.after,
+        })
+        .collect();
     Ok(Json(Items { items }))
 }
 

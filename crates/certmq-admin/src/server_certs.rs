@@ -69,15 +69,7 @@ pub struct ServerCertView {
     pub created_at: Option<String>,
 }
 
-pub fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix.to_string())
-}
+pub use certmq_pki::rfc3339;
 
 pub fn now_unix() -> i64 {
     std::time::SystemTime::now()

@@ -208,9 +208,16 @@ async fn serve_ws<S>(
         }
         Ok(resp)
     };
+    // A WebSocket message or frame larger than one maximum-size MQTT packet
+    // (plus a little for packets sharing it) is refused as it arrives,
+    // before it is buffered: tungstenite's default is 64 MiB.
+    let max_in = (guard.shared.broker.config().max_packet_size as usize).saturating_add(4096);
+    let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(max_in))
+        .max_frame_size(Some(max_in));
     let handshake = tokio::time::timeout(
         guard.shared.config.connect_timeout,
-        tokio_tungstenite::accept_hdr_async(stream, check),
+        tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(ws_config)),
     );
     match handshake.await {
         // Boxed: the WebSocket state is large, and only WS tasks pay for it.

@@ -21,9 +21,9 @@ pub enum CaError {
     InvalidVerificationCertificate(String),
     #[error("the certificate is not a CA: it lacks basicConstraints CA:TRUE (make it with -extensions v3_ca)")]
     NotACa,
-    #[error("the CA certificate is not valid before {0} (unix seconds)")]
+    #[error("the CA certificate is not valid before {}", crate::rfc3339(*.0))]
     CaNotYetValid(i64),
-    #[error("the CA certificate expired at {0} (unix seconds)")]
+    #[error("the CA certificate expired at {}", crate::rfc3339(*.0))]
     CaExpired(i64),
     #[error("no registration code is active; request one first (certmq ca registration-code)")]
     NoRegistrationCode,

@@ -38,7 +38,7 @@ pub use server_cert::{
     MAX_CHAIN_LEN,
 };
 pub use sni::{SniResolver, SniSnapshot};
-pub use x509::{fingerprint, hex_sha256, verify_signed_by, CertInfo, SignatureError};
+pub use x509::{fingerprint, hex_sha256, rfc3339, verify_signed_by, CertInfo, SignatureError};
 
 /// The crypto provider every rustls config in certmq uses (passed
 /// explicitly, never installed process-wide): aws-lc-rs, with the SHA-256

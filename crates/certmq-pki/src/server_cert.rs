@@ -35,9 +35,9 @@ pub enum ServerCertError {
     MissingSan,
     #[error("the leaf certificate's subject has no Common Name (CN)")]
     MissingCommonName,
-    #[error("the leaf certificate is not valid before {0} (unix seconds); check the clock or reissue it")]
+    #[error("the leaf certificate is not valid before {}; check the clock or reissue it", crate::rfc3339(*.0))]
     NotYetValid(i64),
-    #[error("the leaf certificate expired at {0} (unix seconds); reissue it")]
+    #[error("the leaf certificate expired at {}; reissue it", crate::rfc3339(*.0))]
     Expired(i64),
     #[error("certificate {index} is not issued by certificate {next}: the chain must run leaf first, each certificate followed by its issuer")]
     ChainOutOfOrder { index: usize, next: usize },

@@ -10,6 +10,18 @@ pub fn fingerprint(der: &[u8]) -> String {
     hex_sha256(der)
 }
 
+/// Unix seconds as RFC 3339 UTC (`2026-12-02T21:45:46Z`), the format of
+/// every time certmq shows (SPEC 9).
+pub fn rfc3339(unix: i64) -> String {
+    ::time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&::time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
 /// SHA-256 of `bytes`, lower-case hex.
 pub fn hex_sha256(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";

@@ -325,7 +325,7 @@ impl Store for SqliteStore {
             "SELECT seq, at, actor, action, target, before, after FROM audit_log ORDER BY seq DESC LIMIT ?1",
         )?;
         let parse = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
-        let rows = stmt.query_map([limit as i64], |r| {
+        let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
             Ok(AuditRecord {
                 seq: r.get(0)?,
                 at: r.get(1)?,
@@ -495,8 +495,9 @@ impl Store for SqliteStore {
             |r| r.get(0),
         )?;
         let mut page_args = args.clone();
-        page_args.push((f.limit as i64).into());
-        page_args.push((f.offset as i64).into());
+        // Beyond i64::MAX is past every row (never a wrap to the first page).
+        page_args.push(i64::try_from(f.limit).unwrap_or(i64::MAX).into());
+        page_args.push(i64::try_from(f.offset).unwrap_or(i64::MAX).into());
         let mut stmt = conn.prepare(&format!(
             "SELECT {DEVICE_COLS} FROM device_certificates {where_} ORDER BY created_at, rowid LIMIT ? OFFSET ?"
         ))?;

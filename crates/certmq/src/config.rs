@@ -351,11 +351,39 @@ impl Config {
     /// The default configuration as a commented TOML document.
     pub fn default_toml() -> anyhow::Result<String> {
         let body = toml::to_string_pretty(&Config::default())?;
-        Ok(format!(
+        // Keys whose default is "unset" are shown commented out, with what
+        // unset means, so that every key appears.
+        let mut out = String::from(
             "# certmq configuration: every key with its default value.\n\
-             # Precedence: built-in defaults < this file < CERTMQ_* variables < flags.\n\
-             # A listener's allow_anonymous defaults to true on loopback addresses, false otherwise.\n\n{body}"
-        ))
+             # Precedence: built-in defaults < this file < CERTMQ_* variables < flags.\n\n",
+        );
+        let mut section = "";
+        for line in body.lines() {
+            out.push_str(line);
+            out.push('\n');
+            if line.starts_with('[') {
+                section = line;
+                continue;
+            }
+            if !line.starts_with("addr = ") {
+                continue;
+            }
+            if section.starts_with("[listeners.") {
+                let loopback = line
+                    .trim_start_matches("addr = ")
+                    .trim_matches('"')
+                    .parse::<SocketAddr>()
+                    .is_ok_and(|a| a.ip().is_loopback());
+                out.push_str(&format!(
+                    "# allow_anonymous = {loopback}  # unset: true on a loopback address, false otherwise\n"
+                ));
+            } else if section == "[admin]" {
+                out.push_str(
+                    "# token = \"at least 16 characters\"  # unset: <data_dir>/admin.token, generated on first start (mode 0600)\n",
+                );
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -368,6 +396,23 @@ mod tests {
         let text = Config::default_toml().unwrap();
         let parsed: Config = toml::from_str(&text).unwrap();
         assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn default_toml_names_every_key() {
+        let text = Config::default_toml().unwrap();
+        assert_eq!(text.matches("# allow_anonymous = ").count(), 4, "{text}");
+        assert!(text.contains("# allow_anonymous = true"));
+        assert!(text.contains("# allow_anonymous = false"));
+        assert!(text.contains("# token = "));
+        // Uncommented, each is accepted.
+        let uncommented = text
+            .replace("# allow_anonymous", "allow_anonymous")
+            .replace("# token = \"at least 16 characters\"", "token = \"0123456789abcdef\"");
+        let parsed: Config = toml::from_str(&uncommented).unwrap();
+        assert_eq!(parsed.admin.token.as_deref(), Some("0123456789abcdef"));
+        assert_eq!(parsed.listeners.tcp.allow_anonymous, Some(true));
+        assert_eq!(parsed.listeners.tls.allow_anonymous, Some(false));
     }
 
     #[test]
