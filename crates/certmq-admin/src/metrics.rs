@@ -1,141 +1,196 @@
-//! `GET /metrics`: Prometheus text, built from the live counters at scrape
+//! `GET /metrics`: the Prometheus text exposition format 0.0.4
+//! (`text/plain; version=0.0.4`), built from the live counters at scrape
 //! time (nothing is kept between scrapes but the counters themselves).
+//! Names follow Prometheus conventions: `certmq_*`, counters end in
+//! `_total`, base units (`_bytes`, `_seconds`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
 
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 
-use crate::error::{ApiError, Kind};
 use crate::AdminState;
 
-type Labels = Vec<(String, String)>;
+/// One metric family being written.
+struct Exposition(String);
 
-fn counter(v: u64) -> Counter<u64, AtomicU64> {
-    let c = Counter::<u64, AtomicU64>::default();
-    c.inc_by(v);
-    c
+impl Exposition {
+    /// Writes a family: HELP, TYPE and one sample per label set.
+    fn family<'a>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        samples: impl IntoIterator<Item = (Vec<(&'a str, String)>, f64)>,
+    ) {
+        let _ = writeln!(self.0, "# HELP certmq_{name} {help}");
+        let _ = writeln!(self.0, "# TYPE certmq_{name} {kind}");
+        for (labels, value) in samples {
+            let _ = write!(self.0, "certmq_{name}");
+            if !labels.is_empty() {
+                self.0.push('{');
+                for (i, (k, v)) in labels.iter().enumerate() {
+                    if i > 0 {
+                        self.0.push(',');
+                    }
+                    let _ = write!(self.0, "{k}=\"{}\"", escape(v));
+                }
+                self.0.push('}');
+            }
+            let _ = writeln!(self.0, " {value}");
+        }
+    }
+
+    fn one(&mut self, name: &str, kind: &str, help: &str, value: f64) {
+        self.family(name, kind, help, [(Vec::new(), value)]);
+    }
 }
 
-pub async fn metrics(State(s): State<AdminState>) -> Result<impl IntoResponse, ApiError> {
-    let mut r = Registry::with_prefix("certmq");
-    let conns = Family::<Labels, Gauge>::default();
-    for (p, n) in s.live.open_by_protocol() {
-        conns
-            .get_or_create(&vec![("listener".into(), p.name().into())])
-            .set(n as i64);
-    }
-    r.register("connections", "Open connections by listener", conns);
-    let sessions = Gauge::<i64>::default();
-    sessions.set(s.broker.session_count() as i64);
-    r.register(
-        "sessions",
-        "Sessions held (online and persistent)",
-        sessions,
-    );
+/// A label value as the text format wants it.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+pub async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
+    let mut m = Exposition(String::new());
     let live = &s.live;
-    r.register(
-        "received_bytes",
+    let stats = &s.broker.stats;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+
+    m.family(
+        "connections",
+        "gauge",
+        "Open connections by listener",
+        live.open_by_protocol()
+            .into_iter()
+            .map(|(p, n)| (vec![("listener", p.name().to_string())], n as f64)),
+    );
+    m.one(
+        "sessions",
+        "gauge",
+        "Sessions held (online and persistent)",
+        s.broker.session_count() as f64,
+    );
+    m.one(
+        "retained_messages",
+        "gauge",
+        "Retained messages held",
+        s.broker.retained_count() as f64,
+    );
+    m.one(
+        "messages_received_total",
+        "counter",
+        "PUBLISH messages received from clients and routed (wills included)",
+        load(&stats.messages_received),
+    );
+    m.one(
+        "messages_delivered_total",
+        "counter",
+        "PUBLISH messages sent to subscribers",
+        load(&stats.messages_delivered),
+    );
+    m.family(
+        "messages_dropped_total",
+        "counter",
+        "Messages dropped by the drop policy, by reason",
+        [
+            ("offline_qos0", &stats.dropped_offline_qos0),
+            ("queue_full", &stats.dropped_queue_full),
+            ("retained_limit", &stats.dropped_retained_limit),
+        ]
+        .into_iter()
+        .map(|(r, c)| (vec![("reason", r.to_string())], load(c))),
+    );
+    m.one(
+        "received_bytes_total",
+        "counter",
         "Bytes received from MQTT clients",
-        counter(live.bytes_in.load(Ordering::Relaxed)),
+        load(&live.bytes_in),
     );
-    r.register(
-        "sent_bytes",
+    m.one(
+        "sent_bytes_total",
+        "counter",
         "Bytes sent to MQTT clients",
-        counter(live.bytes_out.load(Ordering::Relaxed)),
+        load(&live.bytes_out),
     );
-    r.register(
-        "received_packets",
+    m.one(
+        "received_packets_total",
+        "counter",
         "MQTT packets received",
-        counter(live.packets_in.load(Ordering::Relaxed)),
+        load(&live.packets_in),
     );
-    r.register(
-        "sent_packets",
+    m.one(
+        "sent_packets_total",
+        "counter",
         "MQTT packets sent",
-        counter(live.packets_out.load(Ordering::Relaxed)),
+        load(&live.packets_out),
     );
-    let failures = Family::<Labels, Counter<u64, AtomicU64>>::default();
-    for (reason, n) in live.tls_failures() {
-        failures
-            .get_or_create(&vec![("reason".into(), reason.into())])
-            .inc_by(n);
-    }
-    r.register(
-        "tls_handshake_failures",
+    m.family(
+        "tls_handshake_failures_total",
+        "counter",
         "Failed TLS handshakes by reason",
-        failures,
+        live.tls_failures()
+            .into_iter()
+            .map(|(r, n)| (vec![("reason", r.to_string())], n as f64)),
     );
-    let expiry = Family::<Labels, Gauge>::default();
-    for c in s.server_certs.list() {
-        expiry
-            .get_or_create(&vec![
-                ("id".into(), c.id.clone()),
-                (
-                    "subject_cn".into(),
-                    c.subject_cn.clone().unwrap_or_default(),
-                ),
-            ])
-            .set(c.seconds_to_expiry);
-    }
-    r.register(
-        "server_certificate_expiry_seconds",
-        "Seconds until each server certificate expires",
-        expiry,
-    );
-    let by_state = Family::<Labels, Gauge>::default();
-    let cas = s.devices.list_cas().unwrap_or_default();
-    let ca_expiry = Family::<Labels, Gauge>::default();
-    for ca in &cas {
-        ca_expiry
-            .get_or_create(&vec![
-                ("id".into(), ca.id.clone()),
-                (
-                    "subject_cn".into(),
-                    ca.subject_cn.clone().unwrap_or_default(),
-                ),
-            ])
-            .set(ca.seconds_to_expiry);
-    }
-    for (status, n) in s.devices.device_counts_by_status() {
-        by_state
-            .get_or_create(&vec![("status".into(), status.to_string())])
-            .set(n as i64);
-    }
-    r.register(
-        "device_certificates",
-        "Device certificates by status",
-        by_state,
-    );
-    r.register(
-        "ca_certificate_expiry_seconds",
-        "Seconds until each CA certificate expires",
-        ca_expiry,
-    );
-    let rejected = Family::<Labels, Counter<u64, AtomicU64>>::default();
-    for (reason, n) in live.rejection_counts() {
-        rejected
-            .get_or_create(&vec![("reason".into(), reason.into())])
-            .inc_by(n);
-    }
-    r.register(
-        "connection_rejections",
+    m.family(
+        "connection_rejections_total",
+        "counter",
         "Refused handshakes and CONNECTs by reason",
-        rejected,
+        live.rejection_counts()
+            .into_iter()
+            .map(|(r, n)| (vec![("reason", r.to_string())], n as f64)),
     );
-    let mut text = String::new();
-    encode(&mut text, &r)
-        .map_err(|_| ApiError::new(Kind::Internal, "Internal", "metrics encoding failed"))?;
-    Ok((
+    m.family(
+        "server_certificate_expiry_seconds",
+        "gauge",
+        "Seconds until each server certificate expires",
+        s.server_certs.list().into_iter().map(|c| {
+            (
+                vec![
+                    ("id", c.id.clone()),
+                    ("subject_cn", c.subject_cn.clone().unwrap_or_default()),
+                ],
+                c.seconds_to_expiry as f64,
+            )
+        }),
+    );
+    m.family(
+        "ca_certificate_expiry_seconds",
+        "gauge",
+        "Seconds until each CA certificate expires",
+        s.devices
+            .list_cas()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|ca| {
+                (
+                    vec![
+                        ("id", ca.id.clone()),
+                        ("subject_cn", ca.subject_cn.clone().unwrap_or_default()),
+                    ],
+                    ca.seconds_to_expiry as f64,
+                )
+            }),
+    );
+    m.family(
+        "device_certificates",
+        "gauge",
+        "Device certificates by status",
+        s.devices
+            .device_counts_by_status()
+            .into_iter()
+            .map(|(st, n)| (vec![("status", st.to_string())], n as f64)),
+    );
+    (
         [(
             header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            "text/plain; version=0.0.4; charset=utf-8",
         )],
-        text,
-    ))
+        m.0,
+    )
 }

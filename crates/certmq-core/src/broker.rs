@@ -28,7 +28,22 @@ use crate::{BrokerConfig, Delivery, Mailbox, Message, SessionEntry, SessionId};
 pub struct Stats {
     pub messages_received: AtomicU64,
     pub messages_delivered: AtomicU64,
+    /// Every drop, whatever the reason (the sum of the three below).
     pub messages_dropped: AtomicU64,
+    /// QoS 0 messages for an offline session (never queued).
+    pub dropped_offline_qos0: AtomicU64,
+    /// Messages for a session whose queue was full.
+    pub dropped_queue_full: AtomicU64,
+    /// Retained messages a SUBSCRIBE matched beyond the queue limit or the
+    /// index's visit budget.
+    pub dropped_retained_limit: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn dropped(&self, reason: &AtomicU64, n: u64) {
+        self.messages_dropped.fetch_add(n, Ordering::Relaxed);
+        reason.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug)]
@@ -180,8 +195,11 @@ impl Broker {
             };
             match first.mailbox.push(delivery) {
                 Ok(()) => delivered += 1,
-                Err(_) => {
-                    self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                Err(crate::Dropped::OfflineQos0) => {
+                    self.stats.dropped(&self.stats.dropped_offline_qos0, 1);
+                }
+                Err(crate::Dropped::QueueFull) => {
+                    self.stats.dropped(&self.stats.dropped_queue_full, 1);
                 }
             }
         }

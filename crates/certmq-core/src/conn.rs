@@ -605,6 +605,8 @@ impl Conn {
         }));
         if retained_dropped {
             self.entry.mailbox.count_dropped(1);
+            let stats = &self.broker.stats;
+            stats.dropped(&stats.dropped_retained_limit, 1);
         }
         if !retained.is_empty() {
             self.entry.mailbox.push_own(retained);

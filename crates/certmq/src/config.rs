@@ -408,7 +408,10 @@ mod tests {
         // Uncommented, each is accepted.
         let uncommented = text
             .replace("# allow_anonymous", "allow_anonymous")
-            .replace("# token = \"at least 16 characters\"", "token = \"0123456789abcdef\"");
+            .replace(
+                "# token = \"at least 16 characters\"",
+                "token = \"0123456789abcdef\"",
+            );
         let parsed: Config = toml::from_str(&uncommented).unwrap();
         assert_eq!(parsed.admin.token.as_deref(), Some("0123456789abcdef"));
         assert_eq!(parsed.listeners.tcp.allow_anonymous, Some(true));
