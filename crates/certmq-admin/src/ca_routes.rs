@@ -276,10 +276,26 @@ pub struct Limit {
     limit: Option<usize>,
 }
 
+/// Recent refusals (the newest of every reason), with counts by reason and
+/// the sources refused most often.
+#[derive(Serialize)]
+pub struct RejectionsView {
+    items: Vec<RejectionView>,
+    counts_by_reason: std::collections::BTreeMap<&'static str, u64>,
+    top_sources: Vec<RejectionSourceView>,
+}
+
+#[derive(Serialize)]
+pub struct RejectionSourceView {
+    reason: &'static str,
+    source: String,
+    count: u64,
+}
+
 pub async fn rejections(
     State(s): State<AdminState>,
     ApiQuery(q): ApiQuery<Limit>,
-) -> Json<Items<RejectionView>> {
+) -> Json<RejectionsView> {
     let limit = q.limit.unwrap_or(100).min(certmq_net::REJECTIONS_KEPT);
     let items = s
         .live
@@ -296,5 +312,18 @@ pub async fn rejections(
             ca_id: r.ca_id,
         })
         .collect();
-    Json(Items { items })
+    Json(RejectionsView {
+        items,
+        counts_by_reason: s.live.rejection_counts().into_iter().collect(),
+        top_sources: s
+            .live
+            .rejection_sources(20)
+            .into_iter()
+            .map(|r| RejectionSourceView {
+                reason: r.reason,
+                source: r.source,
+                count: r.count,
+            })
+            .collect(),
+    })
 }

@@ -202,7 +202,7 @@ async fn accept<T: Transport>(
                     reason,
                     protocol: peer.protocol,
                     peer: peer.addr,
-                    client_id: Some(connect.client_id.clone()),
+                    client_id: Some(crate::bounded(&connect.client_id)),
                     certificate_id: device_id,
                     ca_id: ca,
                 });
@@ -229,7 +229,7 @@ async fn accept<T: Transport>(
     let client_id = connect.client_id.clone();
     match shared.broker.connect(connect, &ctx, Instant::now()) {
         Ok(conn) => {
-            tracing::debug!(peer = %peer.addr, client_id = %conn.client_id(), "connected");
+            tracing::debug!(peer = %peer.addr, client_id = %crate::LogStr(conn.client_id()), "connected");
             let shutting_down = *shutdown.borrow();
             let live_id = shared.live.register(crate::ConnInfo {
                 client_id: conn.client_id().clone(),
@@ -259,7 +259,7 @@ async fn accept<T: Transport>(
                     reason: Rejection::ClientIdInUseByAnotherIdentity,
                     protocol: peer.protocol,
                     peer: peer.addr,
-                    client_id: Some(client_id),
+                    client_id: Some(crate::bounded(&client_id)),
                     certificate_id: certificate.as_ref().map(|c| c.certificate_id.clone()),
                     ca_id: certificate.as_ref().map(|c| c.ca_id.clone()),
                 });
@@ -289,7 +289,7 @@ impl<T: Transport> Session<T> {
             mut wbuf,
             ..
         } = self;
-        tracing::debug!(client_id = %conn.client_id(), ?cause, "closed");
+        tracing::debug!(client_id = %crate::LogStr(conn.client_id()), ?cause, "closed");
         let protocol = conn.protocol();
         // The session is settled (ended, or kept with its expiry; will sent
         // or scheduled) before the last bytes go out, so a client that
@@ -491,7 +491,7 @@ impl<T: Transport> Session<T> {
                             break;
                         }
                         Err(e) => {
-                            tracing::debug!(client_id = %conn.client_id(), error = %e, "malformed input");
+                            tracing::debug!(client_id = %crate::LogStr(conn.client_id()), error = %e, "malformed input");
                             return Poll::Ready(CloseCause::Server(e.reason_code()));
                         }
                     }

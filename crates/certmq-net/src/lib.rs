@@ -17,6 +17,7 @@ mod config;
 mod driver;
 mod listener;
 mod live;
+mod logstr;
 mod transport;
 
 use std::future::Future;
@@ -32,7 +33,8 @@ use tokio::sync::{mpsc, watch};
 
 pub use config::{ClientAuth, ListenerConfig, NetConfig, Protocol};
 pub use driver::PeerInfo;
-pub use live::{CertIds, ConnInfo, Live, RejectionRecord, REJECTIONS_KEPT};
+pub use live::{CertIds, ConnInfo, Live, RejectionRecord, RejectionSource, REJECTIONS_KEPT};
+pub use logstr::{bounded, LogStr};
 
 /// Decides CONNECTs of clients that presented a certificate (the device
 /// registry). Must not block: it runs on the connect path.
@@ -248,7 +250,7 @@ async fn housekeeping(broker: Arc<Broker>, live: Arc<Live>, mut stop: watch::Rec
             _ = tokio::time::sleep_until(next) => {
                 broker.tick(std::time::Instant::now());
                 for c in live.take_expired(live::now_unix()) {
-                    tracing::info!(client_id = %c.client_id, "client certificate expired: closing");
+                    tracing::info!(client_id = %LogStr(&c.client_id), "client certificate expired: closing");
                     broker.kick_with_text(
                         &c.client_id,
                         certmq_codec::ReasonCode::ADMINISTRATIVE_ACTION,

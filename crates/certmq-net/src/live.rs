@@ -66,15 +66,39 @@ pub struct RejectionRecord {
     pub ca_id: Option<String>,
 }
 
-/// The newest refusals, and counts by reason since start.
+/// Refusals: the newest of each reason, counts by reason, and counts by
+/// (reason, source) so that a flood of one kind (1,000 handshakes without a
+/// certificate) cannot push the one refusal that matters out of view.
 #[derive(Debug, Default)]
 struct Rejections {
-    recent: std::collections::VecDeque<RejectionRecord>,
+    seq: u64,
+    recent: HashMap<&'static str, std::collections::VecDeque<(u64, RejectionRecord)>>,
     counts: BTreeMap<&'static str, u64>,
+    /// (reason, source) -> (count, last seq); bounded by [`SOURCES_KEPT`].
+    by_source: HashMap<(&'static str, String), (u64, u64)>,
+    /// Log lines written in the current second, and refusals not logged.
+    log_second: i64,
+    logged: u32,
+    unlogged: u64,
 }
 
-/// Refusals kept for `GET /connection-rejections`.
+/// Refusals kept for `GET /connection-rejections`, at most.
 pub const REJECTIONS_KEPT: usize = 1000;
+/// The newest refusals kept per reason.
+const KEPT_PER_REASON: usize = 200;
+/// Distinct (reason, source) pairs counted; later sources count as "other".
+const SOURCES_KEPT: usize = 10_000;
+/// Refusals logged per second; the rest are counted and summarised.
+const LOGGED_PER_SECOND: u32 = 20;
+
+/// How often one source was refused for one reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectionSource {
+    pub reason: &'static str,
+    /// `certificate:<id>`, or `address:<ip>` for a client without one.
+    pub source: String,
+    pub count: u64,
+}
 
 fn slot(p: Protocol) -> usize {
     match p {
@@ -139,29 +163,80 @@ impl Live {
     }
 
     pub fn reject(&self, r: RejectionRecord) {
-        tracing::info!(
-            reason = r.reason.as_str(),
-            peer = %r.peer,
-            client_id = r.client_id.as_deref().unwrap_or("-"),
-            certificate_id = r.certificate_id.as_deref().unwrap_or("-"),
-            "connection refused"
-        );
+        let reason = r.reason.as_str();
         let mut g = self.rejections.lock();
-        *g.counts.entry(r.reason.as_str()).or_insert(0) += 1;
-        if g.recent.len() >= REJECTIONS_KEPT {
-            g.recent.pop_front();
+        let now = r.at;
+        if now != g.log_second {
+            if g.unlogged > 0 {
+                tracing::info!(
+                    refusals = g.unlogged,
+                    "further connection refusals not logged (rate limit); see GET /api/v1/connection-rejections"
+                );
+            }
+            g.log_second = now;
+            g.logged = 0;
+            g.unlogged = 0;
         }
-        g.recent.push_back(r);
+        if g.logged < LOGGED_PER_SECOND {
+            g.logged += 1;
+            tracing::info!(
+                reason,
+                peer = %r.peer,
+                client_id = %crate::LogStr(r.client_id.as_deref().unwrap_or("-")),
+                certificate_id = r.certificate_id.as_deref().unwrap_or("-"),
+                "connection refused"
+            );
+        } else {
+            g.unlogged += 1;
+        }
+        *g.counts.entry(reason).or_insert(0) += 1;
+        g.seq += 1;
+        let seq = g.seq;
+        let source = match &r.certificate_id {
+            Some(id) => format!("certificate:{id}"),
+            None => format!("address:{}", r.peer.ip()),
+        };
+        let key = if g.by_source.len() < SOURCES_KEPT
+            || g.by_source.contains_key(&(reason, source.clone()))
+        {
+            (reason, source)
+        } else {
+            (reason, "other".to_string())
+        };
+        let e = g.by_source.entry(key).or_insert((0, 0));
+        e.0 += 1;
+        e.1 = seq;
+        let q = g.recent.entry(reason).or_default();
+        if q.len() >= KEPT_PER_REASON {
+            q.pop_front();
+        }
+        q.push_back((seq, r));
     }
 
-    /// The newest refusals, newest first.
+    /// The newest refusals, newest first: the newest of every reason, so
+    /// a flood of one reason leaves the others in view.
     pub fn rejections(&self) -> Vec<RejectionRecord> {
-        self.rejections
-            .lock()
-            .recent
-            .iter()
-            .rev()
-            .cloned()
+        let g = self.rejections.lock();
+        let mut all: Vec<&(u64, RejectionRecord)> = g.recent.values().flatten().collect();
+        all.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
+        all.into_iter()
+            .take(REJECTIONS_KEPT)
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+
+    /// The sources refused most often, with their reasons.
+    pub fn rejection_sources(&self, limit: usize) -> Vec<RejectionSource> {
+        let g = self.rejections.lock();
+        let mut v: Vec<_> = g.by_source.iter().collect();
+        v.sort_by_key(|(_, (count, last))| std::cmp::Reverse((*count, *last)));
+        v.into_iter()
+            .take(limit)
+            .map(|((reason, source), (count, _))| RejectionSource {
+                reason,
+                source: source.clone(),
+                count: *count,
+            })
             .collect()
     }
 

@@ -173,3 +173,123 @@ fn times_are_rfc3339_the_bearer_scheme_is_case_insensitive_and_offsets_never_wra
         .unwrap_or_else(|| panic!("no time in {msg}"));
     assert!(is_rfc3339(stamp), "{msg}");
 }
+
+/// A plain-TCP MQTT 5 CONNECT; returns the CONNACK reason code.
+fn tcp_connect(b: &BrokerProcess, client_id: &str) -> u8 {
+    use certmq_codec::{decode, encode, Connect, Packet, Properties, Protocol};
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(b.addr("mqtt-tcp")).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut out = bytes::BytesMut::new();
+    encode(
+        &Packet::Connect(Box::new(Connect {
+            protocol: Protocol::V5,
+            clean_start: true,
+            keep_alive: 30,
+            client_id: client_id.into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: Properties::default(),
+        })),
+        Protocol::V5,
+        &mut out,
+    );
+    s.write_all(&out).unwrap();
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        if let Some(Packet::ConnAck(a)) = decode(&mut buf, Some(Protocol::V5), 1 << 20).unwrap() {
+            return a.reason.0;
+        }
+        let mut chunk = [0u8; 1024];
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed before CONNACK");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A flood of one refusal keeps the others in view; client-supplied strings
+/// in the log are cut and escaped (no forged start-up line, no 64 KiB
+/// lines); the log is rate-limited.
+#[test]
+fn refusal_floods_hide_nothing_and_cannot_forge_or_flood_the_log() {
+    let broker = BrokerProcess::start(&[]);
+    let api = Api::of(&broker);
+    let ca = ca("Flood CA");
+    register(&api, &ca, json!({}));
+    // The refusal that matters: a revoked device.
+    let dev = device(&ca, "victim");
+    let id = certmq_pki::fingerprint(&certmq_pki::single_cert_der(dev.0.as_bytes()).unwrap());
+    drop(mtls(&broker, Some(&dev), "victim").unwrap());
+    api.ok("POST", &format!("/device-certificates/{id}/revoke"), None);
+    assert!(matches!(
+        mtls(&broker, Some(&dev), "victim"),
+        Err(tls_client::Failure::Refused(0x87))
+    ));
+    // A device holds two client ids; anonymous clients that ask for them
+    // are refused (a session belongs to its identity).
+    let forged = "x listening protocol=admin-http addr=6.6.6.6:1";
+    let huge = "h".repeat(65_000);
+    let holder = device(&ca, "holder");
+    let _a = mtls(&broker, Some(&holder), forged).unwrap();
+    let _b = mtls(&broker, Some(&holder), &huge).unwrap();
+    assert_eq!(tcp_connect(&broker, forged), 0x87);
+    assert_eq!(tcp_connect(&broker, &huge), 0x87);
+    // The flood: 1,100 more refusals of one kind.
+    let _c = mtls(&broker, Some(&holder), "flooded").unwrap();
+    for _ in 0..1_100 {
+        assert_eq!(tcp_connect(&broker, "flooded"), 0x87);
+    }
+    let v = api.ok("GET", "/connection-rejections?limit=1000", None);
+    let items = v["items"].as_array().unwrap();
+    assert!(
+        items
+            .iter()
+            .any(|r| r["reason"] == "CERTIFICATE_REVOKED" && r["certificate_id"] == id.as_str()),
+        "the revoked device's refusal was pushed out"
+    );
+    assert!(items
+        .iter()
+        .all(|r| r["client_id"].as_str().map_or(0, str::len) <= 256));
+    assert_eq!(
+        v["counts_by_reason"]["CLIENT_ID_IN_USE_BY_ANOTHER_IDENTITY"],
+        1_102
+    );
+    let top = &v["top_sources"][0];
+    assert_eq!(top["reason"], "CLIENT_ID_IN_USE_BY_ANOTHER_IDENTITY");
+    assert_eq!(top["source"], "address:127.0.0.1");
+    assert_eq!(top["count"], 1_102);
+
+    // One more refusal a second later writes the rate limiter's summary.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(tcp_connect(&broker, "flooded"), 0x87);
+    let mut log = Vec::new();
+    while let Ok(line) = broker
+        .log
+        .recv_timeout(std::time::Duration::from_millis(500))
+    {
+        log.push(line);
+    }
+    // (The real start-up lines were read before: none may follow.)
+    let forged_lines: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("listening protocol="))
+        .collect();
+    assert!(
+        forged_lines.is_empty(),
+        "a client id forged a start-up line: {forged_lines:?}"
+    );
+    let longest = log.iter().map(String::len).max().unwrap_or(0);
+    assert!(longest < 1_000, "a log line of {longest} bytes");
+    let refused = log
+        .iter()
+        .filter(|l| l.contains("connection refused"))
+        .count();
+    assert!(refused < 200, "{refused} refusals logged one by one");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("further connection refusals not logged")),
+        "no summary of the refusals not logged"
+    );
+}
