@@ -18,6 +18,8 @@ mod ca_routes;
 pub mod devices;
 pub mod error;
 mod metrics;
+mod serve;
+pub use serve::ServeLimits;
 pub mod openapi;
 pub mod routes;
 mod server_certs;
@@ -127,13 +129,13 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// Serves the API on `listener` until `shutdown` completes.
+/// Serves the API on `listener` until `shutdown` completes, within
+/// `limits` (connections, header and read timeouts).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AdminState,
+    limits: ServeLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve::serve(listener, router(state), limits, shutdown).await
 }

@@ -243,3 +243,61 @@ async fn retained_messages_on_subscribe_are_bounded_and_indexed() {
         .await;
     b.stop().await;
 }
+
+/// A WebSocket message larger than one maximum-size MQTT packet is refused
+/// as it arrives, before CONNECT: the connection is closed instead of the
+/// broker buffering up to tungstenite's default of 64 MiB.
+#[tokio::test]
+async fn websocket_messages_are_capped_at_the_packet_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = TestBroker::start().await;
+    let mut s = tokio::net::TcpStream::connect(b.ws).await.unwrap();
+    s.write_all(
+        b"GET /mqtt HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+          Sec-WebSocket-Protocol: mqtt\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1);
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    // One 48 MiB message in six masked 8 MiB frames (each under
+    // tungstenite's default frame limit, the whole under its 64 MiB message
+    // limit), written in 64 KiB pieces. The broker must give up within the
+    // first frame instead of buffering the message.
+    const FRAME: u64 = 8 << 20;
+    let chunk = vec![0u8; 64 * 1024];
+    let mut sent = 0u64;
+    'frames: for i in 0..6u8 {
+        let opcode = if i == 0 { 0x02 } else { 0x00 };
+        let fin = if i == 5 { 0x80 } else { 0x00 };
+        let mut header = vec![fin | opcode, 0x80 | 127];
+        header.extend_from_slice(&FRAME.to_be_bytes());
+        header.extend_from_slice(&[1, 2, 3, 4]);
+        if s.write_all(&header).await.is_err() {
+            break;
+        }
+        let mut in_frame = 0u64;
+        while in_frame < FRAME {
+            match tokio::time::timeout(std::time::Duration::from_secs(5), s.write_all(&chunk)).await
+            {
+                Ok(Ok(())) => {
+                    in_frame += chunk.len() as u64;
+                    sent += chunk.len() as u64;
+                }
+                _ => break 'frames,
+            }
+        }
+    }
+    assert!(
+        sent < 16 << 20,
+        "the broker read {sent} bytes of one WebSocket message before refusing it"
+    );
+    bystanders_still_fine(&b, 3).await;
+    b.stop().await;
+}

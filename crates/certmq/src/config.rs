@@ -54,6 +54,23 @@ pub struct AdminSection {
     /// (generated on first start, mode 0600).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// Open admin connections at most; more are closed on accept.
+    pub max_connections: usize,
+    /// Seconds a request's headers may take (also closes idle keep-alive
+    /// connections).
+    pub header_timeout_secs: u64,
+    /// Seconds a pending read (a slow body) may wait without progress.
+    pub read_timeout_secs: u64,
+}
+
+impl AdminSection {
+    pub fn limits(&self) -> certmq_admin::ServeLimits {
+        certmq_admin::ServeLimits {
+            max_connections: self.max_connections,
+            header_timeout: Duration::from_secs(self.header_timeout_secs),
+            read_timeout: Duration::from_secs(self.read_timeout_secs),
+        }
+    }
 }
 
 impl Default for AdminSection {
@@ -62,6 +79,9 @@ impl Default for AdminSection {
             enabled: true,
             addr: SocketAddr::from(([127, 0, 0, 1], 18083)),
             token: None,
+            max_connections: 256,
+            header_timeout_secs: 10,
+            read_timeout_secs: 30,
         }
     }
 }
@@ -300,6 +320,12 @@ impl Config {
         }
         if self.registry.max_ca_certificates == 0 || self.registry.registration_code_ttl_secs == 0 {
             bail!("registry.max_ca_certificates and registry.registration_code_ttl_secs must be at least 1");
+        }
+        if self.admin.max_connections == 0
+            || self.admin.header_timeout_secs == 0
+            || self.admin.read_timeout_secs == 0
+        {
+            bail!("admin.max_connections, admin.header_timeout_secs and admin.read_timeout_secs must be at least 1");
         }
         if self.connections.max_connections == 0 {
             bail!("connections.max_connections must be at least 1");

@@ -215,6 +215,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
+        let admin_limits = config.admin.limits();
         let admin = match admin_listener {
             Some(l) => {
                 if let Ok(addr) = l.local_addr() {
@@ -229,7 +230,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     devices,
                 };
                 let stop = stopped(stop_rx.clone());
-                Some(tokio::spawn(certmq_admin::serve(l, state, stop)))
+                Some(tokio::spawn(certmq_admin::serve(
+                    l,
+                    state,
+                    admin_limits,
+                    stop,
+                )))
             }
             None => None,
         };

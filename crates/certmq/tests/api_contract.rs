@@ -293,3 +293,68 @@ fn refusal_floods_hide_nothing_and_cannot_forge_or_flood_the_log() {
         "no summary of the refusals not logged"
     );
 }
+
+/// The admin listener closes connections that send no request, or stall
+/// in the headers, and holds no more than `[admin] max_connections`: idle
+/// sockets cannot exhaust file descriptors, and the API answers after.
+#[test]
+fn the_admin_listener_times_out_idle_and_slow_clients_and_limits_connections() {
+    use std::io::{Read, Write};
+    let w = TempDir::new("admin-limits");
+    let conf = w.0.join("certmq.toml");
+    std::fs::write(
+        &conf,
+        "[admin]\nmax_connections = 8\nheader_timeout_secs = 3\nread_timeout_secs = 3\n",
+    )
+    .unwrap();
+    let broker = BrokerProcess::start(&["--config", conf.to_str().unwrap()]);
+    let addr = broker.addr("admin-http");
+    let closed_within = |s: &mut std::net::TcpStream, secs: u64| -> bool {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(secs)))
+            .unwrap();
+        let mut buf = [0u8; 512];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue, // a 408 or similar, then the close
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return false,
+                Err(_) => return true,
+            }
+        }
+    };
+    // 20 idle connections: 8 are held, 12 closed at once.
+    let mut idle: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut closed_at_once = 0;
+    for s in &mut idle {
+        s.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        match s.read(&mut b) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            _ => closed_at_once += 1,
+        }
+        s.set_nonblocking(false).unwrap();
+    }
+    assert_eq!(
+        closed_at_once, 12,
+        "over the limit of 8, each is closed at once"
+    );
+    // The held ones are closed by the header timeout.
+    for s in &mut idle {
+        assert!(closed_within(s, 10), "an idle admin connection was kept");
+    }
+    // A slow request head is cut off too.
+    let mut slow = std::net::TcpStream::connect(addr).unwrap();
+    slow.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    assert!(
+        closed_within(&mut slow, 10),
+        "a stalled request head was kept"
+    );
+    // And the API answers.
+    let api = Api::of(&broker);
+    assert_eq!(api.call("GET", "/health", None).0, 200);
+}
