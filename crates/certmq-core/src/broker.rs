@@ -48,7 +48,8 @@ impl Stats {
 
 #[derive(Debug)]
 pub struct Broker {
-    pub(crate) config: BrokerConfig,
+    /// Swapped whole by [`Broker::set_config`] (SIGHUP).
+    config: arc_swap::ArcSwap<BrokerConfig>,
     pub(crate) sessions: Mutex<HashMap<Arc<str>, Arc<SessionEntry>>>,
     pub(crate) tree: RwLock<SubscriptionTree>,
     retained: RwLock<RetainedStore>,
@@ -62,7 +63,7 @@ pub struct Broker {
 impl Broker {
     pub fn new(config: BrokerConfig) -> Arc<Self> {
         Arc::new(Self {
-            config,
+            config: arc_swap::ArcSwap::from_pointee(config),
             sessions: Mutex::default(),
             tree: RwLock::default(),
             retained: RwLock::default(),
@@ -73,8 +74,16 @@ impl Broker {
         })
     }
 
-    pub fn config(&self) -> &BrokerConfig {
-        &self.config
+    /// The limits in force now (a cheap, lock-free load).
+    pub fn config(&self) -> arc_swap::Guard<Arc<BrokerConfig>> {
+        self.config.load()
+    }
+
+    /// Replaces the limits (SIGHUP). They apply from the next packet on;
+    /// a session's queue limit and a connection's maximum packet size are
+    /// taken when the session or connection starts.
+    pub fn set_config(&self, config: BrokerConfig) {
+        self.config.store(Arc::new(config));
     }
 
     /// A fresh number for sessions, connection generations and timers.
@@ -86,7 +95,7 @@ impl Broker {
         let id = SessionId(self.next_id());
         Arc::new(SessionEntry {
             client_id,
-            mailbox: Arc::new(Mailbox::new(id, self.config.max_queued_messages)),
+            mailbox: Arc::new(Mailbox::new(id, self.config().max_queued_messages)),
             state: Mutex::new(SessionState::default()),
         })
     }
@@ -148,7 +157,7 @@ impl Broker {
 
     /// Publishes a message: stores it if retained, then routes it.
     pub fn publish(&self, message: Arc<Message>, now: Instant) -> usize {
-        if message.retain && self.config.retain_available {
+        if message.retain && self.config().retain_available {
             self.retain(&message);
         }
         self.route(&message, now)

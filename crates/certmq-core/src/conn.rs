@@ -143,7 +143,7 @@ impl Broker {
         if connect
             .will
             .as_ref()
-            .is_some_and(|w| level_count(&w.topic) > self.config.max_topic_levels)
+            .is_some_and(|w| level_count(&w.topic) > self.config().max_topic_levels)
         {
             return Err(ReasonCode::TOPIC_NAME_INVALID.into());
         }
@@ -171,14 +171,14 @@ impl Broker {
         } else {
             u32::MAX
         };
-        let expiry = requested_expiry.min(self.config.max_session_expiry);
+        let expiry = requested_expiry.min(self.config().max_session_expiry);
         let mut keep_alive = connect.keep_alive;
         let mut server_keep_alive = None;
         if v5
-            && (keep_alive > self.config.max_keep_alive
-                || (keep_alive == 0 && self.config.max_keep_alive < u16::MAX))
+            && (keep_alive > self.config().max_keep_alive
+                || (keep_alive == 0 && self.config().max_keep_alive < u16::MAX))
         {
-            keep_alive = self.config.max_keep_alive;
+            keep_alive = self.config().max_keep_alive;
             server_keep_alive = Some(keep_alive);
         }
 
@@ -270,7 +270,7 @@ impl Broker {
         };
         let mut properties = Properties::default();
         if v5 {
-            let c = &self.config;
+            let c = self.config();
             properties.assigned_client_identifier = assigned;
             if expiry != requested_expiry {
                 properties.session_expiry_interval = Some(expiry);
@@ -352,7 +352,7 @@ impl Conn {
     fn window(&self) -> usize {
         usize::from(
             self.client_receive_maximum
-                .min(self.broker.config.max_inflight),
+                .min(self.broker.config().max_inflight),
         )
     }
 
@@ -451,7 +451,7 @@ impl Conn {
                     if self.expiry_was_zero && expiry != 0 {
                         return Err(ReasonCode::PROTOCOL_ERROR);
                     }
-                    let expiry = expiry.min(self.broker.config.max_session_expiry);
+                    let expiry = expiry.min(self.broker.config().max_session_expiry);
                     self.entry.state.lock().expiry_interval = expiry;
                 }
                 Ok(Flow::Disconnect {
@@ -471,7 +471,7 @@ impl Conn {
         }
         let topic = match p.properties.topic_alias {
             Some(alias) => {
-                if !v5 || alias == 0 || alias > self.broker.config.topic_alias_maximum {
+                if !v5 || alias == 0 || alias > self.broker.config().topic_alias_maximum {
                     return Err(ReasonCode::TOPIC_ALIAS_INVALID);
                 }
                 if p.topic.is_empty() {
@@ -490,10 +490,10 @@ impl Conn {
             None if p.topic.is_empty() => return Err(ReasonCode::PROTOCOL_ERROR),
             None => p.topic,
         };
-        if level_count(&topic) > self.broker.config.max_topic_levels {
+        if level_count(&topic) > self.broker.config().max_topic_levels {
             return Err(ReasonCode::TOPIC_NAME_INVALID);
         }
-        if p.retain && !self.broker.config.retain_available {
+        if p.retain && !self.broker.config().retain_available {
             return Err(ReasonCode::RETAIN_NOT_SUPPORTED);
         }
         if p.qos == QoS::ExactlyOnce {
@@ -504,7 +504,7 @@ impl Conn {
                 self.ack_publish(QoS::ExactlyOnce, p.packet_id, ReasonCode::SUCCESS);
                 return Ok(Flow::Continue);
             }
-            if state.incoming_qos2.len() >= usize::from(self.broker.config.receive_maximum) {
+            if state.incoming_qos2.len() >= usize::from(self.broker.config().receive_maximum) {
                 return Err(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
             }
         }
@@ -546,7 +546,7 @@ impl Conn {
         {
             let mut state = self.entry.state.lock();
             for (raw, options) in &s.filters {
-                let parsed = match parse_filter_within(raw, self.broker.config.max_topic_levels) {
+                let parsed = match parse_filter_within(raw, self.broker.config().max_topic_levels) {
                     Ok(p) => p,
                     Err(_) => {
                         reasons.push(if v5 {
@@ -580,7 +580,7 @@ impl Conn {
                     // Within the queue limit, for the whole SUBSCRIBE.
                     let room = self
                         .broker
-                        .config
+                        .config()
                         .max_queued_messages
                         .saturating_sub(queued + retained.len());
                     let found = self.broker.retained_matching(parsed.filter, now, room);

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Where the node keeps its state.
     pub data_dir: PathBuf,
+    /// Log filter, as RUST_LOG (`info`, `certmq_net=debug,info`, ...).
+    pub log: String,
     pub broker: BrokerSection,
     pub connections: ConnectionsSection,
     pub listeners: ListenersSection,
@@ -173,6 +175,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("./data"),
+            log: "info".into(),
             broker: BrokerSection::default(),
             connections: ConnectionsSection::default(),
             listeners: ListenersSection::default(),

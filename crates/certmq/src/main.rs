@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod client;
 mod config;
 mod lock;
+mod reload;
 mod tls;
 
 use config::{ClientAuthSetting, Config, ListenAddr};
@@ -46,7 +47,7 @@ enum ConfigCommand {
     Default,
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 struct ServeArgs {
     /// Configuration file (TOML); see `certmq config default`.
     #[arg(long, env = "CERTMQ_CONFIG")]
@@ -75,9 +76,10 @@ struct ServeArgs {
     /// Admin HTTP API address, or `off` (default 127.0.0.1:18083).
     #[arg(long, env = "CERTMQ_LISTEN_ADMIN", value_name = "ADDR")]
     listen_admin: Option<ListenAddr>,
-    /// Log filter, as RUST_LOG (default `info`).
-    #[arg(long, env = "CERTMQ_LOG", default_value = "info")]
-    log: String,
+    /// Log filter, as RUST_LOG (default `info`; reloaded on SIGHUP from the
+    /// config file when not given here).
+    #[arg(long, env = "CERTMQ_LOG")]
+    log: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -98,18 +100,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
-        .with_context(|| format!("invalid log filter '{}'", args.log))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-
+/// The configuration in force: the file, then `CERTMQ_*` variables and
+/// flags over it, validated. Read at start and again on SIGHUP.
+fn resolve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     let mut config = Config::load(args.config.as_deref())?;
-    if let Some(dir) = args.data_dir {
-        config.data_dir = dir;
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = dir.clone();
+    }
+    if let Some(log) = &args.log {
+        config.log = log.clone();
     }
     config.listeners.tcp.apply(args.listen_tcp.as_ref());
     config.listeners.tls.apply(args.listen_tls.as_ref());
@@ -123,6 +122,27 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.listeners.wss.client_auth = Some(a);
     }
     config.validate()?;
+    tracing_subscriber::EnvFilter::try_new(&config.log)
+        .with_context(|| format!("invalid log filter '{}'", config.log))?;
+    Ok(config)
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let config = resolve_config(&args)?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+        .with_context(|| format!("invalid log filter '{}'", config.log))?;
+    let (filter, log_handle) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .init();
+
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
@@ -164,6 +184,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // SIGTERM at once, and must get a clean shutdown, not the default kill.
         let shutdown = shutdown_signal()?;
         let broker = certmq_core::Broker::new(config.broker_config());
+        reload::spawn(args.clone(), config.clone(), broker.clone(), log_handle)?;
         let resolver = Arc::new(certmq_pki::SniResolver::new(Default::default()));
         let server_certs = certmq_admin::ServerCerts::load(
             store.clone(),

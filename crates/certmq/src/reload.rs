@@ -1,0 +1,131 @@
+//! SIGHUP (SPEC 9): the configuration is read again (file, `CERTMQ_*`
+//! variables and flags, as at start) and what can change without a
+//! restart is applied at once: the log filter and the broker limits
+//! (`[broker]`: from the next packet on; a session's queue limit and a
+//! connection's maximum packet size are taken when they start). Every other
+//! changed key is logged as needing a restart. No connection is dropped; a
+//! configuration that does not load or validate changes nothing and is
+//! logged as an error.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tracing_subscriber::{reload, EnvFilter, Registry};
+
+use crate::config::Config;
+use crate::ServeArgs;
+
+/// Installs the SIGHUP handler now (the default action would kill the
+/// process) and serves it on the current runtime.
+pub fn spawn(
+    args: ServeArgs,
+    running: Config,
+    broker: Arc<certmq_core::Broker>,
+    log: reload::Handle<EnvFilter, Registry>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    tokio::spawn(async move {
+        let mut running = running;
+        while hup.recv().await.is_some() {
+            let a = args.clone();
+            match tokio::task::spawn_blocking(move || crate::resolve_config(&a)).await {
+                Ok(Ok(next)) => apply(&mut running, next, &broker, &log),
+                Ok(Err(e)) => tracing::error!(
+                    "SIGHUP: the configuration was not reloaded, nothing changed: {e:#}"
+                ),
+                Err(e) => tracing::error!("SIGHUP: reload failed: {e}"),
+            }
+        }
+    });
+    Ok(())
+}
+
+fn apply(
+    running: &mut Config,
+    next: Config,
+    broker: &certmq_core::Broker,
+    log: &reload::Handle<EnvFilter, Registry>,
+) {
+    let changed = changed_keys(running, &next);
+    if changed.is_empty() {
+        tracing::info!("SIGHUP: configuration unchanged");
+        return;
+    }
+    let (now, later): (Vec<String>, Vec<String>) = changed
+        .into_iter()
+        .partition(|k| k == "log" || k.starts_with("broker."));
+    let mut applied = Vec::new();
+    if now.iter().any(|k| k == "log") {
+        match EnvFilter::try_new(&next.log).map(|f| log.reload(f)) {
+            Ok(Ok(())) => {
+                running.log = next.log.clone();
+                applied.push("log".to_string());
+            }
+            _ => tracing::error!(filter = %next.log, "SIGHUP: the log filter was not applied"),
+        }
+    }
+    if now.iter().any(|k| k.starts_with("broker.")) {
+        broker.set_config(next.broker_config());
+        running.broker = next.broker.clone();
+        applied.extend(now.iter().filter(|k| k.starts_with("broker.")).cloned());
+    }
+    if !applied.is_empty() {
+        tracing::info!(changed = %applied.join(","), "SIGHUP: configuration reloaded");
+    }
+    if !later.is_empty() {
+        tracing::warn!(
+            keys = %later.join(","),
+            "SIGHUP: these settings need a restart to take effect"
+        );
+    }
+}
+
+/// Dotted keys whose values differ (an unset key differs from a set one).
+fn changed_keys(a: &Config, b: &Config) -> Vec<String> {
+    let (Ok(a), Ok(b)) = (toml::Value::try_from(a), toml::Value::try_from(b)) else {
+        return vec!["(configuration)".into()];
+    };
+    let mut out = Vec::new();
+    diff("", Some(&a), Some(&b), &mut out);
+    out
+}
+
+fn diff(prefix: &str, a: Option<&toml::Value>, b: Option<&toml::Value>, out: &mut Vec<String>) {
+    match (a, b) {
+        (Some(toml::Value::Table(x)), Some(toml::Value::Table(y))) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let name = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                diff(&name, x.get(k), y.get(k), out);
+            }
+        }
+        (x, y) if x != y => out.push(prefix.to_string()),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_keys_are_named() {
+        let a = Config::default();
+        let mut b = Config::default();
+        b.broker.max_topic_levels = 4;
+        b.log = "debug".into();
+        b.admin.token = Some("0123456789abcdef".into());
+        assert_eq!(
+            changed_keys(&a, &b),
+            vec!["admin.token", "broker.max_topic_levels", "log"]
+        );
+        assert!(changed_keys(&a, &a).is_empty());
+    }
+}
