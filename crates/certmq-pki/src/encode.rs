@@ -54,3 +54,53 @@ mod tests {
         assert_eq!(super::base64(b"foobar"), "Zm9vYmFy");
     }
 }
+
+/// What a file given to the CLI should hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// One or more certificates.
+    Certificates,
+    PrivateKey,
+}
+
+/// The PEM text of a certificate or key file that may be PEM or DER (as
+/// OpenSSL writes with `-outform DER`): PEM is passed through, DER is
+/// wrapped in the right PEM block. The error says what the bytes are not.
+pub fn pem_of_file(bytes: &[u8], kind: FileKind) -> Result<String, String> {
+    if bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        return String::from_utf8(bytes.to_vec())
+            .map_err(|_| "the PEM file holds bytes that are not text".to_string());
+    }
+    match kind {
+        FileKind::Certificates => {
+            use x509_parser::prelude::FromDer;
+            let mut rest = bytes;
+            let mut out = String::new();
+            while !rest.is_empty() {
+                let (after, _) = x509_parser::certificate::X509Certificate::from_der(rest)
+                    .map_err(|_| "neither a PEM nor a DER certificate".to_string())?;
+                let used = rest.len() - after.len();
+                out.push_str(&pem_encode(
+                    "CERTIFICATE",
+                    rest.get(..used).unwrap_or_default(),
+                ));
+                rest = after;
+            }
+            if out.is_empty() {
+                return Err("the file is empty".into());
+            }
+            Ok(out)
+        }
+        FileKind::PrivateKey => {
+            use rustls::pki_types::PrivateKeyDer;
+            let key = PrivateKeyDer::try_from(bytes)
+                .map_err(|_| "neither a PEM nor a DER private key".to_string())?;
+            let label = match key {
+                PrivateKeyDer::Pkcs1(_) => "RSA PRIVATE KEY",
+                PrivateKeyDer::Sec1(_) => "EC PRIVATE KEY",
+                _ => "PRIVATE KEY",
+            };
+            Ok(pem_encode(label, bytes))
+        }
+    }
+}

@@ -28,7 +28,7 @@ pub use ca::{
 pub use client_verifier::{rejection_of, Refused, RegistryVerifier, SharedRegistry};
 pub use default_cert::{mint_default, DefaultCert, MintError};
 pub use der::{split_certificate, CertParts, EncodingError};
-pub use encode::{pem_encode, random_hex};
+pub use encode::{pem_encode, pem_of_file, random_hex, FileKind};
 pub use registry::{
     check_client_purpose, signed_id_of, CaEntry, CaStatus, Chained, Decision, DeviceEntry,
     DeviceStatus, Provisioning, RegistrySnapshot, Rejection, RevokedEntry,

@@ -53,6 +53,11 @@ pub enum ServerCertError {
         "the private key is not PEM (PKCS#8 PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY): {0}"
     )]
     InvalidPrivateKey(String),
+    #[error(
+        "the private key is encrypted; give the key without a passphrase \
+         (openssl pkey -in server.key -out server.plain.key)"
+    )]
+    EncryptedPrivateKey,
     #[error("unsupported key: {0}; RSA 2048-4096 bits or ECDSA P-256/P-384 are accepted")]
     UnsupportedKey(String),
     #[error("the private key does not match the leaf certificate's public key")]
@@ -75,6 +80,7 @@ impl ServerCertError {
             Self::ChainOutOfOrder { .. } => "ChainOutOfOrder",
             Self::ChainSignatureInvalid { .. } => "ChainSignatureInvalid",
             Self::InvalidPrivateKey(_) => "InvalidPrivateKey",
+            Self::EncryptedPrivateKey => "EncryptedPrivateKey",
             Self::UnsupportedKey(_) => "UnsupportedKey",
             Self::KeyMismatch => "KeyMismatch",
         }
@@ -142,6 +148,18 @@ fn check(
     let Some(leaf) = parsed.first() else {
         return Err(ServerCertError::InvalidChainPem("empty chain".into()));
     };
+    // Order first: a chain with the CA first is out of order, not a leaf
+    // that lacks serverAuth.
+    for (index, pair) in parsed.windows(2).enumerate() {
+        if let [cert, issuer] = pair {
+            if cert.issuer().as_raw() != issuer.subject().as_raw() {
+                return Err(ServerCertError::ChainOutOfOrder {
+                    index,
+                    next: index + 1,
+                });
+            }
+        }
+    }
     match leaf.extended_key_usage() {
         Ok(Some(eku)) if eku.value.server_auth || eku.value.any => {}
         _ => return Err(ServerCertError::MissingServerAuth),
@@ -169,12 +187,6 @@ fn check(
             [c, i] => (c, i),
             _ => continue,
         };
-        if cert.issuer().as_raw() != issuer.subject().as_raw() {
-            return Err(ServerCertError::ChainOutOfOrder {
-                index,
-                next: index + 1,
-            });
-        }
         verify_signed_by(cert, issuer).map_err(|e| ServerCertError::ChainSignatureInvalid {
             index,
             next: index + 1,
@@ -182,6 +194,10 @@ fn check(
         })?;
     }
     check_key_type(leaf.public_key())?;
+    if key_pem.windows(9).any(|w| w == b"ENCRYPTED") {
+        // "ENCRYPTED PRIVATE KEY" (PKCS#8) or "Proc-Type: 4,ENCRYPTED".
+        return Err(ServerCertError::EncryptedPrivateKey);
+    }
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| ServerCertError::InvalidPrivateKey(e.to_string()))?;
     let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)

@@ -453,10 +453,8 @@ pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
                 out(&v, &|v| cert_rows(std::slice::from_ref(v)));
             }
             ServerCertCommand::Bind { chain, key, name } => {
-                let chain_pem = std::fs::read_to_string(&chain)
-                    .with_context(|| format!("cannot read {}", chain.display()))?;
-                let key_pem = std::fs::read_to_string(&key)
-                    .with_context(|| format!("cannot read {}", key.display()))?;
+                let chain_pem = read_as(&chain, certmq_pki::FileKind::Certificates)?;
+                let key_pem = read_as(&key, certmq_pki::FileKind::PrivateKey)?;
                 let body = serde_json::json!({
                     "name": name,
                     "certificate_chain": chain_pem,
@@ -593,8 +591,14 @@ fn items(v: &Value) -> &[Value] {
     v["items"].as_array().map_or(&[][..], |a| a)
 }
 
+/// A certificate file, PEM or DER, as PEM text.
 fn read(path: &PathBuf) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    read_as(path, certmq_pki::FileKind::Certificates)
+}
+
+fn read_as(path: &PathBuf, kind: certmq_pki::FileKind) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    certmq_pki::pem_of_file(&bytes, kind).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 fn ca_rows(cas: &[Value]) {

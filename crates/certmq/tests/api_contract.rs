@@ -358,3 +358,131 @@ fn the_admin_listener_times_out_idle_and_slow_clients_and_limits_connections() {
     let api = Api::of(&broker);
     assert_eq!(api.call("GET", "/health", None).0, 200);
 }
+
+/// Errors that name the real problem: a chain with the CA first is out of
+/// order (not a leaf without serverAuth), an encrypted key is named as
+/// such, and DER files are accepted by the CLI where PEM is expected.
+#[test]
+fn certificate_errors_name_the_real_problem_and_der_files_are_accepted() {
+    let broker = BrokerProcess::start(&[]);
+    let api = Api::of(&broker);
+    let w = TempDir::new("errors");
+    let d = &w.0;
+    seed_ca(d, "/C=CN/O=Example/CN=Errors Root CA");
+    let server = make_server(d, "server", &server_conf(|c| c), Key::Ec);
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
+    let ca_first = read(&d.join("CA.crt")) + &read(&server.join("server.crt"));
+    let (s, v) = api.call(
+        "POST",
+        "/server-certificates",
+        Some(
+            json!({"certificate_chain": ca_first, "private_key": read(&server.join("server.key"))}),
+        ),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (422, Some("ChainOutOfOrder")),
+        "{v}"
+    );
+
+    openssl(
+        &server,
+        &[
+            "pkey",
+            "-in",
+            "server.key",
+            "-aes256",
+            "-passout",
+            "pass:secret",
+            "-out",
+            "enc8.key",
+        ],
+    );
+    openssl(
+        &server,
+        &[
+            "ec",
+            "-in",
+            "server.key",
+            "-aes256",
+            "-passout",
+            "pass:secret",
+            "-out",
+            "enc1.key",
+        ],
+    );
+    for key in ["enc8.key", "enc1.key"] {
+        let (s, v) = api.call(
+            "POST",
+            "/server-certificates",
+            Some(json!({
+                "certificate_chain": read(&server.join("server.chain.crt")),
+                "private_key": read(&server.join(key)),
+            })),
+        );
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (422, Some("EncryptedPrivateKey")),
+            "{key}: {v}"
+        );
+    }
+
+    // DER certificate and key files through the CLI.
+    openssl(
+        &server,
+        &[
+            "x509",
+            "-in",
+            "server.crt",
+            "-outform",
+            "DER",
+            "-out",
+            "server.der",
+        ],
+    );
+    openssl(
+        &server,
+        &[
+            "pkey",
+            "-in",
+            "server.key",
+            "-outform",
+            "DER",
+            "-out",
+            "server.key.der",
+        ],
+    );
+    let out = cli(
+        &broker,
+        &[
+            "server-cert",
+            "bind",
+            "--chain",
+            server.join("server.der").to_str().unwrap(),
+            "--key",
+            server.join("server.key.der").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A file that is neither says so.
+    std::fs::write(server.join("junk.der"), [0x30, 0x03, 0x01, 0x01]).unwrap();
+    let out = cli(
+        &broker,
+        &[
+            "device",
+            "register",
+            "--cert",
+            server.join("junk.der").to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("neither a PEM nor a DER certificate"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
