@@ -44,6 +44,93 @@ pub const ROUTES: &[(&str, &str, &str, bool)] = &[
         true,
     ),
     (
+        "post",
+        "/ca-certificates/registration-code",
+        "Issue a registration code (replaces the previous one) {registration_code, expires_at}",
+        true,
+    ),
+    ("get", "/ca-certificates", "List CA certificates", true),
+    (
+        "post",
+        "/ca-certificates",
+        "Register a CA {ca_certificate, verification_certificate, status?, device_provisioning?, automatic_activation?}",
+        true,
+    ),
+    (
+        "get",
+        "/ca-certificates/{id}",
+        "One CA certificate, with device-certificate counts by status",
+        true,
+    ),
+    (
+        "delete",
+        "/ca-certificates/{id}",
+        "Delete an INACTIVE CA with no ACTIVE device certificates",
+        true,
+    ),
+    (
+        "patch",
+        "/ca-certificates/{id}",
+        "Change device provisioning {device_provisioning?, automatic_activation?}",
+        true,
+    ),
+    ("post", "/ca-certificates/{id}/activate", "Activate a CA", true),
+    (
+        "post",
+        "/ca-certificates/{id}/deactivate",
+        "Deactivate a CA (its devices' live connections are closed)",
+        true,
+    ),
+    (
+        "get",
+        "/device-certificates",
+        "List device certificates (?ca_id, client_id, common_name, ou, serial_number, status, expires_before, expires_after, limit, offset)",
+        true,
+    ),
+    (
+        "post",
+        "/device-certificates",
+        "Register a device certificate {device_certificate, client_id?, status?}",
+        true,
+    ),
+    ("get", "/device-certificates/{id}", "One device certificate", true),
+    (
+        "delete",
+        "/device-certificates/{id}",
+        "Delete a device certificate record (a revocation stays)",
+        true,
+    ),
+    (
+        "get",
+        "/device-certificates/{id}/pem",
+        "Download a device certificate (PEM)",
+        true,
+    ),
+    (
+        "post",
+        "/device-certificates/{id}/activate",
+        "Activate a device certificate",
+        true,
+    ),
+    (
+        "post",
+        "/device-certificates/{id}/deactivate",
+        "Deactivate a device certificate (its live connections are closed)",
+        true,
+    ),
+    (
+        "post",
+        "/device-certificates/{id}/revoke",
+        "Revoke a device certificate for good (its live connections are closed)",
+        true,
+    ),
+    (
+        "get",
+        "/connection-rejections",
+        "Recent refusals (the newest of every reason), counts by reason, top sources",
+        true,
+    ),
+    (
         "get",
         "/connections",
         "Live MQTT connections with their certificate id",
@@ -61,7 +148,7 @@ pub const ROUTES: &[(&str, &str, &str, bool)] = &[
         "The newest audit records (?limit=N, at most 1000)",
         true,
     ),
-    ("get", "/metrics", "Prometheus metrics", true),
+    ("get", "/metrics", "Prometheus text format 0.0.4", true),
 ];
 
 pub async fn document() -> Json<serde_json::Value> {
