@@ -27,7 +27,7 @@ mod server_certs;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+
 use axum::Router;
 
 pub use devices::{Devices, RegistryConfig};
@@ -47,84 +47,79 @@ pub struct AdminState {
     pub devices: Arc<Devices>,
 }
 
-/// The API router, every route under `/api/v1`.
-pub fn router(state: AdminState) -> Router {
+/// The handler of the operation named `id` in [`openapi::OPERATIONS`].
+fn handler(id: &str) -> Option<axum::routing::MethodRouter<AdminState>> {
+    use axum::routing::{delete, get, patch, post};
+    use ca_routes as c;
     use routes::*;
-    let protected = Router::new()
-        .route("/openapi.json", get(openapi::document))
-        .route(
-            "/server-certificates",
-            get(list_server_certs).post(bind_server_cert),
-        )
-        .route("/server-certificates/default/enable", post(enable_default))
-        .route(
-            "/server-certificates/default/disable",
-            post(disable_default),
-        )
-        .route(
-            "/server-certificates/{id}",
-            get(get_server_cert).delete(unbind_server_cert),
-        )
-        .route(
-            "/ca-certificates/registration-code",
-            post(ca_routes::registration_code),
-        )
-        .route(
-            "/ca-certificates",
-            get(ca_routes::list_cas).post(ca_routes::register_ca),
-        )
-        .route(
-            "/ca-certificates/{id}",
-            get(ca_routes::get_ca)
-                .delete(ca_routes::delete_ca)
-                .patch(ca_routes::patch_ca),
-        )
-        .route(
-            "/ca-certificates/{id}/activate",
-            post(ca_routes::activate_ca),
-        )
-        .route(
-            "/ca-certificates/{id}/deactivate",
-            post(ca_routes::deactivate_ca),
-        )
-        .route(
-            "/device-certificates",
-            get(ca_routes::list_devices).post(ca_routes::register_device),
-        )
-        .route(
-            "/device-certificates/{id}",
-            get(ca_routes::get_device).delete(ca_routes::delete_device),
-        )
-        .route("/device-certificates/{id}/pem", get(ca_routes::device_pem))
-        .route(
-            "/device-certificates/{id}/activate",
-            post(ca_routes::activate_device),
-        )
-        .route(
-            "/device-certificates/{id}/deactivate",
-            post(ca_routes::deactivate_device),
-        )
-        .route(
-            "/device-certificates/{id}/revoke",
-            post(ca_routes::revoke_device),
-        )
-        .route("/connection-rejections", get(ca_routes::rejections))
-        .route("/connections", get(list_connections))
-        .route("/connections/{client_id}", delete(kick_connection))
-        .route("/audit-log", get(audit_log))
-        .route("/metrics", get(metrics::metrics))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_token,
-        ));
-    let api = Router::new()
-        .route("/health", get(health))
+    Some(match id {
+        "health" => get(health),
+        "openapi" => get(openapi::document),
+        "list_server_certificates" => get(list_server_certs),
+        "bind_server_certificate" => post(bind_server_cert),
+        "get_server_certificate" => get(get_server_cert),
+        "unbind_server_certificate" => delete(unbind_server_cert),
+        "enable_default_server_certificate" => post(enable_default),
+        "disable_default_server_certificate" => post(disable_default),
+        "new_registration_code" => post(c::registration_code),
+        "list_ca_certificates" => get(c::list_cas),
+        "register_ca_certificate" => post(c::register_ca),
+        "get_ca_certificate" => get(c::get_ca),
+        "update_ca_certificate" => patch(c::patch_ca),
+        "delete_ca_certificate" => delete(c::delete_ca),
+        "activate_ca_certificate" => post(c::activate_ca),
+        "deactivate_ca_certificate" => post(c::deactivate_ca),
+        "list_device_certificates" => get(c::list_devices),
+        "register_device_certificate" => post(c::register_device),
+        "get_device_certificate" => get(c::get_device),
+        "delete_device_certificate" => delete(c::delete_device),
+        "download_device_certificate" => get(c::device_pem),
+        "activate_device_certificate" => post(c::activate_device),
+        "deactivate_device_certificate" => post(c::deactivate_device),
+        "revoke_device_certificate" => post(c::revoke_device),
+        "list_connection_rejections" => get(c::rejections),
+        "list_connections" => get(list_connections),
+        "kick_connection" => delete(kick_connection),
+        "audit_log" => get(audit_log),
+        "metrics" => get(metrics::metrics),
+        _ => return None,
+    })
+}
+
+/// Whether every operation of the contract has a handler (a test checks
+/// it; the router skips none silently).
+pub fn missing_handlers() -> Vec<&'static str> {
+    openapi::OPERATIONS
+        .iter()
+        .filter(|o| handler(o.id).is_none())
+        .map(|o| o.id)
+        .collect()
+}
+
+/// The API router, every route under `/api/v1`, built from
+/// [`openapi::OPERATIONS`].
+pub fn router(state: AdminState) -> Router {
+    let mut open = Router::new();
+    let mut protected = Router::new();
+    for o in openapi::OPERATIONS {
+        let Some(h) = handler(o.id) else { continue };
+        if o.auth {
+            protected = protected.route(o.path, h);
+        } else {
+            open = open.route(o.path, h);
+        }
+    }
+    let protected = protected.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_token,
+    ));
+    let api = open
         .merge(protected)
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed);
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed);
     Router::new()
         .nest("/api/v1", api)
-        .fallback(not_found)
+        .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }

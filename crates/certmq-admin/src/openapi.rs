@@ -1,186 +1,450 @@
-//! The OpenAPI 3.1 document, generated from [`ROUTES`], the table the
-//! router's tests check against the real routes.
+//! The API contract, written once: [`OPERATIONS`] builds the router
+//! (`crate::router` takes every handler from it), the OpenAPI 3.1 document
+//! ([`build`], with request and response schemas and operation ids) and the
+//! CLI's calls (`certmq` looks an operation up by id, takes its method and
+//! path from here and percent-encodes the path parameters: [`path_for`]).
 
 use axum::Json;
+use serde_json::{json, Value};
 
-/// (method, path under /api/v1, summary, needs the token)
-pub const ROUTES: &[(&str, &str, &str, bool)] = &[
-    ("get", "/health", "Liveness", false),
-    ("get", "/openapi.json", "This document", true),
-    (
-        "get",
+/// An HTTP method of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Patch,
+    Delete,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+        }
+    }
+
+    fn lower(self) -> &'static str {
+        match self {
+            Method::Get => "get",
+            Method::Post => "post",
+            Method::Patch => "patch",
+            Method::Delete => "delete",
+        }
+    }
+}
+
+/// What a successful call answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// JSON of the named component schema.
+    Json(&'static str),
+    /// `text/plain` (PEM, metrics).
+    Text(&'static str),
+    /// 204, no body.
+    Empty,
+}
+
+/// One operation of the API (paths under `/api/v1`).
+#[derive(Debug, Clone, Copy)]
+pub struct Operation {
+    /// The operationId, and the name the CLI calls it by.
+    pub id: &'static str,
+    pub method: Method,
+    pub path: &'static str,
+    pub summary: &'static str,
+    /// Needs the bearer token.
+    pub auth: bool,
+    /// The JSON body's component schema, if it takes one.
+    pub request: Option<&'static str>,
+    pub answer: Answer,
+    /// Query parameters: (name, JSON type).
+    pub query: &'static [(&'static str, &'static str)],
+}
+
+const fn op(
+    id: &'static str,
+    method: Method,
+    path: &'static str,
+    summary: &'static str,
+    request: Option<&'static str>,
+    answer: Answer,
+) -> Operation {
+    Operation {
+        id,
+        method,
+        path,
+        summary,
+        auth: true,
+        request,
+        answer,
+        query: &[],
+    }
+}
+
+use Answer::{Empty, Json as J, Text};
+use Method::{Delete, Get, Patch, Post};
+
+const LIMIT: &[(&str, &str)] = &[("limit", "integer")];
+
+/// Every operation the API serves.
+pub const OPERATIONS: &[Operation] = &[
+    Operation {
+        auth: false,
+        ..op("health", Get, "/health", "Liveness", None, J("Health"))
+    },
+    op(
+        "openapi",
+        Get,
+        "/openapi.json",
+        "This document",
+        None,
+        J("Any"),
+    ),
+    op(
+        "list_server_certificates",
+        Get,
         "/server-certificates",
         "List server certificates, the default one included",
-        true,
+        None,
+        J("ServerCertificateList"),
     ),
-    (
-        "post",
+    op(
+        "bind_server_certificate",
+        Post,
         "/server-certificates",
-        "Bind a server certificate {name?, certificate_chain, private_key}",
-        true,
+        "Bind a server certificate (chain PEM, leaf first, and its private key)",
+        Some("BindServerCertificate"),
+        J("ServerCertificate"),
     ),
-    (
-        "get",
+    op(
+        "get_server_certificate",
+        Get,
         "/server-certificates/{id}",
         "One server certificate",
-        true,
+        None,
+        J("ServerCertificate"),
     ),
-    (
-        "delete",
+    op(
+        "unbind_server_certificate",
+        Delete,
         "/server-certificates/{id}",
         "Unbind a server certificate",
-        true,
+        None,
+        Empty,
     ),
-    (
-        "post",
+    op(
+        "enable_default_server_certificate",
+        Post,
         "/server-certificates/default/enable",
         "Enable the default server certificate",
-        true,
+        None,
+        J("ServerCertificate"),
     ),
-    (
-        "post",
+    op(
+        "disable_default_server_certificate",
+        Post,
         "/server-certificates/default/disable",
         "Disable the default server certificate (needs a custom one bound)",
-        true,
+        None,
+        J("ServerCertificate"),
     ),
-    (
-        "post",
+    op(
+        "new_registration_code",
+        Post,
         "/ca-certificates/registration-code",
-        "Issue a registration code (replaces the previous one) {registration_code, expires_at}",
-        true,
+        "Issue a registration code (replaces the previous one)",
+        None,
+        J("RegistrationCode"),
     ),
-    ("get", "/ca-certificates", "List CA certificates", true),
-    (
-        "post",
+    op(
+        "list_ca_certificates",
+        Get,
         "/ca-certificates",
-        "Register a CA {ca_certificate, verification_certificate, status?, device_provisioning?, automatic_activation?}",
-        true,
+        "List CA certificates",
+        None,
+        J("CaCertificateList"),
     ),
-    (
-        "get",
+    op(
+        "register_ca_certificate",
+        Post,
+        "/ca-certificates",
+        "Register a CA with its verification certificate (proof of possession)",
+        Some("RegisterCaCertificate"),
+        J("CaCertificate"),
+    ),
+    op(
+        "get_ca_certificate",
+        Get,
         "/ca-certificates/{id}",
         "One CA certificate, with device-certificate counts by status",
-        true,
+        None,
+        J("CaCertificate"),
     ),
-    (
-        "delete",
+    op(
+        "update_ca_certificate",
+        Patch,
+        "/ca-certificates/{id}",
+        "Change device provisioning",
+        Some("UpdateCaCertificate"),
+        J("CaCertificate"),
+    ),
+    op(
+        "delete_ca_certificate",
+        Delete,
         "/ca-certificates/{id}",
         "Delete an INACTIVE CA with no ACTIVE device certificates",
-        true,
+        None,
+        Empty,
     ),
-    (
-        "patch",
-        "/ca-certificates/{id}",
-        "Change device provisioning {device_provisioning?, automatic_activation?}",
-        true,
+    op(
+        "activate_ca_certificate",
+        Post,
+        "/ca-certificates/{id}/activate",
+        "Activate a CA",
+        None,
+        J("CaCertificate"),
     ),
-    ("post", "/ca-certificates/{id}/activate", "Activate a CA", true),
-    (
-        "post",
+    op(
+        "deactivate_ca_certificate",
+        Post,
         "/ca-certificates/{id}/deactivate",
         "Deactivate a CA (its devices' live connections are closed)",
-        true,
+        None,
+        J("CaCertificate"),
     ),
-    (
-        "get",
+    Operation {
+        query: &[
+            ("ca_id", "string"),
+            ("client_id", "string"),
+            ("common_name", "string"),
+            ("ou", "string"),
+            ("serial_number", "string"),
+            ("status", "string"),
+            ("expires_before", "integer"),
+            ("expires_after", "integer"),
+            ("limit", "integer"),
+            ("offset", "integer"),
+        ],
+        ..op(
+            "list_device_certificates",
+            Get,
+            "/device-certificates",
+            "List device certificates, filtered and paged (expiry bounds in unix seconds)",
+            None,
+            J("DeviceCertificatePage"),
+        )
+    },
+    op(
+        "register_device_certificate",
+        Post,
         "/device-certificates",
-        "List device certificates (?ca_id, client_id, common_name, ou, serial_number, status, expires_before, expires_after, limit, offset)",
-        true,
+        "Register a device certificate (it must chain to a registered CA)",
+        Some("RegisterDeviceCertificate"),
+        J("DeviceCertificate"),
     ),
-    (
-        "post",
-        "/device-certificates",
-        "Register a device certificate {device_certificate, client_id?, status?}",
-        true,
+    op(
+        "get_device_certificate",
+        Get,
+        "/device-certificates/{id}",
+        "One device certificate",
+        None,
+        J("DeviceCertificate"),
     ),
-    ("get", "/device-certificates/{id}", "One device certificate", true),
-    (
-        "delete",
+    op(
+        "delete_device_certificate",
+        Delete,
         "/device-certificates/{id}",
         "Delete a device certificate record (a revocation stays)",
-        true,
+        None,
+        Empty,
     ),
-    (
-        "get",
+    op(
+        "download_device_certificate",
+        Get,
         "/device-certificates/{id}/pem",
         "Download a device certificate (PEM)",
-        true,
+        None,
+        Text("application/x-pem-file"),
     ),
-    (
-        "post",
+    op(
+        "activate_device_certificate",
+        Post,
         "/device-certificates/{id}/activate",
         "Activate a device certificate",
-        true,
+        None,
+        J("DeviceCertificate"),
     ),
-    (
-        "post",
+    op(
+        "deactivate_device_certificate",
+        Post,
         "/device-certificates/{id}/deactivate",
         "Deactivate a device certificate (its live connections are closed)",
-        true,
+        None,
+        J("DeviceCertificate"),
     ),
-    (
-        "post",
+    op(
+        "revoke_device_certificate",
+        Post,
         "/device-certificates/{id}/revoke",
         "Revoke a device certificate for good (its live connections are closed)",
-        true,
+        None,
+        J("DeviceCertificate"),
     ),
-    (
-        "get",
-        "/connection-rejections",
-        "Recent refusals (the newest of every reason), counts by reason, top sources",
-        true,
-    ),
-    (
-        "get",
+    Operation {
+        query: LIMIT,
+        ..op(
+            "list_connection_rejections",
+            Get,
+            "/connection-rejections",
+            "Recent refusals (the newest of every reason), counts by reason, top sources",
+            None,
+            J("Rejections"),
+        )
+    },
+    op(
+        "list_connections",
+        Get,
         "/connections",
         "Live MQTT connections with their certificate id",
-        true,
+        None,
+        J("ConnectionList"),
     ),
-    (
-        "delete",
+    op(
+        "kick_connection",
+        Delete,
         "/connections/{client_id}",
         "Close a live connection (MQTT 5 DISCONNECT 0x98)",
-        true,
+        None,
+        Empty,
     ),
-    (
-        "get",
-        "/audit-log",
-        "The newest audit records (?limit=N, at most 1000)",
-        true,
+    Operation {
+        query: LIMIT,
+        ..op(
+            "audit_log",
+            Get,
+            "/audit-log",
+            "The newest audit records (at most 1000)",
+            None,
+            J("AuditLog"),
+        )
+    },
+    op(
+        "metrics",
+        Get,
+        "/metrics",
+        "Prometheus text format 0.0.4",
+        None,
+        Text("text/plain"),
     ),
-    ("get", "/metrics", "Prometheus text format 0.0.4", true),
 ];
 
-pub async fn document() -> Json<serde_json::Value> {
+/// The operation named `id`.
+pub fn operation(id: &str) -> Option<&'static Operation> {
+    OPERATIONS.iter().find(|o| o.id == id)
+}
+
+/// Characters a path segment keeps as they are (RFC 3986 unreserved).
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Percent-encodes one path segment or query value.
+pub fn encode_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if unreserved(b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The path of `op` with its `{name}` parameters filled in (percent-encoded)
+/// from `params`; None when one is missing.
+pub fn path_for(op: &Operation, params: &[(&str, &str)]) -> Option<String> {
+    let mut out = String::new();
+    for (i, seg) in op.path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            Some(name) => {
+                let (_, v) = params.iter().find(|(k, _)| *k == name)?;
+                out.push_str(&encode_component(v));
+            }
+            None => out.push_str(seg),
+        }
+    }
+    Some(out)
+}
+
+pub async fn document() -> Json<Value> {
     Json(build())
 }
 
-pub fn build() -> serde_json::Value {
+/// The OpenAPI 3.1 document of [`OPERATIONS`].
+pub fn build() -> Value {
     let mut paths = serde_json::Map::new();
-    let error = serde_json::json!({
-        "description": "Error",
+    let error = json!({
+        "description": "Error (the status says which kind)",
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     });
-    for (method, path, summary, auth) in ROUTES {
-        let params: Vec<serde_json::Value> = path
+    for o in OPERATIONS {
+        let mut params: Vec<Value> = o
+            .path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| serde_json::json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
             .collect();
-        let mut op = serde_json::json!({
-            "summary": summary,
-            "parameters": params,
-            "responses": {"2XX": {"description": "Success"}, "default": error.clone()},
-        });
-        if !auth {
-            op["security"] = serde_json::json!([]);
+        params.extend(
+            o.query
+                .iter()
+                .map(|(name, ty)| json!({"name": name, "in": "query", "required": false, "schema": {"type": ty}})),
+        );
+        let (status, ok) = match o.answer {
+            Answer::Json(schema) => (
+                "200",
+                json!({"description": "Success", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}}),
+            ),
+            Answer::Text(media) => (
+                "200",
+                json!({"description": "Success", "content": {media: {"schema": {"type": "string"}}}}),
+            ),
+            Answer::Empty => ("204", json!({"description": "Done"})),
+        };
+        let mut responses = serde_json::Map::new();
+        responses.insert(status.into(), ok);
+        if matches!(o.method, Method::Post) && matches!(o.answer, Answer::Json(_)) {
+            // Creating routes answer 201 with the same body.
+            if let Some(body) = responses.get("200").cloned() {
+                responses.insert("201".into(), body);
+            }
         }
-        let entry = paths
-            .entry(path.to_string())
-            .or_insert_with(|| serde_json::json!({}));
-        entry[*method] = op;
+        responses.insert("default".into(), error.clone());
+        let mut operation = json!({
+            "operationId": o.id,
+            "summary": o.summary,
+            "parameters": params,
+            "responses": responses,
+        });
+        if let Some(schema) = o.request {
+            operation["requestBody"] = json!({
+                "required": true,
+                "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}
+            });
+        }
+        if !o.auth {
+            operation["security"] = json!([]);
+        }
+        let entry = paths.entry(o.path.to_string()).or_insert_with(|| json!({}));
+        entry[o.method.lower()] = operation;
     }
-    serde_json::json!({
+    json!({
         "openapi": "3.1.0",
         "info": {"title": "certmq admin API", "version": env!("CARGO_PKG_VERSION")},
         "servers": [{"url": "/api/v1"}],
@@ -188,12 +452,149 @@ pub fn build() -> serde_json::Value {
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Error": {
-                "type": "object",
-                "required": ["error"],
-                "properties": {"error": {"type": "object", "required": ["code", "message"],
-                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}
-            }}
+            "schemas": schemas(),
         }
     })
+}
+
+fn string() -> Value {
+    json!({"type": "string"})
+}
+
+fn nullable(ty: &str) -> Value {
+    json!({"type": [ty, "null"]})
+}
+
+fn time() -> Value {
+    json!({"type": "string", "format": "date-time"})
+}
+
+fn list_of(item: &str) -> Value {
+    json!({"type": "object", "required": ["items"], "properties": {
+        "items": {"type": "array", "items": {"$ref": format!("#/components/schemas/{item}")}}
+    }})
+}
+
+fn object(required: &[&str], properties: Value) -> Value {
+    json!({"type": "object", "required": required, "properties": properties})
+}
+
+/// The component schemas: the JSON the API reads and writes.
+fn schemas() -> Value {
+    json!({
+        "Any": {},
+        "Error": object(&["error"], json!({"error": object(&["code", "message"], json!({"code": string(), "message": string()}))})),
+        "Health": object(&["status"], json!({"status": string()})),
+        "BindServerCertificate": object(&["certificate_chain", "private_key"], json!({
+            "name": nullable("string"), "certificate_chain": string(), "private_key": string()
+        })),
+        "ServerCertificate": object(&["id", "is_default", "enabled", "serial_number", "not_before", "not_after"], json!({
+            "id": string(), "name": nullable("string"), "is_default": {"type": "boolean"},
+            "enabled": {"type": "boolean"}, "subject_cn": nullable("string"),
+            "issuer_cn": nullable("string"), "serial_number": string(),
+            "dns_names": {"type": "array", "items": string()},
+            "ip_addresses": {"type": "array", "items": string()},
+            "not_before": time(), "not_after": time(),
+            "seconds_to_expiry": {"type": "integer"}, "chain_length": {"type": "integer"},
+            "created_at": nullable("string"),
+        })),
+        "ServerCertificateList": list_of("ServerCertificate"),
+        "RegistrationCode": object(&["registration_code", "expires_at"], json!({
+            "registration_code": string(), "expires_at": time()
+        })),
+        "RegisterCaCertificate": object(&["ca_certificate", "verification_certificate"], json!({
+            "ca_certificate": string(), "verification_certificate": string(),
+            "status": {"type": ["string", "null"], "enum": ["ACTIVE", "INACTIVE", null]},
+            "device_provisioning": {"type": ["string", "null"], "enum": ["API", "JITP", null]},
+            "automatic_activation": nullable("boolean"),
+        })),
+        "UpdateCaCertificate": object(&[], json!({
+            "device_provisioning": {"type": ["string", "null"], "enum": ["API", "JITP", null]},
+            "automatic_activation": nullable("boolean"),
+        })),
+        "CaCertificate": object(&["id", "serial_number", "status", "device_provisioning"], json!({
+            "id": string(), "serial_number": string(), "subject_cn": nullable("string"),
+            "issuer_cn": nullable("string"), "not_before": time(), "not_after": time(),
+            "seconds_to_expiry": {"type": "integer"},
+            "status": {"type": "string", "enum": ["ACTIVE", "INACTIVE"]},
+            "device_provisioning": {"type": "string", "enum": ["API", "JITP"]},
+            "automatic_activation": {"type": "boolean"}, "registered_at": time(),
+            "last_activated_at": nullable("string"), "last_deactivated_at": nullable("string"),
+            "verification_certificate": string(),
+            "device_certificate_counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+        })),
+        "CaCertificateList": list_of("CaCertificate"),
+        "RegisterDeviceCertificate": object(&["device_certificate"], json!({
+            "device_certificate": string(), "client_id": nullable("string"),
+            "status": {"type": ["string", "null"], "enum": ["ACTIVE", "INACTIVE", "PENDING_ACTIVATION", null]},
+        })),
+        "DeviceCertificate": object(&["id", "ca_id", "serial_number", "status", "source"], json!({
+            "id": string(), "ca_id": string(), "serial_number": string(),
+            "subject_cn": nullable("string"), "subject_ou": nullable("string"),
+            "client_id": nullable("string"), "not_before": time(), "not_after": time(),
+            "status": {"type": "string", "enum": ["ACTIVE", "INACTIVE", "REVOKED", "PENDING_ACTIVATION"]},
+            "source": {"type": "string", "enum": ["API", "JITP"]},
+            "created_at": time(), "updated_at": time(), "last_connected_at": nullable("string"),
+        })),
+        "DeviceCertificatePage": object(&["items", "total", "limit", "offset"], json!({
+            "items": {"type": "array", "items": {"$ref": "#/components/schemas/DeviceCertificate"}},
+            "total": {"type": "integer"}, "limit": {"type": "integer"}, "offset": {"type": "integer"},
+        })),
+        "Connection": object(&["client_id", "listener", "peer_address", "connected_at"], json!({
+            "client_id": string(), "listener": string(), "peer_address": string(),
+            "certificate_id": nullable("string"), "connected_at": time(),
+        })),
+        "ConnectionList": list_of("Connection"),
+        "Rejection": object(&["at", "reason", "listener", "peer_address"], json!({
+            "at": time(), "reason": string(), "listener": string(), "peer_address": string(),
+            "client_id": nullable("string"), "certificate_id": nullable("string"),
+            "ca_id": nullable("string"),
+        })),
+        "Rejections": object(&["items", "counts_by_reason", "top_sources"], json!({
+            "items": {"type": "array", "items": {"$ref": "#/components/schemas/Rejection"}},
+            "counts_by_reason": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "top_sources": {"type": "array", "items": object(&["reason", "source", "count"], json!({
+                "reason": string(), "source": string(), "count": {"type": "integer"}
+            }))},
+        })),
+        "AuditRecord": object(&["seq", "at", "actor", "action", "target"], json!({
+            "seq": {"type": "integer"}, "at": time(), "actor": string(), "action": string(),
+            "target": string(), "before": {}, "after": {},
+        })),
+        "AuditLog": list_of("AuditRecord"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_paths_encode() {
+        let mut ids: Vec<&str> = OPERATIONS.iter().map(|o| o.id).collect();
+        ids.sort_unstable();
+        let n = ids.len();
+        ids.dedup();
+        assert_eq!(ids.len(), n);
+        let kick =
+            operation("kick_connection").map(|o| path_for(o, &[("client_id", "site/a b?c#1")]));
+        assert_eq!(
+            kick,
+            Some(Some("/connections/site%2Fa%20b%3Fc%231".to_string()))
+        );
+    }
+
+    #[test]
+    fn every_referenced_schema_exists() {
+        let doc = build();
+        let text = doc.to_string();
+        let schemas = &doc["components"]["schemas"];
+        for part in text.split("#/components/schemas/").skip(1) {
+            let name = part.split('"').next().unwrap_or_default();
+            assert!(
+                schemas.get(name).is_some(),
+                "{name} is referenced but not defined"
+            );
+        }
+    }
 }

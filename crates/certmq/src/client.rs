@@ -292,13 +292,17 @@ impl Api {
         Ok(Self::with_token(g, token))
     }
 
-    /// A text body (the PEM download).
-    fn text(&self, path: &str) -> anyhow::Result<String> {
-        self.send("GET", path, None)
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let text = self.send(method, path, body)?;
+    /// Calls the API operation `id` of the contract
+    /// (`certmq_admin::openapi::OPERATIONS`: method and path come from
+    /// there), with its path parameters percent-encoded and `query` added.
+    fn op(
+        &self,
+        id: &str,
+        params: &[(&str, &str)],
+        query: &[(&str, String)],
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let text = self.op_text(id, params, query, body)?;
         Ok(if text.trim().is_empty() {
             Value::Null
         } else {
@@ -306,31 +310,63 @@ impl Api {
         })
     }
 
+    /// [`Api::op`] returning the body as text (the PEM download).
+    fn op_text(
+        &self,
+        id: &str,
+        params: &[(&str, &str)],
+        query: &[(&str, String)],
+        body: Option<Value>,
+    ) -> anyhow::Result<String> {
+        use certmq_admin::openapi::{encode_component, operation, path_for};
+        let op = operation(id).with_context(|| format!("no API operation {id}"))?;
+        let mut path =
+            path_for(op, params).with_context(|| format!("{id}: a path parameter is missing"))?;
+        for (i, (k, v)) in query.iter().enumerate() {
+            path.push(if i == 0 { '?' } else { '&' });
+            path.push_str(k);
+            path.push('=');
+            path.push_str(&encode_component(v));
+        }
+        self.send(op.method, &path, body)
+    }
+
     /// One request; a non-2xx answer becomes an error with the API's code
     /// and message.
-    fn send(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<String> {
+    fn send(
+        &self,
+        method: certmq_admin::openapi::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<String> {
+        use certmq_admin::openapi::Method as M;
         let url = format!("{}{path}", self.base);
         let auth = format!("Bearer {}", self.token);
         let result = match (method, body) {
-            ("GET", _) => self.agent.get(&url).header("authorization", &auth).call(),
-            ("DELETE", _) => self
+            (M::Get, _) => self.agent.get(&url).header("authorization", &auth).call(),
+            (M::Delete, _) => self
                 .agent
                 .delete(&url)
                 .header("authorization", &auth)
                 .call(),
-            ("PATCH", Some(b)) => self
+            (M::Patch, Some(b)) => self
                 .agent
                 .patch(&url)
                 .header("authorization", &auth)
                 .content_type("application/json")
                 .send(b.to_string()),
-            (_, Some(b)) => self
+            (M::Patch, None) => self
+                .agent
+                .patch(&url)
+                .header("authorization", &auth)
+                .send_empty(),
+            (M::Post, Some(b)) => self
                 .agent
                 .post(&url)
                 .header("authorization", &auth)
                 .content_type("application/json")
                 .send(b.to_string()),
-            (_, None) => self
+            (M::Post, None) => self
                 .agent
                 .post(&url)
                 .header("authorization", &auth)
@@ -428,7 +464,7 @@ pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
             .min(std::time::Duration::from_secs(3600));
         let deadline = std::time::Instant::now() + wait;
         let v = loop {
-            match api.call("GET", "/health", None) {
+            match api.op("health", &[], &[], None) {
                 Ok(v) => break v,
                 Err(e) if std::time::Instant::now() >= deadline => return Err(e),
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
@@ -442,14 +478,14 @@ pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
         ClientCommand::Health { .. } => {}
         ClientCommand::ServerCert { command } => match command {
             ServerCertCommand::List => {
-                let v = api.call("GET", "/server-certificates", None)?;
+                let v = api.op("list_server_certificates", &[], &[], None)?;
                 out(&v, &|v| {
                     cert_rows(v["items"].as_array().map_or(&[][..], |a| a))
                 });
             }
             ServerCertCommand::Get { id } => {
                 let id = cert_id(&id)?;
-                let v = api.call("GET", &format!("/server-certificates/{id}"), None)?;
+                let v = api.op("get_server_certificate", &[("id", &id)], &[], None)?;
                 out(&v, &|v| cert_rows(std::slice::from_ref(v)));
             }
             ServerCertCommand::Bind { chain, key, name } => {
@@ -460,7 +496,7 @@ pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
                     "certificate_chain": chain_pem,
                     "private_key": key_pem,
                 });
-                let v = api.call("POST", "/server-certificates", Some(body))?;
+                let v = api.op("bind_server_certificate", &[], &[], Some(body))?;
                 out(&v, &|v| {
                     println!("bound {}", s(&v["id"]));
                     cert_rows(std::slice::from_ref(v));
@@ -468,17 +504,17 @@ pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
             }
             ServerCertCommand::Unbind { id } => {
                 let id = cert_id(&id)?;
-                api.call("DELETE", &format!("/server-certificates/{id}"), None)?;
+                api.op("unbind_server_certificate", &[("id", &id)], &[], None)?;
                 out(&serde_json::json!({"unbound": id}), &|_| {
                     println!("unbound {id}")
                 });
             }
             ServerCertCommand::Default { action } => {
-                let path = match action {
-                    Toggle::Enable => "/server-certificates/default/enable",
-                    Toggle::Disable => "/server-certificates/default/disable",
+                let op = match action {
+                    Toggle::Enable => "enable_default_server_certificate",
+                    Toggle::Disable => "disable_default_server_certificate",
                 };
-                let v = api.call("POST", path, None)?;
+                let v = api.op(op, &[], &[], None)?;
                 out(&v, &|v| {
                     let state = if v["enabled"].as_bool() == Some(true) {
                         "enabled"
@@ -491,7 +527,7 @@ pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
         },
         ClientCommand::Connections { command } => match command {
             ConnectionsCommand::List => {
-                let v = api.call("GET", "/connections", None)?;
+                let v = api.op("list_connections", &[], &[], None)?;
                 out(&v, &|v| {
                     table(
                         &[
@@ -519,7 +555,7 @@ pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
                 });
             }
             ConnectionsCommand::Kick { client_id } => {
-                api.call("DELETE", &format!("/connections/{client_id}"), None)?;
+                api.op("kick_connection", &[("client_id", &client_id)], &[], None)?;
                 out(&serde_json::json!({"kicked": client_id}), &|_| {
                     println!("closed the connection of {client_id}")
                 });
@@ -528,9 +564,10 @@ pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
         ClientCommand::Ca { command } => ca(&api, command, &out)?,
         ClientCommand::Device { command } => device(&api, command, &out)?,
         ClientCommand::Rejections { limit } => {
-            let v = api.call(
-                "GET",
-                &format!("/connection-rejections?limit={limit}"),
+            let v = api.op(
+                "list_connection_rejections",
+                &[],
+                &[("limit", limit.to_string())],
                 None,
             )?;
             out(&v, &|v| {
@@ -560,7 +597,7 @@ pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
             });
         }
         ClientCommand::Audit { limit } => {
-            let v = api.call("GET", &format!("/audit-log?limit={limit}"), None)?;
+            let v = api.op("audit_log", &[], &[("limit", limit.to_string())], None)?;
             out(&v, &|v| {
                 table(
                     &["SEQ", "AT", "ACTOR", "ACTION", "TARGET"],
@@ -658,7 +695,7 @@ fn device_rows(ds: &[Value]) {
 fn ca(api: &Api, cmd: CaCommand, out: &Out<'_>) -> anyhow::Result<()> {
     match cmd {
         CaCommand::RegistrationCode => {
-            let v = api.call("POST", "/ca-certificates/registration-code", None)?;
+            let v = api.op("new_registration_code", &[], &[], None)?;
             out(&v, &|v| {
                 println!("{}", s(&v["registration_code"]));
                 eprintln!(
@@ -681,19 +718,19 @@ fn ca(api: &Api, cmd: CaCommand, out: &Out<'_>) -> anyhow::Result<()> {
                 "device_provisioning": provisioning,
                 "automatic_activation": !no_automatic_activation,
             });
-            let v = api.call("POST", "/ca-certificates", Some(body))?;
+            let v = api.op("register_ca_certificate", &[], &[], Some(body))?;
             out(&v, &|v| {
                 println!("registered {}", s(&v["id"]));
                 ca_rows(std::slice::from_ref(v));
             });
         }
         CaCommand::List => {
-            let v = api.call("GET", "/ca-certificates", None)?;
+            let v = api.op("list_ca_certificates", &[], &[], None)?;
             out(&v, &|v| ca_rows(items(v)));
         }
         CaCommand::Get { id } => {
             let id = cert_id(&id)?;
-            let v = api.call("GET", &format!("/ca-certificates/{id}"), None)?;
+            let v = api.op("get_ca_certificate", &[("id", &id)], &[], None)?;
             out(&v, &|v| {
                 ca_rows(std::slice::from_ref(v));
                 if let Some(counts) = v["device_certificate_counts"].as_object() {
@@ -712,17 +749,17 @@ fn ca(api: &Api, cmd: CaCommand, out: &Out<'_>) -> anyhow::Result<()> {
         }
         CaCommand::Activate { id } => {
             let id = cert_id(&id)?;
-            let v = api.call("POST", &format!("/ca-certificates/{id}/activate"), None)?;
+            let v = api.op("activate_ca_certificate", &[("id", &id)], &[], None)?;
             out(&v, &|v| ca_rows(std::slice::from_ref(v)));
         }
         CaCommand::Deactivate { id } => {
             let id = cert_id(&id)?;
-            let v = api.call("POST", &format!("/ca-certificates/{id}/deactivate"), None)?;
+            let v = api.op("deactivate_ca_certificate", &[("id", &id)], &[], None)?;
             out(&v, &|v| ca_rows(std::slice::from_ref(v)));
         }
         CaCommand::Delete { id } => {
             let id = cert_id(&id)?;
-            api.call("DELETE", &format!("/ca-certificates/{id}"), None)?;
+            api.op("delete_ca_certificate", &[("id", &id)], &[], None)?;
             out(&serde_json::json!({"deleted": id}), &|_| {
                 println!("deleted {id}")
             });
@@ -737,7 +774,7 @@ fn ca(api: &Api, cmd: CaCommand, out: &Out<'_>) -> anyhow::Result<()> {
                 "device_provisioning": provisioning,
                 "automatic_activation": automatic_activation,
             });
-            let v = api.call("PATCH", &format!("/ca-certificates/{id}"), Some(body))?;
+            let v = api.op("update_ca_certificate", &[("id", &id)], &[], Some(body))?;
             out(&v, &|v| ca_rows(std::slice::from_ref(v)));
         }
     }
@@ -756,7 +793,7 @@ fn device(api: &Api, cmd: DeviceCommand, out: &Out<'_>) -> anyhow::Result<()> {
                 "client_id": client_id,
                 "status": status,
             });
-            let v = api.call("POST", "/device-certificates", Some(body))?;
+            let v = api.op("register_device_certificate", &[], &[], Some(body))?;
             out(&v, &|v| {
                 println!("registered {}", s(&v["id"]));
                 device_rows(std::slice::from_ref(v));
@@ -773,7 +810,7 @@ fn device(api: &Api, cmd: DeviceCommand, out: &Out<'_>) -> anyhow::Result<()> {
             limit,
             offset,
         } => {
-            let mut q = vec![format!("limit={limit}"), format!("offset={offset}")];
+            let mut q = vec![("limit", limit.to_string()), ("offset", offset.to_string())];
             for (k, v) in [
                 ("ca_id", ca),
                 ("client_id", client_id),
@@ -783,7 +820,7 @@ fn device(api: &Api, cmd: DeviceCommand, out: &Out<'_>) -> anyhow::Result<()> {
                 ("status", status),
             ] {
                 if let Some(v) = v {
-                    q.push(format!("{k}={}", encode_query(&v)));
+                    q.push((k, v));
                 }
             }
             if let Some(days) = expiring_within_days {
@@ -791,13 +828,9 @@ fn device(api: &Api, cmd: DeviceCommand, out: &Out<'_>) -> anyhow::Result<()> {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs() as i64)
                     .unwrap_or(0);
-                q.push(format!("expires_before={}", now + days * 86_400));
+                q.push(("expires_before", (now + days * 86_400).to_string()));
             }
-            let v = api.call(
-                "GET",
-                &format!("/device-certificates?{}", q.join("&")),
-                None,
-            )?;
+            let v = api.op("list_device_certificates", &[], &q, None)?;
             out(&v, &|v| {
                 device_rows(items(v));
                 println!("({} of {})", items(v).len(), s(&v["total"]));
@@ -805,19 +838,22 @@ fn device(api: &Api, cmd: DeviceCommand, out: &Out<'_>) -> anyhow::Result<()> {
         }
         DeviceCommand::Get { id } => {
             let id = cert_id(&id)?;
-            let v = api.call("GET", &format!("/device-certificates/{id}"), None)?;
+            let v = api.op("get_device_certificate", &[("id", &id)], &[], None)?;
             out(&v, &|v| device_rows(std::slice::from_ref(v)));
         }
         DeviceCommand::Pem { id } => {
             let id = cert_id(&id)?;
-            print!("{}", api.text(&format!("/device-certificates/{id}/pem"))?);
+            print!(
+                "{}",
+                api.op_text("download_device_certificate", &[("id", &id)], &[], None)?
+            );
         }
         DeviceCommand::Activate { id } => state(api, &cert_id(&id)?, "activate", out)?,
         DeviceCommand::Deactivate { id } => state(api, &cert_id(&id)?, "deactivate", out)?,
         DeviceCommand::Revoke { id } => state(api, &cert_id(&id)?, "revoke", out)?,
         DeviceCommand::Delete { id } => {
             let id = cert_id(&id)?;
-            api.call("DELETE", &format!("/device-certificates/{id}"), None)?;
+            api.op("delete_device_certificate", &[("id", &id)], &[], None)?;
             out(&serde_json::json!({"deleted": id}), &|_| {
                 println!("deleted {id}")
             });
@@ -827,19 +863,12 @@ fn device(api: &Api, cmd: DeviceCommand, out: &Out<'_>) -> anyhow::Result<()> {
 }
 
 fn state(api: &Api, id: &str, action: &str, out: &Out<'_>) -> anyhow::Result<()> {
-    let v = api.call("POST", &format!("/device-certificates/{id}/{action}"), None)?;
+    let v = api.op(
+        &format!("{action}_device_certificate"),
+        &[("id", id)],
+        &[],
+        None,
+    )?;
     out(&v, &|v| device_rows(std::slice::from_ref(v)));
     Ok(())
-}
-
-/// Percent-encodes a query value.
-fn encode_query(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -140,3 +140,68 @@ fn config_default_prints_a_loadable_config() {
     let broker = BrokerProcess::spawn(cmd, dir, 5);
     assert!(broker.terminate().success());
 }
+
+/// The CLI takes method and path from the API contract and percent-encodes
+/// path segments: a client id with `/`, spaces, `?` and `#` is kicked.
+#[test]
+fn kick_works_for_any_client_id() {
+    let broker = BrokerProcess::start(&[]);
+    let token = std::fs::read_to_string(broker.dir.0.join("admin.token")).unwrap();
+    let id = "site/a b?c#1";
+    let mut sub = spawn_piped(Command::new("mosquitto_sub").args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &broker.port("mqtt-tcp"),
+        "-i",
+        id,
+        "-t",
+        "x",
+        "-V",
+        "mqttv5",
+    ]));
+    let cli = |args: &[&str]| {
+        run(
+            Command::new(bin()).args(args).args([
+                "--url",
+                &format!("http://{}", broker.addr("admin-http")),
+                "--token",
+                token.trim(),
+            ]),
+            Duration::from_secs(30),
+        )
+    };
+    // Until the subscriber is connected (bounded).
+    let mut listed = false;
+    for _ in 0..100 {
+        let out = cli(&["connections", "list", "--json"]);
+        if String::from_utf8_lossy(&out.stdout).contains("site/a b?c#1") {
+            listed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(listed, "the subscriber never connected");
+    let out = cli(&["connections", "kick", id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // mosquitto_sub exits when kicked with DISCONNECT 0x98.
+    let start = std::time::Instant::now();
+    loop {
+        if sub.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "not kicked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = cli(&["connections", "kick", "no/such client"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NotFound"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
