@@ -19,22 +19,25 @@ use serde::Serialize;
 use crate::error::{ApiError, Kind};
 use crate::server_certs::{now_unix, rfc3339};
 
-/// Registry limits and policy.
-#[derive(Debug, Clone)]
+/// Registry limits and policy: the `[registry]` section of the
+/// configuration file as it is (defined once, here).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
-    pub max_cas: usize,
+    /// CA certificates that may be registered (SPEC 5: 32).
+    pub max_ca_certificates: usize,
     /// Seconds a registration code stays valid.
-    pub registration_code_ttl: i64,
-    /// Policy: a device's client id must equal its certificate's CN.
-    pub client_id_is_cn: bool,
+    pub registration_code_ttl_secs: u64,
+    /// Policy: a device certificate's client id must equal its subject CN.
+    pub client_id_must_match_cn: bool,
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
-            max_cas: 32,
-            registration_code_ttl: 3600,
-            client_id_is_cn: false,
+            max_ca_certificates: 32,
+            registration_code_ttl_secs: 3600,
+            client_id_must_match_cn: false,
         }
     }
 }
@@ -339,7 +342,7 @@ impl Devices {
             cas,
             devices,
             revoked,
-            self.config.client_id_is_cn,
+            self.config.client_id_must_match_cn,
         )));
         Ok(())
     }
@@ -402,7 +405,8 @@ impl Devices {
     pub fn new_registration_code(&self) -> Result<(String, i64), ApiError> {
         let code =
             certmq_pki::random_hex(16).map_err(|e| ApiError::new(Kind::Internal, "Internal", e))?;
-        let expires = now_unix() + self.config.registration_code_ttl;
+        let ttl = i64::try_from(self.config.registration_code_ttl_secs).unwrap_or(i64::MAX);
+        let expires = now_unix().saturating_add(ttl);
         self.store.set_registration_code(
             &code,
             expires,
@@ -477,7 +481,7 @@ impl Devices {
                 format!("CA certificate {} is already registered", ca.info.id),
             ));
         }
-        if existing.len() >= self.config.max_cas {
+        if existing.len() >= self.config.max_ca_certificates {
             return Err(ApiError::new(
                 Kind::Conflict,
                 "CaLimitReached",
@@ -514,7 +518,7 @@ impl Devices {
         self.store.insert_ca(
             &rec,
             &code,
-            self.config.max_cas,
+            self.config.max_ca_certificates,
             &audit(
                 "ca_certificate.register",
                 &rec.id,

@@ -1,8 +1,11 @@
 //! Broker limits, with the defaults documented in the README and printed by
 //! `certmq config default`.
 
-/// Limits that protect the broker. Every field has a default.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Limits that protect the broker, the `[broker]` section of the
+/// configuration file as it is (defined once, here). Every field has a
+/// default; unknown keys are refused.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
     /// Largest packet accepted from a client, and advertised in CONNACK (bytes).
     pub max_packet_size: u32,

@@ -17,33 +17,13 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Log filter, as RUST_LOG (`info`, `certmq_net=debug,info`, ...).
     pub log: String,
-    pub broker: BrokerSection,
+    /// `[broker]`: the core's limits, defined in `certmq_core::BrokerConfig`.
+    pub broker: BrokerConfig,
     pub connections: ConnectionsSection,
     pub listeners: ListenersSection,
     pub tls: TlsSection,
     pub admin: AdminSection,
-    pub registry: RegistrySection,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct RegistrySection {
-    /// CA certificates that may be registered.
-    pub max_ca_certificates: usize,
-    /// Seconds a registration code stays valid.
-    pub registration_code_ttl_secs: u64,
-    /// Policy: a device certificate's client id must equal its subject CN.
-    pub client_id_must_match_cn: bool,
-}
-
-impl Default for RegistrySection {
-    fn default() -> Self {
-        Self {
-            max_ca_certificates: 32,
-            registration_code_ttl_secs: 3600,
-            client_id_must_match_cn: false,
-        }
-    }
+    pub registry: certmq_admin::RegistryConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -117,29 +97,6 @@ impl From<ClientAuthSetting> for ClientAuth {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct BrokerSection {
-    /// Largest packet accepted from a client, in bytes.
-    pub max_packet_size: u32,
-    /// Unacknowledged QoS 1/2 PUBLISH packets a client may send (Receive Maximum).
-    pub receive_maximum: u16,
-    /// QoS 1/2 messages in flight towards one client.
-    pub max_inflight: u16,
-    /// Messages queued per session before new ones are dropped.
-    pub max_queued_messages: usize,
-    /// Topic aliases a client may use towards the broker.
-    pub topic_alias_maximum: u16,
-    /// Highest keep alive accepted (seconds); MQTT 5 clients asking for more get this.
-    pub max_keep_alive: u16,
-    /// Upper bound on session expiry (seconds).
-    pub max_session_expiry: u32,
-    pub retain_available: bool,
-    /// Most levels in a topic name or filter (deeper: SUBACK 0x8F, or
-    /// DISCONNECT / CONNACK 0x90 for a PUBLISH or will topic).
-    pub max_topic_levels: usize,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
 pub struct ConnectionsSection {
     /// Seconds a new connection has to send CONNECT.
     pub connect_timeout_secs: u64,
@@ -176,29 +133,12 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("./data"),
             log: "info".into(),
-            broker: BrokerSection::default(),
+            broker: BrokerConfig::default(),
             connections: ConnectionsSection::default(),
             listeners: ListenersSection::default(),
             tls: TlsSection::default(),
             admin: AdminSection::default(),
-            registry: RegistrySection::default(),
-        }
-    }
-}
-
-impl Default for BrokerSection {
-    fn default() -> Self {
-        let d = BrokerConfig::default();
-        Self {
-            max_packet_size: d.max_packet_size,
-            receive_maximum: d.receive_maximum,
-            max_inflight: d.max_inflight,
-            max_queued_messages: d.max_queued_messages,
-            topic_alias_maximum: d.topic_alias_maximum,
-            max_keep_alive: d.max_keep_alive,
-            max_session_expiry: d.max_session_expiry,
-            retain_available: d.retain_available,
-            max_topic_levels: d.max_topic_levels,
+            registry: certmq_admin::RegistryConfig::default(),
         }
     }
 }
@@ -337,18 +277,7 @@ impl Config {
     }
 
     pub fn broker_config(&self) -> BrokerConfig {
-        let b = &self.broker;
-        BrokerConfig {
-            max_packet_size: b.max_packet_size,
-            receive_maximum: b.receive_maximum,
-            max_inflight: b.max_inflight,
-            max_queued_messages: b.max_queued_messages,
-            topic_alias_maximum: b.topic_alias_maximum,
-            max_keep_alive: b.max_keep_alive,
-            max_session_expiry: b.max_session_expiry,
-            retain_available: b.retain_available,
-            max_topic_levels: b.max_topic_levels,
-        }
+        self.broker.clone()
     }
 
     pub fn net_config(&self) -> NetConfig {

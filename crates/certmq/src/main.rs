@@ -200,11 +200,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             registry.clone(),
             broker.clone(),
             live.clone(),
-            certmq_admin::RegistryConfig {
-                max_cas: config.registry.max_ca_certificates,
-                registration_code_ttl: config.registry.registration_code_ttl_secs as i64,
-                client_id_is_cn: config.registry.client_id_must_match_cn,
-            },
+            config.registry.clone(),
         )
         .map_err(|e| anyhow::anyhow!("cannot load the device registry: {}", e.message))?;
         let tls = certmq_net::TlsContext {
