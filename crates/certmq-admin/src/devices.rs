@@ -45,8 +45,8 @@ impl Default for RegistryConfig {
 pub struct Devices {
     store: Arc<dyn Store>,
     snapshot: SharedRegistry,
-    broker: Arc<certmq_core::Broker>,
-    live: Arc<certmq_net::Live>,
+    /// Lists and closes live connections (live enforcement).
+    control: Arc<dyn certmq_core::Control>,
     config: RegistryConfig,
     /// Held across every registry write and the snapshot change that
     /// follows it, so the snapshot follows the store in the store's order
@@ -247,15 +247,13 @@ impl Devices {
     pub fn load(
         store: Arc<dyn Store>,
         snapshot: SharedRegistry,
-        broker: Arc<certmq_core::Broker>,
-        live: Arc<certmq_net::Live>,
+        control: Arc<dyn certmq_core::Control>,
         config: RegistryConfig,
     ) -> Result<Arc<Self>, ApiError> {
         let this = Arc::new(Self {
             store,
             snapshot,
-            broker,
-            live,
+            control,
             config,
             update: Mutex::new(()),
             jitp: Mutex::new(None),
@@ -368,13 +366,12 @@ impl Devices {
     /// or with any certificate of `ca_id` (MQTT 5: DISCONNECT 0x98).
     fn kick(&self, device_id: Option<&str>, ca_id: Option<&str>) -> usize {
         let mut n = 0;
-        for c in self.live.connections() {
-            let Some(ids) = &c.certificate else { continue };
-            let hit = device_id.is_some_and(|d| ids.certificate_id == d)
-                || ca_id.is_some_and(|a| ids.ca_id == a);
+        for c in self.control.connections() {
+            let hit = device_id.is_some_and(|d| c.certificate_id.as_deref() == Some(d))
+                || ca_id.is_some_and(|a| c.ca_id.as_deref() == Some(a));
             if hit
                 && self
-                    .broker
+                    .control
                     .kick(&c.client_id, ReasonCode::ADMINISTRATIVE_ACTION)
             {
                 n += 1;
@@ -765,7 +762,7 @@ impl Devices {
     }
 }
 
-impl certmq_net::ConnectAuthorizer for Devices {
+impl certmq_pki::ConnectAuthorizer for Devices {
     fn authorize(&self, leaf: &[u8], client_id: &str) -> Decision {
         let decision = self.snapshot.load().authorize(leaf, client_id, now_unix());
         let Decision::Provision { .. } = &decision else {

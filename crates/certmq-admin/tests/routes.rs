@@ -29,8 +29,10 @@ fn state(dir: &std::path::Path) -> AdminState {
     let devices = certmq_admin::Devices::load(
         store.clone(),
         Default::default(),
-        broker.clone(),
-        live.clone(),
+        Arc::new(certmq_net::LocalControl {
+            broker: broker.clone(),
+            live: live.clone(),
+        }),
         Default::default(),
     )
     .unwrap();

@@ -17,6 +17,7 @@
 mod broker;
 mod config;
 mod conn;
+mod control;
 mod fuzz;
 mod mailbox;
 mod message;
@@ -28,6 +29,7 @@ mod tree;
 pub use broker::{message_from, Broker, Stats};
 pub use config::BrokerConfig;
 pub use conn::{CloseCause, Conn, ConnectContext, ConnectRefused, Flow, Identity};
+pub use control::{Control, LiveConnection};
 pub use fuzz::fuzz_tree;
 pub use mailbox::{Dropped, Kick, Mailbox, Ready};
 pub use message::{Delivery, Message};

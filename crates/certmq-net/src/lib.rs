@@ -36,11 +36,31 @@ pub use driver::PeerInfo;
 pub use live::{CertIds, ConnInfo, Live, RejectionRecord, RejectionSource, REJECTIONS_KEPT};
 pub use logstr::{bounded, LogStr};
 
-/// Decides CONNECTs of clients that presented a certificate (the device
-/// registry). Must not block: it runs on the connect path.
-pub trait ConnectAuthorizer: Send + Sync + 'static {
-    /// `leaf` is the client certificate (DER); `client_id` as in CONNECT.
-    fn authorize(&self, leaf: &[u8], client_id: &str) -> certmq_pki::Decision;
+pub use certmq_pki::ConnectAuthorizer;
+
+/// The single-node [`certmq_core::Control`]: this node's live connections
+/// (from [`Live`]) and kicks through the broker's session mailboxes.
+pub struct LocalControl {
+    pub broker: Arc<Broker>,
+    pub live: Arc<Live>,
+}
+
+impl certmq_core::Control for LocalControl {
+    fn connections(&self) -> Vec<certmq_core::LiveConnection> {
+        self.live
+            .connections()
+            .into_iter()
+            .map(|c| certmq_core::LiveConnection {
+                client_id: c.client_id,
+                certificate_id: c.certificate.as_ref().map(|i| i.certificate_id.clone()),
+                ca_id: c.certificate.as_ref().map(|i| i.ca_id.clone()),
+            })
+            .collect()
+    }
+
+    fn kick(&self, client_id: &str, reason: certmq_codec::ReasonCode) -> bool {
+        self.broker.kick(client_id, reason)
+    }
 }
 pub use transport::{StreamTransport, TcpTransport, Transport, WsTransport};
 

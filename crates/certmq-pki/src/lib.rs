@@ -30,8 +30,8 @@ pub use default_cert::{mint_default, DefaultCert, MintError};
 pub use der::{split_certificate, CertParts, EncodingError};
 pub use encode::{pem_encode, pem_of_file, random_hex, FileKind};
 pub use registry::{
-    check_client_purpose, signed_id_of, CaEntry, CaStatus, Chained, Decision, DeviceEntry,
-    DeviceStatus, Provisioning, RegistrySnapshot, Rejection, RevokedEntry,
+    check_client_purpose, signed_id_of, CaEntry, CaStatus, Chained, ConnectAuthorizer, Decision,
+    DeviceEntry, DeviceStatus, Provisioning, RegistrySnapshot, Rejection, RevokedEntry,
 };
 pub use server_cert::{
     load_server_cert, validate_server_cert, ServerCert, ServerCertError, MAX_CHAIN_BYTES,

@@ -187,6 +187,14 @@ pub enum Decision {
     },
 }
 
+/// Decides CONNECTs of clients that presented a certificate (the device
+/// registry): the seam between the connection driver and the certificate
+/// plane. Must not block: it runs on the connect path.
+pub trait ConnectAuthorizer: Send + Sync + 'static {
+    /// `leaf` is the client certificate (DER); `client_id` as in CONNECT.
+    fn authorize(&self, leaf: &[u8], client_id: &str) -> Decision;
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct RegistrySnapshot {
     cas: Arc<HashMap<String, Arc<CaEntry>>>,

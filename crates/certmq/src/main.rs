@@ -198,8 +198,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let devices = certmq_admin::Devices::load(
             store.clone(),
             registry.clone(),
-            broker.clone(),
-            live.clone(),
+            Arc::new(certmq_net::LocalControl {
+                broker: broker.clone(),
+                live: live.clone(),
+            }),
             config.registry.clone(),
         )
         .map_err(|e| anyhow::anyhow!("cannot load the device registry: {}", e.message))?;

@@ -222,6 +222,17 @@ fn refusal_floods_hide_nothing_and_cannot_forge_or_flood_the_log() {
     let dev = device(&ca, "victim");
     let id = certmq_pki::fingerprint(&certmq_pki::single_cert_der(dev.0.as_bytes()).unwrap());
     drop(mtls(&broker, Some(&dev), "victim").unwrap());
+    // JITP stores the record a moment after the CONNECT (bounded wait).
+    for _ in 0..250 {
+        if api
+            .call("GET", &format!("/device-certificates/{id}"), None)
+            .0
+            == 200
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     api.ok("POST", &format!("/device-certificates/{id}/revoke"), None);
     assert!(matches!(
         mtls(&broker, Some(&dev), "victim"),

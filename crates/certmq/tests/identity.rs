@@ -167,6 +167,19 @@ fn devices_under(api: &Api, ca_id: &str) -> Vec<Value> {
         .clone()
 }
 
+/// The device records under `ca_id` once there are `n` (JITP records are
+/// written off the connect path, a moment after the CONNECT); bounded.
+fn devices_eventually(api: &Api, ca_id: &str, n: usize) -> Vec<Value> {
+    for _ in 0..250 {
+        let listed = devices_under(api, ca_id);
+        if listed.len() >= n {
+            return listed;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    devices_under(api, ca_id)
+}
+
 fn expect_refused(b: &BrokerProcess, id: &(String, String), client_id: &str, reason: &str) {
     let api = Api::of(b);
     match mtls(b, Some(id), client_id) {
@@ -228,7 +241,7 @@ fn a_re_encoded_certificate_is_the_same_device_and_stays_revoked() {
 
     // JITP registers the original; its twin is the same device.
     let mut a = mtls(&broker, Some(&dev), "dev-a").unwrap();
-    let listed = devices_under(&api, &ca_id);
+    let listed = devices_eventually(&api, &ca_id, 1);
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["id"], original_fp.as_str());
     drop(a);
@@ -297,6 +310,7 @@ fn a_re_encoded_certificate_is_the_same_device_and_stays_revoked() {
     // Another certificate with a serial the CA already has.
     let first = with_serial(&ca, "serial-one", &[0x42, 0x42]);
     mtls(&broker, Some(&first), "serial-one").unwrap();
+    assert_eq!(devices_eventually(&api, &ca_id, 2).len(), 2);
     let second = with_serial(&ca, "serial-two", &[0x42, 0x42]);
     expect_refused(&broker, &second, "serial-two", "CERTIFICATE_SERIAL_IN_USE");
     assert_eq!(devices_under(&api, &ca_id).len(), 2);
@@ -362,6 +376,7 @@ fn a_revocation_outlives_the_record_the_ca_and_a_restart() {
     let dev = device(&ca, "dev-r");
     let id = certmq_pki::fingerprint(&der_of(&dev.0));
     mtls(&broker, Some(&dev), "dev-r").unwrap();
+    assert_eq!(devices_eventually(&api, &ca_id, 1).len(), 1);
     api.ok("POST", &format!("/device-certificates/{id}/revoke"), None);
 
     // Delete the record: the certificate stays revoked.
