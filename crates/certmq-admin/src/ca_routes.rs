@@ -8,11 +8,11 @@ use axum::Json;
 use certmq_pki::DeviceStatus;
 use serde::{Deserialize, Serialize};
 
-use crate::devices::{CaView, DeviceView};
 use crate::error::ApiError;
 use crate::routes::{blocking, ApiJson, ApiQuery, Items};
-use crate::server_certs::rfc3339;
 use crate::AdminState;
+use certmq_registry::rfc3339;
+use certmq_registry::{CaView, DeviceView};
 
 #[derive(Serialize)]
 pub struct RegistrationCode {

@@ -65,33 +65,24 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<certmq_store::StoreError> for ApiError {
-    fn from(e: certmq_store::StoreError) -> Self {
-        use certmq_store::StoreError as E;
-        match &e {
-            E::Exists(_) => ApiError::new(Kind::Conflict, "AlreadyExists", e.to_string()),
-            E::NotFound(_) => ApiError::new(Kind::NotFound, "NotFound", e.to_string()),
-            E::Conflict(_) => ApiError::new(Kind::Conflict, "RegistrationCodeUsed", e.to_string()),
-            E::Limit(_) => ApiError::new(Kind::Conflict, "CaLimitReached", e.to_string()),
-            E::Revoked(_) => ApiError::new(Kind::Conflict, "CertificateRevoked", e.to_string()),
-            E::SerialInUse(_) => {
-                ApiError::new(Kind::Conflict, "CertificateSerialInUse", e.to_string())
-            }
-            _ => {
-                tracing::error!(error = %e, "store failure");
-                ApiError::new(
-                    Kind::Internal,
-                    "StorageError",
-                    "the registry could not be written; see the broker log",
-                )
-            }
-        }
+/// The one mapping from the registry's errors to HTTP statuses.
+impl From<certmq_registry::RegistryError> for ApiError {
+    fn from(e: certmq_registry::RegistryError) -> Self {
+        use certmq_registry::ErrorKind as E;
+        let kind = match e.kind {
+            E::BadRequest => Kind::BadRequest,
+            E::NotFound => Kind::NotFound,
+            E::Conflict => Kind::Conflict,
+            E::Invalid => Kind::Invalid,
+            E::Internal => Kind::Internal,
+        };
+        ApiError::new(kind, e.code, e.message)
     }
 }
 
-impl From<certmq_pki::ServerCertError> for ApiError {
-    fn from(e: certmq_pki::ServerCertError) -> Self {
-        ApiError::new(Kind::Invalid, e.code(), e.to_string())
+impl From<certmq_store::StoreError> for ApiError {
+    fn from(e: certmq_store::StoreError) -> Self {
+        certmq_registry::RegistryError::from(e).into()
     }
 }
 

@@ -1,28 +1,30 @@
 //! certmq's admin REST API (SPEC section 7), on axum.
 //!
-//! What it does: serves `/api/v1` (route list in [`routes`]) with bearer
-//! token authentication (constant-time comparison; only `/health` is open),
-//! one JSON error format (`{"error":{"code","message"}}`) mapped to statuses
-//! in one place ([`error::ApiError::status`]), a request-size limit, an
-//! OpenAPI document built from the same route table the router uses, and
-//! Prometheus metrics.
+//! What it does: serves `/api/v1` from one contract table
+//! ([`openapi::OPERATIONS`], which also builds the OpenAPI document and the
+//! CLI's calls) with bearer token authentication (constant-time
+//! comparison; only `/health` is open), one JSON error format
+//! (`{"error":{"code","message"}}`) mapped to statuses in one place
+//! ([`error::ApiError::status`]; registry errors through one `From`), a
+//! request-size limit, connection limits and timeouts ([`ServeLimits`]),
+//! and Prometheus metrics.
 //!
-//! What it does not do: touch sockets of the broker or decide certificate
-//! rules itself; it talks to the broker through handles (`Broker`, `Live`,
-//! the SNI resolver) and to storage through `certmq_store::Store`.
+//! What it does not do: decide certificate rules (`certmq-registry` does:
+//! CA, device and server certificates) or touch the broker's sockets. It
+//! still reads live connections and counters from `certmq_net::Live` and
+//! the audit log from `certmq_store`; both are to move behind the core's
+//! `control` seam and the registry.
 
 #![forbid(unsafe_code)]
 
 mod auth;
 mod ca_routes;
-pub mod devices;
 pub mod error;
 mod metrics;
 mod serve;
 pub use serve::ServeLimits;
 pub mod openapi;
 pub mod routes;
-mod server_certs;
 
 use std::sync::Arc;
 
@@ -30,8 +32,9 @@ use axum::extract::DefaultBodyLimit;
 
 use axum::Router;
 
-pub use devices::{Devices, RegistryConfig};
-pub use server_certs::{ServerCertView, ServerCerts, DEFAULT_ID};
+pub use certmq_registry::{
+    Devices, RegistryConfig, RegistryError, ServerCertView, ServerCerts, DEFAULT_ID,
+};
 
 /// Largest request body accepted (a chain file is at most 16 KiB; keys
 /// and JSON escaping fit easily).

@@ -29,8 +29,8 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, Kind};
-use crate::server_certs::{rfc3339, ServerCertView};
 use crate::AdminState;
+use certmq_registry::{rfc3339, ServerCertView};
 
 /// `Json` whose rejections are API errors (400, 413) in the API's format.
 pub struct ApiJson<T>(pub T);
@@ -81,12 +81,13 @@ pub async fn health() -> Json<serde_json::Value> {
 }
 
 /// Runs a registry call (SQLite, certificate parsing) off the async workers.
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+pub(crate) async fn blocking<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|_| ApiError::new(Kind::Internal, "Internal", "the request task failed"))?
+        .map_err(Into::into)
 }
 
 pub async fn list_server_certs(State(s): State<AdminState>) -> Json<Items<ServerCertView>> {
@@ -228,7 +229,7 @@ pub async fn audit_log(
 ) -> Result<Json<Items<AuditView>>, ApiError> {
     let store = s.store.clone();
     let limit = q.limit.unwrap_or(100).min(1000);
-    let records = blocking(move || Ok(store.audit_log(limit)?)).await?;
+    let records = blocking(move || store.audit_log(limit)).await?;
     let items = records
         .into_iter()
         .map(|r| AuditView {

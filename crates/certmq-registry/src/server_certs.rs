@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use rustls::sign::CertifiedKey;
 use serde::Serialize;
 
-use crate::error::{ApiError, Kind};
+use crate::error::{ErrorKind, RegistryError};
 
 /// The id under which the default certificate is addressed.
 pub const DEFAULT_ID: &str = "default";
@@ -114,7 +114,7 @@ impl ServerCerts {
         resolver: Arc<SniResolver>,
         default_info: CertInfo,
         default_key: Arc<CertifiedKey>,
-    ) -> Result<Arc<Self>, ApiError> {
+    ) -> Result<Arc<Self>, RegistryError> {
         let this = Arc::new(Self {
             store,
             resolver,
@@ -130,7 +130,7 @@ impl ServerCerts {
     }
 
     /// Rebuilds the view from the store and swaps the SNI snapshot.
-    pub fn reload(&self) -> Result<(), ApiError> {
+    pub fn reload(&self) -> Result<(), RegistryError> {
         let records = self.store.server_certs()?;
         let default_enabled = self.store.default_cert_enabled()? || records.is_empty();
         let mut bound = Vec::new();
@@ -196,13 +196,13 @@ impl ServerCerts {
         chain_pem: &str,
         key_pem: &str,
         actor: &str,
-    ) -> Result<ServerCertView, ApiError> {
+    ) -> Result<ServerCertView, RegistryError> {
         let cert =
             certmq_pki::validate_server_cert(chain_pem.as_bytes(), key_pem.as_bytes(), now_unix())?;
         let id = cert.info.id.clone();
         if self.view.lock().bound.iter().any(|b| b.record.id == id) {
-            return Err(ApiError::new(
-                Kind::Conflict,
+            return Err(RegistryError::new(
+                ErrorKind::Conflict,
                 "CertificateAlreadyBound",
                 format!("server certificate {id} is already bound"),
             ));
@@ -235,10 +235,10 @@ impl ServerCerts {
         Ok(shown)
     }
 
-    pub fn unbind(&self, id: &str, actor: &str) -> Result<(), ApiError> {
+    pub fn unbind(&self, id: &str, actor: &str) -> Result<(), RegistryError> {
         if id == DEFAULT_ID {
-            return Err(ApiError::new(
-                Kind::Conflict,
+            return Err(RegistryError::new(
+                ErrorKind::Conflict,
                 "DefaultCertificateCannotBeUnbound",
                 "the default certificate cannot be unbound; disable it instead",
             ));
@@ -249,15 +249,15 @@ impl ServerCerts {
             (before, v.bound.len().saturating_sub(1), v.default_enabled)
         };
         let Some(before) = before else {
-            return Err(ApiError::new(
-                Kind::NotFound,
+            return Err(RegistryError::new(
+                ErrorKind::NotFound,
                 "NotFound",
                 format!("server certificate {id} is not bound"),
             ));
         };
         if remaining == 0 && !default_enabled {
-            return Err(ApiError::new(
-                Kind::Conflict,
+            return Err(RegistryError::new(
+                ErrorKind::Conflict,
                 "LastCertificate",
                 "this is the only certificate being served while the default is disabled; enable the default first",
             ));
@@ -277,14 +277,14 @@ impl ServerCerts {
         &self,
         enabled: bool,
         actor: &str,
-    ) -> Result<ServerCertView, ApiError> {
+    ) -> Result<ServerCertView, RegistryError> {
         let (was, bound) = {
             let v = self.view.lock();
             (v.default_enabled, v.bound.len())
         };
         if !enabled && bound == 0 {
-            return Err(ApiError::new(
-                Kind::Conflict,
+            return Err(RegistryError::new(
+                ErrorKind::Conflict,
                 "NoCustomCertificate",
                 "the default certificate can be disabled only while a custom certificate is bound",
             ));

@@ -16,7 +16,7 @@ use certmq_store::{AuditEntry, CaRecord, DeviceFilter, DeviceRecord, Store};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::error::{ApiError, Kind};
+use crate::error::{ErrorKind, RegistryError};
 use crate::server_certs::{now_unix, rfc3339};
 
 /// Registry limits and policy: the `[registry]` section of the
@@ -227,20 +227,24 @@ fn one_of(
     allowed: &[&str],
     field: &str,
     code: &'static str,
-) -> Result<String, ApiError> {
+) -> Result<String, RegistryError> {
     if allowed.contains(&value) {
         Ok(value.to_string())
     } else {
-        Err(ApiError::new(
-            Kind::BadRequest,
+        Err(RegistryError::new(
+            ErrorKind::BadRequest,
             code,
             format!("{field} must be one of {}, not {value}", allowed.join(", ")),
         ))
     }
 }
 
-fn not_found(what: &str, id: &str) -> ApiError {
-    ApiError::new(Kind::NotFound, "NotFound", format!("{what} {id} not found"))
+fn not_found(what: &str, id: &str) -> RegistryError {
+    RegistryError::new(
+        ErrorKind::NotFound,
+        "NotFound",
+        format!("{what} {id} not found"),
+    )
 }
 
 impl Devices {
@@ -249,7 +253,7 @@ impl Devices {
         snapshot: SharedRegistry,
         control: Arc<dyn certmq_core::Control>,
         config: RegistryConfig,
-    ) -> Result<Arc<Self>, ApiError> {
+    ) -> Result<Arc<Self>, RegistryError> {
         let this = Arc::new(Self {
             store,
             snapshot,
@@ -285,7 +289,7 @@ impl Devices {
                     }
                 }
             })
-            .map_err(|e| ApiError::new(Kind::Internal, "Internal", e.to_string()))?;
+            .map_err(|e| RegistryError::new(ErrorKind::Internal, "Internal", e.to_string()))?;
         *this.jitp.lock() = Some(tx);
         Ok(this)
     }
@@ -293,7 +297,7 @@ impl Devices {
     /// Records written before device identity was keyed on the signed
     /// content get their signed id and issuer key (and revoked ones join
     /// the revocation list).
-    fn backfill(&self) -> Result<(), ApiError> {
+    fn backfill(&self) -> Result<(), RegistryError> {
         let keys: HashMap<String, String> = self
             .store
             .cas()?
@@ -313,12 +317,12 @@ impl Devices {
     }
 
     /// Rebuilds the snapshot from the store.
-    pub fn reload(&self) -> Result<(), ApiError> {
+    pub fn reload(&self) -> Result<(), RegistryError> {
         let g = self.update.lock();
         self.reload_locked(&g)
     }
 
-    fn reload_locked(&self, _held: &parking_lot::MutexGuard<'_, ()>) -> Result<(), ApiError> {
+    fn reload_locked(&self, _held: &parking_lot::MutexGuard<'_, ()>) -> Result<(), RegistryError> {
         let cas = self.store.cas()?.iter().filter_map(ca_entry).collect();
         let devices = self
             .store
@@ -399,9 +403,9 @@ impl Devices {
 
     // ---- CA certificates ----
 
-    pub fn new_registration_code(&self) -> Result<(String, i64), ApiError> {
-        let code =
-            certmq_pki::random_hex(16).map_err(|e| ApiError::new(Kind::Internal, "Internal", e))?;
+    pub fn new_registration_code(&self) -> Result<(String, i64), RegistryError> {
+        let code = certmq_pki::random_hex(16)
+            .map_err(|e| RegistryError::new(ErrorKind::Internal, "Internal", e))?;
         let ttl = i64::try_from(self.config.registration_code_ttl_secs).unwrap_or(i64::MAX);
         let expires = now_unix().saturating_add(ttl);
         self.store.set_registration_code(
@@ -417,7 +421,7 @@ impl Devices {
         Ok((code, expires))
     }
 
-    pub fn list_cas(&self) -> Result<Vec<CaView>, ApiError> {
+    pub fn list_cas(&self) -> Result<Vec<CaView>, RegistryError> {
         Ok(self
             .store
             .cas()?
@@ -426,7 +430,7 @@ impl Devices {
             .collect())
     }
 
-    fn ca_record(&self, id: &str) -> Result<CaRecord, ApiError> {
+    fn ca_record(&self, id: &str) -> Result<CaRecord, RegistryError> {
         self.store
             .cas()?
             .into_iter()
@@ -434,7 +438,7 @@ impl Devices {
             .ok_or_else(|| not_found("CA certificate", id))
     }
 
-    pub fn get_ca(&self, id: &str) -> Result<CaView, ApiError> {
+    pub fn get_ca(&self, id: &str) -> Result<CaView, RegistryError> {
         let r = self.ca_record(id)?;
         let counts = self.store.device_counts(id)?.into_iter().collect();
         Ok(CaView::of(&r, Some(counts)))
@@ -447,7 +451,7 @@ impl Devices {
         status: Option<&str>,
         provisioning: Option<&str>,
         automatic_activation: Option<bool>,
-    ) -> Result<CaView, ApiError> {
+    ) -> Result<CaView, RegistryError> {
         let status = one_of(
             status.unwrap_or("ACTIVE"),
             &["ACTIVE", "INACTIVE"],
@@ -469,18 +473,18 @@ impl Devices {
             code.as_ref().map(|(c, e)| (c.as_str(), *e)),
             now,
         )
-        .map_err(|e| ApiError::new(Kind::Invalid, e.code(), e.to_string()))?;
+        .map_err(|e| RegistryError::new(ErrorKind::Invalid, e.code(), e.to_string()))?;
         let existing = self.store.cas()?;
         if existing.iter().any(|c| c.id == ca.info.id) {
-            return Err(ApiError::new(
-                Kind::Conflict,
+            return Err(RegistryError::new(
+                ErrorKind::Conflict,
                 "CaAlreadyRegistered",
                 format!("CA certificate {} is already registered", ca.info.id),
             ));
         }
         if existing.len() >= self.config.max_ca_certificates {
-            return Err(ApiError::new(
-                Kind::Conflict,
+            return Err(RegistryError::new(
+                ErrorKind::Conflict,
                 "CaLimitReached",
                 format!(
                     "{} CA certificates are registered, the most allowed; delete one first",
@@ -506,8 +510,8 @@ impl Devices {
         };
         let view = CaView::of(&rec, None);
         let Some((code, _)) = code else {
-            return Err(ApiError::new(
-                Kind::Invalid,
+            return Err(RegistryError::new(
+                ErrorKind::Invalid,
                 "NoRegistrationCode",
                 "no registration code is active",
             ));
@@ -528,7 +532,7 @@ impl Devices {
         Ok(view)
     }
 
-    pub fn set_ca_status(&self, id: &str, active: bool) -> Result<CaView, ApiError> {
+    pub fn set_ca_status(&self, id: &str, active: bool) -> Result<CaView, RegistryError> {
         let g = self.update.lock();
         let mut rec = self.ca_record(id)?;
         let before = serde_json::json!({"status": rec.status});
@@ -566,7 +570,7 @@ impl Devices {
         id: &str,
         provisioning: Option<&str>,
         automatic_activation: Option<bool>,
-    ) -> Result<CaView, ApiError> {
+    ) -> Result<CaView, RegistryError> {
         let g = self.update.lock();
         let mut rec = self.ca_record(id)?;
         let before = serde_json::json!({"device_provisioning": rec.provisioning, "automatic_activation": rec.automatic_activation});
@@ -591,12 +595,12 @@ impl Devices {
         Ok(CaView::of(&rec, None))
     }
 
-    pub fn delete_ca(&self, id: &str) -> Result<(), ApiError> {
+    pub fn delete_ca(&self, id: &str) -> Result<(), RegistryError> {
         let g = self.update.lock();
         let rec = self.ca_record(id)?;
         if rec.status == "ACTIVE" {
-            return Err(ApiError::new(
-                Kind::Conflict,
+            return Err(RegistryError::new(
+                ErrorKind::Conflict,
                 "CaActive",
                 "an ACTIVE CA certificate cannot be deleted; deactivate it first",
             ));
@@ -608,8 +612,8 @@ impl Devices {
             .find(|(s, _)| s == "ACTIVE")
             .map_or(0, |(_, n)| n);
         if active > 0 {
-            return Err(ApiError::new(
-                Kind::Conflict,
+            return Err(RegistryError::new(
+                ErrorKind::Conflict,
                 "CaHasActiveDevices",
                 format!("{active} ACTIVE device certificate(s) under this CA; deactivate or revoke them first"),
             ));
@@ -625,12 +629,12 @@ impl Devices {
 
     // ---- device certificates ----
 
-    pub fn list_devices(&self, f: &DeviceFilter) -> Result<(Vec<DeviceView>, u64), ApiError> {
+    pub fn list_devices(&self, f: &DeviceFilter) -> Result<(Vec<DeviceView>, u64), RegistryError> {
         let (rows, total) = self.store.devices(f)?;
         Ok((rows.iter().map(DeviceView::of).collect(), total))
     }
 
-    pub fn device(&self, id: &str) -> Result<DeviceRecord, ApiError> {
+    pub fn device(&self, id: &str) -> Result<DeviceRecord, RegistryError> {
         self.store
             .device(id)?
             .ok_or_else(|| not_found("device certificate", id))
@@ -641,7 +645,7 @@ impl Devices {
         pem: &str,
         client_id: Option<String>,
         status: Option<&str>,
-    ) -> Result<DeviceView, ApiError> {
+    ) -> Result<DeviceView, RegistryError> {
         let status = one_of(
             status.unwrap_or("ACTIVE"),
             &["ACTIVE", "INACTIVE", "PENDING_ACTIVATION"],
@@ -652,32 +656,32 @@ impl Devices {
             .as_ref()
             .is_some_and(|c| c.is_empty() || c.len() > 65535)
         {
-            return Err(ApiError::new(
-                Kind::BadRequest,
+            return Err(RegistryError::new(
+                ErrorKind::BadRequest,
                 "InvalidClientId",
                 "client_id must be 1 to 65535 bytes",
             ));
         }
         let der = certmq_pki::single_cert_der(pem.as_bytes())
-            .map_err(|e| ApiError::new(Kind::Invalid, "InvalidCertificatePem", e))?;
+            .map_err(|e| RegistryError::new(ErrorKind::Invalid, "InvalidCertificatePem", e))?;
         let (chained, _) = self.snapshot.load().chain(&der, now_unix()).map_err(|r| {
             use certmq_pki::Rejection as R;
             match r {
-                R::CertificatePurpose => ApiError::new(
-                    Kind::Invalid,
+                R::CertificatePurpose => RegistryError::new(
+                    ErrorKind::Invalid,
                     "CertificatePurpose",
                     "the certificate is not fit for client authentication: it is a CA \
                          (basicConstraints CA:TRUE), its Extended Key Usage lacks clientAuth, \
                          or its keyUsage lacks digitalSignature",
                 ),
-                R::CertificateEncoding => ApiError::new(
-                    Kind::Invalid,
+                R::CertificateEncoding => RegistryError::new(
+                    ErrorKind::Invalid,
                     "CertificateEncoding",
                     "the certificate is not DER, or its outer signature algorithm differs \
                          from the signed one",
                 ),
-                r => ApiError::new(
-                    Kind::Invalid,
+                r => RegistryError::new(
+                    ErrorKind::Invalid,
                     "CertificateNotAccepted",
                     format!(
                         "the certificate does not chain to a registered CA within validity ({})",
@@ -691,8 +695,8 @@ impl Devices {
             .load()
             .is_revoked(&chained.signed_id, &chained.issuer_key, &chained.serial)
         {
-            return Err(ApiError::new(
-                Kind::Conflict,
+            return Err(RegistryError::new(
+                ErrorKind::Conflict,
                 "CertificateRevoked",
                 "this certificate was revoked; REVOKED is final",
             ));
@@ -712,8 +716,8 @@ impl Devices {
                 ),
             )
             .map_err(|e| match e {
-                certmq_store::StoreError::Exists(_) => ApiError::new(
-                    Kind::Conflict,
+                certmq_store::StoreError::Exists(_) => RegistryError::new(
+                    ErrorKind::Conflict,
                     "DeviceCertificateAlreadyRegistered",
                     format!("device certificate {} is already registered", rec.id),
                 ),
@@ -727,7 +731,7 @@ impl Devices {
         &self,
         id: &str,
         status: DeviceStatus,
-    ) -> Result<DeviceView, ApiError> {
+    ) -> Result<DeviceView, RegistryError> {
         let action = match status {
             DeviceStatus::Active => "device_certificate.activate",
             DeviceStatus::Inactive => "device_certificate.deactivate",
@@ -748,7 +752,7 @@ impl Devices {
         Ok(DeviceView::of(&after))
     }
 
-    pub fn delete_device(&self, id: &str) -> Result<(), ApiError> {
+    pub fn delete_device(&self, id: &str) -> Result<(), RegistryError> {
         let g = self.update.lock();
         let rec = self.device(id)?;
         let before = serde_json::to_value(DeviceView::of(&rec)).ok();

@@ -1,0 +1,128 @@
+//! Registry rules as plain tests: no sockets, no TLS, no external tools —
+//! a real SQLite store in a scratch directory, certificates made with
+//! rcgen, the single-node `Control` over an empty broker.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use certmq_pki::{ConnectAuthorizer, Decision, DeviceStatus, Rejection};
+use certmq_registry::{Devices, ErrorKind, RegistryConfig};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn registry(tag: &str) -> (Arc<Devices>, Scratch) {
+    let dir = std::env::temp_dir().join(format!("certmq-registry-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store: Arc<dyn certmq_store::Store> =
+        Arc::new(certmq_store::SqliteStore::open(&dir).unwrap());
+    let control = Arc::new(certmq_net::LocalControl {
+        broker: certmq_core::Broker::new(Default::default()),
+        live: Arc::new(certmq_net::Live::default()),
+    });
+    let devices = Devices::load(
+        store,
+        Default::default(),
+        control,
+        RegistryConfig::default(),
+    )
+    .unwrap();
+    (devices, Scratch(dir))
+}
+
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+fn ca(cn: &str) -> Ca {
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    Ca {
+        cert: p.self_signed(&key).unwrap(),
+        key,
+    }
+}
+
+fn leaf(ca: &Ca, cn: &str) -> rcgen::Certificate {
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.signed_by(&key, &ca.cert, &ca.key).unwrap()
+}
+
+fn register(d: &Devices, ca: &Ca) -> String {
+    let (code, _) = d.new_registration_code().unwrap();
+    let verification = leaf(ca, &code);
+    d.register_ca(&ca.cert.pem(), &verification.pem(), None, None, None)
+        .unwrap()
+        .id
+}
+
+#[test]
+fn revocation_is_final_across_record_and_ca_deletion() {
+    let (d, _dir) = registry("revoke");
+    let ca = ca("Rules CA");
+    let ca_id = register(&d, &ca);
+    let dev = leaf(&ca, "dev");
+    let id = d.register_device(&dev.pem(), None, None).unwrap().id;
+    assert!(matches!(
+        d.authorize(dev.der(), "dev"),
+        Decision::Allow { .. }
+    ));
+    d.set_device_status(&id, DeviceStatus::Revoked).unwrap();
+    let again = d.set_device_status(&id, DeviceStatus::Active).unwrap_err();
+    assert_eq!(
+        (again.kind, again.code),
+        (ErrorKind::Conflict, "CertificateRevoked")
+    );
+    d.delete_device(&id).unwrap();
+    let reject = |d: &Devices| match d.authorize(dev.der(), "dev") {
+        Decision::Reject { reason, .. } => reason,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(reject(&d), Rejection::CertificateRevoked);
+    let e = d.register_device(&dev.pem(), None, None).unwrap_err();
+    assert_eq!(e.code, "CertificateRevoked");
+    // Delete the CA (deactivate first) and register it again.
+    let e = d.delete_ca(&ca_id).unwrap_err();
+    assert_eq!((e.kind, e.code), (ErrorKind::Conflict, "CaActive"));
+    d.set_ca_status(&ca_id, false).unwrap();
+    d.delete_ca(&ca_id).unwrap();
+    assert_eq!(register(&d, &ca), ca_id);
+    assert_eq!(reject(&d), Rejection::CertificateRevoked);
+}
+
+#[test]
+fn jitp_provisions_once_and_a_ca_is_never_a_device() {
+    let (d, _dir) = registry("jitp");
+    let ca = ca("JITP CA");
+    register(&d, &ca);
+    let dev = leaf(&ca, "dev");
+    assert!(matches!(
+        d.authorize(dev.der(), "dev"),
+        Decision::Provision { activate: true, .. }
+    ));
+    // The snapshot has it at once: the next CONNECT is allowed, not
+    // provisioned again.
+    assert!(matches!(
+        d.authorize(dev.der(), "dev"),
+        Decision::Allow { .. }
+    ));
+    // A CA certificate is never a device.
+    match d.authorize(ca.cert.der(), "ca") {
+        Decision::Reject { reason, .. } => assert_eq!(reason, Rejection::CertificatePurpose),
+        other => panic!("{other:?}"),
+    }
+}
