@@ -56,7 +56,7 @@ pub struct Broker {
     timers: Mutex<BTreeMap<Deadline, Timer>>,
     next_id: AtomicU64,
     /// Origin of the millisecond clock the keep-alive sweep compares.
-    epoch: Instant,
+    epoch: std::sync::OnceLock<Instant>,
     pub stats: Stats,
 }
 
@@ -69,7 +69,7 @@ impl Broker {
             retained: RwLock::default(),
             timers: Mutex::default(),
             next_id: AtomicU64::new(1),
-            epoch: Instant::now(),
+            epoch: std::sync::OnceLock::new(),
             stats: Stats::default(),
         })
     }
@@ -227,7 +227,10 @@ impl Broker {
 
     /// Milliseconds since the broker's epoch (0 for earlier instants).
     pub(crate) fn millis(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.epoch).as_millis() as u64
+        // The epoch is the first `now` the broker is given: the core never
+        // reads the clock itself.
+        let epoch = *self.epoch.get_or_init(|| now);
+        now.saturating_duration_since(epoch).as_millis() as u64
     }
 
     /// Closes (kicks) every live connection with `reason`; returns how many.

@@ -289,7 +289,7 @@ impl Broker {
             properties,
         }));
         if session_present {
-            conn.resend_inflight();
+            conn.resend_inflight(now);
         }
         Ok(conn)
     }
@@ -738,9 +738,8 @@ impl Conn {
 
     /// Resends unacknowledged messages of a resumed session, in order:
     /// PUBLISH with DUP for those awaiting PUBACK/PUBREC, PUBREL for the rest.
-    fn resend_inflight(&mut self) {
+    fn resend_inflight(&mut self, now: Instant) {
         let inflight = self.entry.state.lock().inflight_in_order();
-        let now = Instant::now();
         for (packet_id, i) in inflight {
             if i.released {
                 self.out.push(Packet::PubRel(PubResponse::new(

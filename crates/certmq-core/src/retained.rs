@@ -172,6 +172,7 @@ impl RetainedStore {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests take their `now` from the clock
 mod tests {
     use super::*;
     use crate::topic::{matches as oracle, parse_filter};

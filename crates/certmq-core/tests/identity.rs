@@ -1,6 +1,7 @@
 //! Session ownership (SPEC 2): a session belongs to the identity that
 //! created it, through the core alone.
 
+#![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, Instant};

@@ -2,6 +2,7 @@
 //! so these run without sockets or sleeps.
 
 // Test code: a failed expectation is a panic.
+#![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
