@@ -15,8 +15,8 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::retained::RetainedStore;
 use crate::session::{Deadline, SessionState, Timer};
-use crate::topic::parse_filter;
-use crate::tree::{Match, SubscriptionTree};
+use crate::topic::{parse_filter, ParsedFilter};
+use crate::tree::{Match, Subscriber, SubscriptionTree};
 
 /// Index nodes one SUBSCRIBE filter may visit looking for retained
 /// messages: a bound on one client's work under the store's read lock.
@@ -58,6 +58,13 @@ pub struct Broker {
     /// Origin of the millisecond clock the keep-alive sweep compares.
     epoch: std::sync::OnceLock<Instant>,
     pub stats: Stats,
+    /// The `auth` seam; none: everything is allowed.
+    authorizer: std::sync::OnceLock<Arc<dyn crate::Authorizer>>,
+    /// The `cluster` seam; none: a single node.
+    forwarder: std::sync::OnceLock<Arc<dyn crate::Forwarder>>,
+    /// Local subscriptions per raw filter, for the forwarder's route
+    /// changes (kept under the trie's write lock).
+    routes: Mutex<HashMap<Box<str>, usize>>,
 }
 
 impl Broker {
@@ -71,7 +78,72 @@ impl Broker {
             next_id: AtomicU64::new(1),
             epoch: std::sync::OnceLock::new(),
             stats: Stats::default(),
+            authorizer: std::sync::OnceLock::new(),
+            forwarder: std::sync::OnceLock::new(),
+            routes: Mutex::default(),
         })
+    }
+
+    /// Installs the authorizer (once; false if one was installed already).
+    pub fn set_authorizer(&self, a: Arc<dyn crate::Authorizer>) -> bool {
+        self.authorizer.set(a).is_ok()
+    }
+
+    pub(crate) fn authorizer(&self) -> Option<&Arc<dyn crate::Authorizer>> {
+        self.authorizer.get()
+    }
+
+    /// Installs the cluster forwarder (once; false if one was installed).
+    pub fn set_forwarder(&self, f: Arc<dyn crate::Forwarder>) -> bool {
+        self.forwarder.set(f).is_ok()
+    }
+
+    /// Adds a session's subscription to the trie: the one place the trie
+    /// gains subscriptions. Returns whether it replaced one of the session's.
+    pub(crate) fn add_subscription(
+        &self,
+        raw: &str,
+        parsed: &ParsedFilter<'_>,
+        sub: Subscriber,
+    ) -> bool {
+        let mut tree = self.tree.write();
+        let existed = tree.insert(parsed, sub);
+        if !existed {
+            let mut routes = self.routes.lock();
+            let n = routes.entry(raw.into()).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                if let Some(f) = self.forwarder.get() {
+                    f.route_added(raw);
+                }
+            }
+        }
+        existed
+    }
+
+    /// Removes a session's subscription from the trie: the one place the
+    /// trie loses subscriptions. Returns whether it existed.
+    pub(crate) fn remove_subscription(
+        &self,
+        raw: &str,
+        parsed: &ParsedFilter<'_>,
+        session: SessionId,
+    ) -> bool {
+        let mut tree = self.tree.write();
+        let removed = tree.remove(parsed, session);
+        if removed {
+            let mut routes = self.routes.lock();
+            if let Some(n) = routes.get_mut(raw) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    routes.remove(raw);
+                    if let Some(f) = self.forwarder.get() {
+                        f.route_removed(raw);
+                    }
+                }
+            }
+        }
+        removed
     }
 
     /// The limits in force now (a cheap, lock-free load).
@@ -156,11 +228,19 @@ impl Broker {
     }
 
     /// Publishes a message: stores it if retained, then routes it.
+    /// Publishes a message from this node: stores it if retained, routes
+    /// it to local sessions, and hands it to the cluster forwarder (if any).
+    /// Messages from other nodes go through [`Broker::route`] (and
+    /// [`Broker::retain`]) instead, so nothing is forwarded twice.
     pub fn publish(&self, message: Arc<Message>, now: Instant) -> usize {
         if message.retain && self.config().retain_available {
             self.retain(&message);
         }
-        self.route(&message, now)
+        let delivered = self.route(&message, now);
+        if let Some(f) = self.forwarder.get() {
+            f.forward(&message);
+        }
+        delivered
     }
 
     /// Queues `message` for every matching session; returns how many.
@@ -334,13 +414,11 @@ impl Broker {
     pub(crate) fn discard_state(&self, entry: &SessionEntry, state: &mut SessionState) {
         state.ended = true;
         let session = entry.mailbox.id();
-        let mut tree = self.tree.write();
         for filter in &state.subscriptions {
             if let Ok(parsed) = parse_filter(filter) {
-                tree.remove(&parsed, session);
+                self.remove_subscription(filter, &parsed, session);
             }
         }
-        drop(tree);
         state.subscriptions.clear();
         state.inflight.clear();
         state.incoming_qos2.clear();

@@ -508,6 +508,18 @@ impl Conn {
                 return Err(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
             }
         }
+        if let Some(a) = self.broker.authorizer() {
+            let identity = self.entry.state.lock().identity.clone();
+            let client = crate::Client {
+                client_id: &self.entry.client_id,
+                identity: identity.as_ref().unwrap_or(&crate::Identity::Anonymous),
+            };
+            if !a.may_publish(&client, &topic, p.qos, p.retain) {
+                // Not routed; QoS 1/2 are answered "not authorized" (MQTT 5).
+                self.ack_publish(p.qos, p.packet_id, ReasonCode::NOT_AUTHORIZED);
+                return Ok(Flow::Continue);
+            }
+        }
         if p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err()
         {
@@ -545,6 +557,7 @@ impl Conn {
         let queued = self.entry.mailbox.len();
         {
             let mut state = self.entry.state.lock();
+            let identity = state.identity.clone();
             for (raw, options) in &s.filters {
                 let parsed = match parse_filter_within(raw, self.broker.config().max_topic_levels) {
                     Ok(p) => p,
@@ -560,7 +573,22 @@ impl Conn {
                 if parsed.share_group.is_some() && options.no_local {
                     return Err(ReasonCode::PROTOCOL_ERROR);
                 }
-                let existed = self.broker.tree.write().insert(
+                if let Some(a) = self.broker.authorizer() {
+                    let client = crate::Client {
+                        client_id: &self.entry.client_id,
+                        identity: identity.as_ref().unwrap_or(&crate::Identity::Anonymous),
+                    };
+                    if !a.may_subscribe(&client, raw, options.qos) {
+                        reasons.push(if v5 {
+                            ReasonCode::NOT_AUTHORIZED
+                        } else {
+                            ReasonCode::UNSPECIFIED_ERROR
+                        });
+                        continue;
+                    }
+                }
+                let existed = self.broker.add_subscription(
+                    raw,
                     &parsed,
                     Subscriber {
                         mailbox: self.entry.mailbox.clone(),
@@ -624,9 +652,7 @@ impl Conn {
                     Ok(parsed) => {
                         state.subscriptions.remove(raw);
                         self.broker
-                            .tree
-                            .write()
-                            .remove(&parsed, self.entry.mailbox.id())
+                            .remove_subscription(raw, &parsed, self.entry.mailbox.id())
                     }
                     Err(_) => false,
                 };

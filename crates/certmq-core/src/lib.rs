@@ -14,7 +14,9 @@
 
 #![forbid(unsafe_code)]
 
+mod auth;
 mod broker;
+mod cluster;
 mod config;
 mod conn;
 mod control;
@@ -26,7 +28,9 @@ mod session;
 pub mod topic;
 mod tree;
 
+pub use auth::{Authorizer, Client};
 pub use broker::{message_from, Broker, Stats};
+pub use cluster::Forwarder;
 pub use config::BrokerConfig;
 pub use conn::{CloseCause, Conn, ConnectContext, ConnectRefused, Flow, Identity};
 pub use control::{Control, LiveConnection};

@@ -1,0 +1,23 @@
+//! The `cluster` seam: where a bridge to other nodes plugs in. The broker
+//! tells a [`Forwarder`] (installed with [`crate::Broker::set_forwarder`])
+//! every message published on this node, and every change of the set of
+//! filters this node's sessions subscribe to (the first subscriber of a
+//! filter, and the last one leaving), so that a bridge subscribes other
+//! nodes' traffic only for what is wanted here. Without one, nothing is
+//! forwarded (a single node).
+
+use std::sync::Arc;
+
+use crate::Message;
+
+/// Receives what other nodes need to know. Must not block: it runs on
+/// the publish and subscribe paths (queue and return).
+pub trait Forwarder: Send + Sync + std::fmt::Debug + 'static {
+    /// A message published on this node (after local routing).
+    fn forward(&self, message: &Arc<Message>);
+    /// This node now has a subscriber of `filter` (raw, `$share/...`
+    /// included).
+    fn route_added(&self, filter: &str);
+    /// This node has no subscriber of `filter` left.
+    fn route_removed(&self, filter: &str);
+}
