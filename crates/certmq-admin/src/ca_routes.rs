@@ -156,7 +156,7 @@ pub async fn list_devices(
 ) -> Result<Json<Page<DeviceView>>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let offset = q.offset.unwrap_or(0);
-    let f = certmq_store::DeviceFilter {
+    let f = certmq_registry::DeviceFilter {
         ca_id: q.ca_id,
         client_id: q.client_id,
         subject_cn: q.common_name,

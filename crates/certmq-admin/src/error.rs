@@ -80,12 +80,6 @@ impl From<certmq_registry::RegistryError> for ApiError {
     }
 }
 
-impl From<certmq_store::StoreError> for ApiError {
-    fn from(e: certmq_store::StoreError) -> Self {
-        certmq_registry::RegistryError::from(e).into()
-    }
-}
-
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(r: axum::extract::rejection::JsonRejection) -> Self {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {

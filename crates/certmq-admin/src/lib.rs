@@ -11,9 +11,8 @@
 //!
 //! What it does not do: decide certificate rules (`certmq-registry` does:
 //! CA, device and server certificates) or touch the broker's sockets. It
-//! still reads live connections and counters from `certmq_net::Live` and
-//! the audit log from `certmq_store`; both are to move behind the core's
-//! `control` seam and the registry.
+//! still reads live connections, refusals and counters from
+//! `certmq_net::Live`; that is to move behind the core's seams.
 
 #![forbid(unsafe_code)]
 
@@ -43,7 +42,6 @@ pub const MAX_BODY: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct AdminState {
     pub token: Arc<str>,
-    pub store: Arc<dyn certmq_store::Store>,
     pub server_certs: Arc<ServerCerts>,
     pub broker: Arc<certmq_core::Broker>,
     pub live: Arc<certmq_net::Live>,

@@ -227,9 +227,9 @@ pub async fn audit_log(
     State(s): State<AdminState>,
     ApiQuery(q): ApiQuery<Limit>,
 ) -> Result<Json<Items<AuditView>>, ApiError> {
-    let store = s.store.clone();
+    let devices = s.devices.clone();
     let limit = q.limit.unwrap_or(100).min(1000);
-    let records = blocking(move || store.audit_log(limit)).await?;
+    let records = blocking(move || devices.audit_log(limit)).await?;
     let items = records
         .into_iter()
         .map(|r| AuditView {

@@ -38,7 +38,6 @@ fn state(dir: &std::path::Path) -> AdminState {
     .unwrap();
     AdminState {
         token: "test-token-0123456789".into(),
-        store,
         server_certs,
         broker,
         live,

@@ -392,6 +392,11 @@ impl Devices {
         n
     }
 
+    /// The newest audit records, newest first.
+    pub fn audit_log(&self, limit: usize) -> Result<Vec<certmq_store::AuditRecord>, RegistryError> {
+        Ok(self.store.audit_log(limit)?)
+    }
+
     pub fn snapshot(&self) -> Arc<RegistrySnapshot> {
         self.snapshot.load_full()
     }

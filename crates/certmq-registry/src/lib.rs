@@ -18,6 +18,7 @@ mod devices;
 mod error;
 mod server_certs;
 
+pub use certmq_store::{AuditRecord, DeviceFilter};
 pub use devices::{CaView, DeviceView, Devices, RegistryConfig};
 pub use error::{ErrorKind, RegistryError};
 pub use server_certs::{now_unix, rfc3339, ServerCertView, ServerCerts, DEFAULT_ID};

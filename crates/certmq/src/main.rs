@@ -242,7 +242,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 }
                 let state = certmq_admin::AdminState {
                     token: token.into(),
-                    store,
                     server_certs,
                     broker,
                     live: server.live(),
