@@ -276,6 +276,9 @@ pub struct Limit {
     limit: Option<usize>,
 }
 
+/// Refusals listed at most (`?limit=`).
+const REJECTIONS_SHOWN: usize = 1000;
+
 /// Recent refusals (the newest of every reason), with counts by reason and
 /// the sources refused most often.
 #[derive(Serialize)]
@@ -296,16 +299,15 @@ pub async fn rejections(
     State(s): State<AdminState>,
     ApiQuery(q): ApiQuery<Limit>,
 ) -> Json<RejectionsView> {
-    let limit = q.limit.unwrap_or(100).min(certmq_net::REJECTIONS_KEPT);
+    let limit = q.limit.unwrap_or(100).min(REJECTIONS_SHOWN);
     let items = s
-        .live
-        .rejections()
+        .control
+        .refusals(limit)
         .into_iter()
-        .take(limit)
         .map(|r| RejectionView {
             at: rfc3339(r.at),
-            reason: r.reason.as_str(),
-            listener: r.protocol.name(),
+            reason: r.reason,
+            listener: r.listener,
             peer_address: r.peer.to_string(),
             client_id: r.client_id,
             certificate_id: r.certificate_id,
@@ -314,10 +316,10 @@ pub async fn rejections(
         .collect();
     Json(RejectionsView {
         items,
-        counts_by_reason: s.live.rejection_counts().into_iter().collect(),
+        counts_by_reason: s.control.refusal_counts().into_iter().collect(),
         top_sources: s
-            .live
-            .rejection_sources(20)
+            .control
+            .refusal_sources(20)
             .into_iter()
             .map(|r| RejectionSourceView {
                 reason: r.reason,

@@ -44,7 +44,8 @@ pub struct AdminState {
     pub token: Arc<str>,
     pub server_certs: Arc<ServerCerts>,
     pub broker: Arc<certmq_core::Broker>,
-    pub live: Arc<certmq_net::Live>,
+    /// Live connections, refusals and traffic (the core's `control` seam).
+    pub control: Arc<dyn certmq_core::Control>,
     pub devices: Arc<Devices>,
 }
 

@@ -57,7 +57,7 @@ fn escape(v: &str) -> String {
 
 pub async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     let mut m = Exposition(String::new());
-    let live = &s.live;
+    let traffic = s.control.traffic();
     let stats = &s.broker.stats;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
 
@@ -65,9 +65,10 @@ pub async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
         "connections",
         "gauge",
         "Open connections by listener",
-        live.open_by_protocol()
-            .into_iter()
-            .map(|(p, n)| (vec![("listener", p.name().to_string())], n as f64)),
+        traffic
+            .open
+            .iter()
+            .map(|(p, n)| (vec![("listener", p.to_string())], *n as f64)),
     );
     m.one(
         "sessions",
@@ -109,31 +110,33 @@ pub async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
         "received_bytes_total",
         "counter",
         "Bytes received from MQTT clients",
-        load(&live.bytes_in),
+        traffic.bytes_in as f64,
     );
     m.one(
         "sent_bytes_total",
         "counter",
         "Bytes sent to MQTT clients",
-        load(&live.bytes_out),
+        traffic.bytes_out as f64,
     );
     m.one(
         "received_packets_total",
         "counter",
         "MQTT packets received",
-        load(&live.packets_in),
+        traffic.packets_in as f64,
     );
     m.one(
         "sent_packets_total",
         "counter",
         "MQTT packets sent",
-        load(&live.packets_out),
+        traffic.packets_out as f64,
     );
     m.family(
         "tls_handshake_failures_total",
         "counter",
         "Failed TLS handshakes by reason",
-        live.tls_failures()
+        traffic
+            .tls_failures
+            .clone()
             .into_iter()
             .map(|(r, n)| (vec![("reason", r.to_string())], n as f64)),
     );
@@ -141,7 +144,8 @@ pub async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
         "connection_rejections_total",
         "counter",
         "Refused handshakes and CONNECTs by reason",
-        live.rejection_counts()
+        s.control
+            .refusal_counts()
             .into_iter()
             .map(|(r, n)| (vec![("reason", r.to_string())], n as f64)),
     );

@@ -174,14 +174,14 @@ pub struct ConnectionView {
 
 pub async fn list_connections(State(s): State<AdminState>) -> Json<Items<ConnectionView>> {
     let items = s
-        .live
+        .control
         .connections()
         .into_iter()
         .map(|c| ConnectionView {
             client_id: c.client_id.to_string(),
-            listener: c.protocol.name(),
+            listener: c.listener,
             peer_address: c.peer.to_string(),
-            certificate_id: c.certificate.map(|ids| ids.certificate_id),
+            certificate_id: c.certificate_id,
             connected_at: rfc3339(c.connected_at),
         })
         .collect();
@@ -192,7 +192,7 @@ pub async fn kick_connection(
     State(s): State<AdminState>,
     Path(client_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if s.broker
+    if s.control
         .kick(&client_id, certmq_codec::ReasonCode::ADMINISTRATIVE_ACTION)
     {
         tracing::info!(%client_id, "connection closed by the admin API");

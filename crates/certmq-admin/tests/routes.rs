@@ -25,14 +25,14 @@ fn state(dir: &std::path::Path) -> AdminState {
     let server_certs =
         ServerCerts::load(store.clone(), resolver, cert.info, cert.certified).unwrap();
     let broker = certmq_core::Broker::new(Default::default());
-    let live = Arc::new(certmq_net::Live::default());
+    let control: Arc<dyn certmq_core::Control> = Arc::new(certmq_net::LocalControl {
+        broker: broker.clone(),
+        live: Arc::new(certmq_net::Live::default()),
+    });
     let devices = certmq_admin::Devices::load(
         store.clone(),
         Default::default(),
-        Arc::new(certmq_net::LocalControl {
-            broker: broker.clone(),
-            live: live.clone(),
-        }),
+        control.clone(),
         Default::default(),
     )
     .unwrap();
@@ -40,7 +40,7 @@ fn state(dir: &std::path::Path) -> AdminState {
         token: "test-token-0123456789".into(),
         server_certs,
         broker,
-        live,
+        control,
         devices,
     }
 }

@@ -33,7 +33,7 @@ pub use broker::{message_from, Broker, Stats};
 pub use cluster::Forwarder;
 pub use config::BrokerConfig;
 pub use conn::{CloseCause, Conn, ConnectContext, ConnectRefused, Flow, Identity};
-pub use control::{Control, LiveConnection};
+pub use control::{Control, LiveConnection, Refusal, RefusalSource, Traffic};
 pub use fuzz::fuzz_tree;
 pub use mailbox::{Dropped, Kick, Mailbox, Ready};
 pub use message::{Delivery, Message};

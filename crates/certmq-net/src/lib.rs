@@ -51,15 +51,68 @@ impl certmq_core::Control for LocalControl {
             .connections()
             .into_iter()
             .map(|c| certmq_core::LiveConnection {
-                client_id: c.client_id,
                 certificate_id: c.certificate.as_ref().map(|i| i.certificate_id.clone()),
                 ca_id: c.certificate.as_ref().map(|i| i.ca_id.clone()),
+                client_id: c.client_id,
+                listener: c.protocol.name(),
+                peer: c.peer,
+                connected_at: c.connected_at,
             })
             .collect()
     }
 
     fn kick(&self, client_id: &str, reason: certmq_codec::ReasonCode) -> bool {
         self.broker.kick(client_id, reason)
+    }
+
+    fn refusals(&self, limit: usize) -> Vec<certmq_core::Refusal> {
+        self.live
+            .rejections()
+            .into_iter()
+            .take(limit)
+            .map(|r| certmq_core::Refusal {
+                at: r.at,
+                reason: r.reason.as_str(),
+                listener: r.protocol.name(),
+                peer: r.peer,
+                client_id: r.client_id,
+                certificate_id: r.certificate_id,
+                ca_id: r.ca_id,
+            })
+            .collect()
+    }
+
+    fn refusal_counts(&self) -> Vec<(&'static str, u64)> {
+        self.live.rejection_counts()
+    }
+
+    fn refusal_sources(&self, limit: usize) -> Vec<certmq_core::RefusalSource> {
+        self.live
+            .rejection_sources(limit)
+            .into_iter()
+            .map(|r| certmq_core::RefusalSource {
+                reason: r.reason,
+                source: r.source,
+                count: r.count,
+            })
+            .collect()
+    }
+
+    fn traffic(&self) -> certmq_core::Traffic {
+        use std::sync::atomic::Ordering::Relaxed;
+        let l = &self.live;
+        certmq_core::Traffic {
+            bytes_in: l.bytes_in.load(Relaxed),
+            bytes_out: l.bytes_out.load(Relaxed),
+            packets_in: l.packets_in.load(Relaxed),
+            packets_out: l.packets_out.load(Relaxed),
+            open: l
+                .open_by_protocol()
+                .into_iter()
+                .map(|(p, n)| (p.name(), n))
+                .collect(),
+            tls_failures: l.tls_failures(),
+        }
     }
 }
 pub use transport::{StreamTransport, TcpTransport, Transport, WsTransport};

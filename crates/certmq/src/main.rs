@@ -194,14 +194,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )
         .map_err(|e| anyhow::anyhow!("cannot load server certificates: {}", e.message))?;
         let live = Arc::new(certmq_net::Live::default());
+        // This node's connections, as the registry and the admin API see them.
+        let control: Arc<dyn certmq_core::Control> = Arc::new(certmq_net::LocalControl {
+            broker: broker.clone(),
+            live: live.clone(),
+        });
         let registry: certmq_pki::SharedRegistry = Default::default();
         let devices = certmq_admin::Devices::load(
             store.clone(),
             registry.clone(),
-            Arc::new(certmq_net::LocalControl {
-                broker: broker.clone(),
-                live: live.clone(),
-            }),
+            control.clone(),
             config.registry.clone(),
         )
         .map_err(|e| anyhow::anyhow!("cannot load the device registry: {}", e.message))?;
@@ -244,7 +246,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     token: token.into(),
                     server_certs,
                     broker,
-                    live: server.live(),
+                    control,
                     devices,
                 };
                 let stop = stopped(stop_rx.clone());
