@@ -21,6 +21,7 @@ mod config;
 mod conn;
 mod control;
 mod fuzz;
+mod levels;
 mod mailbox;
 mod message;
 mod retained;

@@ -18,12 +18,21 @@ struct Node {
     message: Option<Arc<Message>>,
 }
 
+impl crate::levels::LevelNode for Node {
+    fn children(&self) -> &HashMap<Box<str>, Self> {
+        &self.children
+    }
+    fn children_mut(&mut self) -> &mut HashMap<Box<str>, Self> {
+        &mut self.children
+    }
+    fn occupied(&self) -> bool {
+        self.message.is_some()
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
-        let mut stack: Vec<Node> = self.children.drain().map(|(_, n)| n).collect();
-        while let Some(mut n) = stack.pop() {
-            stack.extend(n.children.drain().map(|(_, c)| c));
-        }
+        crate::levels::drop_children(self);
     }
 }
 
@@ -72,39 +81,7 @@ impl RetainedStore {
             return;
         }
         self.len -= 1;
-        // The shallowest node from which the path is a bare chain ending
-        // in an empty leaf is cut from its parent.
-        let mut cut = None;
-        let mut node = &self.root;
-        for (depth, level) in levels.iter().enumerate() {
-            let Some(child) = node.children.get(*level) else {
-                return;
-            };
-            let last = depth + 1 == levels.len();
-            let bare = child.message.is_none()
-                && if last {
-                    child.children.is_empty()
-                } else {
-                    child.children.len() == 1
-                };
-            cut = match (bare, cut) {
-                (false, _) => None,
-                (true, None) => Some(depth + 1),
-                (true, c) => c,
-            };
-            node = child;
-        }
-        let Some(cut) = cut else { return };
-        let mut parent = &mut self.root;
-        for level in levels.iter().take(cut - 1) {
-            match parent.children.get_mut(*level) {
-                Some(child) => parent = child,
-                None => return,
-            }
-        }
-        if let Some(level) = levels.get(cut - 1) {
-            parent.children.remove(*level);
-        }
+        crate::levels::prune(&mut self.root, &levels);
     }
 
     /// Unexpired retained messages matching `filter` (validated, without

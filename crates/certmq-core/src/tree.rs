@@ -59,20 +59,22 @@ struct Node {
     shared: HashMap<Box<str>, SharedGroup>,
 }
 
-impl Node {
-    fn has_subscribers(&self) -> bool {
+impl crate::levels::LevelNode for Node {
+    fn children(&self) -> &HashMap<Box<str>, Self> {
+        &self.children
+    }
+    fn children_mut(&mut self) -> &mut HashMap<Box<str>, Self> {
+        &mut self.children
+    }
+    fn occupied(&self) -> bool {
         !self.subs.is_empty() || !self.shared.is_empty()
     }
 }
 
-/// Dropping a deep chain of nodes must not recurse once per level (a
-/// filter thousands of levels deep would overflow the stack).
+/// Dropping a deep chain of nodes must not recurse once per level.
 impl Drop for Node {
     fn drop(&mut self) {
-        let mut stack: Vec<Node> = self.children.drain().map(|(_, n)| n).collect();
-        while let Some(mut n) = stack.pop() {
-            stack.extend(n.children.drain().map(|(_, c)| c));
-        }
+        crate::levels::drop_children(self);
     }
 }
 
@@ -158,47 +160,8 @@ impl SubscriptionTree {
             return false;
         }
         self.len -= 1;
-        self.prune(&levels);
+        crate::levels::prune(&mut self.root, &levels);
         true
-    }
-
-    /// Removes the nodes of `levels`' path that hold nothing any more: the
-    /// shallowest node from which the rest of the path is a bare chain
-    /// ending in an empty leaf is cut from its parent.
-    fn prune(&mut self, levels: &[&str]) {
-        // The depth (1-based) of the shallowest node to cut, if any.
-        let mut cut = None;
-        let mut node = &self.root;
-        for (depth, level) in levels.iter().enumerate() {
-            let Some(child) = node.children.get(*level) else {
-                return;
-            };
-            let last = depth + 1 == levels.len();
-            let bare = !child.has_subscribers()
-                && if last {
-                    child.children.is_empty()
-                } else {
-                    child.children.len() == 1
-                };
-            cut = match (bare, cut) {
-                (false, _) => None,
-                (true, None) => Some(depth + 1),
-                (true, c) => c,
-            };
-            node = child;
-        }
-        let Some(cut) = cut else { return };
-        let mut parent = &mut self.root;
-        for level in levels.iter().take(cut - 1) {
-            match parent.children.get_mut(*level) {
-                Some(child) => parent = child,
-                None => return,
-            }
-        }
-        if let Some(level) = levels.get(cut - 1) {
-            // Dropped iteratively (`Drop for Node`).
-            parent.children.remove(*level);
-        }
     }
 
     /// Appends every subscriber whose filter matches `topic`; for each shared

@@ -209,6 +209,39 @@ fn expect_handshake_refused(b: &BrokerProcess, id: &(String, String), reason: &s
     assert_eq!(r[0]["reason"], reason, "{:?}", r[0]);
 }
 
+/// `mosquitto_pub` (OpenSSL: it sends the certificate as it is) over
+/// mutual TLS with `cert` and `key` files; returns its output.
+fn mosquitto_tls(
+    b: &BrokerProcess,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    client_id: &str,
+) -> std::process::Output {
+    run(
+        Command::new("mosquitto_pub").args([
+            "-h",
+            "localhost",
+            "-p",
+            &b.port("mqtt-tls"),
+            "--cafile",
+            b.dir.0.join("tls/default-ca.pem").to_str().unwrap(),
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "-V",
+            "mqttv5",
+            "-i",
+            client_id,
+            "-t",
+            "t",
+            "-m",
+            "m",
+        ]),
+        LIMIT,
+    )
+}
+
 /// `certmq serve` again on a kept data directory, every listener on port 0
 /// (TLS and WSS with client certificates required, as by default).
 fn restart(dir: TempDir) -> BrokerProcess {
@@ -276,28 +309,11 @@ fn a_re_encoded_certificate_is_the_same_device_and_stays_revoked() {
     let w = TempDir::new("twin");
     std::fs::write(w.0.join("twin.crt"), &twin_id.0).unwrap();
     std::fs::write(w.0.join("twin.key"), &twin_id.1).unwrap();
-    let out = run(
-        Command::new("mosquitto_pub").args([
-            "-h",
-            "localhost",
-            "-p",
-            &broker.port("mqtt-tls"),
-            "--cafile",
-            broker.dir.0.join("tls/default-ca.pem").to_str().unwrap(),
-            "--cert",
-            w.0.join("twin.crt").to_str().unwrap(),
-            "--key",
-            w.0.join("twin.key").to_str().unwrap(),
-            "-V",
-            "mqttv5",
-            "-i",
-            "dev-a-mosquitto",
-            "-t",
-            "t",
-            "-m",
-            "m",
-        ]),
-        LIMIT,
+    let out = mosquitto_tls(
+        &broker,
+        &w.0.join("twin.crt"),
+        &w.0.join("twin.key"),
+        "dev-a-mosquitto",
     );
     assert!(
         !out.status.success(),
@@ -330,27 +346,7 @@ fn a_re_encoded_certificate_is_the_same_device_and_stays_revoked() {
     let mismatched = outer_alg_sha384(&der_of(&fresh.0));
     std::fs::write(w.0.join("alg.crt"), pem_of(&mismatched)).unwrap();
     std::fs::write(w.0.join("alg.key"), &fresh.1).unwrap();
-    let out = run(
-        Command::new("mosquitto_pub").args([
-            "-h",
-            "localhost",
-            "-p",
-            &broker.port("mqtt-tls"),
-            "--cafile",
-            broker.dir.0.join("tls/default-ca.pem").to_str().unwrap(),
-            "--cert",
-            w.0.join("alg.crt").to_str().unwrap(),
-            "--key",
-            w.0.join("alg.key").to_str().unwrap(),
-            "-i",
-            "alg",
-            "-t",
-            "t",
-            "-m",
-            "m",
-        ]),
-        LIMIT,
-    );
+    let out = mosquitto_tls(&broker, &w.0.join("alg.crt"), &w.0.join("alg.key"), "alg");
     assert!(!out.status.success());
     assert_eq!(api.rejections()[0]["reason"], "CERTIFICATE_ENCODING");
     let (s, v) = api.call(
@@ -565,29 +561,6 @@ fn certificates_unfit_for_client_authentication_are_refused() {
         .unwrap()
         .to_string();
     let server = make_server(d, "server", &server_conf(|c| c), Key::Ec);
-    let mosquitto = |cert: &std::path::Path, key: &std::path::Path, client_id: &str| {
-        run(
-            Command::new("mosquitto_pub").args([
-                "-h",
-                "localhost",
-                "-p",
-                &broker.port("mqtt-tls"),
-                "--cafile",
-                broker.dir.0.join("tls/default-ca.pem").to_str().unwrap(),
-                "--cert",
-                cert.to_str().unwrap(),
-                "--key",
-                key.to_str().unwrap(),
-                "-i",
-                client_id,
-                "-t",
-                "t",
-                "-m",
-                "m",
-            ]),
-            LIMIT,
-        )
-    };
     for (cert, key, what) in [
         (
             server.join("server.crt"),
@@ -596,7 +569,7 @@ fn certificates_unfit_for_client_authentication_are_refused() {
         ),
         (d.join("CA.crt"), d.join("CA.key"), "CA.crt"),
     ] {
-        let out = mosquitto(&cert, &key, "purpose");
+        let out = mosquitto_tls(&broker, &cert, &key, "purpose");
         assert!(!out.status.success(), "{what} got in as a device");
         assert_eq!(
             api.rejections()[0]["reason"],
