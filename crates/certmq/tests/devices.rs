@@ -290,30 +290,10 @@ fn bad_certificate_matrix_each_refused_with_its_reason() {
     let bystander_cert = device(&good_ca, "bystander");
     let mut bystander = mtls(&broker, Some(&bystander_cert), "bystander").unwrap();
 
-    let handshake_refused = |id: &(String, String), reason: &str| {
-        let before = api.rejections().len();
-        match mtls(&broker, Some(id), "x") {
-            Err(Failure::Tls(_)) => {}
-            other => panic!(
-                "{reason}: expected a TLS refusal, got {:?}",
-                other.map(|_| "connected")
-            ),
-        }
-        let r = api.rejections();
-        assert!(r.len() > before, "{reason}: nothing recorded");
-        assert_eq!(r[0]["reason"], reason);
-    };
+    let handshake_refused =
+        |id: &(String, String), reason: &str| expect_handshake_refused(&broker, id, reason);
     let connect_refused = |id: &(String, String), client_id: &str, reason: &str| {
-        match mtls(&broker, Some(id), client_id) {
-            Err(Failure::Refused(0x87)) => {}
-            other => panic!(
-                "{reason}: expected CONNACK 0x87, got {:?}",
-                other.map(|_| "connected")
-            ),
-        }
-        let r = api.rejections();
-        assert_eq!(r[0]["reason"], reason, "{:?}", r[0]);
-        assert_eq!(r[0]["client_id"], client_id);
+        expect_refused(&broker, id, client_id, reason)
     };
 
     // Unknown CA, and a rogue CA with the registered CA's subject.
@@ -466,26 +446,19 @@ fn delete_rules_jitp_and_live_enforcement_within_a_second() {
     let a = device(&auto, "jitp-auto");
     let mut sub = mtls(&broker, Some(&a), "jitp-auto").expect("JITP device connects");
     sub.subscribe("live/#").unwrap();
-    let list = api.ok(
-        "GET",
-        &format!("/device-certificates?ca_id={auto_id}"),
-        None,
-    );
-    assert_eq!(list["items"][0]["status"], "ACTIVE");
-    assert_eq!(list["items"][0]["source"], "JITP");
+    let list = devices_eventually(&api, &auto_id, 1);
+    assert_eq!(list[0]["status"], "ACTIVE");
+    assert_eq!(list[0]["source"], "JITP");
     // Without: registered PENDING_ACTIVATION and refused until activated.
     let m = device(&manual, "jitp-manual");
     assert!(matches!(
         mtls(&broker, Some(&m), "jitp-manual"),
         Err(Failure::Refused(0x87))
     ));
-    let list = api.ok(
-        "GET",
-        &format!("/device-certificates?ca_id={manual_id}"),
-        None,
-    );
-    assert_eq!(list["items"][0]["status"], "PENDING_ACTIVATION");
-    let mid = list["items"][0]["id"].as_str().unwrap().to_string();
+    // JITP records are stored a moment after the CONNECT.
+    let list = devices_eventually(&api, &manual_id, 1);
+    assert_eq!(list[0]["status"], "PENDING_ACTIVATION");
+    let mid = list[0]["id"].as_str().unwrap().to_string();
     api.ok(
         "POST",
         &format!("/device-certificates/{mid}/activate"),
@@ -727,7 +700,7 @@ fn a_resumed_tls_session_is_still_checked_at_connect() {
     );
     drop(again);
     // Revoke, then resume: the verifier is skipped, CONNECT is not.
-    let id = api.ok("GET", "/device-certificates?common_name=resumer", None)["items"][0]["id"]
+    let id = matching_eventually(&api, "common_name=resumer", 1)[0]["id"]
         .as_str()
         .unwrap()
         .to_string();

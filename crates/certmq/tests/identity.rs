@@ -160,55 +160,6 @@ fn with_serial(ca: &Ca, cn: &str, serial: &[u8]) -> (String, String) {
     (c.pem(), key.serialize_pem())
 }
 
-fn devices_under(api: &Api, ca_id: &str) -> Vec<Value> {
-    api.ok("GET", &format!("/device-certificates?ca_id={ca_id}"), None)["items"]
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
-/// The device records under `ca_id` once there are `n` (JITP records are
-/// written off the connect path, a moment after the CONNECT); bounded.
-fn devices_eventually(api: &Api, ca_id: &str, n: usize) -> Vec<Value> {
-    for _ in 0..250 {
-        let listed = devices_under(api, ca_id);
-        if listed.len() >= n {
-            return listed;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    devices_under(api, ca_id)
-}
-
-fn expect_refused(b: &BrokerProcess, id: &(String, String), client_id: &str, reason: &str) {
-    let api = Api::of(b);
-    match mtls(b, Some(id), client_id) {
-        Err(Failure::Refused(0x87)) => {}
-        other => panic!(
-            "{reason}: expected CONNACK 0x87, got {:?}",
-            other.map(|_| "connected")
-        ),
-    }
-    let r = api.rejections();
-    assert_eq!(r[0]["reason"], reason, "{:?}", r[0]);
-    assert_eq!(r[0]["client_id"], client_id);
-}
-
-fn expect_handshake_refused(b: &BrokerProcess, id: &(String, String), reason: &str) {
-    let api = Api::of(b);
-    let before = api.rejections().len();
-    match mtls(b, Some(id), "x") {
-        Err(Failure::Tls(_)) => {}
-        other => panic!(
-            "{reason}: expected a TLS refusal, got {:?}",
-            other.map(|_| "connected")
-        ),
-    }
-    let r = api.rejections();
-    assert!(r.len() > before, "{reason}: nothing recorded");
-    assert_eq!(r[0]["reason"], reason, "{:?}", r[0]);
-}
-
 /// `mosquitto_pub` (OpenSSL: it sends the certificate as it is) over
 /// mutual TLS with `cert` and `key` files; returns its output.
 fn mosquitto_tls(

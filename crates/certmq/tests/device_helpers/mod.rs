@@ -174,3 +174,66 @@ pub fn cli(b: &BrokerProcess, args: &[&str]) -> Output {
         LIMIT,
     )
 }
+
+/// A mutual-TLS CONNECT refused with 0x87, recorded with `reason`.
+pub fn expect_refused(b: &BrokerProcess, id: &(String, String), client_id: &str, reason: &str) {
+    let api = Api::of(b);
+    match mtls(b, Some(id), client_id) {
+        Err(Failure::Refused(0x87)) => {}
+        other => panic!(
+            "{reason}: expected CONNACK 0x87, got {:?}",
+            other.map(|_| "connected")
+        ),
+    }
+    let r = api.rejections();
+    assert_eq!(r[0]["reason"], reason, "{:?}", r[0]);
+    assert_eq!(r[0]["client_id"], client_id);
+}
+
+/// A mutual-TLS handshake refused, recorded with `reason`.
+pub fn expect_handshake_refused(b: &BrokerProcess, id: &(String, String), reason: &str) {
+    let api = Api::of(b);
+    let before = api.rejections().len();
+    match mtls(b, Some(id), "x") {
+        Err(Failure::Tls(_)) => {}
+        other => panic!(
+            "{reason}: expected a TLS refusal, got {:?}",
+            other.map(|_| "connected")
+        ),
+    }
+    let r = api.rejections();
+    assert!(r.len() > before, "{reason}: nothing recorded");
+    assert_eq!(r[0]["reason"], reason, "{:?}", r[0]);
+}
+
+/// The device records under `ca_id`.
+pub fn devices_under(api: &Api, ca_id: &str) -> Vec<Value> {
+    api.ok("GET", &format!("/device-certificates?ca_id={ca_id}"), None)["items"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The device records under `ca_id` once there are `n` (JITP records are
+/// written off the connect path, a moment after the CONNECT); bounded.
+pub fn devices_eventually(api: &Api, ca_id: &str, n: usize) -> Vec<Value> {
+    matching_eventually(api, &format!("ca_id={ca_id}"), n)
+}
+
+/// The device records matching `query` once there are `n` (bounded).
+pub fn matching_eventually(api: &Api, query: &str, n: usize) -> Vec<Value> {
+    let list = || {
+        api.ok("GET", &format!("/device-certificates?{query}"), None)["items"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    for _ in 0..250 {
+        let found = list();
+        if found.len() >= n {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    list()
+}
