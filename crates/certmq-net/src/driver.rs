@@ -226,7 +226,8 @@ async fn accept<T: Transport>(
         authorized,
         identity,
     };
-    let client_id = connect.client_id.clone();
+    // Kept (bounded) for the refusal record; CONNECT moves into the core.
+    let client_id = crate::bounded(&connect.client_id);
     match shared.broker.connect(connect, &ctx, Instant::now()) {
         Ok(conn) => {
             tracing::debug!(peer = %peer.addr, client_id = %crate::LogStr(conn.client_id()), "connected");
@@ -259,7 +260,7 @@ async fn accept<T: Transport>(
                     reason: Rejection::ClientIdInUseByAnotherIdentity,
                     protocol: peer.protocol,
                     peer: peer.addr,
-                    client_id: Some(crate::bounded(&client_id)),
+                    client_id: Some(client_id),
                     certificate_id: certificate.as_ref().map(|c| c.certificate_id.clone()),
                     ca_id: certificate.as_ref().map(|c| c.ca_id.clone()),
                 });
