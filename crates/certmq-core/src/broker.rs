@@ -18,8 +18,9 @@ use crate::session::{Deadline, SessionState, Timer};
 use crate::topic::{parse_filter, ParsedFilter};
 use crate::tree::{Match, Subscriber, SubscriptionTree};
 
-/// Index nodes one SUBSCRIBE filter may visit looking for retained
-/// messages: a bound on one client's work under the store's read lock.
+/// Index nodes one SUBSCRIBE (all its filters together) may visit looking
+/// for retained messages: a bound on one client's work per packet, under
+/// the store's read lock, on a runtime worker.
 pub const RETAINED_VISIT_BUDGET: usize = 100_000;
 use crate::{BrokerConfig, Delivery, Mailbox, Message, SessionEntry, SessionId};
 
@@ -214,20 +215,17 @@ impl Broker {
     }
 
     /// Retained messages matching a filter (without `$share/`), unexpired:
-    /// at most `limit`, visiting at most [`RETAINED_VISIT_BUDGET`] nodes of
-    /// the index.
+    /// at most `limit`, visiting at most `budget` nodes of the index.
     pub(crate) fn retained_matching(
         &self,
         filter: &str,
         now: Instant,
         limit: usize,
+        budget: usize,
     ) -> crate::retained::Found {
-        self.retained
-            .read()
-            .matching(filter, now, limit, RETAINED_VISIT_BUDGET)
+        self.retained.read().matching(filter, now, limit, budget)
     }
 
-    /// Publishes a message: stores it if retained, then routes it.
     /// Publishes a message from this node: stores it if retained, routes
     /// it to local sessions, and hands it to the cluster forwarder (if any).
     /// Messages from other nodes go through [`Broker::route`] (and

@@ -555,6 +555,8 @@ impl Conn {
         let mut retained = Vec::new();
         let mut retained_dropped = false;
         let queued = self.entry.mailbox.len();
+        // One walk budget for the whole SUBSCRIBE, however many filters.
+        let mut budget = crate::broker::RETAINED_VISIT_BUDGET;
         {
             let mut state = self.entry.state.lock();
             let identity = state.identity.clone();
@@ -611,7 +613,10 @@ impl Conn {
                         .config()
                         .max_queued_messages
                         .saturating_sub(queued + retained.len());
-                    let found = self.broker.retained_matching(parsed.filter, now, room);
+                    let found = self
+                        .broker
+                        .retained_matching(parsed.filter, now, room, budget);
+                    budget = budget.saturating_sub(found.visits);
                     if found.truncated {
                         retained_dropped = true;
                     }

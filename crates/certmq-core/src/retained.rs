@@ -49,6 +49,8 @@ pub struct Found {
     pub messages: Vec<Arc<Message>>,
     /// The limit or the visit budget cut the walk short.
     pub truncated: bool,
+    /// Index nodes visited.
+    pub visits: usize,
 }
 
 impl RetainedStore {
@@ -105,6 +107,7 @@ impl RetainedStore {
         let mut stack = vec![Step::Match(&self.root, 0)];
         while let Some(step) = stack.pop() {
             visits += 1;
+            found.visits = visits;
             if visits > budget || found.messages.len() >= limit {
                 found.truncated = true;
                 return found;

@@ -301,3 +301,71 @@ async fn websocket_messages_are_capped_at_the_packet_limit() {
     bystanders_still_fine(&b, 3).await;
     b.stop().await;
 }
+
+/// The walk budget holds for a whole SUBSCRIBE, not per filter: 3,000
+/// wildcard filters that match nothing over 20,000 retained messages
+/// (each filter alone visits every leaf) cost one bounded walk, so on a
+/// single-threaded runtime another client's ping is answered at once
+/// (per filter, this was 60 million node visits on one worker).
+#[tokio::test]
+async fn one_subscribe_walks_the_retained_index_within_one_budget() {
+    let b = TestBroker::start().await;
+    let mut publ = Client::connect(b.tcp, Protocol::V5, "retainer").await;
+    const RETAINED: usize = 20_000;
+    let mut batch = bytes::BytesMut::new();
+    for i in 0..RETAINED {
+        encode(
+            &Packet::Publish(publish(
+                &format!("r/{}/{i}", i % 100),
+                b"v",
+                QoS::AtMostOnce,
+                true,
+                0,
+            )),
+            Protocol::V5,
+            &mut batch,
+        );
+        if batch.len() > 60_000 || i + 1 == RETAINED {
+            publ.send_raw(&batch).await;
+            batch.clear();
+        }
+    }
+    publ.send(&Packet::PingReq).await;
+    assert!(matches!(publ.recv().await, Some(Packet::PingResp)));
+    assert_eq!(b.broker.retained_count(), RETAINED);
+
+    let mut bystander = Client::connect(b.tcp, Protocol::V5, "bystander").await;
+    let mut prober = Client::connect(b.tcp, Protocol::V5, "prober").await;
+    prober
+        .send(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: (0..3_000)
+                .map(|_| ("+/+/+/none".to_string(), SubscriptionOptions::default()))
+                .collect(),
+            properties: Properties::default(),
+        }))
+        .await;
+    // Let the broker take the SUBSCRIBE up first (one thread: while it
+    // walks, nothing else runs, the test's own timer included), then ask
+    // for a ping. The whole exchange must not wait for a long walk.
+    let started = std::time::Instant::now();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    bystander.send(&Packet::PingReq).await;
+    assert!(matches!(
+        bystander.try_recv(std::time::Duration::from_secs(5)).await,
+        Some(Packet::PingResp)
+    ));
+    let waited = started.elapsed();
+    assert!(
+        waited < std::time::Duration::from_secs(2),
+        "a SUBSCRIBE held the broker's only worker for {waited:?}"
+    );
+    match prober.try_recv(std::time::Duration::from_secs(3)).await {
+        Some(Packet::SubAck(a)) => assert_eq!(a.reasons.len(), 3_000),
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+    prober
+        .expect_silence(std::time::Duration::from_millis(200))
+        .await;
+    b.stop().await;
+}
