@@ -361,7 +361,7 @@ impl Broker {
                     let will = {
                         let mut state = entry.state.lock();
                         if state.owner == 0 && state.last_owner == generation {
-                            state.pending_will.take()
+                            state.take_pending_will()
                         } else {
                             None
                         }
@@ -392,7 +392,7 @@ impl Broker {
                 return;
             }
             self.discard_state(entry, &mut state);
-            state.pending_will.take()
+            state.take_pending_will()
         };
         {
             let mut sessions = self.sessions.lock();
@@ -410,16 +410,13 @@ impl Broker {
 
     /// Removes a session's subscriptions and marks it ended (state locked).
     pub(crate) fn discard_state(&self, entry: &SessionEntry, state: &mut SessionState) {
-        state.ended = true;
         let session = entry.mailbox.id();
         for filter in &state.subscriptions {
             if let Ok(parsed) = parse_filter(filter) {
                 self.remove_subscription(filter, &parsed, session);
             }
         }
-        state.subscriptions.clear();
-        state.inflight.clear();
-        state.incoming_qos2.clear();
+        state.end();
         let mut drained = Vec::new();
         entry.mailbox.take(usize::MAX, &mut drained);
     }

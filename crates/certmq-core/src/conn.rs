@@ -12,7 +12,7 @@ use certmq_codec::{
 };
 
 use crate::broker::message_from;
-use crate::session::{Inflight, Timer};
+use crate::session::Timer;
 use crate::topic::{level_count, parse_filter, parse_filter_within};
 use crate::tree::Subscriber;
 use crate::{Broker, Delivery, Mailbox, Message, SessionEntry};
@@ -203,12 +203,8 @@ impl Broker {
                         self.discard_state(&entry, &mut state);
                         None
                     } else {
-                        state.owner = generation;
-                        state.expiry_interval = expiry;
-                        state.identity = Some(ctx.identity.clone());
-                        // A delayed will of the previous connection is cancelled
-                        // by resuming its session (MQTT 5 §3.1.3.2.2).
-                        state.pending_will = None;
+                        // Cancels a delayed will of the previous connection.
+                        state.take_ownership(generation, expiry, ctx.identity.clone());
                         drop(state);
                         Some(entry)
                     }
@@ -221,9 +217,7 @@ impl Broker {
                     let entry = self.new_session(client_id.clone());
                     {
                         let mut state = entry.state.lock();
-                        state.owner = generation;
-                        state.expiry_interval = expiry;
-                        state.identity = Some(ctx.identity.clone());
+                        state.take_ownership(generation, expiry, ctx.identity.clone());
                     }
                     sessions.insert(client_id.clone(), entry.clone());
                     (entry, false)
@@ -387,30 +381,26 @@ impl Conn {
         match packet {
             Packet::Publish(p) => self.handle_publish(p, now),
             Packet::PubAck(r) => {
-                let mut state = self.entry.state.lock();
-                if state
-                    .inflight
-                    .get(&r.packet_id)
-                    .is_some_and(|i| i.delivery.qos == QoS::AtLeastOnce)
-                {
-                    state.inflight.remove(&r.packet_id);
-                }
+                self.entry
+                    .state
+                    .lock()
+                    .acknowledged(r.packet_id, QoS::AtLeastOnce, false);
                 Ok(Flow::Continue)
             }
             Packet::PubRec(r) => {
                 let reply = {
                     let mut state = self.entry.state.lock();
-                    match state.inflight.get_mut(&r.packet_id) {
-                        Some(i) if i.delivery.qos == QoS::ExactlyOnce => {
-                            if r.reason.is_error() {
-                                state.inflight.remove(&r.packet_id);
-                                None
-                            } else {
-                                i.released = true;
-                                Some(ReasonCode::SUCCESS)
-                            }
+                    if r.reason.is_error() {
+                        // Refused by the client: the delivery ends here.
+                        if state.refused(r.packet_id) {
+                            None
+                        } else {
+                            Some(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND)
                         }
-                        _ => Some(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND),
+                    } else if state.received(r.packet_id) {
+                        Some(ReasonCode::SUCCESS)
+                    } else {
+                        Some(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND)
                     }
                 };
                 if let Some(code) = reply {
@@ -420,7 +410,7 @@ impl Conn {
                 Ok(Flow::Continue)
             }
             Packet::PubRel(r) => {
-                let found = self.entry.state.lock().incoming_qos2.remove(&r.packet_id);
+                let found = self.entry.state.lock().incoming_qos2_released(r.packet_id);
                 let code = if found {
                     ReasonCode::SUCCESS
                 } else {
@@ -431,10 +421,10 @@ impl Conn {
                 Ok(Flow::Continue)
             }
             Packet::PubComp(r) => {
-                let mut state = self.entry.state.lock();
-                if state.inflight.get(&r.packet_id).is_some_and(|i| i.released) {
-                    state.inflight.remove(&r.packet_id);
-                }
+                self.entry
+                    .state
+                    .lock()
+                    .acknowledged(r.packet_id, QoS::ExactlyOnce, true);
                 Ok(Flow::Continue)
             }
             Packet::Subscribe(s) => self.handle_subscribe(s, now),
@@ -452,7 +442,7 @@ impl Conn {
                         return Err(ReasonCode::PROTOCOL_ERROR);
                     }
                     let expiry = expiry.min(self.broker.config().max_session_expiry);
-                    self.entry.state.lock().expiry_interval = expiry;
+                    self.entry.state.lock().set_expiry(expiry);
                 }
                 Ok(Flow::Disconnect {
                     publish_will: d.reason != ReasonCode::NORMAL_DISCONNECTION,
@@ -542,7 +532,7 @@ impl Conn {
             ReasonCode::SUCCESS
         };
         if p.qos == QoS::ExactlyOnce {
-            self.entry.state.lock().incoming_qos2.insert(p.packet_id);
+            self.entry.state.lock().incoming_qos2_routed(p.packet_id);
         }
         self.ack_publish(p.qos, p.packet_id, code);
         Ok(Flow::Continue)
@@ -598,7 +588,7 @@ impl Conn {
                         subscription_id,
                     },
                 );
-                state.subscriptions.insert(raw.clone());
+                state.subscribed(raw);
                 reasons.push(ReasonCode(options.qos as u8));
                 let send_retained = parsed.share_group.is_none()
                     && match options.retain_handling {
@@ -655,7 +645,7 @@ impl Conn {
             for raw in &u.filters {
                 let removed = match parse_filter(raw) {
                     Ok(parsed) => {
-                        state.subscriptions.remove(raw);
+                        state.unsubscribed(raw);
                         self.broker
                             .remove_subscription(raw, &parsed, self.entry.mailbox.id())
                     }
@@ -712,16 +702,7 @@ impl Conn {
                 continue;
             }
             if d.qos != QoS::AtMostOnce {
-                state.inflight_seq += 1;
-                let seq = state.inflight_seq;
-                state.inflight.insert(
-                    packet_id,
-                    Inflight {
-                        seq,
-                        delivery: d,
-                        released: false,
-                    },
-                );
+                state.sent(packet_id, d);
             }
             self.out.push(publish);
             sent += 1;
@@ -809,8 +790,7 @@ impl Conn {
             }
             return;
         }
-        state.owner = 0;
-        state.last_owner = self.generation;
+        state.release_ownership(self.generation);
         entry.mailbox.set_online(false);
         entry.mailbox.set_keep_alive(0, 0);
         let expiry = state.expiry_interval;
@@ -830,7 +810,7 @@ impl Conn {
         }
         match will {
             Some(will) if self.will_delay > 0 => {
-                state.pending_will = Some(will);
+                state.set_pending_will(Some(will));
                 let delay = self.will_delay.min(expiry);
                 drop(state);
                 broker.add_timer(

@@ -6,6 +6,8 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
+use certmq_codec::QoS;
+
 use crate::{Delivery, Mailbox, Message};
 
 /// Identifies a session for the life of the process; never reused.
@@ -65,6 +67,119 @@ impl SessionState {
             }
         }
         None
+    }
+
+    // Every change of a session's state goes through one of these methods
+    // (not field writes at their call sites), so that a persistence seam
+    // can observe each change in one place.
+
+    /// A connection of `generation` owns the session (new or resumed):
+    /// a delayed will of the previous connection is cancelled (MQTT 5
+    /// §3.1.3.2.2).
+    pub fn take_ownership(&mut self, generation: u64, expiry: u32, identity: crate::Identity) {
+        self.owner = generation;
+        self.expiry_interval = expiry;
+        self.identity = Some(identity);
+        self.pending_will = None;
+    }
+
+    /// The owning connection of `generation` ended; the session is offline.
+    pub fn release_ownership(&mut self, generation: u64) {
+        self.owner = 0;
+        self.last_owner = generation;
+    }
+
+    /// A DISCONNECT changed the session expiry.
+    pub fn set_expiry(&mut self, expiry: u32) {
+        self.expiry_interval = expiry;
+    }
+
+    /// A will waits for its delay (or the session's end).
+    pub fn set_pending_will(&mut self, will: Option<Arc<Message>>) {
+        self.pending_will = will;
+    }
+
+    /// The pending will, taken to be published.
+    pub fn take_pending_will(&mut self) -> Option<Arc<Message>> {
+        self.pending_will.take()
+    }
+
+    /// The session was discarded: nothing of it is delivered or kept.
+    pub fn end(&mut self) {
+        self.ended = true;
+        self.subscriptions.clear();
+        self.inflight.clear();
+        self.incoming_qos2.clear();
+    }
+
+    pub fn subscribed(&mut self, raw_filter: &str) {
+        self.subscriptions.insert(raw_filter.to_string());
+    }
+
+    pub fn unsubscribed(&mut self, raw_filter: &str) {
+        self.subscriptions.remove(raw_filter);
+    }
+
+    /// A QoS 1/2 delivery went out under `packet_id`.
+    pub fn sent(&mut self, packet_id: u16, delivery: Delivery) {
+        self.inflight_seq += 1;
+        let seq = self.inflight_seq;
+        self.inflight.insert(
+            packet_id,
+            Inflight {
+                seq,
+                delivery,
+                released: false,
+            },
+        );
+    }
+
+    /// PUBACK of a QoS 1 delivery, or PUBCOMP of a released QoS 2 one: the
+    /// delivery is done.
+    pub fn acknowledged(&mut self, packet_id: u16, qos: QoS, released: bool) -> bool {
+        let done = self
+            .inflight
+            .get(&packet_id)
+            .is_some_and(|i| i.delivery.qos == qos && i.released == released);
+        if done {
+            self.inflight.remove(&packet_id);
+        }
+        done
+    }
+
+    /// PUBREC with an error for a QoS 2 delivery: it ends here. False when
+    /// the packet id names no QoS 2 delivery in flight.
+    pub fn refused(&mut self, packet_id: u16) -> bool {
+        let found = self
+            .inflight
+            .get(&packet_id)
+            .is_some_and(|i| i.delivery.qos == QoS::ExactlyOnce);
+        if found {
+            self.inflight.remove(&packet_id);
+        }
+        found
+    }
+
+    /// PUBREC of a QoS 2 delivery: it waits for PUBCOMP. False when the
+    /// packet id names no QoS 2 delivery in flight.
+    pub fn received(&mut self, packet_id: u16) -> bool {
+        match self.inflight.get_mut(&packet_id) {
+            Some(i) if i.delivery.qos == QoS::ExactlyOnce => {
+                i.released = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A QoS 2 PUBLISH from the client was routed; its id waits for PUBREL.
+    pub fn incoming_qos2_routed(&mut self, packet_id: u16) {
+        self.incoming_qos2.insert(packet_id);
+    }
+
+    /// PUBREL from the client; false if the id was not waiting.
+    pub fn incoming_qos2_released(&mut self, packet_id: u16) -> bool {
+        self.incoming_qos2.remove(&packet_id)
     }
 
     /// In-flight messages in the order they were first sent.
