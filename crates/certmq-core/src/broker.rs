@@ -153,8 +153,8 @@ impl Broker {
     }
 
     /// Replaces the limits (SIGHUP). They apply from the next packet on;
-    /// a session's queue limit and a connection's maximum packet size are
-    /// taken when the session or connection starts.
+    /// a session's queue limit and a connection's maximum packet size and
+    /// in-flight window are taken when the session or connection starts.
     pub fn set_config(&self, config: BrokerConfig) {
         self.config.store(Arc::new(config));
     }

@@ -96,7 +96,9 @@ pub struct Conn {
     generation: u64,
     protocol: Protocol,
     keep_alive: u16,
-    client_receive_maximum: u16,
+    /// QoS 1/2 deliveries in flight at most: the client's Receive Maximum
+    /// capped by `max_inflight` as it was when the connection started.
+    window: u16,
     client_max_packet_size: u32,
     client_topic_alias_maximum: u16,
     /// Topic aliases, allocated on first use (most clients never use them):
@@ -252,7 +254,10 @@ impl Broker {
             generation,
             protocol: connect.protocol,
             keep_alive,
-            client_receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
+            window: props
+                .receive_maximum
+                .unwrap_or(u16::MAX)
+                .min(self.config().max_inflight),
             client_max_packet_size: props.maximum_packet_size.unwrap_or(u32::MAX),
             client_topic_alias_maximum: props.topic_alias_maximum.unwrap_or(0),
             aliases_in: None,
@@ -344,10 +349,7 @@ impl Conn {
     }
 
     fn window(&self) -> usize {
-        usize::from(
-            self.client_receive_maximum
-                .min(self.broker.config().max_inflight),
-        )
+        usize::from(self.window)
     }
 
     /// Whether this connection still owns its session (not taken over).
@@ -456,12 +458,13 @@ impl Conn {
 
     fn handle_publish(&mut self, p: Publish, now: Instant) -> Result<Flow, ReasonCode> {
         let v5 = self.protocol.is_v5();
+        let config = self.broker.config();
         if !p.properties.subscription_identifiers.is_empty() {
             return Err(ReasonCode::PROTOCOL_ERROR);
         }
         let topic = match p.properties.topic_alias {
             Some(alias) => {
-                if !v5 || alias == 0 || alias > self.broker.config().topic_alias_maximum {
+                if !v5 || alias == 0 || alias > config.topic_alias_maximum {
                     return Err(ReasonCode::TOPIC_ALIAS_INVALID);
                 }
                 if p.topic.is_empty() {
@@ -480,10 +483,10 @@ impl Conn {
             None if p.topic.is_empty() => return Err(ReasonCode::PROTOCOL_ERROR),
             None => p.topic,
         };
-        if level_count(&topic) > self.broker.config().max_topic_levels {
+        if level_count(&topic) > config.max_topic_levels {
             return Err(ReasonCode::TOPIC_NAME_INVALID);
         }
-        if p.retain && !self.broker.config().retain_available {
+        if p.retain && !config.retain_available {
             return Err(ReasonCode::RETAIN_NOT_SUPPORTED);
         }
         if p.qos == QoS::ExactlyOnce {
@@ -494,7 +497,7 @@ impl Conn {
                 self.ack_publish(QoS::ExactlyOnce, p.packet_id, ReasonCode::SUCCESS);
                 return Ok(Flow::Continue);
             }
-            if state.incoming_qos2.len() >= usize::from(self.broker.config().receive_maximum) {
+            if state.incoming_qos2.len() >= usize::from(config.receive_maximum) {
                 return Err(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
             }
         }

@@ -2,7 +2,8 @@
 //! variables and flags, as at start) and what can change without a
 //! restart is applied at once: the log filter and the broker limits
 //! (`[broker]`: from the next packet on; a session's queue limit and a
-//! connection's maximum packet size are taken when they start). Every other
+//! connection's maximum packet size and in-flight window are taken when
+//! they start). Every other
 //! changed key is logged as needing a restart. No connection is dropped; a
 //! configuration that does not load or validate changes nothing and is
 //! logged as an error.
