@@ -171,16 +171,13 @@ async fn a_small_queued_payload_does_not_pin_its_read_buffer() {
     b.stop().await;
 }
 
-/// Retained messages on SUBSCRIBE stay within `max_queued_messages` for the
-/// whole SUBSCRIBE, and finding them walks an index within a budget: a
-/// SUBSCRIBE of 3,000 wildcard filters over 20,000 retained messages
-/// neither floods the subscriber's queue (it was 3,000 x 20,000
-/// deliveries) nor holds up other clients.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retained_messages_on_subscribe_are_bounded_and_indexed() {
-    let b = TestBroker::start().await;
+/// Retained messages the retained-index tests store.
+const RETAINED: usize = 20_000;
+
+/// Stores [`RETAINED`] retained messages on `r/<i % 100>/<i>`, written in
+/// batches, and waits until every one is routed.
+async fn retain_many(b: &TestBroker) {
     let mut publ = Client::connect(b.tcp, Protocol::V5, "retainer").await;
-    const RETAINED: usize = 20_000;
     let mut batch = bytes::BytesMut::new();
     for i in 0..RETAINED {
         encode(
@@ -203,6 +200,17 @@ async fn retained_messages_on_subscribe_are_bounded_and_indexed() {
     publ.send(&Packet::PingReq).await;
     assert!(matches!(publ.recv().await, Some(Packet::PingResp)));
     assert_eq!(b.broker.retained_count(), RETAINED);
+}
+
+/// Retained messages on SUBSCRIBE stay within `max_queued_messages` for the
+/// whole SUBSCRIBE, and finding them walks an index within a budget: a
+/// SUBSCRIBE of 3,000 wildcard filters over 20,000 retained messages
+/// neither floods the subscriber's queue (it was 3,000 x 20,000
+/// deliveries) nor holds up other clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_on_subscribe_are_bounded_and_indexed() {
+    let b = TestBroker::start().await;
+    retain_many(&b).await;
 
     let mut bystander = Client::connect(b.tcp, Protocol::V5, "bystander").await;
     let mut greedy = Client::connect(b.tcp, Protocol::V5, "greedy").await;
@@ -310,29 +318,7 @@ async fn websocket_messages_are_capped_at_the_packet_limit() {
 #[tokio::test]
 async fn one_subscribe_walks_the_retained_index_within_one_budget() {
     let b = TestBroker::start().await;
-    let mut publ = Client::connect(b.tcp, Protocol::V5, "retainer").await;
-    const RETAINED: usize = 20_000;
-    let mut batch = bytes::BytesMut::new();
-    for i in 0..RETAINED {
-        encode(
-            &Packet::Publish(publish(
-                &format!("r/{}/{i}", i % 100),
-                b"v",
-                QoS::AtMostOnce,
-                true,
-                0,
-            )),
-            Protocol::V5,
-            &mut batch,
-        );
-        if batch.len() > 60_000 || i + 1 == RETAINED {
-            publ.send_raw(&batch).await;
-            batch.clear();
-        }
-    }
-    publ.send(&Packet::PingReq).await;
-    assert!(matches!(publ.recv().await, Some(Packet::PingResp)));
-    assert_eq!(b.broker.retained_count(), RETAINED);
+    retain_many(&b).await;
 
     let mut bystander = Client::connect(b.tcp, Protocol::V5, "bystander").await;
     let mut prober = Client::connect(b.tcp, Protocol::V5, "prober").await;
