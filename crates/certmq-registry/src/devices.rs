@@ -280,9 +280,8 @@ impl Devices {
                             // revocation or serial that raced it): undo.
                             tracing::error!(id = %rec.id, error = %e, "JITP registration not stored; device removed");
                             {
-                                let _g = this.update.lock();
-                                let next = this.snapshot.load().with_device(&rec.signed_id, None);
-                                this.snapshot.store(Arc::new(next));
+                                let g = this.update.lock();
+                                this.patch_locked(&g, &rec, false);
                             }
                             this.kick(Some(&rec.id), None);
                         }
