@@ -6,6 +6,8 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use certmq_pki::DeviceStatus;
+
+use crate::error::Kind;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
@@ -156,6 +158,18 @@ pub async fn list_devices(
 ) -> Result<Json<Page<DeviceView>>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let offset = q.offset.unwrap_or(0);
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(DeviceStatus::parse(s).ok_or_else(|| {
+            ApiError::new(
+                Kind::BadRequest,
+                "InvalidStatus",
+                format!(
+                    "status must be one of ACTIVE, INACTIVE, REVOKED, PENDING_ACTIVATION, not {s}"
+                ),
+            )
+        })?),
+    };
     let f = certmq_registry::DeviceFilter {
         ca_id: q.ca_id,
         client_id: q.client_id,
@@ -164,7 +178,7 @@ pub async fn list_devices(
         serial: q
             .serial_number
             .map(|s| s.replace(':', "").to_ascii_lowercase()),
-        status: q.status,
+        status,
         expires_after: q.expires_after,
         expires_before: q.expires_before,
         limit,

@@ -11,7 +11,7 @@ use certmq_admin::{openapi::OPERATIONS, AdminState, ServerCerts};
 use tower::ServiceExt;
 
 fn state(dir: &std::path::Path) -> AdminState {
-    let store: Arc<dyn certmq_store::Store> =
+    let store: Arc<dyn certmq_registry::store::Store> =
         Arc::new(certmq_store::SqliteStore::open(dir).unwrap());
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

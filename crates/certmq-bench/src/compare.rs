@@ -286,7 +286,7 @@ pub fn start(
 /// Stops certmq, imports `n` device records under its (only) CA into its
 /// store, and starts it again on the same data directory and port.
 fn import_devices(mut r: Running, n: usize) -> anyhow::Result<Running> {
-    use certmq_store::Store;
+    use certmq_registry::store::{AuditEntry, DeviceRecord, Store};
     let ca_id = r
         .ca_id
         .clone()
@@ -298,7 +298,7 @@ fn import_devices(mut r: Running, n: usize) -> anyhow::Result<Running> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let recs: Vec<certmq_store::DeviceRecord> = (0..n)
+    let recs: Vec<DeviceRecord> = (0..n)
         .map(|i| {
             // Ids spread like SHA-256 digests (the registry shards by them).
             let id = format!(
@@ -306,7 +306,7 @@ fn import_devices(mut r: Running, n: usize) -> anyhow::Result<Running> {
                 (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
                 i
             );
-            certmq_store::DeviceRecord {
+            DeviceRecord {
                 signed_id: id.clone(),
                 issuer_key: "certmq-bench".into(),
                 id,
@@ -317,8 +317,8 @@ fn import_devices(mut r: Running, n: usize) -> anyhow::Result<Running> {
                 client_id: None,
                 not_before: now - 86_400,
                 not_after: now + 86_400 * 365,
-                status: "ACTIVE".into(),
-                source: "API".into(),
+                status: certmq_pki::DeviceStatus::Active,
+                source: certmq_pki::Provisioning::Api,
                 pem: String::new(),
                 created_at: now,
                 updated_at: now,
@@ -326,7 +326,7 @@ fn import_devices(mut r: Running, n: usize) -> anyhow::Result<Running> {
             }
         })
         .collect();
-    let audit = certmq_store::AuditEntry {
+    let audit = AuditEntry {
         actor: "certmq-bench".into(),
         action: "device_certificate.import".into(),
         target: ca_id.clone(),

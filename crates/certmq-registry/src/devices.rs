@@ -7,12 +7,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::store::{AuditEntry, CaRecord, DeviceFilter, DeviceRecord, Store};
 use certmq_codec::ReasonCode;
 use certmq_pki::{
     CaEntry, CaStatus, Decision, DeviceEntry, DeviceStatus, Provisioning, RegistrySnapshot,
     RevokedEntry, SharedRegistry,
 };
-use certmq_store::{AuditEntry, CaRecord, DeviceFilter, DeviceRecord, Store};
 use parking_lot::Mutex;
 use serde::Serialize;
 
@@ -40,6 +40,29 @@ impl Default for RegistryConfig {
             client_id_must_match_cn: false,
         }
     }
+}
+
+/// A change to the certificate plane that is already in the store. Local
+/// writes make them; a node sharing the store with others (a PostgreSQL
+/// NOTIFY) turns what it hears into them.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// CA `id` was registered, changed or deleted: the snapshot is rebuilt
+    /// from the store, and if the CA is no longer ACTIVE its devices'
+    /// connections close.
+    Ca { id: String },
+    /// A device record as now stored (registered, provisioned or moved to
+    /// another status); a status other than ACTIVE closes its connections.
+    DeviceStored(DeviceRecord),
+    /// A device record was deleted (a revoked one stays revoked).
+    DeviceRemoved(DeviceRecord),
+}
+
+/// Connections a change closes.
+enum Kick {
+    None,
+    Ca(String),
+    Device(String),
 }
 
 pub struct Devices {
@@ -85,8 +108,8 @@ impl CaView {
             not_before: rfc3339(r.not_before),
             not_after: rfc3339(r.not_after),
             seconds_to_expiry: r.not_after - now_unix(),
-            status: r.status.clone(),
-            device_provisioning: r.provisioning.clone(),
+            status: r.status.as_str().to_string(),
+            device_provisioning: r.provisioning.as_str().to_string(),
             automatic_activation: r.automatic_activation,
             registered_at: rfc3339(r.registered_at),
             last_activated_at: r.last_activated_at.map(rfc3339),
@@ -125,8 +148,8 @@ impl DeviceView {
             client_id: r.client_id.clone(),
             not_before: rfc3339(r.not_before),
             not_after: rfc3339(r.not_after),
-            status: r.status.clone(),
-            source: r.source.clone(),
+            status: r.status.as_str().to_string(),
+            source: r.source.as_str().to_string(),
             created_at: rfc3339(r.created_at),
             updated_at: rfc3339(r.updated_at),
             last_connected_at: r.last_connected_at.map(rfc3339),
@@ -157,7 +180,7 @@ fn device_entry(r: &DeviceRecord) -> Option<(String, DeviceEntry)> {
             id: r.id.clone(),
             ca_id: r.ca_id.clone(),
             serial: r.serial.clone(),
-            status: DeviceStatus::parse(&r.status)?,
+            status: r.status,
             client_id: r.client_id.clone(),
             subject_cn: r.subject_cn.clone(),
             not_before: r.not_before,
@@ -180,8 +203,8 @@ fn device_record(
     chained: &certmq_pki::Chained,
     der: &[u8],
     client_id: Option<String>,
-    status: String,
-    source: &str,
+    status: DeviceStatus,
+    source: Provisioning,
     now: i64,
     last_connected_at: Option<i64>,
 ) -> DeviceRecord {
@@ -195,7 +218,7 @@ fn device_record(
         not_before: chained.not_before,
         not_after: chained.not_after,
         status,
-        source: source.into(),
+        source,
         pem: certmq_pki::pem_encode("CERTIFICATE", der),
         created_at: now,
         updated_at: now,
@@ -210,8 +233,8 @@ fn ca_entry(r: &CaRecord) -> Option<CaEntry> {
     let (spki, subject_raw) = certmq_pki::spki_and_subject(&ca)?;
     Some(CaEntry {
         id: r.id.clone(),
-        status: CaStatus::parse(&r.status)?,
-        provisioning: Provisioning::parse(&r.provisioning)?,
+        status: r.status,
+        provisioning: r.provisioning,
         automatic_activation: r.automatic_activation,
         key_id: certmq_pki::hex_sha256(&spki),
         spki,
@@ -221,23 +244,39 @@ fn ca_entry(r: &CaRecord) -> Option<CaEntry> {
     })
 }
 
-/// `value` if it is one of `allowed`, else a 400 naming the field.
-fn one_of(
+/// `value` parsed, if it is one of `allowed`; else a 400 naming the field.
+fn one_of<T: Copy + PartialEq>(
     value: &str,
-    allowed: &[&str],
+    parse: fn(&str) -> Option<T>,
+    allowed: &[(T, &str)],
     field: &str,
     code: &'static str,
-) -> Result<String, RegistryError> {
-    if allowed.contains(&value) {
-        Ok(value.to_string())
-    } else {
-        Err(RegistryError::new(
-            ErrorKind::BadRequest,
-            code,
-            format!("{field} must be one of {}, not {value}", allowed.join(", ")),
-        ))
+) -> Result<T, RegistryError> {
+    match parse(value) {
+        Some(v) if allowed.iter().any(|(a, _)| *a == v) => Ok(v),
+        _ => {
+            let names: Vec<&str> = allowed.iter().map(|(_, n)| *n).collect();
+            Err(RegistryError::new(
+                ErrorKind::BadRequest,
+                code,
+                format!("{field} must be one of {}, not {value}", names.join(", ")),
+            ))
+        }
     }
 }
+
+const CA_STATUSES: &[(CaStatus, &str)] = &[
+    (CaStatus::Active, "ACTIVE"),
+    (CaStatus::Inactive, "INACTIVE"),
+];
+const PROVISIONINGS: &[(Provisioning, &str)] =
+    &[(Provisioning::Api, "API"), (Provisioning::Jitp, "JITP")];
+/// What a device may be registered as (`REVOKED` only by revoking).
+const REGISTER_STATUSES: &[(DeviceStatus, &str)] = &[
+    (DeviceStatus::Active, "ACTIVE"),
+    (DeviceStatus::Inactive, "INACTIVE"),
+    (DeviceStatus::PendingActivation, "PENDING_ACTIVATION"),
+];
 
 fn not_found(what: &str, id: &str) -> RegistryError {
     RegistryError::new(
@@ -274,16 +313,14 @@ impl Devices {
                     let Some(this) = weak.upgrade() else { return };
                     let a = audit("device_certificate.jitp", &rec.id, None, serde_json::to_value(DeviceView::of(&rec)).ok());
                     match this.store.insert_device(&rec, &a) {
-                        Ok(()) | Err(certmq_store::StoreError::Exists(_)) => {}
+                        Ok(()) | Err(crate::store::StoreError::Exists(_)) => {}
                         Err(e) => {
                             // The store refused what the snapshot let in (a
                             // revocation or serial that raced it): undo.
                             tracing::error!(id = %rec.id, error = %e, "JITP registration not stored; device removed");
-                            {
-                                let g = this.update.lock();
-                                this.patch_locked(&g, &rec, false);
+                            if let Err(e) = this.apply(Change::DeviceRemoved(rec)) {
+                                tracing::error!(error = %e, "JITP undo failed");
                             }
-                            this.kick(Some(&rec.id), None);
                         }
                     }
                 }
@@ -348,6 +385,67 @@ impl Devices {
         Ok(())
     }
 
+    /// Applies a change that is already in the store (made here, or by
+    /// another node sharing it) to the connect path's snapshot, and closes
+    /// the live connections it disables. Local writes go through the same
+    /// steps, under the lock they hold across their store write.
+    pub fn apply(&self, change: Change) -> Result<(), RegistryError> {
+        let g = self.update.lock();
+        let kick = self.apply_locked(&g, change)?;
+        drop(g);
+        self.run(kick);
+        Ok(())
+    }
+
+    /// The snapshot change; returns which connections to close (closed by
+    /// [`Self::run`] once the lock is released).
+    fn apply_locked(
+        &self,
+        held: &parking_lot::MutexGuard<'_, ()>,
+        change: Change,
+    ) -> Result<Kick, RegistryError> {
+        Ok(match change {
+            Change::Ca { id } => {
+                self.reload_locked(held)?;
+                let active = self
+                    .snapshot
+                    .load()
+                    .ca(&id)
+                    .is_some_and(|c| c.status == CaStatus::Active);
+                if active {
+                    Kick::None
+                } else {
+                    Kick::Ca(id)
+                }
+            }
+            Change::DeviceStored(rec) => {
+                self.patch_locked(held, &rec, true);
+                if rec.status == DeviceStatus::Active {
+                    Kick::None
+                } else {
+                    Kick::Device(rec.id)
+                }
+            }
+            Change::DeviceRemoved(rec) => {
+                // A revoked certificate stays on the revocation list.
+                self.patch_locked(held, &rec, false);
+                Kick::Device(rec.id)
+            }
+        })
+    }
+
+    fn run(&self, kick: Kick) {
+        match kick {
+            Kick::None => {}
+            Kick::Ca(id) => {
+                self.kick(None, Some(&id));
+            }
+            Kick::Device(id) => {
+                self.kick(Some(&id), None);
+            }
+        }
+    }
+
     /// Applies one record's change to the snapshot (the update lock held).
     fn patch_locked(
         &self,
@@ -359,7 +457,7 @@ impl Devices {
             &rec.signed_id,
             device_entry(rec).filter(|_| present).map(|(_, e)| e),
         );
-        if rec.status == DeviceStatus::Revoked.as_str() {
+        if rec.status == DeviceStatus::Revoked {
             next = next.with_revoked(revoked_entry(rec));
         }
         self.snapshot.store(Arc::new(next));
@@ -392,7 +490,7 @@ impl Devices {
     }
 
     /// The newest audit records, newest first.
-    pub fn audit_log(&self, limit: usize) -> Result<Vec<certmq_store::AuditRecord>, RegistryError> {
+    pub fn audit_log(&self, limit: usize) -> Result<Vec<crate::store::AuditRecord>, RegistryError> {
         Ok(self.store.audit_log(limit)?)
     }
 
@@ -444,7 +542,12 @@ impl Devices {
 
     pub fn get_ca(&self, id: &str) -> Result<CaView, RegistryError> {
         let r = self.ca_record(id)?;
-        let counts = self.store.device_counts(id)?.into_iter().collect();
+        let counts = self
+            .store
+            .device_counts(id)?
+            .into_iter()
+            .map(|(s, n)| (s.as_str().to_string(), n))
+            .collect();
         Ok(CaView::of(&r, Some(counts)))
     }
 
@@ -458,13 +561,15 @@ impl Devices {
     ) -> Result<CaView, RegistryError> {
         let status = one_of(
             status.unwrap_or("ACTIVE"),
-            &["ACTIVE", "INACTIVE"],
+            CaStatus::parse,
+            CA_STATUSES,
             "status",
             "InvalidStatus",
         )?;
         let provisioning = one_of(
             provisioning.unwrap_or("JITP"),
-            &["API", "JITP"],
+            Provisioning::parse,
+            PROVISIONINGS,
             "device_provisioning",
             "InvalidProvisioning",
         )?;
@@ -503,13 +608,13 @@ impl Devices {
             issuer_cn: ca.info.issuer_cn.clone(),
             not_before: ca.info.not_before,
             not_after: ca.info.not_after,
-            status: status.clone(),
+            status,
             pem: certmq_pki::pem_encode("CERTIFICATE", &ca.der),
             verification_pem: verification_pem.to_string(),
             provisioning,
             automatic_activation: automatic_activation.unwrap_or(true),
             registered_at: now,
-            last_activated_at: (status == "ACTIVE").then_some(now),
+            last_activated_at: (status == CaStatus::Active).then_some(now),
             last_deactivated_at: None,
         };
         let view = CaView::of(&rec, None);
@@ -531,17 +636,22 @@ impl Devices {
                 serde_json::to_value(&view).ok(),
             ),
         )?;
-        self.reload_locked(&g)?;
+        let kick = self.apply_locked(&g, Change::Ca { id: rec.id.clone() })?;
         drop(g);
+        self.run(kick);
         Ok(view)
     }
 
     pub fn set_ca_status(&self, id: &str, active: bool) -> Result<CaView, RegistryError> {
         let g = self.update.lock();
         let mut rec = self.ca_record(id)?;
-        let before = serde_json::json!({"status": rec.status});
+        let before = serde_json::json!({"status": rec.status.as_str()});
         let now = now_unix();
-        rec.status = if active { "ACTIVE" } else { "INACTIVE" }.into();
+        rec.status = if active {
+            CaStatus::Active
+        } else {
+            CaStatus::Inactive
+        };
         if active {
             rec.last_activated_at = Some(now);
         } else {
@@ -558,14 +668,12 @@ impl Devices {
                 action,
                 id,
                 Some(before),
-                Some(serde_json::json!({"status": rec.status})),
+                Some(serde_json::json!({"status": rec.status.as_str()})),
             ),
         )?;
-        self.reload_locked(&g)?;
+        let kick = self.apply_locked(&g, Change::Ca { id: id.to_string() })?;
         drop(g);
-        if !active {
-            self.kick(None, Some(id));
-        }
+        self.run(kick);
         Ok(CaView::of(&rec, None))
     }
 
@@ -577,11 +685,12 @@ impl Devices {
     ) -> Result<CaView, RegistryError> {
         let g = self.update.lock();
         let mut rec = self.ca_record(id)?;
-        let before = serde_json::json!({"device_provisioning": rec.provisioning, "automatic_activation": rec.automatic_activation});
+        let before = serde_json::json!({"device_provisioning": rec.provisioning.as_str(), "automatic_activation": rec.automatic_activation});
         if let Some(p) = provisioning {
             rec.provisioning = one_of(
                 p,
-                &["API", "JITP"],
+                Provisioning::parse,
+                PROVISIONINGS,
                 "device_provisioning",
                 "InvalidProvisioning",
             )?;
@@ -589,20 +698,21 @@ impl Devices {
         if let Some(a) = automatic_activation {
             rec.automatic_activation = a;
         }
-        let after = serde_json::json!({"device_provisioning": rec.provisioning, "automatic_activation": rec.automatic_activation});
+        let after = serde_json::json!({"device_provisioning": rec.provisioning.as_str(), "automatic_activation": rec.automatic_activation});
         self.store.update_ca(
             &rec,
             &audit("ca_certificate.update", id, Some(before), Some(after)),
         )?;
-        self.reload_locked(&g)?;
+        let kick = self.apply_locked(&g, Change::Ca { id: id.to_string() })?;
         drop(g);
+        self.run(kick);
         Ok(CaView::of(&rec, None))
     }
 
     pub fn delete_ca(&self, id: &str) -> Result<(), RegistryError> {
         let g = self.update.lock();
         let rec = self.ca_record(id)?;
-        if rec.status == "ACTIVE" {
+        if rec.status == CaStatus::Active {
             return Err(RegistryError::new(
                 ErrorKind::Conflict,
                 "CaActive",
@@ -613,7 +723,7 @@ impl Devices {
             .store
             .device_counts(id)?
             .into_iter()
-            .find(|(s, _)| s == "ACTIVE")
+            .find(|(s, _)| *s == DeviceStatus::Active)
             .map_or(0, |(_, n)| n);
         if active > 0 {
             return Err(RegistryError::new(
@@ -625,9 +735,9 @@ impl Devices {
         let before = serde_json::to_value(CaView::of(&rec, None)).ok();
         self.store
             .delete_ca(id, &audit("ca_certificate.delete", id, before, None))?;
-        self.reload_locked(&g)?;
+        let kick = self.apply_locked(&g, Change::Ca { id: id.to_string() })?;
         drop(g);
-        self.kick(None, Some(id));
+        self.run(kick);
         Ok(())
     }
 
@@ -652,7 +762,8 @@ impl Devices {
     ) -> Result<DeviceView, RegistryError> {
         let status = one_of(
             status.unwrap_or("ACTIVE"),
-            &["ACTIVE", "INACTIVE", "PENDING_ACTIVATION"],
+            DeviceStatus::parse,
+            REGISTER_STATUSES,
             "status",
             "InvalidStatus",
         )?;
@@ -706,7 +817,15 @@ impl Devices {
             ));
         }
         let now = now_unix();
-        let rec = device_record(&chained, &der, client_id, status, "API", now, None);
+        let rec = device_record(
+            &chained,
+            &der,
+            client_id,
+            status,
+            Provisioning::Api,
+            now,
+            None,
+        );
         let view = DeviceView::of(&rec);
         let g = self.update.lock();
         self.store
@@ -720,14 +839,16 @@ impl Devices {
                 ),
             )
             .map_err(|e| match e {
-                certmq_store::StoreError::Exists(_) => RegistryError::new(
+                crate::store::StoreError::Exists(_) => RegistryError::new(
                     ErrorKind::Conflict,
                     "DeviceCertificateAlreadyRegistered",
                     format!("device certificate {} is already registered", rec.id),
                 ),
                 other => other.into(),
             })?;
-        self.patch_locked(&g, &rec, true);
+        let kick = self.apply_locked(&g, Change::DeviceStored(rec))?;
+        drop(g);
+        self.run(kick);
         Ok(view)
     }
 
@@ -747,13 +868,12 @@ impl Devices {
         let g = self.update.lock();
         let (_, after) =
             self.store
-                .transition_device(id, status.as_str(), now_unix(), "admin-api", action)?;
-        self.patch_locked(&g, &after, true);
+                .transition_device(id, status, now_unix(), "admin-api", action)?;
+        let view = DeviceView::of(&after);
+        let kick = self.apply_locked(&g, Change::DeviceStored(after))?;
         drop(g);
-        if status != DeviceStatus::Active {
-            self.kick(Some(id), None);
-        }
-        Ok(DeviceView::of(&after))
+        self.run(kick);
+        Ok(view)
     }
 
     pub fn delete_device(&self, id: &str) -> Result<(), RegistryError> {
@@ -762,10 +882,9 @@ impl Devices {
         let before = serde_json::to_value(DeviceView::of(&rec)).ok();
         self.store
             .delete_device(id, &audit("device_certificate.delete", id, before, None))?;
-        // A revoked certificate stays on the revocation list.
-        self.patch_locked(&g, &rec, false);
+        let kick = self.apply_locked(&g, Change::DeviceRemoved(rec))?;
         drop(g);
-        self.kick(Some(id), None);
+        self.run(kick);
         Ok(())
     }
 }
@@ -784,16 +903,25 @@ impl certmq_pki::ConnectAuthorizer for Devices {
         if let Decision::Provision { chained, activate } = &decision {
             let now = now_unix();
             let status = if *activate {
-                "ACTIVE"
+                DeviceStatus::Active
             } else {
-                "PENDING_ACTIVATION"
+                DeviceStatus::PendingActivation
             };
-            let rec = device_record(chained, leaf, None, status.into(), "JITP", now, Some(now));
+            let rec = device_record(
+                chained,
+                leaf,
+                None,
+                status,
+                Provisioning::Jitp,
+                now,
+                Some(now),
+            );
             // Visible at once to the next CONNECT; stored in order off the
-            // connect path.
-            self.patch_locked(&g, &rec, true);
+            // connect path. Nothing to close: the certificate's only
+            // connection is this CONNECT, not yet live.
+            let _ = self.apply_locked(&g, Change::DeviceStored(rec.clone()));
             drop(g);
-            tracing::info!(id = %rec.id, ca_id = %rec.ca_id, status = %rec.status, "device certificate provisioned (JITP)");
+            tracing::info!(id = %rec.id, ca_id = %rec.ca_id, status = rec.status.as_str(), "device certificate provisioned (JITP)");
             if let Some(tx) = self.jitp.lock().as_ref() {
                 let _ = tx.send(rec);
             }

@@ -44,9 +44,9 @@ impl std::fmt::Display for RegistryError {
 
 impl std::error::Error for RegistryError {}
 
-impl From<certmq_store::StoreError> for RegistryError {
-    fn from(e: certmq_store::StoreError) -> Self {
-        use certmq_store::StoreError as E;
+impl From<crate::store::StoreError> for RegistryError {
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError as E;
         match &e {
             E::Exists(_) => RegistryError::new(ErrorKind::Conflict, "AlreadyExists", e.to_string()),
             E::NotFound(_) => RegistryError::new(ErrorKind::NotFound, "NotFound", e.to_string()),

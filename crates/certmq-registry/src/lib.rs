@@ -1,7 +1,8 @@
 //! certmq's certificate plane.
 //!
 //! What it does: the rules of CA, device and server certificates (SPEC 4,
-//! 5, 6) over a [`certmq_store::Store`], the revocation list, the connect
+//! 5, 6) over its storage trait ([`store::Store`], implemented by
+//! `certmq-store`), the revocation list, the connect
 //! path's registry snapshot and SNI snapshot (rebuilt or patched after
 //! every write, in the store's order), just-in-time provisioning at
 //! CONNECT ([`Devices`] is a [`certmq_pki::ConnectAuthorizer`]), and live
@@ -17,8 +18,9 @@
 mod devices;
 mod error;
 mod server_certs;
+pub mod store;
 
-pub use certmq_store::{AuditRecord, DeviceFilter};
-pub use devices::{CaView, DeviceView, Devices, RegistryConfig};
+pub use crate::store::{AuditRecord, DeviceFilter};
+pub use devices::{CaView, Change, DeviceView, Devices, RegistryConfig};
 pub use error::{ErrorKind, RegistryError};
 pub use server_certs::{now_unix, rfc3339, ServerCertView, ServerCerts, DEFAULT_ID};

@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
+use crate::store::{AuditEntry, ServerCertRecord, Store};
 use certmq_pki::{CertInfo, SniResolver, SniSnapshot};
-use certmq_store::{AuditEntry, ServerCertRecord, Store};
 use parking_lot::Mutex;
 use rustls::sign::CertifiedKey;
 use serde::Serialize;

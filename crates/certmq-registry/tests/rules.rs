@@ -21,20 +21,25 @@ impl Drop for Scratch {
 fn registry(tag: &str) -> (Arc<Devices>, Scratch) {
     let dir = std::env::temp_dir().join(format!("certmq-registry-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let store: Arc<dyn certmq_store::Store> =
-        Arc::new(certmq_store::SqliteStore::open(&dir).unwrap());
+    (node(&dir), Scratch(dir))
+}
+
+/// A registry over the store in `dir` (two of them share it as two nodes
+/// would share a database).
+fn node(dir: &std::path::Path) -> Arc<Devices> {
+    let store: Arc<dyn certmq_registry::store::Store> =
+        Arc::new(certmq_store::SqliteStore::open(dir).unwrap());
     let control = Arc::new(certmq_net::LocalControl {
         broker: certmq_core::Broker::new(Default::default()),
         live: Arc::new(certmq_net::Live::default()),
     });
-    let devices = Devices::load(
+    Devices::load(
         store,
         Default::default(),
         control,
         RegistryConfig::default(),
     )
-    .unwrap();
-    (devices, Scratch(dir))
+    .unwrap()
 }
 
 struct Ca {
@@ -125,4 +130,47 @@ fn jitp_provisions_once_and_a_ca_is_never_a_device() {
         Decision::Reject { reason, .. } => assert_eq!(reason, Rejection::CertificatePurpose),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_change_written_by_another_node_reaches_this_snapshot_through_apply() {
+    let (a, dir) = registry("apply");
+    let b = node(&dir.0);
+    let ca = ca("Shared CA");
+    let ca_id = register(&a, &ca);
+    let dev = leaf(&ca, "dev");
+    let id = a.register_device(&dev.pem(), None, None).unwrap().id;
+    // B loaded before either write: it knows neither the CA nor the device.
+    assert!(matches!(
+        b.authorize(dev.der(), "dev"),
+        Decision::Reject { .. }
+    ));
+    b.apply(certmq_registry::Change::Ca { id: ca_id.clone() })
+        .unwrap();
+    b.apply(certmq_registry::Change::DeviceStored(
+        a.device(&id).unwrap(),
+    ))
+    .unwrap();
+    assert!(matches!(
+        b.authorize(dev.der(), "dev"),
+        Decision::Allow { .. }
+    ));
+    // A revokes; B hears of it and refuses the certificate too.
+    a.set_device_status(&id, DeviceStatus::Revoked).unwrap();
+    b.apply(certmq_registry::Change::DeviceStored(
+        a.device(&id).unwrap(),
+    ))
+    .unwrap();
+    match b.authorize(dev.der(), "dev") {
+        Decision::Reject { reason, .. } => assert_eq!(reason, Rejection::CertificateRevoked),
+        other => panic!("{other:?}"),
+    }
+    // A deactivates the CA: B's snapshot follows.
+    a.set_ca_status(&ca_id, false).unwrap();
+    b.apply(certmq_registry::Change::Ca { id: ca_id.clone() })
+        .unwrap();
+    assert_eq!(
+        b.snapshot().ca(&ca_id).map(|c| c.status),
+        Some(certmq_pki::CaStatus::Inactive)
+    );
 }

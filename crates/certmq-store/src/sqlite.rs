@@ -7,10 +7,65 @@ use std::path::Path;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use crate::{
+use certmq_pki::{CaStatus, DeviceStatus, Provisioning};
+use certmq_registry::store::{
     AuditEntry, AuditRecord, CaRecord, DeviceFilter, DeviceRecord, RevokedRecord, ServerCertRecord,
     Store, StoreError,
 };
+
+/// SQLite's failures and the domain's refusals, inside this module; the
+/// [`Store`] methods hand out [`StoreError`] only.
+#[derive(Debug)]
+enum Error {
+    Db(rusqlite::Error),
+    Domain(StoreError),
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Db(e)
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        Error::Domain(e)
+    }
+}
+
+impl From<Error> for StoreError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Db(e @ rusqlite::Error::FromSqlConversionFailure(..)) => {
+                StoreError::Corrupt(e.to_string())
+            }
+            Error::Db(e) => StoreError::Backend(e.to_string()),
+            Error::Domain(e) => e,
+        }
+    }
+}
+
+fn fail<T>(e: StoreError) -> Result<T, Error> {
+    Err(Error::Domain(e))
+}
+
+/// A stored status or source as its type; a value no certmq writes is a
+/// conversion error (reported as corrupt data, not a panic).
+fn typed<T>(
+    idx: usize,
+    parse: fn(&str) -> Option<T>,
+) -> impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T> {
+    move |r| {
+        let s: String = r.get(idx)?;
+        parse(&s).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                idx,
+                rusqlite::types::Type::Text,
+                format!("unknown value {s:?}").into(),
+            )
+        })
+    }
+}
 
 /// Each entry moves the schema one version up; never edit a released one.
 const MIGRATIONS: &[&str] = &[
@@ -95,10 +150,10 @@ fn ca_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CaRecord> {
         issuer_cn: r.get(3)?,
         not_before: r.get(4)?,
         not_after: r.get(5)?,
-        status: r.get(6)?,
+        status: typed(6, CaStatus::parse)(r)?,
         pem: r.get(7)?,
         verification_pem: r.get(8)?,
-        provisioning: r.get(9)?,
+        provisioning: typed(9, Provisioning::parse)(r)?,
         automatic_activation: r.get(10)?,
         registered_at: r.get(11)?,
         last_activated_at: r.get(12)?,
@@ -116,8 +171,8 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
         client_id: r.get(5)?,
         not_before: r.get(6)?,
         not_after: r.get(7)?,
-        status: r.get(8)?,
-        source: r.get(9)?,
+        status: typed(8, DeviceStatus::parse)(r)?,
+        source: typed(9, Provisioning::parse)(r)?,
         pem: r.get(10)?,
         created_at: r.get(11)?,
         updated_at: r.get(12)?,
@@ -127,28 +182,30 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
     })
 }
 
-fn device_params(rec: &DeviceRecord) -> [&dyn rusqlite::ToSql; 16] {
-    [
-        &rec.id,
-        &rec.ca_id,
-        &rec.serial,
-        &rec.subject_cn,
-        &rec.subject_ou,
-        &rec.client_id,
-        &rec.not_before,
-        &rec.not_after,
-        &rec.status,
-        &rec.source,
-        &rec.pem,
-        &rec.created_at,
-        &rec.updated_at,
-        &rec.last_connected_at,
-        &rec.signed_id,
-        &rec.issuer_key,
-    ]
+fn device_params(rec: &DeviceRecord) -> rusqlite::ParamsFromIter<[rusqlite::types::Value; 16]> {
+    use rusqlite::types::Value;
+    let text = |s: &Option<String>| s.clone().map_or(Value::Null, Value::Text);
+    rusqlite::params_from_iter([
+        Value::Text(rec.id.clone()),
+        Value::Text(rec.ca_id.clone()),
+        Value::Text(rec.serial.clone()),
+        text(&rec.subject_cn),
+        text(&rec.subject_ou),
+        text(&rec.client_id),
+        Value::Integer(rec.not_before),
+        Value::Integer(rec.not_after),
+        Value::Text(rec.status.as_str().into()),
+        Value::Text(rec.source.as_str().into()),
+        Value::Text(rec.pem.clone()),
+        Value::Integer(rec.created_at),
+        Value::Integer(rec.updated_at),
+        rec.last_connected_at.map_or(Value::Null, Value::Integer),
+        Value::Text(rec.signed_id.clone()),
+        Value::Text(rec.issuer_key.clone()),
+    ])
 }
 
-fn audit_insert(tx: &Transaction<'_>, audit: &AuditEntry) -> Result<(), StoreError> {
+fn audit_insert(tx: &Transaction<'_>, audit: &AuditEntry) -> Result<(), Error> {
     tx.execute(
         "INSERT INTO audit_log (at, actor, action, target, before, after) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![
@@ -163,7 +220,7 @@ fn audit_insert(tx: &Transaction<'_>, audit: &AuditEntry) -> Result<(), StoreErr
     Ok(())
 }
 
-fn revoke_in(tx: &Transaction<'_>, rec: &DeviceRecord, at: i64) -> Result<(), StoreError> {
+fn revoke_in(tx: &Transaction<'_>, rec: &DeviceRecord, at: i64) -> Result<(), Error> {
     tx.execute(
         "INSERT OR IGNORE INTO revoked_certificates (signed_id, fingerprint, issuer_key, serial, ca_id, revoked_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -172,7 +229,11 @@ fn revoke_in(tx: &Transaction<'_>, rec: &DeviceRecord, at: i64) -> Result<(), St
     Ok(())
 }
 
-pub struct SqliteStore {
+/// The store: SQLite behind [`Store`].
+pub struct SqliteStore(Db);
+
+/// The connection and the operations on it, returning this module's error.
+struct Db {
     conn: Mutex<Connection>,
 }
 
@@ -196,23 +257,28 @@ impl SqliteStore {
         // The file holds private keys.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| open_err(e.to_string()))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let store = SqliteStore {
+        let setup = |conn: &Connection| -> rusqlite::Result<()> {
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            conn.pragma_update(None, "foreign_keys", "ON")?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))
+        };
+        setup(&conn).map_err(|e| open_err(e.to_string()))?;
+        let db = Db {
             conn: Mutex::new(conn),
         };
-        store.migrate()?;
-        Ok(store)
+        db.migrate()?;
+        Ok(SqliteStore(db))
     }
+}
 
-    fn migrate(&self) -> Result<(), StoreError> {
+impl Db {
+    fn migrate(&self) -> Result<(), Error> {
         let mut conn = self.conn.lock();
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let known = MIGRATIONS.len() as i64;
         if version > known {
-            return Err(StoreError::TooNew {
+            return fail(StoreError::TooNew {
                 found: version,
                 known,
             });
@@ -229,8 +295,8 @@ impl SqliteStore {
     fn write<T>(
         &self,
         audit: &AuditEntry,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
         let out = f(&tx)?;
@@ -240,8 +306,8 @@ impl SqliteStore {
     }
 }
 
-impl Store for SqliteStore {
-    fn server_certs(&self) -> Result<Vec<ServerCertRecord>, StoreError> {
+impl Db {
+    fn server_certs(&self) -> Result<Vec<ServerCertRecord>, Error> {
         let conn = self.conn.lock();
         let mut stmt = conn.prepare(
             "SELECT id, name, chain_pem, key_pem, created_at FROM server_certificates ORDER BY created_at, rowid",
@@ -258,11 +324,7 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn insert_server_cert(
-        &self,
-        rec: &ServerCertRecord,
-        audit: &AuditEntry,
-    ) -> Result<(), StoreError> {
+    fn insert_server_cert(&self, rec: &ServerCertRecord, audit: &AuditEntry) -> Result<(), Error> {
         self.write(audit, |tx| {
             let exists: Option<String> = tx
                 .query_row(
@@ -272,7 +334,7 @@ impl Store for SqliteStore {
                 )
                 .optional()?;
             if exists.is_some() {
-                return Err(StoreError::Exists(format!("server certificate {}", rec.id)));
+                return fail(StoreError::Exists(format!("server certificate {}", rec.id)));
             }
             tx.execute(
                 "INSERT INTO server_certificates (id, name, chain_pem, key_pem, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -282,17 +344,17 @@ impl Store for SqliteStore {
         })
     }
 
-    fn delete_server_cert(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError> {
+    fn delete_server_cert(&self, id: &str, audit: &AuditEntry) -> Result<(), Error> {
         self.write(audit, |tx| {
             let n = tx.execute("DELETE FROM server_certificates WHERE id = ?1", [id])?;
             if n == 0 {
-                return Err(StoreError::NotFound(format!("server certificate {id}")));
+                return fail(StoreError::NotFound(format!("server certificate {id}")));
             }
             Ok(())
         })
     }
 
-    fn default_cert_enabled(&self) -> Result<bool, StoreError> {
+    fn default_cert_enabled(&self) -> Result<bool, Error> {
         let conn = self.conn.lock();
         let v: Option<String> = conn
             .query_row(
@@ -304,11 +366,7 @@ impl Store for SqliteStore {
         Ok(v.as_deref() != Some("false"))
     }
 
-    fn set_default_cert_enabled(
-        &self,
-        enabled: bool,
-        audit: &AuditEntry,
-    ) -> Result<(), StoreError> {
+    fn set_default_cert_enabled(&self, enabled: bool, audit: &AuditEntry) -> Result<(), Error> {
         self.write(audit, |tx| {
             tx.execute(
                 "INSERT INTO settings (key, value) VALUES ('default_server_cert_enabled', ?1)
@@ -319,7 +377,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn audit_log(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+    fn audit_log(&self, limit: usize) -> Result<Vec<AuditRecord>, Error> {
         let conn = self.conn.lock();
         let mut stmt = conn.prepare(
             "SELECT seq, at, actor, action, target, before, after FROM audit_log ORDER BY seq DESC LIMIT ?1",
@@ -339,7 +397,7 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn registration_code(&self) -> Result<Option<(String, i64)>, StoreError> {
+    fn registration_code(&self) -> Result<Option<(String, i64)>, Error> {
         let conn = self.conn.lock();
         let v: Option<String> = conn
             .query_row(
@@ -359,7 +417,7 @@ impl Store for SqliteStore {
         code: &str,
         expires_at: i64,
         audit: &AuditEntry,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), Error> {
         self.write(audit, |tx| {
             tx.execute(
                 "INSERT INTO settings (key, value) VALUES ('registration_code', ?1)
@@ -370,7 +428,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn cas(&self) -> Result<Vec<CaRecord>, StoreError> {
+    fn cas(&self) -> Result<Vec<CaRecord>, Error> {
         let conn = self.conn.lock();
         let mut stmt = conn.prepare(&format!(
             "SELECT {CA_COLS} FROM ca_certificates ORDER BY registered_at, rowid"
@@ -385,13 +443,13 @@ impl Store for SqliteStore {
         code: &str,
         max_cas: usize,
         audit: &AuditEntry,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), Error> {
         self.write(audit, |tx| {
             let current: Option<String> = tx
                 .query_row("SELECT value FROM settings WHERE key = 'registration_code'", [], |r| r.get(0))
                 .optional()?;
             if current.as_deref().and_then(|v| v.split(' ').next()) != Some(code) {
-                return Err(StoreError::Conflict(
+                return fail(StoreError::Conflict(
                     "the registration code was used or replaced meanwhile; request a new one".into(),
                 ));
             }
@@ -399,11 +457,11 @@ impl Store for SqliteStore {
                 .query_row("SELECT id FROM ca_certificates WHERE id = ?1", [&rec.id], |r| r.get(0))
                 .optional()?;
             if exists.is_some() {
-                return Err(StoreError::Exists(format!("CA certificate {}", rec.id)));
+                return fail(StoreError::Exists(format!("CA certificate {}", rec.id)));
             }
             let count: i64 = tx.query_row("SELECT COUNT(*) FROM ca_certificates", [], |r| r.get(0))?;
             if count as usize >= max_cas {
-                return Err(StoreError::Limit(format!(
+                return fail(StoreError::Limit(format!(
                     "{count} CA certificates are registered, the most allowed; delete one first"
                 )));
             }
@@ -411,7 +469,7 @@ impl Store for SqliteStore {
                 &format!("INSERT INTO ca_certificates ({CA_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
                 params![
                     rec.id, rec.serial, rec.subject_cn, rec.issuer_cn, rec.not_before, rec.not_after,
-                    rec.status, rec.pem, rec.verification_pem, rec.provisioning, rec.automatic_activation,
+                    rec.status.as_str(), rec.pem, rec.verification_pem, rec.provisioning.as_str(), rec.automatic_activation,
                     rec.registered_at, rec.last_activated_at, rec.last_deactivated_at
                 ],
             )?;
@@ -421,46 +479,49 @@ impl Store for SqliteStore {
         })
     }
 
-    fn update_ca(&self, rec: &CaRecord, audit: &AuditEntry) -> Result<(), StoreError> {
+    fn update_ca(&self, rec: &CaRecord, audit: &AuditEntry) -> Result<(), Error> {
         self.write(audit, |tx| {
             let n = tx.execute(
                 "UPDATE ca_certificates SET status = ?2, provisioning = ?3, automatic_activation = ?4,
                  last_activated_at = ?5, last_deactivated_at = ?6 WHERE id = ?1",
                 params![
-                    rec.id, rec.status, rec.provisioning, rec.automatic_activation,
+                    rec.id, rec.status.as_str(), rec.provisioning.as_str(), rec.automatic_activation,
                     rec.last_activated_at, rec.last_deactivated_at
                 ],
             )?;
             if n == 0 {
-                return Err(StoreError::NotFound(format!("CA certificate {}", rec.id)));
+                return fail(StoreError::NotFound(format!("CA certificate {}", rec.id)));
             }
             Ok(())
         })
     }
 
-    fn delete_ca(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError> {
+    fn delete_ca(&self, id: &str, audit: &AuditEntry) -> Result<(), Error> {
         self.write(audit, |tx| {
             tx.execute("DELETE FROM device_certificates WHERE ca_id = ?1", [id])?;
             let n = tx.execute("DELETE FROM ca_certificates WHERE id = ?1", [id])?;
             if n == 0 {
-                return Err(StoreError::NotFound(format!("CA certificate {id}")));
+                return fail(StoreError::NotFound(format!("CA certificate {id}")));
             }
             Ok(())
         })
     }
 
-    fn device_counts(&self, ca_id: &str) -> Result<Vec<(String, u64)>, StoreError> {
+    fn device_counts(&self, ca_id: &str) -> Result<Vec<(DeviceStatus, u64)>, Error> {
         let conn = self.conn.lock();
         let mut stmt = conn.prepare(
             "SELECT status, COUNT(*) FROM device_certificates WHERE ca_id = ?1 GROUP BY status",
         )?;
         let rows = stmt.query_map([ca_id], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            Ok((
+                typed(0, DeviceStatus::parse)(r)?,
+                r.get::<_, i64>(1)? as u64,
+            ))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn devices(&self, f: &DeviceFilter) -> Result<(Vec<DeviceRecord>, u64), StoreError> {
+    fn devices(&self, f: &DeviceFilter) -> Result<(Vec<DeviceRecord>, u64), Error> {
         let mut clauses: Vec<&str> = Vec::new();
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         let mut text = |clause: &'static str, v: &Option<String>| {
@@ -474,7 +535,7 @@ impl Store for SqliteStore {
         text("subject_cn = ?", &f.subject_cn);
         text("subject_ou = ?", &f.subject_ou);
         text("serial = ?", &f.serial);
-        text("status = ?", &f.status);
+        text("status = ?", &f.status.map(|s| s.as_str().to_string()));
         if let Some(t) = f.expires_after {
             clauses.push("not_after >= ?");
             args.push(t.into());
@@ -505,7 +566,7 @@ impl Store for SqliteStore {
         Ok((rows.collect::<Result<_, _>>()?, total as u64))
     }
 
-    fn device(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+    fn device(&self, id: &str) -> Result<Option<DeviceRecord>, Error> {
         let conn = self.conn.lock();
         Ok(conn
             .query_row(
@@ -516,7 +577,7 @@ impl Store for SqliteStore {
             .optional()?)
     }
 
-    fn insert_device(&self, rec: &DeviceRecord, audit: &AuditEntry) -> Result<(), StoreError> {
+    fn insert_device(&self, rec: &DeviceRecord, audit: &AuditEntry) -> Result<(), Error> {
         self.write(audit, |tx| {
             let exists: Option<String> = tx
                 .query_row(
@@ -526,7 +587,7 @@ impl Store for SqliteStore {
                 )
                 .optional()?;
             if let Some(id) = exists {
-                return Err(StoreError::Exists(format!("device certificate {id}")));
+                return fail(StoreError::Exists(format!("device certificate {id}")));
             }
             let revoked: Option<String> = tx
                 .query_row(
@@ -536,7 +597,7 @@ impl Store for SqliteStore {
                 )
                 .optional()?;
             if let Some(id) = revoked {
-                return Err(StoreError::Revoked(format!(
+                return fail(StoreError::Revoked(format!(
                     "this certificate (serial {}) was revoked as {id}; REVOKED is final",
                     rec.serial
                 )));
@@ -549,7 +610,7 @@ impl Store for SqliteStore {
                 )
                 .optional()?;
             if let Some(id) = same_serial {
-                return Err(StoreError::SerialInUse(format!(
+                return fail(StoreError::SerialInUse(format!(
                     "the CA already has device certificate {id} with serial {}",
                     rec.serial
                 )));
@@ -562,11 +623,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn import_devices(
-        &self,
-        recs: &[DeviceRecord],
-        audit: &AuditEntry,
-    ) -> Result<usize, StoreError> {
+    fn import_devices(&self, recs: &[DeviceRecord], audit: &AuditEntry) -> Result<usize, Error> {
         self.write(audit, |tx| {
             let mut stmt = tx.prepare(&format!(
                 "INSERT OR IGNORE INTO device_certificates ({DEVICE_COLS}) VALUES ({DEVICE_VALUES})"
@@ -582,11 +639,11 @@ impl Store for SqliteStore {
     fn transition_device(
         &self,
         id: &str,
-        status: &str,
+        status: DeviceStatus,
         at: i64,
         actor: &str,
         action: &str,
-    ) -> Result<(DeviceRecord, DeviceRecord), StoreError> {
+    ) -> Result<(DeviceRecord, DeviceRecord), Error> {
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
         let before = tx
@@ -597,27 +654,27 @@ impl Store for SqliteStore {
             )
             .optional()?
             .ok_or_else(|| StoreError::NotFound(format!("device certificate {id}")))?;
-        if before.status == "REVOKED" {
-            return Err(StoreError::Revoked(
+        if before.status == DeviceStatus::Revoked {
+            return fail(StoreError::Revoked(
                 "a REVOKED certificate stays revoked; register a new one".into(),
             ));
         }
         // Conditional on what was read, in the same transaction.
         let n = tx.execute(
             "UPDATE device_certificates SET status = ?2, updated_at = ?3 WHERE id = ?1 AND status = ?4",
-            params![id, status, at, before.status],
+            params![id, status.as_str(), at, before.status.as_str()],
         )?;
         if n != 1 {
-            return Err(StoreError::Conflict(format!(
+            return fail(StoreError::Conflict(format!(
                 "device certificate {id} changed meanwhile; try again"
             )));
         }
         let after = DeviceRecord {
-            status: status.to_string(),
+            status,
             updated_at: at,
             ..before.clone()
         };
-        if status == "REVOKED" {
+        if status == DeviceStatus::Revoked {
             revoke_in(&tx, &after, at)?;
         }
         audit_insert(
@@ -626,15 +683,15 @@ impl Store for SqliteStore {
                 actor: actor.into(),
                 action: action.into(),
                 target: id.into(),
-                before: Some(serde_json::json!({"status": before.status})),
-                after: Some(serde_json::json!({"status": after.status})),
+                before: Some(serde_json::json!({"status": before.status.as_str()})),
+                after: Some(serde_json::json!({"status": after.status.as_str()})),
             },
         )?;
         tx.commit()?;
         Ok((before, after))
     }
 
-    fn revoked(&self) -> Result<Vec<RevokedRecord>, StoreError> {
+    fn revoked(&self) -> Result<Vec<RevokedRecord>, Error> {
         let conn = self.conn.lock();
         let mut stmt = conn.prepare(
             "SELECT signed_id, fingerprint, issuer_key, serial, ca_id, revoked_at FROM revoked_certificates",
@@ -655,7 +712,7 @@ impl Store for SqliteStore {
     fn backfill_identity(
         &self,
         identity: &dyn Fn(&DeviceRecord) -> Option<(String, String)>,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<usize, Error> {
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
         let rows: Vec<DeviceRecord> = {
@@ -676,7 +733,7 @@ impl Store for SqliteStore {
             )?;
             rec.signed_id = signed_id;
             rec.issuer_key = issuer_key;
-            if rec.status == "REVOKED" {
+            if rec.status == DeviceStatus::Revoked {
                 revoke_in(&tx, &rec, rec.updated_at)?;
             }
             n += 1;
@@ -685,23 +742,126 @@ impl Store for SqliteStore {
         Ok(n)
     }
 
-    fn delete_device(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError> {
+    fn delete_device(&self, id: &str, audit: &AuditEntry) -> Result<(), Error> {
         self.write(audit, |tx| {
             let n = tx.execute("DELETE FROM device_certificates WHERE id = ?1", [id])?;
             if n == 0 {
-                return Err(StoreError::NotFound(format!("device certificate {id}")));
+                return fail(StoreError::NotFound(format!("device certificate {id}")));
             }
             Ok(())
         })
     }
 
-    fn all_devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+    fn all_devices(&self) -> Result<Vec<DeviceRecord>, Error> {
         let conn = self.conn.lock();
         let mut stmt = conn.prepare(
             "SELECT id, ca_id, serial, subject_cn, subject_ou, client_id, not_before, not_after, status, source, '' AS pem, created_at, updated_at, last_connected_at, signed_id, issuer_key FROM device_certificates",
         )?;
         let rows = stmt.query_map([], device_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// The trait, over the inherent methods above (their errors mapped).
+impl Store for SqliteStore {
+    fn backfill_identity(
+        &self,
+        identity: &dyn Fn(&DeviceRecord) -> Option<(String, String)>,
+    ) -> Result<usize, StoreError> {
+        Ok(self.0.backfill_identity(identity)?)
+    }
+    fn server_certs(&self) -> Result<Vec<ServerCertRecord>, StoreError> {
+        Ok(self.0.server_certs()?)
+    }
+    fn insert_server_cert(
+        &self,
+        rec: &ServerCertRecord,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        Ok(self.0.insert_server_cert(rec, audit)?)
+    }
+    fn delete_server_cert(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError> {
+        Ok(self.0.delete_server_cert(id, audit)?)
+    }
+    fn default_cert_enabled(&self) -> Result<bool, StoreError> {
+        Ok(self.0.default_cert_enabled()?)
+    }
+    fn set_default_cert_enabled(
+        &self,
+        enabled: bool,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        Ok(self.0.set_default_cert_enabled(enabled, audit)?)
+    }
+    fn audit_log(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        Ok(self.0.audit_log(limit)?)
+    }
+    fn registration_code(&self) -> Result<Option<(String, i64)>, StoreError> {
+        Ok(self.0.registration_code()?)
+    }
+    fn set_registration_code(
+        &self,
+        code: &str,
+        expires_at: i64,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        Ok(self.0.set_registration_code(code, expires_at, audit)?)
+    }
+    fn cas(&self) -> Result<Vec<CaRecord>, StoreError> {
+        Ok(self.0.cas()?)
+    }
+    fn insert_ca(
+        &self,
+        rec: &CaRecord,
+        code: &str,
+        max_cas: usize,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        Ok(self.0.insert_ca(rec, code, max_cas, audit)?)
+    }
+    fn update_ca(&self, rec: &CaRecord, audit: &AuditEntry) -> Result<(), StoreError> {
+        Ok(self.0.update_ca(rec, audit)?)
+    }
+    fn delete_ca(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError> {
+        Ok(self.0.delete_ca(id, audit)?)
+    }
+    fn device_counts(&self, ca_id: &str) -> Result<Vec<(DeviceStatus, u64)>, StoreError> {
+        Ok(self.0.device_counts(ca_id)?)
+    }
+    fn devices(&self, f: &DeviceFilter) -> Result<(Vec<DeviceRecord>, u64), StoreError> {
+        Ok(self.0.devices(f)?)
+    }
+    fn device(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        Ok(self.0.device(id)?)
+    }
+    fn insert_device(&self, rec: &DeviceRecord, audit: &AuditEntry) -> Result<(), StoreError> {
+        Ok(self.0.insert_device(rec, audit)?)
+    }
+    fn import_devices(
+        &self,
+        recs: &[DeviceRecord],
+        audit: &AuditEntry,
+    ) -> Result<usize, StoreError> {
+        Ok(self.0.import_devices(recs, audit)?)
+    }
+    fn transition_device(
+        &self,
+        id: &str,
+        status: DeviceStatus,
+        at: i64,
+        actor: &str,
+        action: &str,
+    ) -> Result<(DeviceRecord, DeviceRecord), StoreError> {
+        Ok(self.0.transition_device(id, status, at, actor, action)?)
+    }
+    fn revoked(&self) -> Result<Vec<RevokedRecord>, StoreError> {
+        Ok(self.0.revoked()?)
+    }
+    fn delete_device(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError> {
+        Ok(self.0.delete_device(id, audit)?)
+    }
+    fn all_devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        Ok(self.0.all_devices()?)
     }
 }
 
@@ -732,10 +892,10 @@ mod tests {
             issuer_cn: None,
             not_before: 0,
             not_after: 1,
-            status: "ACTIVE".into(),
+            status: CaStatus::Active,
             pem: String::new(),
             verification_pem: String::new(),
-            provisioning: "JITP".into(),
+            provisioning: Provisioning::Jitp,
             automatic_activation: true,
             registered_at: 0,
             last_activated_at: None,

@@ -166,7 +166,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(t) => t.clone(),
         None => tls::load_or_create_token(&config.data_dir)?,
     };
-    let store: Arc<dyn certmq_store::Store> = Arc::new(
+    let store: Arc<dyn certmq_registry::store::Store> = Arc::new(
         certmq_store::SqliteStore::open(&config.data_dir).context("cannot open the registry")?,
     );
     tracing::info!(
