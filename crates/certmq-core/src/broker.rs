@@ -8,7 +8,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::Time;
 
 use certmq_codec::{Properties, QoS};
 use parking_lot::{Mutex, RwLock};
@@ -56,8 +58,6 @@ pub struct Broker {
     retained: RwLock<RetainedStore>,
     timers: Mutex<BTreeMap<Deadline, Timer>>,
     next_id: AtomicU64,
-    /// Origin of the millisecond clock the keep-alive sweep compares.
-    epoch: std::sync::OnceLock<Instant>,
     pub stats: Stats,
     /// The `auth` seam; none: everything is allowed.
     authorizer: std::sync::OnceLock<Arc<dyn crate::Authorizer>>,
@@ -77,7 +77,6 @@ impl Broker {
             retained: RwLock::default(),
             timers: Mutex::default(),
             next_id: AtomicU64::new(1),
-            epoch: std::sync::OnceLock::new(),
             stats: Stats::default(),
             authorizer: std::sync::OnceLock::new(),
             forwarder: std::sync::OnceLock::new(),
@@ -219,7 +218,7 @@ impl Broker {
     pub(crate) fn retained_matching(
         &self,
         filter: &str,
-        now: Instant,
+        now: Time,
         limit: usize,
         budget: usize,
     ) -> crate::retained::Found {
@@ -230,7 +229,7 @@ impl Broker {
     /// it to local sessions, and hands it to the cluster forwarder (if any).
     /// Messages from other nodes go through [`Broker::route`] (and
     /// [`Broker::retain`]) instead, so nothing is forwarded twice.
-    pub fn publish(&self, message: Arc<Message>, now: Instant) -> usize {
+    pub fn publish(&self, message: Arc<Message>, now: Time) -> usize {
         if message.retain && self.config().retain_available {
             self.retain(&message);
         }
@@ -242,7 +241,7 @@ impl Broker {
     }
 
     /// Queues `message` for every matching session; returns how many.
-    pub fn route(&self, message: &Arc<Message>, now: Instant) -> usize {
+    pub fn route(&self, message: &Arc<Message>, now: Time) -> usize {
         self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
         if message.is_expired(now) {
             return 0;
@@ -293,22 +292,19 @@ impl Broker {
         delivered
     }
 
-    pub(crate) fn add_timer(&self, at: Instant, timer: Timer) {
+    pub(crate) fn add_timer(&self, at: Time, timer: Timer) {
         let seq = self.next_id();
         self.timers.lock().insert((at, seq), timer);
     }
 
     /// The earliest pending timer, so a driver can sleep until then.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub fn next_deadline(&self) -> Option<Time> {
         self.timers.lock().keys().next().map(|(at, _)| *at)
     }
 
-    /// Milliseconds since the broker's epoch (0 for earlier instants).
-    pub(crate) fn millis(&self, now: Instant) -> u64 {
-        // The epoch is the first `now` the broker is given: the core never
-        // reads the clock itself.
-        let epoch = *self.epoch.get_or_init(|| now);
-        now.saturating_duration_since(epoch).as_millis() as u64
+    /// `now` as the mailboxes' keep-alive clock reads it.
+    pub(crate) fn millis(&self, now: Time) -> u64 {
+        now.unix_millis()
     }
 
     /// Closes (kicks) every live connection with `reason`; returns how many.
@@ -328,7 +324,7 @@ impl Broker {
     /// Closes connections silent for longer than 1.5 x their keep alive
     /// (MQTT 5 §3.1.2.10). One pass over the sessions; call it about twice
     /// a second, as `tick` does.
-    fn sweep_keep_alive(&self, now: Instant) {
+    fn sweep_keep_alive(&self, now: Time) {
         let now_ms = self.millis(now);
         let sessions = self.sessions.lock();
         for entry in sessions.values() {
@@ -345,7 +341,7 @@ impl Broker {
 
     /// Runs what is due at `now`: the keep-alive sweep, delayed wills and
     /// session expiry.
-    pub fn tick(&self, now: Instant) {
+    pub fn tick(&self, now: Time) {
         self.sweep_keep_alive(now);
         loop {
             let due = {
@@ -385,7 +381,7 @@ impl Broker {
 
     /// Discards a session: its subscriptions, queue and registry entry. A
     /// will still pending is published, as the session's end ends its delay.
-    pub(crate) fn end_session(&self, entry: &Arc<SessionEntry>, now: Instant) {
+    pub(crate) fn end_session(&self, entry: &Arc<SessionEntry>, now: Time) {
         let will = {
             let mut state = entry.state.lock();
             if state.ended {
@@ -453,7 +449,7 @@ pub fn message_from(
     retain: bool,
     props: &Properties,
     origin: Option<SessionId>,
-    now: Instant,
+    now: Time,
 ) -> Message {
     Message {
         topic,

@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::Time;
 
 use certmq_codec::{
     encoded_len, ConnAck, Connect, Packet, Properties, Protocol, PubResponse, Publish, QoS,
@@ -132,7 +134,7 @@ impl Broker {
         self: &Arc<Self>,
         connect: Connect,
         ctx: &ConnectContext,
-        now: Instant,
+        now: Time,
     ) -> Result<Conn, ConnectRefused> {
         let v5 = connect.protocol.is_v5();
         let props = &connect.properties;
@@ -328,7 +330,7 @@ impl Conn {
     }
 
     /// Records that the client was heard from at `now`.
-    pub fn touch(&self, now: Instant) {
+    pub fn touch(&self, now: Time) {
         self.entry.mailbox.touch(self.broker.millis(now));
     }
 
@@ -379,7 +381,7 @@ impl Conn {
 
     /// Handles one packet from the client. `Err(reason)` means the broker
     /// closes the connection (with DISCONNECT `reason` for MQTT 5).
-    pub fn handle(&mut self, packet: Packet, now: Instant) -> Result<Flow, ReasonCode> {
+    pub fn handle(&mut self, packet: Packet, now: Time) -> Result<Flow, ReasonCode> {
         match packet {
             Packet::Publish(p) => self.handle_publish(p, now),
             Packet::PubAck(r) => {
@@ -456,7 +458,7 @@ impl Conn {
         }
     }
 
-    fn handle_publish(&mut self, p: Publish, now: Instant) -> Result<Flow, ReasonCode> {
+    fn handle_publish(&mut self, p: Publish, now: Time) -> Result<Flow, ReasonCode> {
         let v5 = self.protocol.is_v5();
         let config = self.broker.config();
         if !p.properties.subscription_identifiers.is_empty() {
@@ -541,7 +543,7 @@ impl Conn {
         Ok(Flow::Continue)
     }
 
-    fn handle_subscribe(&mut self, s: Subscribe, now: Instant) -> Result<Flow, ReasonCode> {
+    fn handle_subscribe(&mut self, s: Subscribe, now: Time) -> Result<Flow, ReasonCode> {
         let v5 = self.protocol.is_v5();
         let subscription_id = s.properties.subscription_identifiers.first().copied();
         let mut reasons = Vec::with_capacity(s.filters.len());
@@ -670,7 +672,7 @@ impl Conn {
 
     /// Moves up to `max` queued deliveries into the output, as far as the
     /// client's receive window allows. `Err` when the session was taken over.
-    pub fn poll_deliveries(&mut self, max: usize, now: Instant) -> Result<usize, ReasonCode> {
+    pub fn poll_deliveries(&mut self, max: usize, now: Time) -> Result<usize, ReasonCode> {
         let entry = self.entry.clone();
         let mut state = entry.state.lock();
         if state.owner != self.generation {
@@ -718,7 +720,7 @@ impl Conn {
         Ok(sent)
     }
 
-    fn publish_packet(&mut self, d: &Delivery, packet_id: u16, dup: bool, now: Instant) -> Packet {
+    fn publish_packet(&mut self, d: &Delivery, packet_id: u16, dup: bool, now: Time) -> Packet {
         let m = &d.message;
         let mut topic = m.topic.clone();
         let properties = if self.protocol.is_v5() {
@@ -753,7 +755,7 @@ impl Conn {
 
     /// Resends unacknowledged messages of a resumed session, in order:
     /// PUBLISH with DUP for those awaiting PUBACK/PUBREC, PUBREL for the rest.
-    fn resend_inflight(&mut self, now: Instant) {
+    fn resend_inflight(&mut self, now: Time) {
         let inflight = self.entry.state.lock().inflight_in_order();
         for (packet_id, i) in inflight {
             if i.released {
@@ -770,7 +772,7 @@ impl Conn {
 
     /// Ends the connection: publishes or schedules the will, and keeps the
     /// session for its expiry interval or discards it.
-    pub fn close(self, cause: CloseCause, now: Instant) {
+    pub fn close(self, cause: CloseCause, now: Time) {
         let publish_will = !matches!(
             cause,
             CloseCause::ClientDisconnect {

@@ -26,6 +26,7 @@ mod mailbox;
 mod message;
 mod retained;
 mod session;
+mod time;
 pub mod topic;
 mod tree;
 
@@ -39,4 +40,5 @@ pub use fuzz::fuzz_tree;
 pub use mailbox::{Dropped, Kick, Mailbox, Ready};
 pub use message::{Delivery, Message};
 pub use session::{SessionEntry, SessionId};
+pub use time::Time;
 pub use tree::{Subscriber, SubscriptionTree};

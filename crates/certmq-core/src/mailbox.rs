@@ -39,7 +39,7 @@ pub struct Mailbox {
     limit: usize,
     online: AtomicBool,
     dropped: AtomicU64,
-    /// When the client was last heard from (ms since the broker's epoch).
+    /// When the client was last heard from (Unix milliseconds).
     last_heard_ms: AtomicU64,
     /// Silence allowed before the keep-alive sweep closes the connection
     /// (1.5 x keep alive, in ms); 0 = not enforced.

@@ -1,7 +1,7 @@
 //! Application messages as they travel from a publisher to subscribers.
 
+use crate::Time;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use certmq_codec::{Properties, QoS};
@@ -19,18 +19,18 @@ pub struct Message {
     /// The application properties forwarded unchanged (payload format,
     /// content type, response topic, correlation data, user properties).
     pub properties: Properties,
-    pub expires_at: Option<Instant>,
+    pub expires_at: Option<Time>,
     /// The publishing session, for the no-local option.
     pub origin: Option<SessionId>,
 }
 
 impl Message {
-    pub fn is_expired(&self, now: Instant) -> bool {
+    pub fn is_expired(&self, now: Time) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
     }
 
     /// Seconds of life left, for the forwarded Message Expiry Interval.
-    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+    pub fn remaining_expiry(&self, now: Time) -> Option<u32> {
         self.expires_at.map(|at| {
             let left = at.saturating_duration_since(now);
             // Round up, so a message with 0.4 s left is not sent as "expired".

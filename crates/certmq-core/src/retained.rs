@@ -6,9 +6,9 @@
 //! removals loop, matching keeps its own stack, and dropping a node frees
 //! its subtree iteratively.
 
+use crate::Time;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::Message;
 
@@ -89,7 +89,7 @@ impl RetainedStore {
     /// Unexpired retained messages matching `filter` (validated, without
     /// `$share/`): at most `limit` of them, visiting at most `budget`
     /// nodes. Wildcards in the first level never match `$` topics.
-    pub fn matching(&self, filter: &str, now: Instant, limit: usize, budget: usize) -> Found {
+    pub fn matching(&self, filter: &str, now: Time, limit: usize, budget: usize) -> Found {
         enum Step<'a> {
             /// `node` against the filter from level `i` on.
             Match(&'a Node, usize),
@@ -214,7 +214,7 @@ mod tests {
                 store.remove(&t);
             }
             prop_assert_eq!(store.len(), live.len());
-            let now = Instant::now();
+            let now = Time::from_unix_millis(1_700_000_000_000);
             for f in &filters {
                 prop_assume!(parse_filter(f).is_ok());
                 let mut got: Vec<String> = store
@@ -237,7 +237,7 @@ mod tests {
         for i in 0..1000 {
             store.insert(msg(&format!("t/{i}")));
         }
-        let now = Instant::now();
+        let now = Time::from_unix_millis(1_700_000_000_000);
         let f = store.matching("t/+", now, 10, usize::MAX);
         assert_eq!(f.messages.len(), 10);
         assert!(f.truncated);
@@ -257,7 +257,12 @@ mod tests {
                 store.insert(msg(&deep));
                 assert_eq!(
                     store
-                        .matching("#", Instant::now(), 10, usize::MAX)
+                        .matching(
+                            "#",
+                            Time::from_unix_millis(1_700_000_000_000),
+                            10,
+                            usize::MAX
+                        )
                         .messages
                         .len(),
                     1

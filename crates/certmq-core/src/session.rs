@@ -1,8 +1,8 @@
 //! Sessions: the state that outlives a network connection (MQTT 5 §4.1).
 
+use crate::Time;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Instant;
 
 use parking_lot::Mutex;
 
@@ -200,7 +200,7 @@ pub(crate) enum Timer {
     Expire(Arc<SessionEntry>, u64),
 }
 
-pub(crate) type Deadline = (Instant, u64);
+pub(crate) type Deadline = (Time, u64);
 
 #[cfg(test)]
 mod tests {

@@ -4,7 +4,9 @@
 #![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use certmq_core::Time;
 
 use certmq_codec::*;
 use certmq_core::*;
@@ -39,7 +41,7 @@ fn cert(id: &str) -> Identity {
 #[test]
 fn another_identity_can_neither_take_over_nor_resume_nor_discard() {
     let b = Broker::new(BrokerConfig::default());
-    let t0 = Instant::now();
+    let t0 = Time::from_unix_millis(1_700_000_000_000);
     let owner = b
         .connect(connect("dev", false), &as_(cert("a")), t0)
         .unwrap();

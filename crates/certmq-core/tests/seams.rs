@@ -5,14 +5,14 @@
 #![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use certmq_core::Time;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use bytes::Bytes;
 use certmq_codec::*;
 use certmq_core::*;
 
-fn open(b: &Arc<Broker>, protocol: Protocol, id: &str, now: Instant) -> Conn {
+fn open(b: &Arc<Broker>, protocol: Protocol, id: &str, now: Time) -> Conn {
     let mut c = b
         .connect(
             Connect {
@@ -36,7 +36,7 @@ fn open(b: &Arc<Broker>, protocol: Protocol, id: &str, now: Instant) -> Conn {
     c
 }
 
-fn subscribe(c: &mut Conn, filter: &str, now: Instant) -> u8 {
+fn subscribe(c: &mut Conn, filter: &str, now: Time) -> u8 {
     c.handle(
         Packet::Subscribe(Subscribe {
             packet_id: 1,
@@ -76,7 +76,7 @@ impl Authorizer for DenySecret {
 fn an_authorizer_decides_publish_and_subscribe() {
     let b = Broker::new(BrokerConfig::default());
     assert!(b.set_authorizer(Arc::new(DenySecret)));
-    let now = Instant::now();
+    let now = Time::from_unix_millis(1_700_000_000_000);
     let mut c = open(&b, Protocol::V5, "v5", now);
     assert_eq!(subscribe(&mut c, "secret/#", now), 0x87);
     assert_eq!(subscribe(&mut c, "open/#", now), 1);
@@ -131,7 +131,7 @@ fn a_forwarder_hears_publishes_and_route_changes_once() {
     let b = Broker::new(BrokerConfig::default());
     let rec = Arc::new(Recorder::default());
     assert!(b.set_forwarder(rec.clone()));
-    let now = Instant::now();
+    let now = Time::from_unix_millis(1_700_000_000_000);
     let mut a = open(&b, Protocol::V5, "a", now);
     let mut z = open(&b, Protocol::V5, "z", now);
     subscribe(&mut a, "t/#", now);

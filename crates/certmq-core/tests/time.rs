@@ -6,7 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use certmq_core::Time;
 
 use bytes::Bytes;
 use certmq_codec::*;
@@ -28,7 +30,7 @@ fn connect(protocol: Protocol, id: &str, clean: bool, expiry: Option<u32>) -> Co
     }
 }
 
-fn open(b: &Arc<Broker>, c: Connect, now: Instant) -> Conn {
+fn open(b: &Arc<Broker>, c: Connect, now: Time) -> Conn {
     b.connect(
         c,
         &ConnectContext {
@@ -47,7 +49,7 @@ fn connack(conn: &mut Conn) -> ConnAck {
     }
 }
 
-fn subscribe(conn: &mut Conn, filter: &str, qos: QoS, now: Instant) {
+fn subscribe(conn: &mut Conn, filter: &str, qos: QoS, now: Time) {
     let s = Subscribe {
         packet_id: 1,
         filters: vec![(
@@ -63,7 +65,7 @@ fn subscribe(conn: &mut Conn, filter: &str, qos: QoS, now: Instant) {
     assert!(matches!(conn.output().pop(), Some(Packet::SubAck(_))));
 }
 
-fn publishes(conn: &mut Conn, now: Instant) -> Vec<Publish> {
+fn publishes(conn: &mut Conn, now: Time) -> Vec<Publish> {
     conn.poll_deliveries(100, now).unwrap();
     conn.output()
         .drain(..)
@@ -92,7 +94,7 @@ fn will_delay_and_session_expiry_whichever_is_first() {
     // (will delay, session expiry, seconds until the will)
     for (delay, expiry, due) in [(3, 5, 3), (5, 2, 2), (5, 0, 0), (0, 60, 0)] {
         let b = Broker::new(BrokerConfig::default());
-        let t0 = Instant::now();
+        let t0 = Time::from_unix_millis(1_700_000_000_000);
         let mut watcher = open(&b, connect(Protocol::V5, "watcher", true, None), t0);
         subscribe(&mut watcher, "w", QoS::AtMostOnce, t0);
         let mut c = connect(Protocol::V5, "dying", true, Some(expiry));
@@ -124,7 +126,7 @@ fn will_delay_and_session_expiry_whichever_is_first() {
 #[test]
 fn sessions_expire_on_time() {
     let b = Broker::new(BrokerConfig::default());
-    let t0 = Instant::now();
+    let t0 = Time::from_unix_millis(1_700_000_000_000);
     let conn = open(&b, connect(Protocol::V5, "s", true, Some(10)), t0);
     conn.close(
         CloseCause::ClientDisconnect {
@@ -153,7 +155,7 @@ fn sessions_expire_on_time() {
 #[test]
 fn queued_messages_expire_and_report_remaining_life() {
     let b = Broker::new(BrokerConfig::default());
-    let t0 = Instant::now();
+    let t0 = Time::from_unix_millis(1_700_000_000_000);
     let mut sub = open(&b, connect(Protocol::V5, "sub", true, Some(100)), t0);
     subscribe(&mut sub, "t", QoS::AtLeastOnce, t0);
     sub.close(CloseCause::ConnectionLost, t0);
@@ -184,7 +186,7 @@ fn queued_messages_expire_and_report_remaining_life() {
 #[test]
 fn retained_messages_expire() {
     let b = Broker::new(BrokerConfig::default());
-    let t0 = Instant::now();
+    let t0 = Time::from_unix_millis(1_700_000_000_000);
     let mut publ = open(&b, connect(Protocol::V5, "pub", true, None), t0);
     let p = Publish {
         dup: false,
@@ -216,7 +218,7 @@ fn retained_messages_expire() {
 #[test]
 fn takeover_keeps_the_session_for_the_new_connection() {
     let b = Broker::new(BrokerConfig::default());
-    let t0 = Instant::now();
+    let t0 = Time::from_unix_millis(1_700_000_000_000);
     let mut old = open(&b, connect(Protocol::V5, "c", true, Some(60)), t0);
     subscribe(&mut old, "t", QoS::AtLeastOnce, t0);
     let mut new = open(&b, connect(Protocol::V5, "c", false, Some(60)), t0);

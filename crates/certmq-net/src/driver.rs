@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Instant;
 
 use bytes::BytesMut;
 use certmq_codec::{
@@ -19,6 +18,7 @@ use certmq_pki::{Decision, Rejection};
 use tokio::sync::watch;
 use tokio::time::timeout;
 
+use crate::clock;
 use crate::listener::ConnectionGuard;
 use crate::transport::Transport;
 use crate::Shared;
@@ -228,7 +228,7 @@ async fn accept<T: Transport>(
     };
     // Kept (bounded) for the refusal record; CONNECT moves into the core.
     let client_id = crate::bounded(&connect.client_id);
-    match shared.broker.connect(connect, &ctx, Instant::now()) {
+    match shared.broker.connect(connect, &ctx, clock::now()) {
         Ok(conn) => {
             tracing::debug!(peer = %peer.addr, client_id = %crate::LogStr(conn.client_id()), "connected");
             let shutting_down = *shutdown.borrow();
@@ -297,7 +297,7 @@ impl<T: Transport> Session<T> {
         // reconnects right after its DISCONNECT finds the session in its
         // final state.
         drain_output(&mut conn, &mut wbuf);
-        conn.close(cause, Instant::now());
+        conn.close(cause, clock::now());
         let server_close = match cause {
             CloseCause::Server(reason) => Some((reason, None)),
             CloseCause::Kicked(k) => Some((k.reason, k.text)),
@@ -467,7 +467,7 @@ impl<T: Transport> Session<T> {
                             live.packets_in.fetch_add(1, Relaxed);
                             unpin(&mut packet, alloc);
                             decoded = true;
-                            match conn.handle(packet, Instant::now()) {
+                            match conn.handle(packet, clock::now()) {
                                 Ok(Flow::Continue) => {}
                                 Ok(Flow::Disconnect { publish_will }) => {
                                     return Poll::Ready(CloseCause::ClientDisconnect {
@@ -499,7 +499,7 @@ impl<T: Transport> Session<T> {
                 }
             }
             if !conn.mailbox().is_empty() && wbuf.len() < HIGH_WATER && conn.window_open() {
-                if let Err(reason) = conn.poll_deliveries(DELIVERY_BATCH, Instant::now()) {
+                if let Err(reason) = conn.poll_deliveries(DELIVERY_BATCH, clock::now()) {
                     return Poll::Ready(CloseCause::Server(reason));
                 }
             }
@@ -534,7 +534,7 @@ impl<T: Transport> Session<T> {
             match event {
                 Event::Mailbox(Ready::Kicked(k)) => return Poll::Ready(CloseCause::Kicked(k)),
                 Event::Mailbox(Ready::Deliveries) => {
-                    if let Err(reason) = conn.poll_deliveries(DELIVERY_BATCH, Instant::now()) {
+                    if let Err(reason) = conn.poll_deliveries(DELIVERY_BATCH, clock::now()) {
                         return Poll::Ready(CloseCause::Server(reason));
                     }
                 }
@@ -543,7 +543,7 @@ impl<T: Transport> Session<T> {
                 }
                 Event::Read(Ok(n)) => {
                     live.bytes_in.fetch_add(n as u64, Relaxed);
-                    conn.touch(Instant::now());
+                    conn.touch(clock::now());
                     *pending_input = true;
                 }
                 Event::Written => {}

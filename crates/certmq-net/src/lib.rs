@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod clock;
 mod config;
 mod driver;
 mod listener;
@@ -315,13 +316,13 @@ async fn housekeeping(broker: Arc<Broker>, live: Arc<Live>, mut stop: watch::Rec
         let now = tokio::time::Instant::now();
         let next = broker
             .next_deadline()
-            .map(tokio::time::Instant::from_std)
+            .map(clock::wake_at)
             .unwrap_or(now + SWEEP_INTERVAL)
             .min(now + SWEEP_INTERVAL);
         tokio::select! {
             _ = stop.changed() => return,
             _ = tokio::time::sleep_until(next) => {
-                broker.tick(std::time::Instant::now());
+                broker.tick(clock::now());
                 for c in live.take_expired(live::now_unix()) {
                     tracing::info!(client_id = %LogStr(&c.client_id), "client certificate expired: closing");
                     broker.kick_with_text(
