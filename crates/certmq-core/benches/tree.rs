@@ -12,7 +12,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 fn subscriber(id: u64) -> Subscriber {
     Subscriber {
-        mailbox: Arc::new(Mailbox::new(SessionId(id), 16)),
+        mailbox: Arc::new(Mailbox::new(SessionId(id), "bench".into(), 16)),
         options: SubscriptionOptions::default(),
         subscription_id: None,
     }

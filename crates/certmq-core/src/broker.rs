@@ -55,14 +55,16 @@ pub struct Broker {
     config: arc_swap::ArcSwap<BrokerConfig>,
     pub(crate) sessions: Mutex<HashMap<Arc<str>, Arc<SessionEntry>>>,
     pub(crate) tree: RwLock<SubscriptionTree>,
-    retained: RwLock<RetainedStore>,
+    pub(crate) retained: RwLock<RetainedStore>,
     timers: Mutex<BTreeMap<Deadline, Timer>>,
-    next_id: AtomicU64,
+    pub(crate) next_id: AtomicU64,
     pub stats: Stats,
     /// The `auth` seam; none: everything is allowed.
     authorizer: std::sync::OnceLock<Arc<dyn crate::Authorizer>>,
     /// The `cluster` seam; none: a single node.
     forwarder: std::sync::OnceLock<Arc<dyn crate::Forwarder>>,
+    /// The `persist` seam; none: nothing outlives the process.
+    persist: std::sync::OnceLock<Arc<dyn crate::Persist>>,
     /// Local subscriptions per raw filter, for the forwarder's route
     /// changes (kept under the trie's write lock).
     routes: Mutex<HashMap<Box<str>, usize>>,
@@ -80,6 +82,7 @@ impl Broker {
             stats: Stats::default(),
             authorizer: std::sync::OnceLock::new(),
             forwarder: std::sync::OnceLock::new(),
+            persist: std::sync::OnceLock::new(),
             routes: Mutex::default(),
         })
     }
@@ -96,6 +99,51 @@ impl Broker {
     /// Installs the cluster forwarder (once; false if one was installed).
     pub fn set_forwarder(&self, f: Arc<dyn crate::Forwarder>) -> bool {
         self.forwarder.set(f).is_ok()
+    }
+
+    /// Installs the persistence seam (once; false if one was installed).
+    /// Install it before [`Broker::restore`] and before any connection.
+    pub fn set_persist(&self, p: Arc<dyn crate::Persist>) -> bool {
+        self.persist.set(p).is_ok()
+    }
+
+    /// Records a change of durable state, if anything keeps it.
+    pub(crate) fn record(&self, change: impl FnOnce() -> crate::persist::Change) {
+        if let Some(p) = self.persist.get() {
+            p.record(change());
+        }
+    }
+
+    /// Whether a session with this expiry is kept across restarts.
+    pub(crate) fn keeps(&self, expiry_interval: u32) -> bool {
+        expiry_interval > 0 && self.persist.get().is_some()
+    }
+
+    /// Records a persistent session's settings.
+    pub(crate) fn record_session(
+        &self,
+        entry: &SessionEntry,
+        state: &SessionState,
+        offline_since: Option<Time>,
+    ) {
+        if entry.mailbox.is_persistent() {
+            self.record(|| crate::persist::Change::Session {
+                client_id: entry.client_id.clone(),
+                identity: state.identity.clone().unwrap_or_default(),
+                expiry_interval: state.expiry_interval,
+                offline_since,
+            });
+        }
+    }
+
+    /// Records that the will of connection `generation` is no longer kept
+    /// (published or cancelled).
+    pub(crate) fn record_will_gone(&self, client_id: &Arc<str>, generation: u64) {
+        self.record(|| crate::persist::Change::Will {
+            client_id: client_id.clone(),
+            generation,
+            will: None,
+        });
     }
 
     /// Adds a session's subscription to the trie: the one place the trie
@@ -166,8 +214,12 @@ impl Broker {
     pub(crate) fn new_session(&self, client_id: Arc<str>) -> Arc<SessionEntry> {
         let id = SessionId(self.next_id());
         Arc::new(SessionEntry {
+            mailbox: Arc::new(Mailbox::new(
+                id,
+                client_id.clone(),
+                self.config().max_queued_messages,
+            )),
             client_id,
-            mailbox: Arc::new(Mailbox::new(id, self.config().max_queued_messages)),
             state: Mutex::new(SessionState::default()),
         })
     }
@@ -199,6 +251,10 @@ impl Broker {
     pub fn retain(&self, message: &Arc<Message>) {
         if message.payload.is_empty() {
             self.retained.write().remove(&message.topic);
+            self.record(|| crate::persist::Change::Retained {
+                topic: message.topic.clone(),
+                message: None,
+            });
             return;
         }
         let owned = Arc::new(Message {
@@ -209,6 +265,10 @@ impl Broker {
             properties: message.properties.clone(),
             expires_at: message.expires_at,
             origin: message.origin,
+        });
+        self.record(|| crate::persist::Change::Retained {
+            topic: owned.topic.clone(),
+            message: Some(owned.clone()),
         });
         self.retained.write().insert(owned);
     }
@@ -273,13 +333,30 @@ impl Broker {
                 ids.extend(next.subscription_id);
                 i += 1;
             }
-            let delivery = Delivery {
+            let mut delivery = Delivery {
                 message: message.clone(),
                 qos: qos.min(message.qos),
                 retain: message.retain && rap,
                 subscription_ids: ids,
+                key: 0,
             };
-            match first.mailbox.push(delivery) {
+            let mailbox = &first.mailbox;
+            if delivery.qos != QoS::AtMostOnce && mailbox.is_persistent() {
+                // Recorded before it is in the queue, so that its `Sent`
+                // can never be recorded first.
+                delivery.key = self.next_id();
+                self.record(|| crate::persist::Change::Queued {
+                    client_id: mailbox.client_id().clone(),
+                    key: delivery.key,
+                    delivery: delivery.clone(),
+                });
+            }
+            let key = delivery.key;
+            let result = mailbox.push(delivery);
+            if result.is_err() && key != 0 {
+                self.record(|| crate::persist::Change::Done { key });
+            }
+            match result {
                 Ok(()) => delivered += 1,
                 Err(crate::Dropped::OfflineQos0) => {
                     self.stats.dropped(&self.stats.dropped_offline_qos0, 1);
@@ -364,6 +441,7 @@ impl Broker {
                     };
                     if let Some(will) = will {
                         self.publish(will, now);
+                        self.record_will_gone(&entry.client_id, generation);
                     }
                 }
                 Timer::Expire(entry, generation) => {
@@ -382,13 +460,12 @@ impl Broker {
     /// Discards a session: its subscriptions, queue and registry entry. A
     /// will still pending is published, as the session's end ends its delay.
     pub(crate) fn end_session(&self, entry: &Arc<SessionEntry>, now: Time) {
-        let will = {
+        let (will, generation) = {
             let mut state = entry.state.lock();
             if state.ended {
                 return;
             }
-            self.discard_state(entry, &mut state);
-            state.take_pending_will()
+            (self.discard_state(entry, &mut state), state.last_owner)
         };
         {
             let mut sessions = self.sessions.lock();
@@ -401,20 +478,35 @@ impl Broker {
         }
         if let Some(will) = will {
             self.publish(will, now);
+            self.record_will_gone(&entry.client_id, generation);
         }
     }
 
-    /// Removes a session's subscriptions and marks it ended (state locked).
-    pub(crate) fn discard_state(&self, entry: &SessionEntry, state: &mut SessionState) {
+    /// Removes a session's subscriptions and marks it ended (state
+    /// locked); the records of a persistent session go too. Returns a will
+    /// that was waiting for its delay (its record stays until the caller
+    /// publishes or drops it).
+    pub(crate) fn discard_state(
+        &self,
+        entry: &SessionEntry,
+        state: &mut SessionState,
+    ) -> Option<Arc<Message>> {
         let session = entry.mailbox.id();
         for filter in &state.subscriptions {
             if let Ok(parsed) = parse_filter(filter) {
                 self.remove_subscription(filter, &parsed, session);
             }
         }
-        state.end();
+        let will = state.end();
         let mut drained = Vec::new();
         entry.mailbox.take(usize::MAX, &mut drained);
+        if entry.mailbox.is_persistent() {
+            entry.mailbox.set_persistent(false);
+            self.record(|| crate::persist::Change::SessionEnded {
+                client_id: entry.client_id.clone(),
+            });
+        }
+        will
     }
 
     /// Closes the live connection of a client, if any (administrative kick).

@@ -204,11 +204,18 @@ impl Broker {
                             .kick(state.owner, ReasonCode::SESSION_TAKEN_OVER);
                     }
                     if connect.clean_start || state.ended {
-                        self.discard_state(&entry, &mut state);
+                        // A new connection: a delayed will of the old
+                        // session is not sent (MQTT 5 §3.1.3.2.2).
+                        if self.discard_state(&entry, &mut state).is_some() {
+                            self.record_will_gone(&entry.client_id, state.last_owner);
+                        }
                         None
                     } else {
                         // Cancels a delayed will of the previous connection.
-                        state.take_ownership(generation, expiry, ctx.identity.clone());
+                        if state.take_ownership(generation, expiry, ctx.identity.clone()) {
+                            self.record_will_gone(&entry.client_id, state.last_owner);
+                        }
+                        self.keep_or_forget(&entry, &state);
                         drop(state);
                         Some(entry)
                     }
@@ -222,6 +229,7 @@ impl Broker {
                     {
                         let mut state = entry.state.lock();
                         state.take_ownership(generation, expiry, ctx.identity.clone());
+                        self.keep_or_forget(&entry, &state);
                     }
                     sessions.insert(client_id.clone(), entry.clone());
                     (entry, false)
@@ -249,6 +257,19 @@ impl Broker {
             ),
             None => (None, 0),
         };
+        if let Some(will) = &will {
+            // Kept while the connection lives: if the broker dies with it,
+            // the will still goes out after the restart.
+            self.record(|| crate::persist::Change::Will {
+                client_id: entry.client_id.clone(),
+                generation,
+                will: Some(crate::persist::WillRecord {
+                    message: will.clone(),
+                    delay: will_delay,
+                    publish_at: None,
+                }),
+            });
+        }
 
         let mut conn = Conn {
             broker: self.clone(),
@@ -293,6 +314,23 @@ impl Broker {
             conn.resend_inflight(now);
         }
         Ok(conn)
+    }
+}
+
+impl Broker {
+    /// After a connection took a session: a session that outlives its
+    /// connection is recorded (online); one that no longer does loses its
+    /// records.
+    fn keep_or_forget(&self, entry: &SessionEntry, state: &crate::session::SessionState) {
+        if self.keeps(state.expiry_interval) {
+            entry.mailbox.set_persistent(true);
+            self.record_session(entry, state, None);
+        } else if entry.mailbox.is_persistent() {
+            entry.mailbox.set_persistent(false);
+            self.record(|| crate::persist::Change::SessionEnded {
+                client_id: entry.client_id.clone(),
+            });
+        }
     }
 }
 
@@ -385,10 +423,12 @@ impl Conn {
         match packet {
             Packet::Publish(p) => self.handle_publish(p, now),
             Packet::PubAck(r) => {
-                self.entry
-                    .state
-                    .lock()
-                    .acknowledged(r.packet_id, QoS::AtLeastOnce, false);
+                let key =
+                    self.entry
+                        .state
+                        .lock()
+                        .acknowledged(r.packet_id, QoS::AtLeastOnce, false);
+                self.record_done(key);
                 Ok(Flow::Continue)
             }
             Packet::PubRec(r) => {
@@ -396,15 +436,24 @@ impl Conn {
                     let mut state = self.entry.state.lock();
                     if r.reason.is_error() {
                         // Refused by the client: the delivery ends here.
-                        if state.refused(r.packet_id) {
-                            None
-                        } else {
-                            Some(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND)
+                        match state.refused(r.packet_id) {
+                            Some(key) => {
+                                self.record_done(Some(key));
+                                None
+                            }
+                            None => Some(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND),
                         }
-                    } else if state.received(r.packet_id) {
-                        Some(ReasonCode::SUCCESS)
                     } else {
-                        Some(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND)
+                        match state.received(r.packet_id) {
+                            Some(key) => {
+                                if key != 0 {
+                                    self.broker
+                                        .record(|| crate::persist::Change::Released { key });
+                                }
+                                Some(ReasonCode::SUCCESS)
+                            }
+                            None => Some(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND),
+                        }
                     }
                 };
                 if let Some(code) = reply {
@@ -415,6 +464,12 @@ impl Conn {
             }
             Packet::PubRel(r) => {
                 let found = self.entry.state.lock().incoming_qos2_released(r.packet_id);
+                if found && self.entry.mailbox.is_persistent() {
+                    self.broker.record(|| crate::persist::Change::Qos2Released {
+                        client_id: self.entry.client_id.clone(),
+                        packet_id: r.packet_id,
+                    });
+                }
                 let code = if found {
                     ReasonCode::SUCCESS
                 } else {
@@ -425,10 +480,12 @@ impl Conn {
                 Ok(Flow::Continue)
             }
             Packet::PubComp(r) => {
-                self.entry
+                let key = self
+                    .entry
                     .state
                     .lock()
                     .acknowledged(r.packet_id, QoS::ExactlyOnce, true);
+                self.record_done(key);
                 Ok(Flow::Continue)
             }
             Packet::Subscribe(s) => self.handle_subscribe(s, now),
@@ -446,7 +503,9 @@ impl Conn {
                         return Err(ReasonCode::PROTOCOL_ERROR);
                     }
                     let expiry = expiry.min(self.broker.config().max_session_expiry);
-                    self.entry.state.lock().set_expiry(expiry);
+                    let mut state = self.entry.state.lock();
+                    state.set_expiry(expiry);
+                    self.broker.record_session(&self.entry, &state, None);
                 }
                 Ok(Flow::Disconnect {
                     publish_will: d.reason != ReasonCode::NORMAL_DISCONNECTION,
@@ -538,6 +597,12 @@ impl Conn {
         };
         if p.qos == QoS::ExactlyOnce {
             self.entry.state.lock().incoming_qos2_routed(p.packet_id);
+            if self.entry.mailbox.is_persistent() {
+                self.broker.record(|| crate::persist::Change::Qos2Received {
+                    client_id: self.entry.client_id.clone(),
+                    packet_id: p.packet_id,
+                });
+            }
         }
         self.ack_publish(p.qos, p.packet_id, code);
         Ok(Flow::Continue)
@@ -594,6 +659,14 @@ impl Conn {
                     },
                 );
                 state.subscribed(raw);
+                if self.entry.mailbox.is_persistent() {
+                    self.broker.record(|| crate::persist::Change::Subscribed {
+                        client_id: self.entry.client_id.clone(),
+                        filter: raw.as_str().into(),
+                        options: *options,
+                        subscription_id,
+                    });
+                }
                 reasons.push(ReasonCode(options.qos as u8));
                 let send_retained = parsed.share_group.is_none()
                     && match options.retain_handling {
@@ -621,6 +694,7 @@ impl Conn {
                             message,
                             retain: true,
                             subscription_ids: subscription_id.into_iter().collect(),
+                            key: 0,
                         });
                     }
                 }
@@ -637,6 +711,16 @@ impl Conn {
             stats.dropped(&stats.dropped_retained_limit, 1);
         }
         if !retained.is_empty() {
+            if self.entry.mailbox.is_persistent() {
+                for d in retained.iter_mut().filter(|d| d.qos != QoS::AtMostOnce) {
+                    d.key = self.broker.next_id();
+                    self.broker.record(|| crate::persist::Change::Queued {
+                        client_id: self.entry.client_id.clone(),
+                        key: d.key,
+                        delivery: d.clone(),
+                    });
+                }
+            }
             self.entry.mailbox.push_own(retained);
         }
         Ok(Flow::Continue)
@@ -651,6 +735,12 @@ impl Conn {
                 let removed = match parse_filter(raw) {
                     Ok(parsed) => {
                         state.unsubscribed(raw);
+                        if self.entry.mailbox.is_persistent() {
+                            self.broker.record(|| crate::persist::Change::Unsubscribed {
+                                client_id: self.entry.client_id.clone(),
+                                filter: raw.as_str().into(),
+                            });
+                        }
                         self.broker
                             .remove_subscription(raw, &parsed, self.entry.mailbox.id())
                     }
@@ -685,6 +775,7 @@ impl Conn {
         let mut rest = batch.drain(..);
         while let Some(d) = rest.next() {
             if d.message.is_expired(now) {
+                self.record_done(Some(d.key));
                 continue;
             }
             if d.qos != QoS::AtMostOnce && state.inflight.len() >= window {
@@ -704,10 +795,16 @@ impl Conn {
             let publish = self.publish_packet(&d, packet_id, false, now);
             if encoded_len(&publish, self.protocol) > self.client_max_packet_size as usize {
                 // Too large for this client: discarded as if delivered (MQTT 5 §3.1.2.11.4).
+                self.record_done(Some(d.key));
                 continue;
             }
             if d.qos != QoS::AtMostOnce {
+                let key = d.key;
                 state.sent(packet_id, d);
+                if key != 0 {
+                    self.broker
+                        .record(|| crate::persist::Change::Sent { key, packet_id });
+                }
             }
             self.out.push(publish);
             sent += 1;
@@ -779,11 +876,19 @@ impl Conn {
                 publish_will: false
             }
         );
+        // A will is recorded for as long as its connection lives.
+        let had_will = self.will.is_some();
         let will = if publish_will { self.will } else { None };
+        let generation = self.generation;
         let broker = self.broker;
         let entry = self.entry;
+        let will_gone = || {
+            if had_will {
+                broker.record_will_gone(&entry.client_id, generation);
+            }
+        };
         let mut state = entry.state.lock();
-        if state.owner != self.generation {
+        if state.owner != generation {
             // Taken over: a resumed session cancels a delayed will; otherwise
             // the will goes out now.
             let resumed = !state.ended;
@@ -793,9 +898,10 @@ impl Conn {
                     broker.publish(will, now);
                 }
             }
+            will_gone();
             return;
         }
-        state.release_ownership(self.generation);
+        state.release_ownership(generation);
         entry.mailbox.set_online(false);
         entry.mailbox.set_keep_alive(0, 0);
         let expiry = state.expiry_interval;
@@ -805,29 +911,48 @@ impl Conn {
             if let Some(will) = will {
                 broker.publish(will, now);
             }
+            will_gone();
             return;
         }
+        broker.record_session(&entry, &state, Some(now));
         if expiry != u32::MAX {
             broker.add_timer(
                 now + Duration::from_secs(u64::from(expiry)),
-                Timer::Expire(entry.clone(), self.generation),
+                Timer::Expire(entry.clone(), generation),
             );
         }
         match will {
             Some(will) if self.will_delay > 0 => {
-                state.set_pending_will(Some(will));
-                let delay = self.will_delay.min(expiry);
+                let at = now + Duration::from_secs(u64::from(self.will_delay.min(expiry)));
+                state.set_pending_will(Some(will.clone()));
                 drop(state);
-                broker.add_timer(
-                    now + Duration::from_secs(u64::from(delay)),
-                    Timer::Will(entry.clone(), self.generation),
-                );
+                broker.record(|| crate::persist::Change::Will {
+                    client_id: entry.client_id.clone(),
+                    generation,
+                    will: Some(crate::persist::WillRecord {
+                        message: will,
+                        delay: self.will_delay,
+                        publish_at: Some(at),
+                    }),
+                });
+                broker.add_timer(at, Timer::Will(entry.clone(), generation));
             }
             Some(will) => {
                 drop(state);
                 broker.publish(will, now);
+                will_gone();
             }
-            None => {}
+            None => {
+                drop(state);
+                will_gone();
+            }
+        }
+    }
+
+    /// Records that a kept delivery is over (`key` 0: it was not kept).
+    fn record_done(&self, key: Option<u64>) {
+        if let Some(key) = key.filter(|k| *k != 0) {
+            self.broker.record(|| crate::persist::Change::Done { key });
         }
     }
 }

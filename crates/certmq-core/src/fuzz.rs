@@ -35,7 +35,11 @@ pub fn fuzz_tree(data: &[u8]) {
                         tree.insert(
                             &parsed,
                             Subscriber {
-                                mailbox: Arc::new(Mailbox::new(SessionId(next_id), 1)),
+                                mailbox: Arc::new(Mailbox::new(
+                                    SessionId(next_id),
+                                    "fuzz".into(),
+                                    1,
+                                )),
                                 options: SubscriptionOptions::default(),
                                 subscription_id: None,
                             },

@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use certmq_codec::{QoS, ReasonCode};
@@ -36,8 +37,12 @@ pub struct Kick {
 #[derive(Debug)]
 pub struct Mailbox {
     id: SessionId,
+    client_id: Arc<str>,
     limit: usize,
     online: AtomicBool,
+    /// The session outlives its connection (expiry above 0) and a
+    /// `persist` seam is installed: its QoS 1/2 deliveries are recorded.
+    persistent: AtomicBool,
     dropped: AtomicU64,
     /// When the client was last heard from (Unix milliseconds).
     last_heard_ms: AtomicU64,
@@ -61,11 +66,13 @@ pub enum Ready {
 }
 
 impl Mailbox {
-    pub fn new(id: SessionId, limit: usize) -> Self {
+    pub fn new(id: SessionId, client_id: Arc<str>, limit: usize) -> Self {
         Self {
             id,
+            client_id,
             limit,
             online: AtomicBool::new(false),
+            persistent: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             last_heard_ms: AtomicU64::new(0),
             keep_alive_ms: AtomicU64::new(0),
@@ -75,6 +82,19 @@ impl Mailbox {
 
     pub fn id(&self) -> SessionId {
         self.id
+    }
+
+    pub fn client_id(&self) -> &Arc<str> {
+        &self.client_id
+    }
+
+    /// Whether the session's deliveries are recorded for a restart.
+    pub fn is_persistent(&self) -> bool {
+        self.persistent.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_persistent(&self, persistent: bool) {
+        self.persistent.store(persistent, Ordering::Relaxed);
     }
 
     pub fn is_online(&self) -> bool {

@@ -49,4 +49,7 @@ pub struct Delivery {
     pub retain: bool,
     /// Identifiers of every subscription of the session that matched.
     pub subscription_ids: Vec<u32>,
+    /// Names the delivery in the `persist` seam's records; 0 when it is
+    /// not kept (QoS 0, or a session that ends with its connection).
+    pub key: u64,
 }

@@ -75,12 +75,17 @@ impl SessionState {
 
     /// A connection of `generation` owns the session (new or resumed):
     /// a delayed will of the previous connection is cancelled (MQTT 5
-    /// §3.1.3.2.2).
-    pub fn take_ownership(&mut self, generation: u64, expiry: u32, identity: crate::Identity) {
+    /// §3.1.3.2.2). Returns whether one was.
+    pub fn take_ownership(
+        &mut self,
+        generation: u64,
+        expiry: u32,
+        identity: crate::Identity,
+    ) -> bool {
         self.owner = generation;
         self.expiry_interval = expiry;
         self.identity = Some(identity);
-        self.pending_will = None;
+        self.pending_will.take().is_some()
     }
 
     /// The owning connection of `generation` ended; the session is offline.
@@ -105,11 +110,14 @@ impl SessionState {
     }
 
     /// The session was discarded: nothing of it is delivered or kept.
-    pub fn end(&mut self) {
+    /// Returns a will still waiting for its delay (the caller decides
+    /// whether the session's end publishes it).
+    pub fn end(&mut self) -> Option<Arc<Message>> {
         self.ended = true;
         self.subscriptions.clear();
         self.inflight.clear();
         self.incoming_qos2.clear();
+        self.pending_will.take()
     }
 
     pub fn subscribed(&mut self, raw_filter: &str) {
@@ -135,40 +143,43 @@ impl SessionState {
     }
 
     /// PUBACK of a QoS 1 delivery, or PUBCOMP of a released QoS 2 one: the
-    /// delivery is done.
-    pub fn acknowledged(&mut self, packet_id: u16, qos: QoS, released: bool) -> bool {
+    /// delivery is done. Returns its key; `None` if no such delivery was
+    /// in flight.
+    pub fn acknowledged(&mut self, packet_id: u16, qos: QoS, released: bool) -> Option<u64> {
         let done = self
             .inflight
             .get(&packet_id)
             .is_some_and(|i| i.delivery.qos == qos && i.released == released);
         if done {
-            self.inflight.remove(&packet_id);
+            self.inflight.remove(&packet_id).map(|i| i.delivery.key)
+        } else {
+            None
         }
-        done
     }
 
-    /// PUBREC with an error for a QoS 2 delivery: it ends here. False when
+    /// PUBREC with an error for a QoS 2 delivery: it ends here. `None` when
     /// the packet id names no QoS 2 delivery in flight.
-    pub fn refused(&mut self, packet_id: u16) -> bool {
+    pub fn refused(&mut self, packet_id: u16) -> Option<u64> {
         let found = self
             .inflight
             .get(&packet_id)
             .is_some_and(|i| i.delivery.qos == QoS::ExactlyOnce);
         if found {
-            self.inflight.remove(&packet_id);
+            self.inflight.remove(&packet_id).map(|i| i.delivery.key)
+        } else {
+            None
         }
-        found
     }
 
-    /// PUBREC of a QoS 2 delivery: it waits for PUBCOMP. False when the
+    /// PUBREC of a QoS 2 delivery: it waits for PUBCOMP. `None` when the
     /// packet id names no QoS 2 delivery in flight.
-    pub fn received(&mut self, packet_id: u16) -> bool {
+    pub fn received(&mut self, packet_id: u16) -> Option<u64> {
         match self.inflight.get_mut(&packet_id) {
             Some(i) if i.delivery.qos == QoS::ExactlyOnce => {
                 i.released = true;
-                true
+                Some(i.delivery.key)
             }
-            _ => false,
+            _ => None,
         }
     }
 
@@ -266,6 +277,7 @@ mod tests {
             qos: certmq_codec::QoS::AtLeastOnce,
             retain: false,
             subscription_ids: Vec::new(),
+            key: 0,
         }
     }
 }

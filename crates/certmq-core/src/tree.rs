@@ -225,7 +225,7 @@ mod tests {
 
     fn sub(id: u64) -> Subscriber {
         Subscriber {
-            mailbox: Arc::new(Mailbox::new(SessionId(id), 10)),
+            mailbox: Arc::new(Mailbox::new(SessionId(id), "test".into(), 10)),
             options: SubscriptionOptions::default(),
             subscription_id: None,
         }

@@ -1,6 +1,8 @@
 //! Storage implementations.
 //!
-//! What it does: implements the registry's storage trait
+//! What it does: keeps the broker's durable state (retained messages,
+//! persistent sessions) behind the core's `persist` seam ([`StateStore`],
+//! `<data>/state.db`), and implements the registry's storage trait
 //! ([`certmq_registry::store::Store`]) over an embedded SQLite database in
 //! the data directory (WAL, `synchronous = FULL`: a change is on disk
 //! before the call returns), applies versioned migrations at open, and
@@ -13,5 +15,9 @@
 #![forbid(unsafe_code)]
 
 mod sqlite;
+mod state;
 
 pub use sqlite::SqliteStore;
+pub use state::{
+    LoadReport, PersistenceConfig, PersistenceMode, StateError, StateStats, StateStore,
+};

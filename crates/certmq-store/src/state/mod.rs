@@ -1,0 +1,340 @@
+//! The broker's durable state (SPEC 10): retained messages and persistent
+//! sessions in `<data>/state.db`, an SQLite database of its own (apart
+//! from the registry's `certmq.db`).
+//!
+//! The broker records changes through the core's `persist` seam
+//! ([`Persist::record`] appends to a queue under a short lock and never
+//! touches the disk); one writer thread commits them in batches, one
+//! transaction and one fsync per batch (WAL, `synchronous = FULL`):
+//!
+//! - `async`: a batch every `flush_interval_ms`. A crash loses at most the
+//!   changes of that window.
+//! - `sync`: a batch as soon as there is something to write, and while one
+//!   commits the next accumulates: group commit. Connections hold their
+//!   acknowledgements until [`Durability`] says their changes are on disk.
+//!
+//! A batch that fails (full disk, I/O error, the size quota) is reported
+//! (log, metrics, and in `sync` mode as failed acknowledgements) and kept
+//! to be written again with the next batch.
+
+mod apply;
+mod load;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use certmq_core::persist::Change;
+use certmq_core::{Durability, Persist, Restored};
+use parking_lot::{Condvar, Mutex};
+use serde::{Deserialize, Serialize};
+
+/// `[persistence]`: what outlives the process, and how safely.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PersistenceConfig {
+    /// `off`, `async` (the default) or `sync`.
+    pub mode: PersistenceMode,
+    /// `async`: the most time between a change and its commit (the most a
+    /// crash can lose), milliseconds.
+    pub flush_interval_ms: u64,
+    /// The largest `state.db` may grow, MiB (0: no limit). Beyond it,
+    /// writes fail as on a full disk.
+    pub max_size_mb: u64,
+}
+
+impl Default for PersistenceConfig {
+    fn default() -> Self {
+        Self {
+            mode: PersistenceMode::Async,
+            flush_interval_ms: 100,
+            max_size_mb: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PersistenceMode {
+    /// Everything in memory; nothing survives a restart.
+    Off,
+    /// Committed in batches every `flush_interval_ms`.
+    Async,
+    /// Acknowledgements wait for the commit of what they acknowledge.
+    Sync,
+}
+
+impl PersistenceMode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "off" => Some(Self::Off),
+            "async" => Some(Self::Async),
+            "sync" => Some(Self::Sync),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Async => "async",
+            Self::Sync => "sync",
+        }
+    }
+}
+
+/// Why the state could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot open the broker state {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error(
+        "the broker state {path} is damaged ({reason}). To start anyway, move the file \
+         away (retained messages and persistent sessions are then lost) or restore it from \
+         a backup; `--persistence off` starts without reading it"
+    )]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("the broker state {path} has schema version {found}; this certmq knows up to {known}")]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct StateStats {
+    /// Batches committed.
+    pub batches: AtomicU64,
+    /// Changes committed.
+    pub changes_written: AtomicU64,
+    /// Batches that failed (and were kept to be written again).
+    pub write_errors: AtomicU64,
+    /// Changes waiting for the writer.
+    pub pending: AtomicU64,
+    /// Changes given up on after failing for too long.
+    pub changes_dropped: AtomicU64,
+}
+
+/// What a load found and left out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Records that did not decode or referred to nothing, left out (and
+    /// logged).
+    pub dropped: usize,
+    pub elapsed: Duration,
+}
+
+struct Queue {
+    seq: u64,
+    changes: Vec<Change>,
+    stopping: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    recorded: AtomicU64,
+    durability: Arc<Durability>,
+    stats: StateStats,
+    mode: PersistenceMode,
+    flush_interval: Duration,
+}
+
+/// The state store: the core's [`Persist`], and the writer behind it.
+pub struct StateStore {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore")
+            .field("mode", &self.shared.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Changes kept for another try after failed writes, at most; beyond it
+/// they are dropped (logged, counted): memory is not given up to a disk
+/// that stays full.
+const RETRY_LIMIT: usize = 1_000_000;
+
+/// `sync`: how long failed changes wait for another try when nothing new
+/// comes.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+impl StateStore {
+    /// Opens (creating) `<dir>/state.db`, mode 0600, reads what it keeps
+    /// and starts the writer. `mode` must not be `off`.
+    pub fn open(
+        dir: &Path,
+        config: &PersistenceConfig,
+    ) -> Result<(Arc<StateStore>, Restored, LoadReport), StateError> {
+        let path = dir.join("state.db");
+        let started = Instant::now();
+        let conn = load::open(&path, config.max_size_mb)?;
+        let (restored, dropped) = load::read(&conn, &path)?;
+        let report = LoadReport {
+            dropped,
+            elapsed: started.elapsed(),
+        };
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                seq: 0,
+                changes: Vec::new(),
+                stopping: false,
+            }),
+            wake: Condvar::new(),
+            recorded: AtomicU64::new(0),
+            durability: Arc::new(Durability::default()),
+            stats: StateStats::default(),
+            mode: config.mode,
+            flush_interval: Duration::from_millis(config.flush_interval_ms.max(1)),
+        });
+        let writer_shared = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("certmq-state".into())
+            .spawn(move || writer(conn, &writer_shared))
+            .map_err(|e| StateError::Open {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok((
+            Arc::new(StateStore {
+                shared,
+                writer: Mutex::new(Some(writer)),
+            }),
+            restored,
+            report,
+        ))
+    }
+
+    pub fn mode(&self) -> PersistenceMode {
+        self.shared.mode
+    }
+
+    /// How far writes got, for `sync` acknowledgements.
+    pub fn durability(&self) -> Arc<Durability> {
+        self.shared.durability.clone()
+    }
+
+    pub fn stats(&self) -> &StateStats {
+        &self.shared.stats
+    }
+
+    /// Writes what is pending and stops the writer (at shutdown, after
+    /// the last connection closed). Later changes are not written.
+    pub fn close(&self) {
+        {
+            let mut q = self.shared.queue.lock();
+            q.stopping = true;
+        }
+        self.shared.wake.notify_one();
+        if let Some(handle) = self.writer.lock().take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Persist for StateStore {
+    fn record(&self, change: Change) -> u64 {
+        let mut q = self.shared.queue.lock();
+        if q.stopping {
+            return q.seq;
+        }
+        q.seq += 1;
+        q.changes.push(change);
+        let seq = q.seq;
+        self.shared.recorded.store(seq, Ordering::Release);
+        drop(q);
+        if self.shared.mode == PersistenceMode::Sync {
+            self.shared.wake.notify_one();
+        }
+        seq
+    }
+
+    fn recorded(&self) -> u64 {
+        self.shared.recorded.load(Ordering::Acquire)
+    }
+}
+
+/// The writer thread: takes the queue in batches and commits them.
+fn writer(mut conn: rusqlite::Connection, shared: &Shared) {
+    let mut retry: Vec<Change> = Vec::new();
+    let mut written_to = 0u64;
+    let mut last_error_log: Option<Instant> = None;
+    loop {
+        let (mut batch, seq, stopping) = {
+            let mut q = shared.queue.lock();
+            match shared.mode {
+                PersistenceMode::Sync => {
+                    while q.changes.is_empty() && !q.stopping {
+                        if retry.is_empty() {
+                            shared.wake.wait(&mut q);
+                        } else if shared.wake.wait_for(&mut q, RETRY_PAUSE).timed_out() {
+                            // Failed changes are tried again now and then.
+                            break;
+                        }
+                    }
+                }
+                _ => {
+                    if !q.stopping {
+                        // Changes gather for one interval; a stop ends it.
+                        let deadline = Instant::now() + shared.flush_interval;
+                        while !q.stopping {
+                            if shared.wake.wait_until(&mut q, deadline).timed_out() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            (std::mem::take(&mut q.changes), q.seq, q.stopping)
+        };
+        shared
+            .stats
+            .pending
+            .store(batch.len() as u64, Ordering::Relaxed);
+        if !retry.is_empty() {
+            retry.append(&mut batch);
+            batch = std::mem::take(&mut retry);
+        }
+        if !batch.is_empty() {
+            let n = batch.len() as u64;
+            match apply::commit(&mut conn, &batch) {
+                Ok(()) => {
+                    shared.stats.batches.fetch_add(1, Ordering::Relaxed);
+                    shared.stats.changes_written.fetch_add(n, Ordering::Relaxed);
+                    shared.durability.settle(written_to, seq, true);
+                }
+                Err(e) => {
+                    shared.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                    shared.durability.settle(written_to, seq, false);
+                    if last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        tracing::error!(error = %e, changes = n, "broker state not written; will try again");
+                        last_error_log = Some(Instant::now());
+                    }
+                    if batch.len() > RETRY_LIMIT {
+                        shared.stats.changes_dropped.fetch_add(n, Ordering::Relaxed);
+                        tracing::error!(
+                            changes = n,
+                            "broker state writes kept failing: changes dropped; the kept state is behind"
+                        );
+                    } else if !stopping {
+                        retry = batch;
+                    }
+                }
+            }
+        } else {
+            shared.durability.settle(written_to, seq, true);
+        }
+        written_to = seq;
+        shared.stats.pending.store(0, Ordering::Relaxed);
+        if stopping {
+            return;
+        }
+    }
+}
