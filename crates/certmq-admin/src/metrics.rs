@@ -181,6 +181,39 @@ pub async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
                 )
             }),
     );
+    if let Some(p) = s.broker.persist() {
+        let p = p.stats();
+        m.one(
+            "persistence_batches_total",
+            "counter",
+            "Batches of state changes committed to disk",
+            load(&p.batches),
+        );
+        m.one(
+            "persistence_changes_written_total",
+            "counter",
+            "State changes committed to disk",
+            load(&p.changes_written),
+        );
+        m.one(
+            "persistence_write_errors_total",
+            "counter",
+            "Batches of state changes that failed to commit (kept and tried again)",
+            load(&p.write_errors),
+        );
+        m.one(
+            "persistence_changes_dropped_total",
+            "counter",
+            "State changes given up on after failing to commit for too long",
+            load(&p.changes_dropped),
+        );
+        m.one(
+            "persistence_pending_changes",
+            "gauge",
+            "State changes taken by the writer and not yet committed",
+            load(&p.pending),
+        );
+    }
     m.family(
         "device_certificates",
         "gauge",

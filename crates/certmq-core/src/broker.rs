@@ -107,6 +107,11 @@ impl Broker {
         self.persist.set(p).is_ok()
     }
 
+    /// The persistence seam, if one is installed.
+    pub fn persist(&self) -> Option<&Arc<dyn crate::Persist>> {
+        self.persist.get()
+    }
+
     /// Records a change of durable state, if anything keeps it.
     pub(crate) fn record(&self, change: impl FnOnce() -> crate::persist::Change) {
         if let Some(p) = self.persist.get() {

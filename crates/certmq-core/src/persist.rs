@@ -35,6 +35,23 @@ pub trait Persist: Send + Sync + std::fmt::Debug + 'static {
     fn record(&self, change: Change) -> u64;
     /// The sequence number of the last change recorded.
     fn recorded(&self) -> u64;
+    /// The writer's counters, for metrics.
+    fn stats(&self) -> &PersistStats;
+}
+
+/// A store's counters, for metrics.
+#[derive(Debug, Default)]
+pub struct PersistStats {
+    /// Batches committed.
+    pub batches: AtomicU64,
+    /// Changes committed.
+    pub changes_written: AtomicU64,
+    /// Batches that failed (and were kept to be written again).
+    pub write_errors: AtomicU64,
+    /// Changes taken by the writer and not yet committed.
+    pub pending: AtomicU64,
+    /// Changes given up on after failing for too long.
+    pub changes_dropped: AtomicU64,
 }
 
 /// One change of durable state.

@@ -21,7 +21,7 @@ use tokio::time::timeout;
 use crate::clock;
 use crate::listener::ConnectionGuard;
 use crate::transport::Transport;
-use crate::Shared;
+use crate::{Shared, SyncAcks};
 
 /// Deliveries moved from the mailbox per round before writing.
 const DELIVERY_BATCH: usize = 256;
@@ -97,15 +97,16 @@ impl<T: Transport + 'static> Future for ConnTask<T> {
                     }) => {
                         this._guard.live_id = live_id;
                         let cause = CloseCause::Server(ReasonCode::SERVER_SHUTTING_DOWN);
-                        this.phase = Phase::Closing(Box::pin(session.finish(cause)));
+                        this.phase = Phase::Closing(Box::pin(session.finish(cause, None)));
                     }
                 },
                 Phase::Connected(session) => {
-                    let cause = ready!(session.poll_step(cx, &this._guard.shared.live));
+                    let cause = ready!(session.poll_step(cx, &this._guard.shared));
                     if let Phase::Connected(session) =
                         std::mem::replace(&mut this.phase, Phase::Done)
                     {
-                        this.phase = Phase::Closing(Box::pin(session.finish(cause)));
+                        let acks = this._guard.shared.sync_acks.get().cloned();
+                        this.phase = Phase::Closing(Box::pin(session.finish(cause, acks)));
                     }
                 }
                 Phase::Closing(f) => {
@@ -248,6 +249,7 @@ async fn accept<T: Transport>(
                     rbuf,
                     wbuf: BytesMut::new(),
                     max_in,
+                    held: (0, 0),
                 },
                 shutting_down,
             })
@@ -283,13 +285,21 @@ async fn accept<T: Transport>(
 impl<T: Transport> Session<T> {
     /// Settles the session, then sends what is left (and, for MQTT 5, the
     /// DISCONNECT of a broker-side close) and closes the transport.
-    async fn finish(self, cause: CloseCause) {
+    async fn finish(self, cause: CloseCause, acks: Option<SyncAcks>) {
         let Session {
             mut t,
             mut conn,
             mut wbuf,
+            held,
             ..
         } = self;
+        if let ((from, to @ 1..), Some(acks)) = (held, acks) {
+            // Acknowledgements still wait for their changes to be on disk.
+            let ok = poll_fn(|cx| acks.durability.poll_settled(cx, from, to)).await;
+            if !ok {
+                fail_acks(&mut conn);
+            }
+        }
         tracing::debug!(client_id = %crate::LogStr(conn.client_id()), ?cause, "closed");
         let protocol = conn.protocol();
         // The session is settled (ended, or kept with its expiry; will sent
@@ -438,11 +448,60 @@ struct Session<T> {
     max_in: usize,
     /// `rbuf` may hold complete packets not yet decoded.
     pending_input: bool,
+    /// `sync` persistence: the output holds acknowledgements of changes
+    /// `(from, to]`, sent once those are on disk; `to` 0: nothing held.
+    /// (Two words, not an `Option` of them: idle tasks stay small.)
+    held: (u64, u64),
+}
+
+/// Whether acknowledging `packet` waits for durability in `sync` mode.
+fn acknowledged_durably(packet: &Packet) -> bool {
+    match packet {
+        Packet::Publish(p) => p.qos != certmq_codec::QoS::AtMostOnce,
+        Packet::Subscribe(_) | Packet::Unsubscribe(_) => true,
+        _ => false,
+    }
+}
+
+/// The changes acknowledged in the output were not written: MQTT 5 gets
+/// "unspecified error" in each acknowledgement; MQTT 3 has no negative
+/// PUBACK, so they are withheld and the connection closes.
+fn fail_acks(conn: &mut Conn) -> bool {
+    use certmq_codec::ReasonCode as R;
+    let v5 = conn.protocol().is_v5();
+    if !v5 {
+        conn.output().retain(|p| {
+            !matches!(
+                p,
+                Packet::PubAck(_) | Packet::PubRec(_) | Packet::SubAck(_) | Packet::UnsubAck(_)
+            )
+        });
+        return false;
+    }
+    for p in conn.output().iter_mut() {
+        match p {
+            Packet::PubAck(r) | Packet::PubRec(r) if !r.reason.is_error() => {
+                r.reason = R::UNSPECIFIED_ERROR;
+            }
+            Packet::SubAck(a) => a
+                .reasons
+                .iter_mut()
+                .filter(|c| !c.is_error())
+                .for_each(|c| *c = R::UNSPECIFIED_ERROR),
+            Packet::UnsubAck(a) => a
+                .reasons
+                .iter_mut()
+                .filter(|c| !c.is_error())
+                .for_each(|c| *c = R::UNSPECIFIED_ERROR),
+            _ => {}
+        }
+    }
+    true
 }
 
 impl<T: Transport> Session<T> {
     /// Runs until every source is pending, or the connection must close.
-    fn poll_step(&mut self, cx: &mut Context<'_>, live: &crate::Live) -> Poll<CloseCause> {
+    fn poll_step(&mut self, cx: &mut Context<'_>, shared: &crate::Shared) -> Poll<CloseCause> {
         let Session {
             t,
             conn,
@@ -450,7 +509,10 @@ impl<T: Transport> Session<T> {
             wbuf,
             max_in,
             pending_input,
+            held,
         } = self;
+        let live = &*shared.live;
+        let acks = shared.sync_acks.get();
         use std::sync::atomic::Ordering::Relaxed;
         let protocol: Protocol = conn.protocol();
         let generation = conn.generation();
@@ -467,7 +529,25 @@ impl<T: Transport> Session<T> {
                             live.packets_in.fetch_add(1, Relaxed);
                             unpin(&mut packet, alloc);
                             decoded = true;
-                            match conn.handle(packet, clock::now()) {
+                            let durable = match acks {
+                                Some(a) if acknowledged_durably(&packet) => {
+                                    Some((a, a.persist.recorded()))
+                                }
+                                _ => None,
+                            };
+                            let handled = conn.handle(packet, clock::now());
+                            if let Some((a, before)) = durable {
+                                let after = a.persist.recorded();
+                                if after > before {
+                                    let from = if held.1 == 0 {
+                                        before
+                                    } else {
+                                        held.0.min(before)
+                                    };
+                                    *held = (from, after);
+                                }
+                            }
+                            match handled {
                                 Ok(Flow::Continue) => {}
                                 Ok(Flow::Disconnect { publish_will }) => {
                                     return Poll::Ready(CloseCause::ClientDisconnect {
@@ -498,16 +578,34 @@ impl<T: Transport> Session<T> {
                     }
                 }
             }
-            if !conn.mailbox().is_empty() && wbuf.len() < HIGH_WATER && conn.window_open() {
-                if let Err(reason) = conn.poll_deliveries(DELIVERY_BATCH, clock::now()) {
-                    return Poll::Ready(CloseCause::Server(reason));
+            // `sync`: output waits while it acknowledges changes not yet
+            // on disk (the writer's commit wakes this task).
+            let mut waiting = false;
+            if let ((from, to @ 1..), Some(a)) = (*held, acks) {
+                match a.durability.poll_settled(cx, from, to) {
+                    Poll::Pending => waiting = true,
+                    Poll::Ready(ok) => {
+                        *held = (0, 0);
+                        if !ok && !fail_acks(conn) {
+                            return Poll::Ready(CloseCause::Server(
+                                certmq_codec::ReasonCode::UNSPECIFIED_ERROR,
+                            ));
+                        }
+                    }
                 }
             }
-            let packets = drain_output(conn, wbuf);
-            if packets > 0 {
-                live.packets_out.fetch_add(packets, Relaxed);
+            if !waiting {
+                if !conn.mailbox().is_empty() && wbuf.len() < HIGH_WATER && conn.window_open() {
+                    if let Err(reason) = conn.poll_deliveries(DELIVERY_BATCH, clock::now()) {
+                        return Poll::Ready(CloseCause::Server(reason));
+                    }
+                }
+                let packets = drain_output(conn, wbuf);
+                if packets > 0 {
+                    live.packets_out.fetch_add(packets, Relaxed);
+                }
             }
-            let backed_up = wbuf.len() >= HIGH_WATER;
+            let backed_up = wbuf.len() >= HIGH_WATER || waiting;
             let want_deliveries = !backed_up && conn.window_open();
             let event = 'event: {
                 if !wbuf.is_empty() {

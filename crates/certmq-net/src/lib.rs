@@ -164,6 +164,17 @@ pub(crate) struct Shared {
     pub config: NetConfig,
     pub connections: AtomicUsize,
     pub live: Arc<Live>,
+    pub sync_acks: std::sync::OnceLock<SyncAcks>,
+}
+
+/// `sync` persistence: acknowledgements (PUBACK, PUBREC, SUBACK, UNSUBACK)
+/// go out only once the changes they acknowledge are on disk. A failed
+/// write turns them into "unspecified error" (MQTT 5) or closes the
+/// connection (MQTT 3, which has no negative PUBACK).
+#[derive(Clone)]
+pub struct SyncAcks {
+    pub persist: Arc<dyn certmq_core::Persist>,
+    pub durability: Arc<certmq_core::Durability>,
 }
 
 /// A bound listener.
@@ -240,9 +251,16 @@ impl Server {
                 config,
                 connections: AtomicUsize::new(0),
                 live,
+                sync_acks: std::sync::OnceLock::new(),
             }),
             listeners,
         })
+    }
+
+    /// Makes acknowledgements wait for durability (`sync` persistence).
+    /// Call before [`Server::run`]; false if already set.
+    pub fn set_sync_acks(&self, acks: SyncAcks) -> bool {
+        self.shared.sync_acks.set(acks).is_ok()
     }
 
     pub fn local_addrs(&self) -> Vec<BoundListener> {

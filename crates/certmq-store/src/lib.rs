@@ -18,6 +18,4 @@ mod sqlite;
 mod state;
 
 pub use sqlite::SqliteStore;
-pub use state::{
-    LoadReport, PersistenceConfig, PersistenceMode, StateError, StateStats, StateStore,
-};
+pub use state::{LoadReport, PersistenceConfig, PersistenceMode, StateError, StateStore};

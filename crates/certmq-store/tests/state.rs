@@ -354,8 +354,7 @@ fn a_failing_write_is_reported_to_sync_acknowledgements() {
     }
     assert!(failed, "the quota was never hit");
     assert!(
-        store
-            .stats()
+        Persist::stats(&*store)
             .write_errors
             .load(std::sync::atomic::Ordering::Relaxed)
             > 0

@@ -24,6 +24,9 @@ pub struct Config {
     pub tls: TlsSection,
     pub admin: AdminSection,
     pub registry: certmq_admin::RegistryConfig,
+    /// `[persistence]`: retained messages and persistent sessions across
+    /// restarts, defined in `certmq_store::PersistenceConfig`.
+    pub persistence: certmq_store::PersistenceConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -139,6 +142,7 @@ impl Default for Config {
             tls: TlsSection::default(),
             admin: AdminSection::default(),
             registry: certmq_admin::RegistryConfig::default(),
+            persistence: certmq_store::PersistenceConfig::default(),
         }
     }
 }
@@ -272,6 +276,9 @@ impl Config {
         }
         if self.connections.max_connections == 0 {
             bail!("connections.max_connections must be at least 1");
+        }
+        if !(1..=60_000).contains(&self.persistence.flush_interval_ms) {
+            bail!("persistence.flush_interval_ms must be between 1 and 60000");
         }
         Ok(())
     }

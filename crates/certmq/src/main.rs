@@ -80,6 +80,10 @@ struct ServeArgs {
     /// config file when not given here).
     #[arg(long, env = "CERTMQ_LOG")]
     log: Option<String>,
+    /// What survives a restart: off, async (default: committed every
+    /// flush_interval_ms) or sync (acknowledged only once on disk).
+    #[arg(long, env = "CERTMQ_PERSISTENCE", value_name = "MODE", value_parser = ["off", "async", "sync"])]
+    persistence: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -120,6 +124,13 @@ fn resolve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(a) = args.wss_client_auth {
         config.listeners.wss.client_auth = Some(a);
+    }
+    if let Some(m) = args
+        .persistence
+        .as_deref()
+        .and_then(certmq_store::PersistenceMode::parse)
+    {
+        config.persistence.mode = m;
     }
     config.validate()?;
     tracing_subscriber::EnvFilter::try_new(&config.log)
@@ -174,6 +185,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         not_after = default_cert.info.not_after,
         "default server certificate"
     );
+    let (state, restored) = match open_state(&config)? {
+        Some((store, restored)) => (Some(store), Some(restored)),
+        None => (None, None),
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -184,6 +199,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // SIGTERM at once, and must get a clean shutdown, not the default kill.
         let shutdown = shutdown_signal()?;
         let broker = certmq_core::Broker::new(config.broker_config());
+        // Kept state is back before any listener accepts.
+        if let (Some(store), Some(restored)) = (&state, restored) {
+            broker.set_persist(store.clone());
+            let r = broker.restore(restored, certmq_net::clock::now());
+            tracing::info!(
+                retained = r.retained,
+                sessions = r.sessions,
+                subscriptions = r.subscriptions,
+                queued = r.queued,
+                inflight = r.inflight,
+                wills_published = r.wills_published,
+                wills_pending = r.wills_pending,
+                expired = r.sessions_expired,
+                skipped = r.skipped,
+                "broker state restored"
+            );
+        }
         reload::spawn(args.clone(), config.clone(), broker.clone(), log_handle)?;
         let resolver = Arc::new(certmq_pki::SniResolver::new(Default::default()));
         let server_certs = certmq_admin::ServerCerts::load(
@@ -224,6 +256,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         } else {
             None
         };
+        if let Some(store) = &state {
+            if store.mode() == certmq_store::PersistenceMode::Sync {
+                server.set_sync_acks(certmq_net::SyncAcks {
+                    persist: store.clone(),
+                    durability: store.durability(),
+                });
+            }
+        }
         for l in server.local_addrs() {
             tracing::info!("listening protocol={} addr={}", l.protocol.name(), l.addr);
         }
@@ -263,9 +303,39 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(a) = admin {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), a).await;
         }
+        if let Some(store) = state {
+            // Every connection closed: what they changed is written last.
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        }
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Opens and reads `<data>/state.db` unless persistence is off.
+#[allow(clippy::type_complexity)]
+fn open_state(
+    config: &Config,
+) -> anyhow::Result<Option<(Arc<certmq_store::StateStore>, certmq_core::Restored)>> {
+    let p = &config.persistence;
+    if p.mode == certmq_store::PersistenceMode::Off {
+        tracing::info!("persistence off: retained messages and sessions live in memory only");
+        return Ok(None);
+    }
+    let (store, restored, report) = certmq_store::StateStore::open(&config.data_dir, p)?;
+    if report.dropped > 0 {
+        tracing::warn!(
+            records = report.dropped,
+            "broker state: damaged or orphaned records left out; the rest was recovered"
+        );
+    }
+    tracing::info!(
+        mode = p.mode.as_str(),
+        flush_interval_ms = p.flush_interval_ms,
+        load_ms = report.elapsed.as_millis() as u64,
+        "broker state opened"
+    );
+    Ok(Some((store, restored)))
 }
 
 /// Registers the SIGINT and SIGTERM handlers now and returns a future that

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use certmq_core::persist::Change;
+use certmq_core::persist::{Change, PersistStats};
 use certmq_core::{Durability, Persist, Restored};
 use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
@@ -103,21 +103,6 @@ pub enum StateError {
     },
 }
 
-/// Counters for metrics.
-#[derive(Debug, Default)]
-pub struct StateStats {
-    /// Batches committed.
-    pub batches: AtomicU64,
-    /// Changes committed.
-    pub changes_written: AtomicU64,
-    /// Batches that failed (and were kept to be written again).
-    pub write_errors: AtomicU64,
-    /// Changes waiting for the writer.
-    pub pending: AtomicU64,
-    /// Changes given up on after failing for too long.
-    pub changes_dropped: AtomicU64,
-}
-
 /// What a load found and left out.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LoadReport {
@@ -138,7 +123,7 @@ struct Shared {
     wake: Condvar,
     recorded: AtomicU64,
     durability: Arc<Durability>,
-    stats: StateStats,
+    stats: PersistStats,
     mode: PersistenceMode,
     flush_interval: Duration,
 }
@@ -190,7 +175,7 @@ impl StateStore {
             wake: Condvar::new(),
             recorded: AtomicU64::new(0),
             durability: Arc::new(Durability::default()),
-            stats: StateStats::default(),
+            stats: PersistStats::default(),
             mode: config.mode,
             flush_interval: Duration::from_millis(config.flush_interval_ms.max(1)),
         });
@@ -219,10 +204,6 @@ impl StateStore {
     /// How far writes got, for `sync` acknowledgements.
     pub fn durability(&self) -> Arc<Durability> {
         self.shared.durability.clone()
-    }
-
-    pub fn stats(&self) -> &StateStats {
-        &self.shared.stats
     }
 
     /// Writes what is pending and stops the writer (at shutdown, after
@@ -258,6 +239,10 @@ impl Persist for StateStore {
 
     fn recorded(&self) -> u64 {
         self.shared.recorded.load(Ordering::Acquire)
+    }
+
+    fn stats(&self) -> &PersistStats {
+        &self.shared.stats
     }
 }
 
