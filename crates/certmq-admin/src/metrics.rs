@@ -182,6 +182,12 @@ pub async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
             }),
     );
     if let Some(p) = s.broker.persist() {
+        m.one(
+            "persistence_changes_recorded_total",
+            "counter",
+            "State changes recorded by the broker (written ones are counted below)",
+            p.recorded() as f64,
+        );
         let p = p.stats();
         m.one(
             "persistence_batches_total",
