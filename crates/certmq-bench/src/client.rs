@@ -19,6 +19,8 @@ pub struct Client {
     pub protocol: Protocol,
     rbuf: BytesMut,
     pub wbuf: BytesMut,
+    /// CONNACK's session present flag.
+    pub session_present: bool,
 }
 
 /// Opens a TCP connection, from `source` when given (several 127.0.0.x
@@ -61,25 +63,56 @@ impl Client {
             protocol,
             rbuf: BytesMut::with_capacity(16 * 1024),
             wbuf: BytesMut::with_capacity(16 * 1024),
+            session_present: false,
         };
-        c.handshake(client_id, keep_alive).await?;
+        c.handshake(client_id, keep_alive, true).await?;
         Ok(c)
     }
 
-    async fn handshake(&mut self, client_id: &str, keep_alive: u16) -> anyhow::Result<()> {
+    /// A plain TCP connection that resumes (or starts) a session kept
+    /// after it closes (clean session off; MQTT 5: expiry 1 hour).
+    pub async fn connect_persistent(
+        addr: SocketAddr,
+        protocol: Protocol,
+        client_id: &str,
+    ) -> anyhow::Result<Client> {
+        let mut c = Client {
+            stream: Stream::Tcp(tcp(addr, None).await?),
+            protocol,
+            rbuf: BytesMut::with_capacity(16 * 1024),
+            wbuf: BytesMut::with_capacity(16 * 1024),
+            session_present: false,
+        };
+        c.handshake(client_id, 60, false).await?;
+        Ok(c)
+    }
+
+    async fn handshake(
+        &mut self,
+        client_id: &str,
+        keep_alive: u16,
+        clean_start: bool,
+    ) -> anyhow::Result<()> {
+        let mut properties = Properties::default();
+        if !clean_start && self.protocol.is_v5() {
+            properties.session_expiry_interval = Some(3600);
+        }
         let connect = Connect {
             protocol: self.protocol,
-            clean_start: true,
+            clean_start,
             keep_alive,
             client_id: client_id.into(),
             will: None,
             username: None,
             password: None,
-            properties: Properties::default(),
+            properties,
         };
         self.send(&Packet::Connect(Box::new(connect))).await?;
         match self.recv().await? {
-            Packet::ConnAck(a) if a.reason == ReasonCode::SUCCESS => Ok(()),
+            Packet::ConnAck(a) if a.reason == ReasonCode::SUCCESS => {
+                self.session_present = a.session_present;
+                Ok(())
+            }
             Packet::ConnAck(a) => bail!("CONNACK refused: {}", a.reason),
             other => bail!("expected CONNACK, got {}", other.name()),
         }

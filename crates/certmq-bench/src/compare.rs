@@ -114,6 +114,38 @@ impl Running {
     pub fn certmq_ca(&self) -> PathBuf {
         self._dir.0.join("data/tls/default-ca.pem")
     }
+
+    /// SIGTERM and the wait for the exit (a broker saving its state on
+    /// the way out takes longer); returns how long it took.
+    pub fn stop_timed(&mut self) -> Duration {
+        let t = Instant::now();
+        stop(&mut self.child);
+        t.elapsed()
+    }
+
+    /// Starts the same command on the same data again and returns the time
+    /// until it accepts TCP connections (within `limit`).
+    pub fn restart_timed(&mut self, limit: Duration) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        self.child = Command::new(&self.program)
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot restart the broker")?;
+        loop {
+            if std::net::TcpStream::connect(self.addr).is_ok() {
+                return Ok(t.elapsed());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!("the broker exited at restart with {status}");
+            }
+            if t.elapsed() > limit {
+                bail!("the broker did not listen within {limit:?} of its restart");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
 }
 
 impl Drop for Running {
@@ -175,6 +207,18 @@ pub fn start(
     tls: TlsMode,
     files: Option<&TlsFiles>,
 ) -> anyhow::Result<Running> {
+    start_with(kind, args, tls, files, false)
+}
+
+/// As [`start`]; `persist`: mosquitto keeps its state too (`persistence
+/// true`, written at exit; certmq keeps it by default).
+pub fn start_with(
+    kind: BrokerKind,
+    args: &Bins,
+    tls: TlsMode,
+    files: Option<&TlsFiles>,
+    persist: bool,
+) -> anyhow::Result<Running> {
     let port = free_port()?;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let dir = scratch(match kind {
@@ -214,8 +258,24 @@ pub fn start(
             let conf = dir.0.join("mosquitto.conf");
             let nodelay = kind == BrokerKind::Mosquitto;
             // Limits as certmq's defaults: queue 1000, 1024 in flight, 1 MiB packets.
+            let persistence = if persist {
+                // Run as root, mosquitto drops to its own user: its state
+                // directory must be writable to that user.
+                let state = dir.0.join("mosquitto-state");
+                std::fs::create_dir_all(&state)?;
+                std::fs::set_permissions(
+                    &state,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o777),
+                )?;
+                format!(
+                    "persistence true\npersistence_location {}/\nautosave_interval 0\n",
+                    state.display()
+                )
+            } else {
+                "persistence false\n".to_string()
+            };
             let mut text = format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                "listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}\
                  max_queued_messages 1000\nmax_inflight_messages 1024\nmessage_size_limit 1048576\n\
                  set_tcp_nodelay {nodelay}\nlog_dest stderr\nlog_type error\n"
             );

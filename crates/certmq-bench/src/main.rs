@@ -11,6 +11,7 @@ mod compare;
 mod enforce;
 mod plot;
 mod procstat;
+mod restart;
 mod scenario;
 mod sweep;
 mod tls;
@@ -57,6 +58,10 @@ enum Command {
     /// certmq's live enforcement at scale: N mutual-TLS connections under one
     /// CA, the CA deactivated, the time until each is closed.
     Enforce(enforce::EnforceArgs),
+    /// Restart with state: N retained messages and M persistent sessions,
+    /// SIGTERM, start again; time to listen, to CONNACK, and until every
+    /// retained message is back (certmq and mosquitto with persistence).
+    Restart(restart::RestartArgs),
 }
 
 #[derive(Args, Clone)]
@@ -207,6 +212,7 @@ fn main() -> ExitCode {
             Command::Compare(args) => compare::run(args).await,
             Command::Sweep(args) => sweep::run(args).await,
             Command::Enforce(args) => enforce::run(args).await,
+            Command::Restart(args) => restart::run(args).await,
         }
     });
     match result {
