@@ -39,14 +39,24 @@ impl Broker {
             .unwrap_or(0);
         self.next_id
             .fetch_max(kept.saturating_add(1), Ordering::Relaxed);
+        let mut expired = Vec::new();
         {
             let mut retained = self.retained.write();
             for m in restored.retained {
                 if !m.is_expired(now) && !m.payload.is_empty() {
                     retained.insert(m);
                     report.retained += 1;
+                } else {
+                    expired.push(m.topic.clone());
                 }
             }
+        }
+        // Expired while the broker was down: their records go too.
+        for topic in expired {
+            self.record(|| Change::Retained {
+                topic,
+                message: None,
+            });
         }
         for s in restored.sessions {
             self.restore_session(s, now, &mut report);
