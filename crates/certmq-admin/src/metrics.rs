@@ -46,6 +46,22 @@ impl Exposition {
     fn one(&mut self, name: &str, kind: &str, help: &str, value: f64) {
         self.family(name, kind, help, [(Vec::new(), value)]);
     }
+
+    fn histogram(&mut self, name: &str, help: &str, h: &certmq_core::persist::Histogram) {
+        let (buckets, sum, count) = h.snapshot();
+        let _ = writeln!(self.0, "# HELP certmq_{name} {help}");
+        let _ = writeln!(self.0, "# TYPE certmq_{name} histogram");
+        for (le, n) in buckets {
+            let le = if le.is_infinite() {
+                "+Inf".to_string()
+            } else {
+                le.to_string()
+            };
+            let _ = writeln!(self.0, "certmq_{name}_bucket{{le=\"{le}\"}} {n}");
+        }
+        let _ = writeln!(self.0, "certmq_{name}_sum {sum}");
+        let _ = writeln!(self.0, "certmq_{name}_count {count}");
+    }
 }
 
 /// A label value as the text format wants it.
@@ -218,6 +234,22 @@ pub async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
             "gauge",
             "State changes taken by the writer and not yet committed",
             load(&p.pending),
+        );
+        m.one(
+            "persistence_state_bytes",
+            "gauge",
+            "Bytes the kept broker state takes on disk (state.db and its log)",
+            load(&p.state_bytes),
+        );
+        m.histogram(
+            "persistence_commit_seconds",
+            "Time of each commit of a batch of state changes (transaction and fsync)",
+            &p.commit_seconds,
+        );
+        m.histogram(
+            "persistence_batch_changes",
+            "State changes in each committed batch",
+            &p.batch_changes,
         );
     }
     m.family(

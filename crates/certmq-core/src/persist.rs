@@ -40,7 +40,7 @@ pub trait Persist: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// A store's counters, for metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PersistStats {
     /// Batches committed.
     pub batches: AtomicU64,
@@ -52,6 +52,78 @@ pub struct PersistStats {
     pub pending: AtomicU64,
     /// Changes given up on after failing for too long.
     pub changes_dropped: AtomicU64,
+    /// Seconds each commit took (the transaction and its fsync).
+    pub commit_seconds: Histogram,
+    /// Changes in each committed batch.
+    pub batch_changes: Histogram,
+    /// Bytes the kept state takes on disk (database and its log).
+    pub state_bytes: AtomicU64,
+}
+
+impl Default for PersistStats {
+    fn default() -> Self {
+        Self {
+            batches: AtomicU64::new(0),
+            changes_written: AtomicU64::new(0),
+            write_errors: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            changes_dropped: AtomicU64::new(0),
+            commit_seconds: Histogram::new(&[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            batch_changes: Histogram::new(&[
+                1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0, 1_000_000.0,
+            ]),
+            state_bytes: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A Prometheus-style histogram: cumulative counts per upper bound, the
+/// sum and the count, updated without a lock.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: Vec<f64>,
+    /// One per bound, plus +Inf; not cumulative (summed when read).
+    counts: Vec<AtomicU64>,
+    /// The sum, in millionths.
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &[f64]) -> Self {
+        Self {
+            bounds: bounds.to_vec(),
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, v: f64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.bounds.len());
+        if let Some(c) = self.counts.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_micros
+            .fetch_add((v.max(0.0) * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// `(upper bound, cumulative count)` per bound (the last is +Inf), the
+    /// sum and the count.
+    pub fn snapshot(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        let mut total = 0;
+        let mut buckets = Vec::with_capacity(self.counts.len());
+        for (i, c) in self.counts.iter().enumerate() {
+            total += c.load(Ordering::Relaxed);
+            buckets.push((self.bounds.get(i).copied().unwrap_or(f64::INFINITY), total));
+        }
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        (buckets, sum, total)
+    }
 }
 
 /// One change of durable state.

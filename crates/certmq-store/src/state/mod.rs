@@ -119,6 +119,7 @@ struct Queue {
 }
 
 struct Shared {
+    path: PathBuf,
     queue: Mutex<Queue>,
     wake: Condvar,
     recorded: AtomicU64,
@@ -167,6 +168,7 @@ impl StateStore {
             elapsed: started.elapsed(),
         };
         let shared = Arc::new(Shared {
+            path: path.clone(),
             queue: Mutex::new(Queue {
                 seq: 0,
                 changes: Vec::new(),
@@ -179,6 +181,10 @@ impl StateStore {
             mode: config.mode,
             flush_interval: Duration::from_millis(config.flush_interval_ms.max(1)),
         });
+        shared
+            .stats
+            .state_bytes
+            .store(size_of(&path), Ordering::Relaxed);
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
             .name("certmq-state".into())
@@ -246,6 +252,16 @@ impl Persist for StateStore {
     }
 }
 
+/// Bytes of the database and its write-ahead log.
+fn size_of(db: &Path) -> u64 {
+    let wal = db.with_extension("db-wal");
+    [db, wal.as_path()]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 /// The writer thread: takes the queue in batches and commits them.
 fn writer(mut conn: rusqlite::Connection, shared: &Shared) {
     let mut retry: Vec<Change> = Vec::new();
@@ -289,10 +305,17 @@ fn writer(mut conn: rusqlite::Connection, shared: &Shared) {
         }
         if !batch.is_empty() {
             let n = batch.len() as u64;
+            let started = Instant::now();
             match apply::commit(&mut conn, &batch) {
                 Ok(()) => {
-                    shared.stats.batches.fetch_add(1, Ordering::Relaxed);
-                    shared.stats.changes_written.fetch_add(n, Ordering::Relaxed);
+                    let stats = &shared.stats;
+                    stats
+                        .commit_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    stats.batch_changes.observe(n as f64);
+                    stats.batches.fetch_add(1, Ordering::Relaxed);
+                    stats.changes_written.fetch_add(n, Ordering::Relaxed);
+                    stats.state_bytes.store(size_of(&shared.path), Ordering::Relaxed);
                     shared.durability.settle(written_to, seq, true);
                 }
                 Err(e) => {
