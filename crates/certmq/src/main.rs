@@ -185,15 +185,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         not_after = default_cert.info.not_after,
         "default server certificate"
     );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    // A file size limit (`ulimit -f`) must fail writes (reported like a
+    // full disk), not kill the broker with SIGXFSZ: a handler replaces
+    // the default action for the life of the process.
+    let _xfsz = runtime
+        .block_on(async {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(SIGXFSZ))
+        })
+        .context("cannot handle SIGXFSZ")?;
     let (state, restored) = match open_state(&config)? {
         Some((store, restored)) => (Some(store), Some(restored)),
         None => (None, None),
     };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         // Handlers first: a script that reads the `listening` lines may send
         // SIGTERM at once, and must get a clean shutdown, not the default kill.
@@ -311,6 +319,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+/// SIGXFSZ on Linux (x86-64, aarch64).
+const SIGXFSZ: i32 = 25;
 
 /// Opens and reads `<data>/state.db` unless persistence is off.
 #[allow(clippy::type_complexity)]

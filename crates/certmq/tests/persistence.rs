@@ -394,3 +394,332 @@ fn a_failing_write_in_sync_mode_is_not_acknowledged() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_write_error_below_the_engine_is_never_acknowledged() {
+    // A file size limit on the broker process: the kernel refuses writes
+    // past 3 MB with EFBIG, under SQLite, as a full disk would.
+    let dir = TempDir::new("persist-efbig");
+    let mut cmd = Command::new("prlimit");
+    cmd.arg("--fsize=3000000")
+        .arg(bin())
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(&dir.0)
+        .args([
+            "--listen-tcp",
+            "127.0.0.1:0",
+            "--listen-admin",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--listen-tls",
+            "off",
+            "--listen-ws",
+            "off",
+            "--listen-wss",
+            "off",
+        ])
+        .args(["--persistence", "sync"]);
+    let b = BrokerProcess::spawn(cmd, dir, 2);
+    let api = Api::of(&b);
+    let out = run(
+        Command::new("python3")
+            .arg(repo_root().join("tests/interop/paho_persist.py"))
+            .args([
+                "puback-codes",
+                "127.0.0.1",
+                &b.port("mqtt-tcp"),
+                "big",
+                "65536",
+                "80",
+            ]),
+        WAIT,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let codes: Vec<u8> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(codes.first(), Some(&0x10), "{codes:?}");
+    assert_eq!(codes.last(), Some(&0x80), "{codes:?}");
+    assert!(metric(&api, "certmq_persistence_write_errors_total") > 0.0);
+    // The broker carries on (in memory): a retained QoS 0 message is
+    // still served.
+    publish(&b, &["-r", "-t", "alive", "-m", "yes"]);
+    let out = mosquitto("mosquitto_sub", &b, &["-t", "alive", "-C", "1", "-W", "10"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes");
+}
+
+// ---------- raw MQTT, for what no client library lets a test control ----------
+
+mod raw {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
+
+    use bytes::BytesMut;
+    use certmq_codec::*;
+
+    pub struct Raw {
+        s: TcpStream,
+        buf: BytesMut,
+        protocol: Protocol,
+    }
+
+    impl Raw {
+        /// Connects (clean start off, session expiry 1 h for MQTT 5) and
+        /// returns the client and CONNACK's session present flag.
+        pub fn connect(addr: SocketAddr, id: &str, protocol: Protocol) -> (Raw, bool) {
+            let s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut c = Raw {
+                s,
+                buf: BytesMut::new(),
+                protocol,
+            };
+            let mut properties = Properties::default();
+            if protocol.is_v5() {
+                properties.session_expiry_interval = Some(3600);
+            }
+            c.send(Packet::Connect(Box::new(Connect {
+                protocol,
+                clean_start: false,
+                keep_alive: 60,
+                client_id: id.into(),
+                will: None,
+                username: None,
+                password: None,
+                properties,
+            })));
+            match c.recv() {
+                Packet::ConnAck(a) if a.reason == ReasonCode::SUCCESS => {
+                    let present = a.session_present;
+                    (c, present)
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+
+        pub fn try_send(&mut self, p: Packet) -> std::io::Result<()> {
+            let mut out = BytesMut::new();
+            encode(&p, self.protocol, &mut out);
+            self.s.write_all(&out)
+        }
+
+        pub fn send(&mut self, p: Packet) {
+            self.try_send(p).unwrap();
+        }
+
+        /// The next packet; `None` when the connection ended.
+        pub fn try_recv(&mut self) -> Option<Packet> {
+            loop {
+                match decode(&mut self.buf, Some(self.protocol), 1 << 20) {
+                    Ok(Some(p)) => return Some(p),
+                    Ok(None) => {}
+                    Err(e) => panic!("bad packet from the broker: {e}"),
+                }
+                let mut chunk = [0u8; 4096];
+                match self.s.read(&mut chunk) {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        }
+
+        pub fn recv(&mut self) -> Packet {
+            self.try_recv().expect("the broker closed the connection")
+        }
+
+        pub fn subscribe(&mut self, filter: &str, qos: QoS) {
+            self.send(Packet::Subscribe(Subscribe {
+                packet_id: 1,
+                filters: vec![(
+                    filter.into(),
+                    SubscriptionOptions {
+                        qos,
+                        ..Default::default()
+                    },
+                )],
+                properties: Properties::default(),
+            }));
+            match self.recv() {
+                Packet::SubAck(a) => assert!(!a.reasons[0].is_error(), "{a:?}"),
+                other => panic!("{other:?}"),
+            }
+        }
+
+        pub fn publish(
+            &mut self,
+            topic: &str,
+            payload: &[u8],
+            qos: QoS,
+            packet_id: u16,
+            dup: bool,
+        ) {
+            self.send(publish(topic, payload, qos, packet_id, dup));
+        }
+    }
+
+    pub fn publish(topic: &str, payload: &[u8], qos: QoS, packet_id: u16, dup: bool) -> Packet {
+        Packet::Publish(Publish {
+            dup,
+            qos,
+            retain: false,
+            topic: topic.into(),
+            packet_id,
+            payload: bytes::Bytes::copy_from_slice(payload),
+            properties: Properties::default(),
+        })
+    }
+}
+
+use certmq_codec::{Packet, Protocol, PubResponse, QoS, ReasonCode};
+use raw::Raw;
+
+#[test]
+fn qos2_in_both_directions_completes_exactly_once_across_a_kill_9() {
+    let b = serve(TempDir::new("persist-qos2"), &["--persistence", "sync"]);
+    let api = Api::of(&b);
+    let (mut sub, _) = Raw::connect(b.addr("mqtt-tcp"), "q2-sub", Protocol::V5);
+    sub.subscribe("q/#", QoS::ExactlyOnce);
+    let (mut publ, _) = Raw::connect(b.addr("mqtt-tcp"), "q2-pub", Protocol::V5);
+    publ.publish("q/1", b"one", QoS::AtLeastOnce, 1, false);
+    assert!(matches!(publ.recv(), Packet::PubAck(r) if r.packet_id == 1));
+    // Incoming QoS 2: PUBREC received, PUBREL not sent before the crash.
+    publ.publish("q/2", b"two", QoS::ExactlyOnce, 2, false);
+    assert!(matches!(publ.recv(), Packet::PubRec(r) if r.packet_id == 2));
+    // Outgoing: q/1 in flight unacknowledged, q/2 released by our PUBREC.
+    let (a, bq) = match (sub.recv(), sub.recv()) {
+        (Packet::Publish(x), Packet::Publish(y)) => {
+            assert_eq!((&*x.topic, &*y.topic), ("q/1", "q/2"));
+            (x.packet_id, y.packet_id)
+        }
+        other => panic!("{other:?}"),
+    };
+    sub.send(Packet::PubRec(PubResponse::new(bq, ReasonCode::SUCCESS)));
+    assert!(matches!(sub.recv(), Packet::PubRel(r) if r.packet_id == bq));
+    committed(&api);
+    let ((), dir) = b.kill9_keep_dir();
+    drop((sub, publ));
+
+    let b = serve(dir, &["--persistence", "sync"]);
+    // The publisher resends its QoS 2 PUBLISH: acknowledged, not routed
+    // again; PUBREL completes it.
+    let (mut publ, present) = Raw::connect(b.addr("mqtt-tcp"), "q2-pub", Protocol::V5);
+    assert!(present);
+    publ.publish("q/2", b"two", QoS::ExactlyOnce, 2, true);
+    assert!(matches!(publ.recv(), Packet::PubRec(r) if r.packet_id == 2));
+    publ.send(Packet::PubRel(PubResponse::new(2, ReasonCode::SUCCESS)));
+    assert!(
+        matches!(publ.recv(), Packet::PubComp(r) if r.packet_id == 2 && r.reason == ReasonCode::SUCCESS)
+    );
+    // The subscriber gets q/1 again with DUP and the same packet id, and
+    // the PUBREL of q/2; then nothing but the next message.
+    let (mut sub, present) = Raw::connect(b.addr("mqtt-tcp"), "q2-sub", Protocol::V5);
+    assert!(present);
+    match sub.recv() {
+        Packet::Publish(p) => {
+            assert!(p.dup);
+            assert_eq!(
+                (&*p.topic, p.packet_id, &p.payload[..]),
+                ("q/1", a, &b"one"[..])
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(sub.recv(), Packet::PubRel(r) if r.packet_id == bq));
+    sub.send(Packet::PubAck(PubResponse::new(a, ReasonCode::SUCCESS)));
+    sub.send(Packet::PubComp(PubResponse::new(bq, ReasonCode::SUCCESS)));
+    publ.publish("q/fence", b"", QoS::AtLeastOnce, 3, false);
+    assert!(matches!(publ.recv(), Packet::PubAck(_)));
+    match sub.recv() {
+        Packet::Publish(p) => assert_eq!(&*p.topic, "q/fence", "q/2 came twice"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn sync_mode_loses_no_acknowledged_message_in_20_random_crashes() {
+    let mut dir = TempDir::new("persist-crashloop");
+    let mut acked: Vec<u32> = Vec::new();
+    let mut seq = 0u32;
+    let seed = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u8(1);
+        h.finish()
+    };
+    let mut rng = seed;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for round in 0..20 {
+        let b = serve(dir, &["--persistence", "sync"]);
+        if round == 0 {
+            let (mut sub, _) = Raw::connect(b.addr("mqtt-tcp"), "loop-sub", Protocol::V3_1_1);
+            sub.subscribe("loop/#", QoS::AtLeastOnce);
+        }
+        let (mut publ, _) = Raw::connect(b.addr("mqtt-tcp"), "loop-pub", Protocol::V3_1_1);
+        let pid = b.pid();
+        let delay = Duration::from_millis(5 + next() % 60);
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        });
+        // At most 45 a round: 20 rounds stay under the queue limit (1,000).
+        for _ in 0..45 {
+            seq += 1;
+            let id = (seq % 65535 + 1) as u16;
+            let p = raw::publish("loop/m", &seq.to_be_bytes(), QoS::AtLeastOnce, id, false);
+            if publ.try_send(p).is_err() {
+                break;
+            }
+            match publ.try_recv() {
+                Some(Packet::PubAck(r)) if r.packet_id == id => acked.push(seq),
+                _ => break,
+            }
+        }
+        killer.join().unwrap();
+        let ((), d) = b.kill9_keep_dir();
+        dir = d;
+    }
+    assert!(
+        acked.len() >= 20,
+        "too few messages acknowledged: {}",
+        acked.len()
+    );
+    let b = serve(dir, &["--persistence", "sync"]);
+    let (mut publ, _) = Raw::connect(b.addr("mqtt-tcp"), "loop-pub", Protocol::V3_1_1);
+    publ.publish("loop/fence", b"", QoS::AtLeastOnce, 1, false);
+    assert!(matches!(publ.recv(), Packet::PubAck(_)));
+    let (mut sub, present) = Raw::connect(b.addr("mqtt-tcp"), "loop-sub", Protocol::V3_1_1);
+    assert!(present);
+    let mut got: Vec<u32> = Vec::new();
+    loop {
+        match sub.recv() {
+            Packet::Publish(p) if &*p.topic == "loop/fence" => break,
+            Packet::Publish(p) => {
+                got.push(u32::from_be_bytes(p.payload[..4].try_into().unwrap()));
+                sub.send(Packet::PubAck(PubResponse::new(
+                    p.packet_id,
+                    ReasonCode::SUCCESS,
+                )));
+            }
+            _ => {}
+        }
+    }
+    let missing: Vec<u32> = acked.iter().filter(|s| !got.contains(s)).copied().collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged and lost: {missing:?} (seed {seed})"
+    );
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order: {got:?}");
+}

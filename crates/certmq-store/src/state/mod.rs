@@ -315,7 +315,9 @@ fn writer(mut conn: rusqlite::Connection, shared: &Shared) {
                     stats.batch_changes.observe(n as f64);
                     stats.batches.fetch_add(1, Ordering::Relaxed);
                     stats.changes_written.fetch_add(n, Ordering::Relaxed);
-                    stats.state_bytes.store(size_of(&shared.path), Ordering::Relaxed);
+                    stats
+                        .state_bytes
+                        .store(size_of(&shared.path), Ordering::Relaxed);
                     shared.durability.settle(written_to, seq, true);
                 }
                 Err(e) => {
