@@ -18,11 +18,18 @@ use crate::LoadArgs;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BrokerKind {
+    /// certmq as it ships (persistence `async`).
     Certmq,
+    /// certmq with `--persistence off`.
+    CertmqOff,
+    /// certmq with `--persistence sync`.
+    CertmqSync,
     /// mosquitto with set_tcp_nodelay true (like certmq).
     Mosquitto,
     /// mosquitto with its default set_tcp_nodelay false.
     MosquittoNagle,
+    /// mosquitto (nodelay) with `persistence true`.
+    MosquittoPersistent,
     Rumqttd,
 }
 
@@ -30,10 +37,20 @@ impl BrokerKind {
     pub fn label(self) -> &'static str {
         match self {
             BrokerKind::Certmq => "certmq",
+            BrokerKind::CertmqOff => "certmq (persistence off)",
+            BrokerKind::CertmqSync => "certmq (persistence sync)",
             BrokerKind::Mosquitto => "mosquitto (nodelay)",
             BrokerKind::MosquittoNagle => "mosquitto (default, Nagle)",
+            BrokerKind::MosquittoPersistent => "mosquitto (persistence)",
             BrokerKind::Rumqttd => "rumqttd",
         }
+    }
+
+    pub fn is_certmq(self) -> bool {
+        matches!(
+            self,
+            BrokerKind::Certmq | BrokerKind::CertmqOff | BrokerKind::CertmqSync
+        )
     }
 }
 
@@ -222,13 +239,18 @@ pub fn start_with(
     let port = free_port()?;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let dir = scratch(match kind {
-        BrokerKind::Certmq => "certmq",
+        k if k.is_certmq() => "certmq",
         BrokerKind::Rumqttd => "rumqttd",
         _ => "mosquitto",
     })?;
     let mut admin_addr: Option<SocketAddr> = None;
     let mut cmd = match kind {
-        BrokerKind::Certmq => {
+        BrokerKind::Certmq | BrokerKind::CertmqOff | BrokerKind::CertmqSync => {
+            let mode = match kind {
+                BrokerKind::CertmqOff => "off",
+                BrokerKind::CertmqSync => "sync",
+                _ => "async",
+            };
             let bin = args.certmq_bin.clone().unwrap_or_else(default_certmq_bin);
             let mut c = Command::new(bin);
             let addr = addr.to_string();
@@ -250,13 +272,14 @@ pub fn start_with(
                 .args(["--listen-tcp", tcp, "--listen-tls", tls_addr])
                 .args(["--tls-client-auth", auth, "--listen-ws", "off"])
                 .args(["--listen-wss", "off", "--listen-admin", &admin])
-                .args(["--log", "warn"]);
+                .args(["--log", "warn", "--persistence", mode]);
             admin_addr = admin.parse().ok();
             c
         }
-        BrokerKind::Mosquitto | BrokerKind::MosquittoNagle => {
+        BrokerKind::Mosquitto | BrokerKind::MosquittoNagle | BrokerKind::MosquittoPersistent => {
             let conf = dir.0.join("mosquitto.conf");
-            let nodelay = kind == BrokerKind::Mosquitto;
+            let nodelay = kind != BrokerKind::MosquittoNagle;
+            let persist = persist || kind == BrokerKind::MosquittoPersistent;
             // Limits as certmq's defaults: queue 1000, 1024 in flight, 1 MiB packets.
             let persistence = if persist {
                 // Run as root, mosquitto drops to its own user: its state
@@ -500,10 +523,10 @@ pub async fn run(mut args: CompareArgs) -> anyhow::Result<()> {
                 load.mqtt = 3;
             }
             let mut running = start(*kind, &args.bins, args.load.tls, tls_files.as_ref())?;
-            if *kind == BrokerKind::Certmq && args.registered_devices > 0 {
+            if kind.is_certmq() && args.registered_devices > 0 {
                 running = import_devices(running, args.registered_devices)?;
             }
-            if *kind == BrokerKind::Certmq && args.load.tls != TlsMode::None {
+            if kind.is_certmq() && args.load.tls != TlsMode::None {
                 load.ca = Some(running.certmq_ca());
             }
             let opts = load.options(running.addr, Some(running.child.id()))?;
@@ -688,6 +711,24 @@ fn print_summary(s: &Summary) {
             fmt_opt(r.p99, 2),
             fmt_opt(r.bytes_per_connection, 2)
         );
+    }
+    // The cost of persistence, against certmq with it off in the same run.
+    if let Some(off) = s.brokers.iter().find(|b| b.broker == BrokerKind::CertmqOff) {
+        for b in s.brokers.iter().filter(|b| b.broker != BrokerKind::CertmqOff) {
+            let p99 = match (b.p99_us, off.p99_us) {
+                (Some(x), Some(y)) if y > 0.0 => format!("{:.2}", x / y),
+                _ => "-".into(),
+            };
+            println!(
+                "{} / certmq (persistence off): rate {:.2}x, p99 {p99}x",
+                b.label,
+                if off.units_per_s > 0.0 {
+                    b.units_per_s / off.units_per_s
+                } else {
+                    f64::NAN
+                },
+            );
+        }
     }
 }
 

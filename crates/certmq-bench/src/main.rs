@@ -93,6 +93,10 @@ pub struct LoadArgs {
     /// QoS 1/2 messages in flight per publisher.
     #[arg(long, default_value_t = 64)]
     inflight: usize,
+    /// Subscribers keep their sessions (clean start off; MQTT 5: expiry
+    /// 1 hour), so a broker that persists state persists their messages.
+    #[arg(long)]
+    persistent_sessions: bool,
     /// MQTT version: 3 (3.1.1) or 5.
     #[arg(long, default_value_t = 5)]
     mqtt: u8,
@@ -177,6 +181,7 @@ impl LoadArgs {
             inflight: self.inflight,
             sources: self.sources.clone(),
             broker_pid,
+            persistent_sessions: self.persistent_sessions,
             progress: !self.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
         })
     }

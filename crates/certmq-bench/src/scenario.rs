@@ -53,6 +53,8 @@ pub struct Options {
     pub inflight: usize,
     pub sources: Vec<IpAddr>,
     pub broker_pid: Option<u32>,
+    /// Subscribers keep their sessions (clean start off).
+    pub persistent_sessions: bool,
     pub progress: bool,
     pub tls: Option<Arc<TlsSetup>>,
     pub tls_mode: TlsMode,
@@ -177,15 +179,24 @@ async fn messaging(scenario: Scenario, opts: Options) -> anyhow::Result<Report> 
         let opts2 = opts.clone();
         let f = f.clone();
         subs.push(tokio::spawn(async move {
-            let mut c = Client::connect(
-                opts2.addr,
-                source(&opts2, i),
-                opts2.protocol,
-                &format!("bench-sub-{i}"),
-                600,
-                opts2.tls.as_deref(),
-            )
-            .await?;
+            let id = format!("bench-sub-{i}");
+            let mut c = if opts2.persistent_sessions {
+                anyhow::ensure!(
+                    opts2.tls.is_none(),
+                    "--persistent-sessions runs over plain TCP"
+                );
+                Client::connect_persistent(opts2.addr, opts2.protocol, &id).await?
+            } else {
+                Client::connect(
+                    opts2.addr,
+                    source(&opts2, i),
+                    opts2.protocol,
+                    &id,
+                    600,
+                    opts2.tls.as_deref(),
+                )
+                .await?
+            };
             c.subscribe(&f, opts2.qos).await?;
             drop(permit);
             anyhow::Ok(c)

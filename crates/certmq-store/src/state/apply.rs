@@ -1,24 +1,20 @@
-//! One batch of changes, one transaction.
+//! Batches of changes, one transaction.
 //!
-//! A delivery queued and finished within the batch (the common case for an
-//! online subscriber) is never written. A message is stored once per batch
-//! however many sessions it is queued for (under the key of its first
-//! delivery), and deleted with its last delivery. Nothing is kept between
-//! batches, so a failed batch can simply be applied again.
+//! A delivery queued and finished within a batch (the common case for an
+//! online subscriber) never reaches this module (see `Batch::add`). A
+//! message is stored once per transaction however many sessions it is
+//! queued for (under the key of its first delivery), and deleted with its
+//! last delivery. Nothing is kept between transactions, so failed batches
+//! are simply written again, first, with the next one.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use certmq_core::persist::{encode_identity, encode_message, encode_options, Change};
-use certmq_core::{Delivery, Message, Time};
+use certmq_core::{Message, Time};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-struct Pending {
-    client_id: Arc<str>,
-    delivery: Delivery,
-    packet_id: Option<u16>,
-    released: bool,
-}
+use super::{Batch, Pending};
 
 fn ms(t: Option<Time>) -> Option<i64> {
     t.map(|t| i64::try_from(t.unix_millis()).unwrap_or(i64::MAX))
@@ -28,52 +24,26 @@ fn key(k: u64) -> i64 {
     i64::try_from(k).unwrap_or(i64::MAX)
 }
 
-pub(super) fn commit(conn: &mut Connection, batch: &[Change]) -> rusqlite::Result<()> {
+/// Messages stored in this transaction, by their `Arc`'s address (the
+/// `Arc`s live in the batches, so no address is reused meanwhile).
+type Stored = HashMap<*const Message, i64>;
+
+/// Writes `batches` in order, in one transaction.
+pub(super) fn commit(conn: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
-    let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
     let mut unreferenced: HashSet<i64> = HashSet::new();
-    for change in batch {
-        apply(&tx, change, &mut pending, &mut unreferenced)?;
-    }
-    let mut stored: HashMap<*const Message, i64> = HashMap::new();
-    for (k, p) in pending {
-        let message_id = match stored.get(&Arc::as_ptr(&p.delivery.message)) {
-            Some(id) => *id,
-            None => {
-                let id = key(k);
-                tx.prepare_cached(
-                    "INSERT OR REPLACE INTO messages (id, publish, expires_at) VALUES (?1, ?2, ?3)",
-                )?
-                .execute(params![
-                    id,
-                    encode_message(&p.delivery.message),
-                    ms(p.delivery.message.expires_at)
-                ])?;
-                stored.insert(Arc::as_ptr(&p.delivery.message), id);
-                id
+    let mut stored = Stored::new();
+    for batch in batches {
+        for change in &batch.changes {
+            apply(&tx, change, &mut unreferenced, &mut stored)?;
+        }
+        let mut keys: Vec<&u64> = batch.queued.keys().collect();
+        keys.sort_unstable();
+        for k in keys {
+            if let Some(p) = batch.queued.get(k) {
+                insert_delivery(&tx, *k, p, &mut stored)?;
             }
-        };
-        let ids: Vec<String> = p
-            .delivery
-            .subscription_ids
-            .iter()
-            .map(u32::to_string)
-            .collect();
-        tx.prepare_cached(
-            "INSERT OR REPLACE INTO deliveries
-             (key, client_id, message_id, qos, retain, subscription_ids, packet_id, released)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?
-        .execute(params![
-            key(k),
-            &*p.client_id,
-            message_id,
-            p.delivery.qos as u8,
-            p.delivery.retain,
-            ids.join(","),
-            p.packet_id,
-            p.released
-        ])?;
+        }
     }
     for id in unreferenced {
         tx.prepare_cached(
@@ -85,11 +55,57 @@ pub(super) fn commit(conn: &mut Connection, batch: &[Change]) -> rusqlite::Resul
     tx.commit()
 }
 
+fn insert_delivery(
+    tx: &Transaction<'_>,
+    k: u64,
+    p: &Pending,
+    stored: &mut Stored,
+) -> rusqlite::Result<()> {
+    let message_id = match stored.get(&Arc::as_ptr(&p.delivery.message)) {
+        Some(id) => *id,
+        None => {
+            let id = key(k);
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO messages (id, publish, expires_at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![
+                id,
+                encode_message(&p.delivery.message),
+                ms(p.delivery.message.expires_at)
+            ])?;
+            stored.insert(Arc::as_ptr(&p.delivery.message), id);
+            id
+        }
+    };
+    let ids: Vec<String> = p
+        .delivery
+        .subscription_ids
+        .iter()
+        .map(u32::to_string)
+        .collect();
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO deliveries
+         (key, client_id, message_id, qos, retain, subscription_ids, packet_id, released)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        key(k),
+        &*p.client_id,
+        message_id,
+        p.delivery.qos as u8,
+        p.delivery.retain,
+        ids.join(","),
+        p.packet_id,
+        p.released
+    ])?;
+    Ok(())
+}
+
 fn apply(
     tx: &Transaction<'_>,
     change: &Change,
-    pending: &mut BTreeMap<u64, Pending>,
     unreferenced: &mut HashSet<i64>,
+    stored: &mut Stored,
 ) -> rusqlite::Result<()> {
     match change {
         Change::Retained {
@@ -128,7 +144,6 @@ fn apply(
             ])?;
         }
         Change::SessionEnded { client_id } => {
-            pending.retain(|_, p| p.client_id != *client_id);
             for table in ["sessions", "subscriptions", "incoming_qos2"] {
                 tx.prepare_cached(&format!("DELETE FROM {table} WHERE client_id = ?1"))?
                     .execute([&**client_id])?;
@@ -164,46 +179,32 @@ fn apply(
         }
         Change::Queued {
             client_id,
-            key,
+            key: k,
             delivery,
         } => {
-            pending.insert(
-                *key,
-                Pending {
-                    client_id: client_id.clone(),
-                    delivery: delivery.clone(),
-                    packet_id: None,
-                    released: false,
-                },
-            );
+            // Batches keep queued deliveries apart; one here is written as is.
+            let p = Pending {
+                client_id: client_id.clone(),
+                delivery: delivery.clone(),
+                packet_id: None,
+                released: false,
+            };
+            insert_delivery(tx, *k, &p, stored)?;
         }
-        Change::Sent { key: k, packet_id } => match pending.get_mut(k) {
-            Some(p) => {
-                p.packet_id = Some(*packet_id);
-                p.released = false;
-            }
-            None => {
-                tx.prepare_cached(
-                    "UPDATE deliveries SET packet_id = ?2, released = 0 WHERE key = ?1",
-                )?
+        Change::Sent { key: k, packet_id } => {
+            tx.prepare_cached("UPDATE deliveries SET packet_id = ?2, released = 0 WHERE key = ?1")?
                 .execute(params![key(*k), packet_id])?;
-            }
-        },
-        Change::Released { key: k } => match pending.get_mut(k) {
-            Some(p) => p.released = true,
-            None => {
-                tx.prepare_cached("UPDATE deliveries SET released = 1 WHERE key = ?1")?
-                    .execute([key(*k)])?;
-            }
-        },
+        }
+        Change::Released { key: k } => {
+            tx.prepare_cached("UPDATE deliveries SET released = 1 WHERE key = ?1")?
+                .execute([key(*k)])?;
+        }
         Change::Done { key: k } => {
-            if pending.remove(k).is_none() {
-                let id: Option<i64> = tx
-                    .prepare_cached("DELETE FROM deliveries WHERE key = ?1 RETURNING message_id")?
-                    .query_row([key(*k)], |r| r.get(0))
-                    .optional()?;
-                unreferenced.extend(id);
-            }
+            let id: Option<i64> = tx
+                .prepare_cached("DELETE FROM deliveries WHERE key = ?1 RETURNING message_id")?
+                .query_row([key(*k)], |r| r.get(0))
+                .optional()?;
+            unreferenced.extend(id);
         }
         Change::Qos2Received {
             client_id,

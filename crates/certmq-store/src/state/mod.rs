@@ -20,13 +20,14 @@
 mod apply;
 mod load;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use certmq_core::persist::{Change, PersistStats};
-use certmq_core::{Durability, Persist, Restored};
+use certmq_core::{Delivery, Durability, Persist, Restored};
 use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 
@@ -114,8 +115,78 @@ pub struct LoadReport {
 
 struct Queue {
     seq: u64,
-    changes: Vec<Change>,
+    batch: Batch,
     stopping: bool,
+}
+
+/// The changes gathered for one commit. A delivery queued in this batch
+/// waits in `queued` (its `Sent`, `Released` and `Done` change it there, so
+/// one that is over before the commit, the usual case for an online
+/// subscriber, is never written); everything else is kept in order in
+/// `changes`, and `queued` is written after them.
+#[derive(Default)]
+pub(crate) struct Batch {
+    pub changes: Vec<Change>,
+    pub queued: HashMap<u64, Pending>,
+}
+
+/// A delivery queued in the batch, as it stands.
+pub(crate) struct Pending {
+    pub client_id: Arc<str>,
+    pub delivery: Delivery,
+    pub packet_id: Option<u16>,
+    pub released: bool,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.changes.len() + self.queued.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.queued.is_empty()
+    }
+
+    fn add(&mut self, change: Change) {
+        match change {
+            Change::Queued {
+                client_id,
+                key,
+                delivery,
+            } => {
+                self.queued.insert(
+                    key,
+                    Pending {
+                        client_id,
+                        delivery,
+                        packet_id: None,
+                        released: false,
+                    },
+                );
+            }
+            Change::Sent { key, packet_id } => match self.queued.get_mut(&key) {
+                Some(p) => {
+                    p.packet_id = Some(packet_id);
+                    p.released = false;
+                }
+                None => self.changes.push(change),
+            },
+            Change::Released { key } => match self.queued.get_mut(&key) {
+                Some(p) => p.released = true,
+                None => self.changes.push(change),
+            },
+            Change::Done { key } => {
+                if self.queued.remove(&key).is_none() {
+                    self.changes.push(change);
+                }
+            }
+            Change::SessionEnded { ref client_id } => {
+                self.queued.retain(|_, p| p.client_id != *client_id);
+                self.changes.push(change);
+            }
+            other => self.changes.push(other),
+        }
+    }
 }
 
 struct Shared {
@@ -171,7 +242,7 @@ impl StateStore {
             path: path.clone(),
             queue: Mutex::new(Queue {
                 seq: 0,
-                changes: Vec::new(),
+                batch: Batch::default(),
                 stopping: false,
             }),
             wake: Condvar::new(),
@@ -233,7 +304,7 @@ impl Persist for StateStore {
             return q.seq;
         }
         q.seq += 1;
-        q.changes.push(change);
+        q.batch.add(change);
         let seq = q.seq;
         self.shared.recorded.store(seq, Ordering::Release);
         drop(q);
@@ -264,15 +335,16 @@ fn size_of(db: &Path) -> u64 {
 
 /// The writer thread: takes the queue in batches and commits them.
 fn writer(mut conn: rusqlite::Connection, shared: &Shared) {
-    let mut retry: Vec<Change> = Vec::new();
+    // Batches that failed, written again (first, in order) with the next.
+    let mut retry: Vec<Batch> = Vec::new();
     let mut written_to = 0u64;
     let mut last_error_log: Option<Instant> = None;
     loop {
-        let (mut batch, seq, stopping) = {
+        let (batch, seq, stopping) = {
             let mut q = shared.queue.lock();
             match shared.mode {
                 PersistenceMode::Sync => {
-                    while q.changes.is_empty() && !q.stopping {
+                    while q.batch.is_empty() && !q.stopping {
                         if retry.is_empty() {
                             shared.wake.wait(&mut q);
                         } else if shared.wake.wait_for(&mut q, RETRY_PAUSE).timed_out() {
@@ -293,28 +365,26 @@ fn writer(mut conn: rusqlite::Connection, shared: &Shared) {
                     }
                 }
             }
-            (std::mem::take(&mut q.changes), q.seq, q.stopping)
+            (std::mem::take(&mut q.batch), q.seq, q.stopping)
         };
-        shared
-            .stats
-            .pending
-            .store(batch.len() as u64, Ordering::Relaxed);
-        if !retry.is_empty() {
-            retry.append(&mut batch);
-            batch = std::mem::take(&mut retry);
-        }
         if !batch.is_empty() {
-            let n = batch.len() as u64;
+            retry.push(batch);
+        }
+        let n: usize = retry.iter().map(Batch::len).sum();
+        shared.stats.pending.store(n as u64, Ordering::Relaxed);
+        if n > 0 {
             let started = Instant::now();
-            match apply::commit(&mut conn, &batch) {
+            match apply::commit(&mut conn, &retry) {
                 Ok(()) => {
+                    retry.clear();
                     let stats = &shared.stats;
                     stats
                         .commit_seconds
                         .observe(started.elapsed().as_secs_f64());
                     stats.batch_changes.observe(n as f64);
                     stats.batches.fetch_add(1, Ordering::Relaxed);
-                    stats.changes_written.fetch_add(n, Ordering::Relaxed);
+                    // Every change recorded up to `seq` is on disk.
+                    stats.changes_written.fetch_max(seq, Ordering::Relaxed);
                     stats
                         .state_bytes
                         .store(size_of(&shared.path), Ordering::Relaxed);
@@ -327,19 +397,25 @@ fn writer(mut conn: rusqlite::Connection, shared: &Shared) {
                         tracing::error!(error = %e, changes = n, "broker state not written; will try again");
                         last_error_log = Some(Instant::now());
                     }
-                    if batch.len() > RETRY_LIMIT {
-                        shared.stats.changes_dropped.fetch_add(n, Ordering::Relaxed);
+                    if n > RETRY_LIMIT || stopping {
+                        retry.clear();
+                        shared
+                            .stats
+                            .changes_dropped
+                            .fetch_add(n as u64, Ordering::Relaxed);
                         tracing::error!(
                             changes = n,
                             "broker state writes kept failing: changes dropped; the kept state is behind"
                         );
-                    } else if !stopping {
-                        retry = batch;
                     }
                 }
             }
         } else {
             shared.durability.settle(written_to, seq, true);
+            shared
+                .stats
+                .changes_written
+                .fetch_max(seq, Ordering::Relaxed);
         }
         written_to = seq;
         shared.stats.pending.store(0, Ordering::Relaxed);
