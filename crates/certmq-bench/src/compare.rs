@@ -714,7 +714,11 @@ fn print_summary(s: &Summary) {
     }
     // The cost of persistence, against certmq with it off in the same run.
     if let Some(off) = s.brokers.iter().find(|b| b.broker == BrokerKind::CertmqOff) {
-        for b in s.brokers.iter().filter(|b| b.broker != BrokerKind::CertmqOff) {
+        for b in s
+            .brokers
+            .iter()
+            .filter(|b| b.broker != BrokerKind::CertmqOff)
+        {
             let p99 = match (b.p99_us, off.p99_us) {
                 (Some(x), Some(y)) if y > 0.0 => format!("{:.2}", x / y),
                 _ => "-".into(),

@@ -262,7 +262,8 @@ pub struct RestoreReport {
     pub wills_published: usize,
     /// Wills waiting for their delay.
     pub wills_pending: usize,
-    /// Sessions whose expiry passed while the broker was down.
+    /// Sessions whose expiry passed while the broker was down (ended, not
+    /// restored; not counted in `sessions`).
     pub sessions_expired: usize,
     /// Records that did not fit (a filter or delivery of an unknown
     /// session, an invalid filter), left out.

@@ -68,9 +68,20 @@ impl Broker {
     }
 
     fn restore_session(&self, s: RestoredSession, now: Time, report: &mut RestoreReport) {
+        let offline_since = s.offline_since.unwrap_or(now);
+        let ends_at = (s.expiry_interval != u32::MAX)
+            .then(|| offline_since + Duration::from_secs(u64::from(s.expiry_interval)));
+        if ends_at.is_some_and(|at| at <= now) {
+            // Expired while the broker was down: gone before anyone can
+            // resume it (its will, if kept, goes out with the wills).
+            self.record(|| Change::SessionEnded {
+                client_id: s.client_id.clone(),
+            });
+            report.sessions_expired += 1;
+            return;
+        }
         let entry = self.new_session(s.client_id.clone());
         let generation = self.next_id();
-        let offline_since = s.offline_since.unwrap_or(now);
         {
             let mut state = entry.state.lock();
             state.take_ownership(generation, s.expiry_interval, s.identity);
@@ -122,12 +133,7 @@ impl Broker {
                 self.record_session(&entry, &state, Some(offline_since));
             }
         }
-        if s.expiry_interval != u32::MAX {
-            let at = offline_since + Duration::from_secs(u64::from(s.expiry_interval));
-            if at <= now {
-                report.sessions_expired += 1;
-            }
-            // Due ones end at the first tick (publishing a pending will).
+        if let Some(at) = ends_at {
             self.add_timer(at, Timer::Expire(entry.clone(), generation));
         }
         self.sessions.lock().insert(s.client_id, entry);
