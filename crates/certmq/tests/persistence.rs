@@ -135,7 +135,16 @@ fn wait_for_connection(api: &Api, client_id: &str) {
 
 #[test]
 fn a_restart_keeps_retained_messages_sessions_and_queued_messages() {
-    let b = serve(TempDir::new("persist-restart"), &[]);
+    restart_keeps_state(&[]);
+}
+
+#[test]
+fn a_restart_in_sync_mode_keeps_them_too() {
+    restart_keeps_state(&["--persistence", "sync"]);
+}
+
+fn restart_keeps_state(mode: &[&str]) {
+    let b = serve(TempDir::new("persist-restart"), mode);
     park_subscriber(&b, "keeper", "k/#");
     publish(&b, &["-q", "1", "-t", "k/1", "-m", "queued"]);
     publish(&b, &["-q", "1", "-r", "-t", "k/r", "-m", "retained"]);
@@ -146,14 +155,14 @@ fn a_restart_keeps_retained_messages_sessions_and_queued_messages() {
     let (status, dir) = b.terminate_keep_dir();
     assert!(status.success());
     assert!(dir.0.join("state.db").exists());
-    let mode = std::os::unix::fs::PermissionsExt::mode(
+    let file_mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(dir.0.join("state.db"))
             .unwrap()
             .permissions(),
     );
-    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(file_mode & 0o777, 0o600);
 
-    let b = serve(dir, &[]);
+    let b = serve(dir, mode);
     assert_eq!(
         collect(&b, "keeper", "k/#", 2),
         ["k/1 queued", "k/r retained"]
