@@ -101,16 +101,24 @@ fn metrics_are_prometheus_text_with_message_counters() {
     assert!(value("certmq_messages_delivered_total") >= 1.0);
     assert!(text.contains("certmq_messages_dropped_total{reason=\"queue_full\"} "));
     assert!(text.contains("# TYPE certmq_messages_received_total counter"));
-    // Every sample line is `name{labels} value`, every family typed.
+    // Every sample line is `name{labels} value`, every family typed (a
+    // histogram's samples are its name with `_bucket`, `_sum`, `_count`).
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let (name, value) = line.rsplit_once(' ').unwrap();
         assert!(value.parse::<f64>().is_ok(), "{line}");
         let base = name.split('{').next().unwrap();
-        assert!(
-            text.contains(&format!("# TYPE {base} ")),
-            "{base} has no TYPE line"
-        );
+        let typed = text.contains(&format!("# TYPE {base} "))
+            || ["_bucket", "_sum", "_count"].iter().any(|suffix| {
+                base.strip_suffix(suffix)
+                    .is_some_and(|h| text.contains(&format!("# TYPE {h} histogram")))
+            });
+        assert!(typed, "{base} has no TYPE line");
     }
+    // The persistence families, a histogram among them, with its +Inf
+    // bucket equal to its count.
+    assert!(text.contains("# TYPE certmq_persistence_commit_seconds histogram"));
+    let inf = value("certmq_persistence_commit_seconds_bucket{le=\"+Inf\"}");
+    assert_eq!(inf, value("certmq_persistence_commit_seconds_count"));
 }
 
 #[test]
