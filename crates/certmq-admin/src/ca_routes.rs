@@ -10,11 +10,11 @@ use certmq_pki::DeviceStatus;
 use crate::error::Kind;
 use serde::{Deserialize, Serialize};
 
+use crate::dto::{CaDto, DeviceDto};
 use crate::error::ApiError;
 use crate::routes::{blocking, ApiJson, ApiQuery, Items};
 use crate::AdminState;
 use certmq_registry::rfc3339;
-use certmq_registry::{CaView, DeviceView};
 
 #[derive(Serialize)]
 pub struct RegistrationCode {
@@ -34,19 +34,21 @@ pub async fn registration_code(State(s): State<AdminState>) -> Result<impl IntoR
     ))
 }
 
-pub async fn list_cas(State(s): State<AdminState>) -> Result<Json<Items<CaView>>, ApiError> {
+pub async fn list_cas(State(s): State<AdminState>) -> Result<Json<Items<CaDto>>, ApiError> {
     let d = s.devices.clone();
+    let cas = blocking(move || d.list_cas()).await?;
     Ok(Json(Items {
-        items: blocking(move || d.list_cas()).await?,
+        items: cas.iter().map(CaDto::of).collect(),
     }))
 }
 
 pub async fn get_ca(
     State(s): State<AdminState>,
     Path(id): Path<String>,
-) -> Result<Json<CaView>, ApiError> {
+) -> Result<Json<CaDto>, ApiError> {
     let d = s.devices.clone();
-    Ok(Json(blocking(move || d.get_ca(&id)).await?))
+    let (ca, counts) = blocking(move || d.get_ca(&id)).await?;
+    Ok(Json(CaDto::with_counts(&ca, &counts)))
 }
 
 #[derive(Deserialize)]
@@ -75,23 +77,27 @@ pub async fn register_ca(
     })
     .await?;
     tracing::info!(id = %view.id, "CA certificate registered");
-    Ok((StatusCode::CREATED, Json(view)))
+    Ok((StatusCode::CREATED, Json(CaDto::of(&view))))
 }
 
 pub async fn activate_ca(
     State(s): State<AdminState>,
     Path(id): Path<String>,
-) -> Result<Json<CaView>, ApiError> {
+) -> Result<Json<CaDto>, ApiError> {
     let d = s.devices.clone();
-    Ok(Json(blocking(move || d.set_ca_status(&id, true)).await?))
+    Ok(Json(CaDto::of(
+        &blocking(move || d.set_ca_status(&id, true)).await?,
+    )))
 }
 
 pub async fn deactivate_ca(
     State(s): State<AdminState>,
     Path(id): Path<String>,
-) -> Result<Json<CaView>, ApiError> {
+) -> Result<Json<CaDto>, ApiError> {
     let d = s.devices.clone();
-    Ok(Json(blocking(move || d.set_ca_status(&id, false)).await?))
+    Ok(Json(CaDto::of(
+        &blocking(move || d.set_ca_status(&id, false)).await?,
+    )))
 }
 
 #[derive(Deserialize)]
@@ -105,18 +111,17 @@ pub async fn patch_ca(
     State(s): State<AdminState>,
     Path(id): Path<String>,
     ApiJson(p): ApiJson<PatchCa>,
-) -> Result<Json<CaView>, ApiError> {
+) -> Result<Json<CaDto>, ApiError> {
     let d = s.devices.clone();
-    Ok(Json(
-        blocking(move || {
-            d.update_ca_provisioning(
-                &id,
-                p.device_provisioning.as_deref(),
-                p.automatic_activation,
-            )
-        })
-        .await?,
-    ))
+    let ca = blocking(move || {
+        d.update_ca_provisioning(
+            &id,
+            p.device_provisioning.as_deref(),
+            p.automatic_activation,
+        )
+    })
+    .await?;
+    Ok(Json(CaDto::of(&ca)))
 }
 
 pub async fn delete_ca(
@@ -155,7 +160,7 @@ pub struct Page<T> {
 pub async fn list_devices(
     State(s): State<AdminState>,
     ApiQuery(q): ApiQuery<DeviceQuery>,
-) -> Result<Json<Page<DeviceView>>, ApiError> {
+) -> Result<Json<Page<DeviceDto>>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let offset = q.offset.unwrap_or(0);
     let status = match q.status.as_deref() {
@@ -185,7 +190,8 @@ pub async fn list_devices(
         offset,
     };
     let d = s.devices.clone();
-    let (items, total) = blocking(move || d.list_devices(&f)).await?;
+    let (rows, total) = blocking(move || d.list_devices(&f)).await?;
+    let items = rows.iter().map(DeviceDto::of).collect();
     Ok(Json(Page {
         items,
         total,
@@ -211,17 +217,15 @@ pub async fn register_device(
         d.register_device(&r.device_certificate, r.client_id, r.status.as_deref())
     })
     .await?;
-    Ok((StatusCode::CREATED, Json(view)))
+    Ok((StatusCode::CREATED, Json(DeviceDto::of(&view))))
 }
 
 pub async fn get_device(
     State(s): State<AdminState>,
     Path(id): Path<String>,
-) -> Result<Json<DeviceView>, ApiError> {
+) -> Result<Json<DeviceDto>, ApiError> {
     let d = s.devices.clone();
-    Ok(Json(DeviceView::of(
-        &blocking(move || d.device(&id)).await?,
-    )))
+    Ok(Json(DeviceDto::of(&blocking(move || d.device(&id)).await?)))
 }
 
 pub async fn device_pem(
@@ -246,31 +250,31 @@ async fn set_status(
     s: AdminState,
     id: String,
     status: DeviceStatus,
-) -> Result<Json<DeviceView>, ApiError> {
+) -> Result<Json<DeviceDto>, ApiError> {
     let d = s.devices.clone();
-    Ok(Json(
-        blocking(move || d.set_device_status(&id, status)).await?,
-    ))
+    Ok(Json(DeviceDto::of(
+        &blocking(move || d.set_device_status(&id, status)).await?,
+    )))
 }
 
 pub async fn activate_device(
     State(s): State<AdminState>,
     Path(id): Path<String>,
-) -> Result<Json<DeviceView>, ApiError> {
+) -> Result<Json<DeviceDto>, ApiError> {
     set_status(s, id, DeviceStatus::Active).await
 }
 
 pub async fn deactivate_device(
     State(s): State<AdminState>,
     Path(id): Path<String>,
-) -> Result<Json<DeviceView>, ApiError> {
+) -> Result<Json<DeviceDto>, ApiError> {
     set_status(s, id, DeviceStatus::Inactive).await
 }
 
 pub async fn revoke_device(
     State(s): State<AdminState>,
     Path(id): Path<String>,
-) -> Result<Json<DeviceView>, ApiError> {
+) -> Result<Json<DeviceDto>, ApiError> {
     set_status(s, id, DeviceStatus::Revoked).await
 }
 

@@ -18,6 +18,7 @@
 
 mod auth;
 mod ca_routes;
+pub mod dto;
 pub mod error;
 mod metrics;
 mod serve;
@@ -32,7 +33,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::Router;
 
 pub use certmq_registry::{
-    Devices, RegistryConfig, RegistryError, ServerCertView, ServerCerts, DEFAULT_ID,
+    Devices, RegistryConfig, RegistryError, ServerCert, ServerCerts, DEFAULT_ID,
 };
 
 /// Largest request body accepted (a chain file is at most 16 KiB; keys

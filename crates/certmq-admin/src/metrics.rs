@@ -76,6 +76,7 @@ pub async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     let traffic = s.control.traffic();
     let stats = &s.broker.stats;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+    let now = certmq_registry::now_unix();
 
     m.family(
         "connections",
@@ -173,9 +174,9 @@ pub async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
             (
                 vec![
                     ("id", c.id.clone()),
-                    ("subject_cn", c.subject_cn.clone().unwrap_or_default()),
+                    ("subject_cn", c.info.subject_cn.clone().unwrap_or_default()),
                 ],
-                c.seconds_to_expiry as f64,
+                (c.info.not_after - now) as f64,
             )
         }),
     );
@@ -193,7 +194,7 @@ pub async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
                         ("id", ca.id.clone()),
                         ("subject_cn", ca.subject_cn.clone().unwrap_or_default()),
                     ],
-                    ca.seconds_to_expiry as f64,
+                    (ca.not_after - now) as f64,
                 )
             }),
     );

@@ -30,7 +30,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, Kind};
 use crate::AdminState;
-use certmq_registry::{rfc3339, ServerCertView};
+use certmq_registry::rfc3339;
+
+use crate::dto::ServerCertDto;
 
 /// `Json` whose rejections are API errors (400, 413) in the API's format.
 pub struct ApiJson<T>(pub T);
@@ -90,23 +92,31 @@ pub(crate) async fn blocking<T: Send + 'static, E: Into<ApiError> + Send + 'stat
         .map_err(Into::into)
 }
 
-pub async fn list_server_certs(State(s): State<AdminState>) -> Json<Items<ServerCertView>> {
+pub async fn list_server_certs(State(s): State<AdminState>) -> Json<Items<ServerCertDto>> {
     Json(Items {
-        items: s.server_certs.list(),
+        items: s
+            .server_certs
+            .list()
+            .iter()
+            .map(ServerCertDto::of)
+            .collect(),
     })
 }
 
 pub async fn get_server_cert(
     State(s): State<AdminState>,
     Path(id): Path<String>,
-) -> Result<Json<ServerCertView>, ApiError> {
-    s.server_certs.get(&id).map(Json).ok_or_else(|| {
-        ApiError::new(
-            Kind::NotFound,
-            "NotFound",
-            format!("server certificate {id} not found"),
-        )
-    })
+) -> Result<Json<ServerCertDto>, ApiError> {
+    s.server_certs
+        .get(&id)
+        .map(|c| Json(ServerCertDto::of(&c)))
+        .ok_or_else(|| {
+            ApiError::new(
+                Kind::NotFound,
+                "NotFound",
+                format!("server certificate {id} not found"),
+            )
+        })
 }
 
 #[derive(Deserialize)]
@@ -133,7 +143,7 @@ pub async fn bind_server_cert(
         blocking(move || certs.bind(req.name, &req.certificate_chain, &req.private_key, ACTOR))
             .await?;
     tracing::info!(id = %view.id, "server certificate bound");
-    Ok((StatusCode::CREATED, Json(view)))
+    Ok((StatusCode::CREATED, Json(ServerCertDto::of(&view))))
 }
 
 pub async fn unbind_server_cert(
@@ -147,20 +157,18 @@ pub async fn unbind_server_cert(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn enable_default(State(s): State<AdminState>) -> Result<Json<ServerCertView>, ApiError> {
+pub async fn enable_default(State(s): State<AdminState>) -> Result<Json<ServerCertDto>, ApiError> {
     let certs = s.server_certs.clone();
-    Ok(Json(
-        blocking(move || certs.set_default_enabled(true, ACTOR)).await?,
-    ))
+    Ok(Json(ServerCertDto::of(
+        &blocking(move || certs.set_default_enabled(true, ACTOR)).await?,
+    )))
 }
 
-pub async fn disable_default(
-    State(s): State<AdminState>,
-) -> Result<Json<ServerCertView>, ApiError> {
+pub async fn disable_default(State(s): State<AdminState>) -> Result<Json<ServerCertDto>, ApiError> {
     let certs = s.server_certs.clone();
-    Ok(Json(
-        blocking(move || certs.set_default_enabled(false, ACTOR)).await?,
-    ))
+    Ok(Json(ServerCertDto::of(
+        &blocking(move || certs.set_default_enabled(false, ACTOR)).await?,
+    )))
 }
 
 #[derive(Serialize)]

@@ -78,83 +78,31 @@ pub struct Devices {
     jitp: Mutex<Option<std::sync::mpsc::Sender<DeviceRecord>>>,
 }
 
-#[derive(Debug, Serialize)]
-pub struct CaView {
-    pub id: String,
-    pub serial_number: String,
-    pub subject_cn: Option<String>,
-    pub issuer_cn: Option<String>,
-    pub not_before: String,
-    pub not_after: String,
-    pub seconds_to_expiry: i64,
-    pub status: String,
-    pub device_provisioning: String,
-    pub automatic_activation: bool,
-    pub registered_at: String,
-    pub last_activated_at: Option<String>,
-    pub last_deactivated_at: Option<String>,
-    pub verification_certificate: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub device_certificate_counts: Option<HashMap<String, u64>>,
+/// What the audit log keeps of a CA.
+fn ca_audit(r: &CaRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": r.id,
+        "subject_cn": r.subject_cn,
+        "serial_number": r.serial,
+        "not_after": rfc3339(r.not_after),
+        "status": r.status.as_str(),
+        "device_provisioning": r.provisioning.as_str(),
+        "automatic_activation": r.automatic_activation,
+    })
 }
 
-impl CaView {
-    fn of(r: &CaRecord, counts: Option<HashMap<String, u64>>) -> Self {
-        CaView {
-            id: r.id.clone(),
-            serial_number: r.serial.clone(),
-            subject_cn: r.subject_cn.clone(),
-            issuer_cn: r.issuer_cn.clone(),
-            not_before: rfc3339(r.not_before),
-            not_after: rfc3339(r.not_after),
-            seconds_to_expiry: r.not_after - now_unix(),
-            status: r.status.as_str().to_string(),
-            device_provisioning: r.provisioning.as_str().to_string(),
-            automatic_activation: r.automatic_activation,
-            registered_at: rfc3339(r.registered_at),
-            last_activated_at: r.last_activated_at.map(rfc3339),
-            last_deactivated_at: r.last_deactivated_at.map(rfc3339),
-            verification_certificate: r.verification_pem.clone(),
-            device_certificate_counts: counts,
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct DeviceView {
-    pub id: String,
-    pub ca_id: String,
-    pub serial_number: String,
-    pub subject_cn: Option<String>,
-    pub subject_ou: Option<String>,
-    pub client_id: Option<String>,
-    pub not_before: String,
-    pub not_after: String,
-    pub status: String,
-    pub source: String,
-    pub created_at: String,
-    pub updated_at: String,
-    pub last_connected_at: Option<String>,
-}
-
-impl DeviceView {
-    pub fn of(r: &DeviceRecord) -> Self {
-        DeviceView {
-            id: r.id.clone(),
-            ca_id: r.ca_id.clone(),
-            serial_number: r.serial.clone(),
-            subject_cn: r.subject_cn.clone(),
-            subject_ou: r.subject_ou.clone(),
-            client_id: r.client_id.clone(),
-            not_before: rfc3339(r.not_before),
-            not_after: rfc3339(r.not_after),
-            status: r.status.as_str().to_string(),
-            source: r.source.as_str().to_string(),
-            created_at: rfc3339(r.created_at),
-            updated_at: rfc3339(r.updated_at),
-            last_connected_at: r.last_connected_at.map(rfc3339),
-        }
-    }
+/// What the audit log keeps of a device certificate.
+fn device_audit(r: &DeviceRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": r.id,
+        "ca_id": r.ca_id,
+        "serial_number": r.serial,
+        "subject_cn": r.subject_cn,
+        "client_id": r.client_id,
+        "not_after": rfc3339(r.not_after),
+        "status": r.status.as_str(),
+        "source": r.source.as_str(),
+    })
 }
 
 fn audit(
@@ -311,7 +259,7 @@ impl Devices {
             .spawn(move || {
                 while let Ok(rec) = rx.recv() {
                     let Some(this) = weak.upgrade() else { return };
-                    let a = audit("device_certificate.jitp", &rec.id, None, serde_json::to_value(DeviceView::of(&rec)).ok());
+                    let a = audit("device_certificate.jitp", &rec.id, None, Some(device_audit(&rec)));
                     match this.store.insert_device(&rec, &a) {
                         Ok(()) | Err(crate::store::StoreError::Exists(_)) => {}
                         Err(e) => {
@@ -523,13 +471,8 @@ impl Devices {
         Ok((code, expires))
     }
 
-    pub fn list_cas(&self) -> Result<Vec<CaView>, RegistryError> {
-        Ok(self
-            .store
-            .cas()?
-            .iter()
-            .map(|r| CaView::of(r, None))
-            .collect())
+    pub fn list_cas(&self) -> Result<Vec<CaRecord>, RegistryError> {
+        Ok(self.store.cas()?)
     }
 
     fn ca_record(&self, id: &str) -> Result<CaRecord, RegistryError> {
@@ -540,15 +483,11 @@ impl Devices {
             .ok_or_else(|| not_found("CA certificate", id))
     }
 
-    pub fn get_ca(&self, id: &str) -> Result<CaView, RegistryError> {
+    /// A CA and its device certificates counted by status.
+    #[allow(clippy::type_complexity)]
+    pub fn get_ca(&self, id: &str) -> Result<(CaRecord, Vec<(DeviceStatus, u64)>), RegistryError> {
         let r = self.ca_record(id)?;
-        let counts = self
-            .store
-            .device_counts(id)?
-            .into_iter()
-            .map(|(s, n)| (s.as_str().to_string(), n))
-            .collect();
-        Ok(CaView::of(&r, Some(counts)))
+        Ok((r, self.store.device_counts(id)?))
     }
 
     pub fn register_ca(
@@ -558,7 +497,7 @@ impl Devices {
         status: Option<&str>,
         provisioning: Option<&str>,
         automatic_activation: Option<bool>,
-    ) -> Result<CaView, RegistryError> {
+    ) -> Result<CaRecord, RegistryError> {
         let status = one_of(
             status.unwrap_or("ACTIVE"),
             CaStatus::parse,
@@ -617,7 +556,6 @@ impl Devices {
             last_activated_at: (status == CaStatus::Active).then_some(now),
             last_deactivated_at: None,
         };
-        let view = CaView::of(&rec, None);
         let Some((code, _)) = code else {
             return Err(RegistryError::new(
                 ErrorKind::Invalid,
@@ -633,16 +571,16 @@ impl Devices {
                 "ca_certificate.register",
                 &rec.id,
                 None,
-                serde_json::to_value(&view).ok(),
+                Some(ca_audit(&rec)),
             ),
         )?;
         let kick = self.apply_locked(&g, Change::Ca { id: rec.id.clone() })?;
         drop(g);
         self.run(kick);
-        Ok(view)
+        Ok(rec)
     }
 
-    pub fn set_ca_status(&self, id: &str, active: bool) -> Result<CaView, RegistryError> {
+    pub fn set_ca_status(&self, id: &str, active: bool) -> Result<CaRecord, RegistryError> {
         let g = self.update.lock();
         let mut rec = self.ca_record(id)?;
         let before = serde_json::json!({"status": rec.status.as_str()});
@@ -674,7 +612,7 @@ impl Devices {
         let kick = self.apply_locked(&g, Change::Ca { id: id.to_string() })?;
         drop(g);
         self.run(kick);
-        Ok(CaView::of(&rec, None))
+        Ok(rec)
     }
 
     pub fn update_ca_provisioning(
@@ -682,7 +620,7 @@ impl Devices {
         id: &str,
         provisioning: Option<&str>,
         automatic_activation: Option<bool>,
-    ) -> Result<CaView, RegistryError> {
+    ) -> Result<CaRecord, RegistryError> {
         let g = self.update.lock();
         let mut rec = self.ca_record(id)?;
         let before = serde_json::json!({"device_provisioning": rec.provisioning.as_str(), "automatic_activation": rec.automatic_activation});
@@ -706,7 +644,7 @@ impl Devices {
         let kick = self.apply_locked(&g, Change::Ca { id: id.to_string() })?;
         drop(g);
         self.run(kick);
-        Ok(CaView::of(&rec, None))
+        Ok(rec)
     }
 
     pub fn delete_ca(&self, id: &str) -> Result<(), RegistryError> {
@@ -732,7 +670,7 @@ impl Devices {
                 format!("{active} ACTIVE device certificate(s) under this CA; deactivate or revoke them first"),
             ));
         }
-        let before = serde_json::to_value(CaView::of(&rec, None)).ok();
+        let before = Some(ca_audit(&rec));
         self.store
             .delete_ca(id, &audit("ca_certificate.delete", id, before, None))?;
         let kick = self.apply_locked(&g, Change::Ca { id: id.to_string() })?;
@@ -743,9 +681,11 @@ impl Devices {
 
     // ---- device certificates ----
 
-    pub fn list_devices(&self, f: &DeviceFilter) -> Result<(Vec<DeviceView>, u64), RegistryError> {
-        let (rows, total) = self.store.devices(f)?;
-        Ok((rows.iter().map(DeviceView::of).collect(), total))
+    pub fn list_devices(
+        &self,
+        f: &DeviceFilter,
+    ) -> Result<(Vec<DeviceRecord>, u64), RegistryError> {
+        Ok(self.store.devices(f)?)
     }
 
     pub fn device(&self, id: &str) -> Result<DeviceRecord, RegistryError> {
@@ -759,7 +699,7 @@ impl Devices {
         pem: &str,
         client_id: Option<String>,
         status: Option<&str>,
-    ) -> Result<DeviceView, RegistryError> {
+    ) -> Result<DeviceRecord, RegistryError> {
         let status = one_of(
             status.unwrap_or("ACTIVE"),
             DeviceStatus::parse,
@@ -826,7 +766,6 @@ impl Devices {
             now,
             None,
         );
-        let view = DeviceView::of(&rec);
         let g = self.update.lock();
         self.store
             .insert_device(
@@ -835,7 +774,7 @@ impl Devices {
                     "device_certificate.register",
                     &rec.id,
                     None,
-                    serde_json::to_value(&view).ok(),
+                    Some(device_audit(&rec)),
                 ),
             )
             .map_err(|e| match e {
@@ -846,17 +785,17 @@ impl Devices {
                 ),
                 other => other.into(),
             })?;
-        let kick = self.apply_locked(&g, Change::DeviceStored(rec))?;
+        let kick = self.apply_locked(&g, Change::DeviceStored(rec.clone()))?;
         drop(g);
         self.run(kick);
-        Ok(view)
+        Ok(rec)
     }
 
     pub fn set_device_status(
         &self,
         id: &str,
         status: DeviceStatus,
-    ) -> Result<DeviceView, RegistryError> {
+    ) -> Result<DeviceRecord, RegistryError> {
         let action = match status {
             DeviceStatus::Active => "device_certificate.activate",
             DeviceStatus::Inactive => "device_certificate.deactivate",
@@ -869,17 +808,16 @@ impl Devices {
         let (_, after) =
             self.store
                 .transition_device(id, status, now_unix(), "admin-api", action)?;
-        let view = DeviceView::of(&after);
-        let kick = self.apply_locked(&g, Change::DeviceStored(after))?;
+        let kick = self.apply_locked(&g, Change::DeviceStored(after.clone()))?;
         drop(g);
         self.run(kick);
-        Ok(view)
+        Ok(after)
     }
 
     pub fn delete_device(&self, id: &str) -> Result<(), RegistryError> {
         let g = self.update.lock();
         let rec = self.device(id)?;
-        let before = serde_json::to_value(DeviceView::of(&rec)).ok();
+        let before = Some(device_audit(&rec));
         self.store
             .delete_device(id, &audit("device_certificate.delete", id, before, None))?;
         let kick = self.apply_locked(&g, Change::DeviceRemoved(rec))?;

@@ -21,6 +21,6 @@ mod server_certs;
 pub mod store;
 
 pub use crate::store::{AuditRecord, DeviceFilter};
-pub use devices::{CaView, Change, DeviceView, Devices, RegistryConfig};
+pub use devices::{Change, Devices, RegistryConfig};
 pub use error::{ErrorKind, RegistryError};
-pub use server_certs::{now_unix, rfc3339, ServerCertView, ServerCerts, DEFAULT_ID};
+pub use server_certs::{now_unix, rfc3339, ServerCert, ServerCerts, DEFAULT_ID};

@@ -10,7 +10,6 @@ use crate::store::{AuditEntry, ServerCertRecord, Store};
 use certmq_pki::{CertInfo, SniResolver, SniSnapshot};
 use parking_lot::Mutex;
 use rustls::sign::CertifiedKey;
-use serde::Serialize;
 
 use crate::error::{ErrorKind, RegistryError};
 
@@ -24,16 +23,16 @@ struct Bound {
 }
 
 impl Bound {
-    fn view(&self) -> ServerCertView {
-        view_of(
-            &self.record.id,
-            self.record.name.clone(),
-            &self.info,
-            false,
-            true,
-            self.certified.cert.len(),
-            Some(self.record.created_at),
-        )
+    fn view(&self) -> ServerCert {
+        ServerCert {
+            id: self.record.id.clone(),
+            name: self.record.name.clone(),
+            is_default: false,
+            enabled: true,
+            info: self.info.clone(),
+            chain_length: self.certified.cert.len(),
+            created_at: Some(self.record.created_at),
+        }
     }
 }
 
@@ -50,23 +49,33 @@ pub struct ServerCerts {
     view: Mutex<View>,
 }
 
-/// A server certificate as the API shows it (never the key).
-#[derive(Debug, Serialize)]
-pub struct ServerCertView {
+/// A served server certificate: a bound one or the default (never the
+/// key). The admin API turns it into its JSON.
+#[derive(Debug, Clone)]
+pub struct ServerCert {
     pub id: String,
     pub name: Option<String>,
     pub is_default: bool,
+    /// Served (the default can be disabled).
     pub enabled: bool,
-    pub subject_cn: Option<String>,
-    pub issuer_cn: Option<String>,
-    pub serial_number: String,
-    pub dns_names: Vec<String>,
-    pub ip_addresses: Vec<String>,
-    pub not_before: String,
-    pub not_after: String,
-    pub seconds_to_expiry: i64,
+    pub info: CertInfo,
     pub chain_length: usize,
-    pub created_at: Option<String>,
+    /// Unix seconds; `None` for the default.
+    pub created_at: Option<i64>,
+}
+
+impl ServerCert {
+    /// What the audit log keeps of it.
+    fn audit(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "name": self.name,
+            "subject_cn": self.info.subject_cn,
+            "serial_number": self.info.serial,
+            "dns_names": self.info.dns_names,
+            "not_after": rfc3339(self.info.not_after),
+        })
+    }
 }
 
 pub use certmq_pki::rfc3339;
@@ -76,33 +85,6 @@ pub fn now_unix() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
-}
-
-fn view_of(
-    id: &str,
-    name: Option<String>,
-    info: &CertInfo,
-    is_default: bool,
-    enabled: bool,
-    chain_length: usize,
-    created_at: Option<i64>,
-) -> ServerCertView {
-    ServerCertView {
-        id: id.to_string(),
-        name,
-        is_default,
-        enabled,
-        subject_cn: info.subject_cn.clone(),
-        issuer_cn: info.issuer_cn.clone(),
-        serial_number: info.serial.clone(),
-        dns_names: info.dns_names.clone(),
-        ip_addresses: info.ip_addresses.iter().map(|a| a.to_string()).collect(),
-        not_before: rfc3339(info.not_before),
-        not_after: rfc3339(info.not_after),
-        seconds_to_expiry: info.not_after - now_unix(),
-        chain_length,
-        created_at: created_at.map(rfc3339),
-    }
 }
 
 impl ServerCerts {
@@ -164,7 +146,7 @@ impl ServerCerts {
         Ok(())
     }
 
-    pub fn list(&self) -> Vec<ServerCertView> {
+    pub fn list(&self) -> Vec<ServerCert> {
         let v = self.view.lock();
         let mut out = vec![self.default_view(v.default_enabled)];
         for b in &v.bound {
@@ -173,19 +155,19 @@ impl ServerCerts {
         out
     }
 
-    fn default_view(&self, enabled: bool) -> ServerCertView {
-        view_of(
-            DEFAULT_ID,
-            Some("default".into()),
-            &self.default_info,
-            true,
+    fn default_view(&self, enabled: bool) -> ServerCert {
+        ServerCert {
+            id: DEFAULT_ID.into(),
+            name: Some("default".into()),
+            is_default: true,
             enabled,
-            self.default_key.cert.len(),
-            None,
-        )
+            info: self.default_info.clone(),
+            chain_length: self.default_key.cert.len(),
+            created_at: None,
+        }
     }
 
-    pub fn get(&self, id: &str) -> Option<ServerCertView> {
+    pub fn get(&self, id: &str) -> Option<ServerCert> {
         self.list().into_iter().find(|c| c.id == id)
     }
 
@@ -196,7 +178,7 @@ impl ServerCerts {
         chain_pem: &str,
         key_pem: &str,
         actor: &str,
-    ) -> Result<ServerCertView, RegistryError> {
+    ) -> Result<ServerCert, RegistryError> {
         let cert =
             certmq_pki::validate_server_cert(chain_pem.as_bytes(), key_pem.as_bytes(), now_unix())?;
         let id = cert.info.id.clone();
@@ -214,21 +196,21 @@ impl ServerCerts {
             key_pem: key_pem.to_string(),
             created_at: now_unix(),
         };
-        let shown = view_of(
-            &id,
+        let shown = ServerCert {
+            id: id.clone(),
             name,
-            &cert.info,
-            false,
-            true,
-            cert.chain.len(),
-            Some(record.created_at),
-        );
+            is_default: false,
+            enabled: true,
+            info: cert.info.clone(),
+            chain_length: cert.chain.len(),
+            created_at: Some(record.created_at),
+        };
         let audit = AuditEntry {
             actor: actor.into(),
             action: "server_certificate.bind".into(),
             target: id.clone(),
             before: None,
-            after: serde_json::to_value(&shown).ok(),
+            after: Some(shown.audit()),
         };
         self.store.insert_server_cert(&record, &audit)?;
         self.reload()?;
@@ -266,7 +248,7 @@ impl ServerCerts {
             actor: actor.into(),
             action: "server_certificate.unbind".into(),
             target: id.into(),
-            before: serde_json::to_value(&before).ok(),
+            before: Some(before.audit()),
             after: None,
         };
         self.store.delete_server_cert(id, &audit)?;
@@ -277,7 +259,7 @@ impl ServerCerts {
         &self,
         enabled: bool,
         actor: &str,
-    ) -> Result<ServerCertView, RegistryError> {
+    ) -> Result<ServerCert, RegistryError> {
         let (was, bound) = {
             let v = self.view.lock();
             (v.default_enabled, v.bound.len())
