@@ -127,7 +127,36 @@ struct Queue {
 #[derive(Default)]
 pub(crate) struct Batch {
     pub changes: Vec<Change>,
-    pub queued: HashMap<u64, Pending>,
+    pub queued: HashMap<u64, Pending, KeyHash>,
+}
+
+/// Delivery keys come from a counter: one multiply spreads them well
+/// enough, several times cheaper than SipHash on the publish path (the
+/// map is not exposed to keys a client chooses).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct KeyHash;
+
+impl std::hash::BuildHasher for KeyHash {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(0)
+    }
+}
+
+pub(crate) struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 /// A delivery queued in the batch, as it stands.
