@@ -15,6 +15,7 @@ use crate::error::ApiError;
 use crate::routes::{blocking, ApiJson, ApiQuery, Items};
 use crate::AdminState;
 use certmq_registry::rfc3339;
+use certmq_registry::{CaId, CertId};
 
 #[derive(Serialize)]
 pub struct RegistrationCode {
@@ -46,6 +47,7 @@ pub async fn get_ca(
     State(s): State<AdminState>,
     Path(id): Path<String>,
 ) -> Result<Json<CaDto>, ApiError> {
+    let id = CaId::parse(&id)?;
     let d = s.devices.clone();
     let (ca, counts) = blocking(move || d.get_ca(&id)).await?;
     Ok(Json(CaDto::with_counts(&ca, &counts)))
@@ -84,6 +86,7 @@ pub async fn activate_ca(
     State(s): State<AdminState>,
     Path(id): Path<String>,
 ) -> Result<Json<CaDto>, ApiError> {
+    let id = CaId::parse(&id)?;
     let d = s.devices.clone();
     Ok(Json(CaDto::of(
         &blocking(move || d.set_ca_status(&id, true)).await?,
@@ -94,6 +97,7 @@ pub async fn deactivate_ca(
     State(s): State<AdminState>,
     Path(id): Path<String>,
 ) -> Result<Json<CaDto>, ApiError> {
+    let id = CaId::parse(&id)?;
     let d = s.devices.clone();
     Ok(Json(CaDto::of(
         &blocking(move || d.set_ca_status(&id, false)).await?,
@@ -112,6 +116,7 @@ pub async fn patch_ca(
     Path(id): Path<String>,
     ApiJson(p): ApiJson<PatchCa>,
 ) -> Result<Json<CaDto>, ApiError> {
+    let id = CaId::parse(&id)?;
     let d = s.devices.clone();
     let ca = blocking(move || {
         d.update_ca_provisioning(
@@ -128,6 +133,7 @@ pub async fn delete_ca(
     State(s): State<AdminState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let id = CaId::parse(&id)?;
     let d = s.devices.clone();
     blocking(move || d.delete_ca(&id)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -224,6 +230,7 @@ pub async fn get_device(
     State(s): State<AdminState>,
     Path(id): Path<String>,
 ) -> Result<Json<DeviceDto>, ApiError> {
+    let id = CertId::parse(&id)?;
     let d = s.devices.clone();
     Ok(Json(DeviceDto::of(&blocking(move || d.device(&id)).await?)))
 }
@@ -232,6 +239,7 @@ pub async fn device_pem(
     State(s): State<AdminState>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let id = CertId::parse(&id)?;
     let d = s.devices.clone();
     let rec = blocking(move || d.device(&id)).await?;
     Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], rec.pem))
@@ -241,6 +249,7 @@ pub async fn delete_device(
     State(s): State<AdminState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let id = CertId::parse(&id)?;
     let d = s.devices.clone();
     blocking(move || d.delete_device(&id)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -251,6 +260,7 @@ async fn set_status(
     id: String,
     status: DeviceStatus,
 ) -> Result<Json<DeviceDto>, ApiError> {
+    let id = CertId::parse(&id)?;
     let d = s.devices.clone();
     Ok(Json(DeviceDto::of(
         &blocking(move || d.set_device_status(&id, status)).await?,

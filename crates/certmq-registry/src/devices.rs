@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::error::{ErrorKind, RegistryError};
+use crate::ids::{CaId, CertId};
 use crate::server_certs::{now_unix, rfc3339};
 
 /// Registry limits and policy: the `[registry]` section of the
@@ -50,7 +51,7 @@ pub enum Change {
     /// CA `id` was registered, changed or deleted: the snapshot is rebuilt
     /// from the store, and if the CA is no longer ACTIVE its devices'
     /// connections close.
-    Ca { id: String },
+    Ca { id: CaId },
     /// A device record as now stored (registered, provisioned or moved to
     /// another status); a status other than ACTIVE closes its connections.
     DeviceStored(DeviceRecord),
@@ -358,12 +359,12 @@ impl Devices {
                 let active = self
                     .snapshot
                     .load()
-                    .ca(&id)
+                    .ca(id.as_str())
                     .is_some_and(|c| c.status == CaStatus::Active);
                 if active {
                     Kick::None
                 } else {
-                    Kick::Ca(id)
+                    Kick::Ca(id.to_string())
                 }
             }
             Change::DeviceStored(rec) => {
@@ -485,7 +486,8 @@ impl Devices {
 
     /// A CA and its device certificates counted by status.
     #[allow(clippy::type_complexity)]
-    pub fn get_ca(&self, id: &str) -> Result<(CaRecord, Vec<(DeviceStatus, u64)>), RegistryError> {
+    pub fn get_ca(&self, id: &CaId) -> Result<(CaRecord, Vec<(DeviceStatus, u64)>), RegistryError> {
+        let id = id.as_str();
         let r = self.ca_record(id)?;
         Ok((r, self.store.device_counts(id)?))
     }
@@ -574,13 +576,19 @@ impl Devices {
                 Some(ca_audit(&rec)),
             ),
         )?;
-        let kick = self.apply_locked(&g, Change::Ca { id: rec.id.clone() })?;
+        let kick = self.apply_locked(
+            &g,
+            Change::Ca {
+                id: CaId::parse(&rec.id)?,
+            },
+        )?;
         drop(g);
         self.run(kick);
         Ok(rec)
     }
 
-    pub fn set_ca_status(&self, id: &str, active: bool) -> Result<CaRecord, RegistryError> {
+    pub fn set_ca_status(&self, ca: &CaId, active: bool) -> Result<CaRecord, RegistryError> {
+        let id = ca.as_str();
         let g = self.update.lock();
         let mut rec = self.ca_record(id)?;
         let before = serde_json::json!({"status": rec.status.as_str()});
@@ -609,7 +617,7 @@ impl Devices {
                 Some(serde_json::json!({"status": rec.status.as_str()})),
             ),
         )?;
-        let kick = self.apply_locked(&g, Change::Ca { id: id.to_string() })?;
+        let kick = self.apply_locked(&g, Change::Ca { id: ca.clone() })?;
         drop(g);
         self.run(kick);
         Ok(rec)
@@ -617,10 +625,11 @@ impl Devices {
 
     pub fn update_ca_provisioning(
         &self,
-        id: &str,
+        ca: &CaId,
         provisioning: Option<&str>,
         automatic_activation: Option<bool>,
     ) -> Result<CaRecord, RegistryError> {
+        let id = ca.as_str();
         let g = self.update.lock();
         let mut rec = self.ca_record(id)?;
         let before = serde_json::json!({"device_provisioning": rec.provisioning.as_str(), "automatic_activation": rec.automatic_activation});
@@ -641,13 +650,14 @@ impl Devices {
             &rec,
             &audit("ca_certificate.update", id, Some(before), Some(after)),
         )?;
-        let kick = self.apply_locked(&g, Change::Ca { id: id.to_string() })?;
+        let kick = self.apply_locked(&g, Change::Ca { id: ca.clone() })?;
         drop(g);
         self.run(kick);
         Ok(rec)
     }
 
-    pub fn delete_ca(&self, id: &str) -> Result<(), RegistryError> {
+    pub fn delete_ca(&self, ca: &CaId) -> Result<(), RegistryError> {
+        let id = ca.as_str();
         let g = self.update.lock();
         let rec = self.ca_record(id)?;
         if rec.status == CaStatus::Active {
@@ -673,7 +683,7 @@ impl Devices {
         let before = Some(ca_audit(&rec));
         self.store
             .delete_ca(id, &audit("ca_certificate.delete", id, before, None))?;
-        let kick = self.apply_locked(&g, Change::Ca { id: id.to_string() })?;
+        let kick = self.apply_locked(&g, Change::Ca { id: ca.clone() })?;
         drop(g);
         self.run(kick);
         Ok(())
@@ -688,7 +698,8 @@ impl Devices {
         Ok(self.store.devices(f)?)
     }
 
-    pub fn device(&self, id: &str) -> Result<DeviceRecord, RegistryError> {
+    pub fn device(&self, id: &CertId) -> Result<DeviceRecord, RegistryError> {
+        let id = id.as_str();
         self.store
             .device(id)?
             .ok_or_else(|| not_found("device certificate", id))
@@ -793,9 +804,10 @@ impl Devices {
 
     pub fn set_device_status(
         &self,
-        id: &str,
+        id: &CertId,
         status: DeviceStatus,
     ) -> Result<DeviceRecord, RegistryError> {
+        let id = id.as_str();
         let action = match status {
             DeviceStatus::Active => "device_certificate.activate",
             DeviceStatus::Inactive => "device_certificate.deactivate",
@@ -814,9 +826,10 @@ impl Devices {
         Ok(after)
     }
 
-    pub fn delete_device(&self, id: &str) -> Result<(), RegistryError> {
+    pub fn delete_device(&self, cert: &CertId) -> Result<(), RegistryError> {
+        let id = cert.as_str();
         let g = self.update.lock();
-        let rec = self.device(id)?;
+        let rec = self.device(cert)?;
         let before = Some(device_audit(&rec));
         self.store
             .delete_device(id, &audit("device_certificate.delete", id, before, None))?;

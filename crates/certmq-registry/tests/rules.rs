@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use certmq_pki::{ConnectAuthorizer, Decision, DeviceStatus, Rejection};
-use certmq_registry::{Devices, ErrorKind, RegistryConfig};
+use certmq_registry::{CaId, CertId, Devices, ErrorKind, RegistryConfig};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
 struct Scratch(std::path::PathBuf);
@@ -67,12 +67,18 @@ fn leaf(ca: &Ca, cn: &str) -> rcgen::Certificate {
     p.signed_by(&key, &ca.cert, &ca.key).unwrap()
 }
 
-fn register(d: &Devices, ca: &Ca) -> String {
+fn register(d: &Devices, ca: &Ca) -> CaId {
     let (code, _) = d.new_registration_code().unwrap();
     let verification = leaf(ca, &code);
-    d.register_ca(&ca.cert.pem(), &verification.pem(), None, None, None)
-        .unwrap()
-        .id
+    let rec = d
+        .register_ca(&ca.cert.pem(), &verification.pem(), None, None, None)
+        .unwrap();
+    CaId::parse(&rec.id).unwrap()
+}
+
+/// Registers a device certificate through the API path; its id.
+fn register_device(d: &Devices, pem: &str) -> CertId {
+    CertId::parse(&d.register_device(pem, None, None).unwrap().id).unwrap()
 }
 
 #[test]
@@ -81,7 +87,7 @@ fn revocation_is_final_across_record_and_ca_deletion() {
     let ca = ca("Rules CA");
     let ca_id = register(&d, &ca);
     let dev = leaf(&ca, "dev");
-    let id = d.register_device(&dev.pem(), None, None).unwrap().id;
+    let id = register_device(&d, &dev.pem());
     assert!(matches!(
         d.authorize(dev.der(), "dev"),
         Decision::Allow { .. }
@@ -139,7 +145,7 @@ fn a_change_written_by_another_node_reaches_this_snapshot_through_apply() {
     let ca = ca("Shared CA");
     let ca_id = register(&a, &ca);
     let dev = leaf(&ca, "dev");
-    let id = a.register_device(&dev.pem(), None, None).unwrap().id;
+    let id = register_device(&a, &dev.pem());
     // B loaded before either write: it knows neither the CA nor the device.
     assert!(matches!(
         b.authorize(dev.der(), "dev"),
@@ -170,7 +176,7 @@ fn a_change_written_by_another_node_reaches_this_snapshot_through_apply() {
     b.apply(certmq_registry::Change::Ca { id: ca_id.clone() })
         .unwrap();
     assert_eq!(
-        b.snapshot().ca(&ca_id).map(|c| c.status),
+        b.snapshot().ca(ca_id.as_str()).map(|c| c.status),
         Some(certmq_pki::CaStatus::Inactive)
     );
 }
