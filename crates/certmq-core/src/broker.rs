@@ -49,6 +49,12 @@ impl Stats {
     }
 }
 
+thread_local! {
+    /// Changes deferred during one `Conn` call, recorded at its end.
+    static DEFERRED: std::cell::RefCell<Vec<crate::persist::Change>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
 #[derive(Debug)]
 pub struct Broker {
     /// Swapped whole by [`Broker::set_config`] (SIGHUP).
@@ -116,6 +122,27 @@ impl Broker {
     pub(crate) fn record(&self, change: impl FnOnce() -> crate::persist::Change) {
         if let Some(p) = self.persist.get() {
             p.record(change());
+        }
+    }
+
+    /// Records a change that follows one already recorded for the same
+    /// delivery (sent, released, done) at the end of the current packet or
+    /// delivery batch ([`Broker::record_deferred`]): one lock for many.
+    pub(crate) fn defer(&self, change: impl FnOnce() -> crate::persist::Change) {
+        if self.persist.get().is_some() {
+            DEFERRED.with(|d| d.borrow_mut().push(change()));
+        }
+    }
+
+    /// Records what [`Broker::defer`] gathered on this thread.
+    pub(crate) fn record_deferred(&self) {
+        if let Some(p) = self.persist.get() {
+            DEFERRED.with(|d| {
+                let mut d = d.borrow_mut();
+                if !d.is_empty() {
+                    p.record_many(&mut d);
+                }
+            });
         }
     }
 

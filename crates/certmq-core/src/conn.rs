@@ -420,6 +420,12 @@ impl Conn {
     /// Handles one packet from the client. `Err(reason)` means the broker
     /// closes the connection (with DISCONNECT `reason` for MQTT 5).
     pub fn handle(&mut self, packet: Packet, now: Time) -> Result<Flow, ReasonCode> {
+        let flow = self.handle_packet(packet, now);
+        self.broker.record_deferred();
+        flow
+    }
+
+    fn handle_packet(&mut self, packet: Packet, now: Time) -> Result<Flow, ReasonCode> {
         match packet {
             Packet::Publish(p) => self.handle_publish(p, now),
             Packet::PubAck(r) => {
@@ -448,7 +454,7 @@ impl Conn {
                             Some(key) => {
                                 if key != 0 {
                                     self.broker
-                                        .record(|| crate::persist::Change::Released { key });
+                                        .defer(|| crate::persist::Change::Released { key });
                                 }
                                 Some(ReasonCode::SUCCESS)
                             }
@@ -763,6 +769,12 @@ impl Conn {
     /// Moves up to `max` queued deliveries into the output, as far as the
     /// client's receive window allows. `Err` when the session was taken over.
     pub fn poll_deliveries(&mut self, max: usize, now: Time) -> Result<usize, ReasonCode> {
+        let sent = self.take_deliveries(max, now);
+        self.broker.record_deferred();
+        sent
+    }
+
+    fn take_deliveries(&mut self, max: usize, now: Time) -> Result<usize, ReasonCode> {
         let entry = self.entry.clone();
         let mut state = entry.state.lock();
         if state.owner != self.generation {
@@ -803,7 +815,7 @@ impl Conn {
                 state.sent(packet_id, d);
                 if key != 0 {
                     self.broker
-                        .record(|| crate::persist::Change::Sent { key, packet_id });
+                        .defer(|| crate::persist::Change::Sent { key, packet_id });
                 }
             }
             self.out.push(publish);
@@ -952,7 +964,7 @@ impl Conn {
     /// Records that a kept delivery is over (`key` 0: it was not kept).
     fn record_done(&self, key: Option<u64>) {
         if let Some(key) = key.filter(|k| *k != 0) {
-            self.broker.record(|| crate::persist::Change::Done { key });
+            self.broker.defer(|| crate::persist::Change::Done { key });
         }
     }
 }

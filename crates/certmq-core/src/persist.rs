@@ -33,6 +33,15 @@ pub trait Persist: Send + Sync + std::fmt::Debug + 'static {
     /// not block or fail: a store that cannot keep up or write reports it
     /// through its own metrics and [`Durability`].
     fn record(&self, change: Change) -> u64;
+    /// Records `changes` in order (taking them), as one step where the
+    /// store can; returns the last sequence number.
+    fn record_many(&self, changes: &mut Vec<Change>) -> u64 {
+        let mut last = self.recorded();
+        for c in changes.drain(..) {
+            last = self.record(c);
+        }
+        last
+    }
     /// The sequence number of the last change recorded.
     fn recorded(&self) -> u64;
     /// The writer's counters, for metrics.

@@ -361,3 +361,63 @@ fn a_failing_write_is_reported_to_sync_acknowledgements() {
     );
     store.close();
 }
+
+#[test]
+fn changes_that_cancel_out_before_the_commit_still_settle_in_sync_mode() {
+    // A delivery queued, sent and acknowledged before the writer looks:
+    // nothing is written, and whoever waits for those changes is answered.
+    let dir = Scratch::new("cancel");
+    let (store, _, _) = StateStore::open(
+        &dir.0,
+        &PersistenceConfig {
+            mode: PersistenceMode::Sync,
+            flush_interval_ms: 5,
+            max_size_mb: 0,
+        },
+    )
+    .unwrap();
+    let durability = store.durability();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    for round in 0..50u64 {
+        let key = round + 1;
+        let message = Arc::new(Message {
+            topic: "t".into(),
+            payload: Bytes::from_static(b"x"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Properties::default(),
+            expires_at: None,
+            origin: None,
+        });
+        let before = Persist::recorded(&*store);
+        let mut changes = vec![
+            persist::Change::Queued {
+                client_id: "c".into(),
+                key,
+                delivery: Delivery {
+                    message,
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    subscription_ids: Vec::new(),
+                    key,
+                },
+            },
+            persist::Change::Sent { key, packet_id: 1 },
+            persist::Change::Done { key },
+        ];
+        let after = store.record_many(&mut changes);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let std::task::Poll::Ready(ok) = durability.poll_settled(&mut cx, before, after) {
+                assert!(ok);
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: never settled"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    store.close();
+}

@@ -343,6 +343,25 @@ impl Persist for StateStore {
         seq
     }
 
+    fn record_many(&self, changes: &mut Vec<Change>) -> u64 {
+        let mut q = self.shared.queue.lock();
+        if q.stopping {
+            changes.clear();
+            return q.seq;
+        }
+        for c in changes.drain(..) {
+            q.seq += 1;
+            q.batch.add(c);
+        }
+        let seq = q.seq;
+        self.shared.recorded.store(seq, Ordering::Release);
+        drop(q);
+        if self.shared.mode == PersistenceMode::Sync {
+            self.shared.wake.notify_one();
+        }
+        seq
+    }
+
     fn recorded(&self) -> u64 {
         self.shared.recorded.load(Ordering::Acquire)
     }
@@ -373,7 +392,10 @@ fn writer(mut conn: rusqlite::Connection, shared: &Shared) {
             let mut q = shared.queue.lock();
             match shared.mode {
                 PersistenceMode::Sync => {
-                    while q.batch.is_empty() && !q.stopping {
+                    // New changes, even ones that cancelled out in the batch
+                    // (queued and finished before this look), must be
+                    // settled: connections wait for their sequence numbers.
+                    while q.seq == written_to && !q.stopping {
                         if retry.is_empty() {
                             shared.wake.wait(&mut q);
                         } else if shared.wake.wait_for(&mut q, RETRY_PAUSE).timed_out() {
