@@ -326,30 +326,15 @@ impl StateStore {
     }
 }
 
-impl Persist for StateStore {
-    fn record(&self, change: Change) -> u64 {
+impl StateStore {
+    /// Appends `changes` to the batch in order, under one lock; returns the
+    /// last sequence number. After `close` nothing is taken.
+    fn append(&self, changes: impl IntoIterator<Item = Change>) -> u64 {
         let mut q = self.shared.queue.lock();
         if q.stopping {
             return q.seq;
         }
-        q.seq += 1;
-        q.batch.add(change);
-        let seq = q.seq;
-        self.shared.recorded.store(seq, Ordering::Release);
-        drop(q);
-        if self.shared.mode == PersistenceMode::Sync {
-            self.shared.wake.notify_one();
-        }
-        seq
-    }
-
-    fn record_many(&self, changes: &mut Vec<Change>) -> u64 {
-        let mut q = self.shared.queue.lock();
-        if q.stopping {
-            changes.clear();
-            return q.seq;
-        }
-        for c in changes.drain(..) {
+        for c in changes {
             q.seq += 1;
             q.batch.add(c);
         }
@@ -360,6 +345,16 @@ impl Persist for StateStore {
             self.shared.wake.notify_one();
         }
         seq
+    }
+}
+
+impl Persist for StateStore {
+    fn record(&self, change: Change) -> u64 {
+        self.append(std::iter::once(change))
+    }
+
+    fn record_many(&self, changes: &mut Vec<Change>) -> u64 {
+        self.append(changes.drain(..))
     }
 
     fn recorded(&self) -> u64 {
