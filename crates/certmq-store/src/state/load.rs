@@ -134,129 +134,125 @@ fn qos(n: i64) -> Option<QoS> {
     }
 }
 
-/// Reads everything kept. Rows that do not decode or refer to nothing are
-/// left out and counted (logged by the caller); a database that cannot be
-/// read is `Corrupt`.
-pub(super) fn read(conn: &Connection, path: &Path) -> Result<(Restored, usize), StateError> {
+/// Runs `sql` and hands each row, as `map` reads it, to `each`. A row or
+/// statement SQLite cannot read makes the file `Corrupt`.
+fn each_row<T>(
+    conn: &Connection,
+    path: &Path,
+    sql: &str,
+    map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    mut each: impl FnMut(T),
+) -> Result<(), StateError> {
     let corrupt = |e: rusqlite::Error| StateError::Corrupt {
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
+    let mut stmt = conn.prepare(sql).map_err(corrupt)?;
+    for row in stmt.query_map([], map).map_err(corrupt)? {
+        each(row.map_err(corrupt)?);
+    }
+    Ok(())
+}
+
+/// Reads everything kept. Rows that do not decode or refer to nothing are
+/// left out and counted (logged by the caller); a database that cannot be
+/// read is `Corrupt`.
+pub(super) fn read(conn: &Connection, path: &Path) -> Result<(Restored, usize), StateError> {
     let mut dropped = 0usize;
     let mut restored = Restored::default();
 
-    let mut stmt = conn
-        .prepare("SELECT topic, publish, expires_at FROM retained")
-        .map_err(corrupt)?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
-                r.get::<_, Option<i64>>(2)?,
-            ))
-        })
-        .map_err(corrupt)?;
-    for row in rows {
-        let (topic, publish, expires_at) = row.map_err(corrupt)?;
-        match decode_message(&publish, time(expires_at)) {
+    each_row(
+        conn,
+        path,
+        "SELECT topic, publish, expires_at FROM retained",
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?, r.get(2)?)),
+        |(topic, publish, expires_at)| match decode_message(&publish, time(expires_at)) {
             Some(m) if *m.topic == *topic => restored.retained.push(Arc::new(m)),
             _ => dropped += 1,
-        }
-    }
+        },
+    )?;
 
     let mut sessions: HashMap<Arc<str>, RestoredSession> = HashMap::new();
-    let mut stmt = conn
-        .prepare("SELECT client_id, identity, expiry_interval, offline_since FROM sessions")
-        .map_err(corrupt)?;
-    let rows = stmt
-        .query_map([], |r| {
+    each_row(
+        conn,
+        path,
+        "SELECT client_id, identity, expiry_interval, offline_since FROM sessions",
+        |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, i64>(2)?,
-                r.get::<_, Option<i64>>(3)?,
+                r.get(3)?,
             ))
-        })
-        .map_err(corrupt)?;
-    for row in rows {
-        let (client_id, identity, expiry, offline_since) = row.map_err(corrupt)?;
-        let (Some(identity), Ok(expiry_interval)) =
-            (decode_identity(&identity), u32::try_from(expiry))
-        else {
-            dropped += 1;
-            continue;
-        };
-        let client_id: Arc<str> = client_id.into();
-        sessions.insert(
-            client_id.clone(),
-            RestoredSession {
-                client_id,
-                identity,
-                expiry_interval,
-                offline_since: time(offline_since),
-                subscriptions: Vec::new(),
-                deliveries: Vec::new(),
-                incoming_qos2: Vec::new(),
-            },
-        );
-    }
+        },
+        |(client_id, identity, expiry, offline_since)| {
+            let (Some(identity), Ok(expiry_interval)) =
+                (decode_identity(&identity), u32::try_from(expiry))
+            else {
+                dropped += 1;
+                return;
+            };
+            let client_id: Arc<str> = client_id.into();
+            sessions.insert(
+                client_id.clone(),
+                RestoredSession {
+                    client_id,
+                    identity,
+                    expiry_interval,
+                    offline_since: time(offline_since),
+                    subscriptions: Vec::new(),
+                    deliveries: Vec::new(),
+                    incoming_qos2: Vec::new(),
+                },
+            );
+        },
+    )?;
 
-    let mut stmt = conn
-        .prepare("SELECT client_id, filter, options, subscription_id FROM subscriptions")
-        .map_err(corrupt)?;
-    let rows = stmt
-        .query_map([], |r| {
+    each_row(
+        conn,
+        path,
+        "SELECT client_id, filter, options, subscription_id FROM subscriptions",
+        |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, i64>(2)?,
                 r.get::<_, Option<i64>>(3)?,
             ))
-        })
-        .map_err(corrupt)?;
-    for row in rows {
-        let (client_id, filter, options, id) = row.map_err(corrupt)?;
-        let options = u8::try_from(options).ok().and_then(decode_options);
-        let id = id.map(u32::try_from);
-        match (sessions.get_mut(client_id.as_str()), options, id) {
-            (Some(s), Some(o), None) => s.subscriptions.push((filter.into(), o, None)),
-            (Some(s), Some(o), Some(Ok(id))) => s.subscriptions.push((filter.into(), o, Some(id))),
-            _ => dropped += 1,
-        }
-    }
+        },
+        |(client_id, filter, options, id)| {
+            let options = u8::try_from(options).ok().and_then(decode_options);
+            let id = id.map(u32::try_from);
+            match (sessions.get_mut(client_id.as_str()), options, id) {
+                (Some(s), Some(o), None) => s.subscriptions.push((filter.into(), o, None)),
+                (Some(s), Some(o), Some(Ok(id))) => {
+                    s.subscriptions.push((filter.into(), o, Some(id)))
+                }
+                _ => dropped += 1,
+            }
+        },
+    )?;
 
     let mut messages: HashMap<i64, Arc<Message>> = HashMap::new();
-    let mut stmt = conn
-        .prepare("SELECT id, publish, expires_at FROM messages")
-        .map_err(corrupt)?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
-                r.get::<_, Option<i64>>(2)?,
-            ))
-        })
-        .map_err(corrupt)?;
-    for row in rows {
-        let (id, publish, expires_at) = row.map_err(corrupt)?;
-        match decode_message(&publish, time(expires_at)) {
+    each_row(
+        conn,
+        path,
+        "SELECT id, publish, expires_at FROM messages",
+        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get(2)?)),
+        |(id, publish, expires_at)| match decode_message(&publish, time(expires_at)) {
             Some(m) => {
                 messages.insert(id, Arc::new(m));
             }
             None => dropped += 1,
-        }
-    }
+        },
+    )?;
 
-    let mut stmt = conn
-        .prepare(
-            "SELECT key, client_id, message_id, qos, retain, subscription_ids, packet_id, released
-             FROM deliveries ORDER BY key",
-        )
-        .map_err(corrupt)?;
-    let rows = stmt
-        .query_map([], |r| {
+    each_row(
+        conn,
+        path,
+        "SELECT key, client_id, message_id, qos, retain, subscription_ids, packet_id, released
+         FROM deliveries ORDER BY key",
+        |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, String>(1)?,
@@ -267,103 +263,96 @@ pub(super) fn read(conn: &Connection, path: &Path) -> Result<(Restored, usize), 
                 r.get::<_, Option<i64>>(6)?,
                 r.get::<_, bool>(7)?,
             ))
-        })
-        .map_err(corrupt)?;
-    for row in rows {
-        let (key, client_id, message_id, q, retain, ids, packet_id, released) =
-            row.map_err(corrupt)?;
-        let ids: Option<Vec<u32>> = if ids.is_empty() {
-            Some(Vec::new())
-        } else {
-            ids.split(',').map(|n| n.parse().ok()).collect()
-        };
-        let state = match packet_id.map(u16::try_from) {
-            None => Some(DeliveryState::Queued),
-            Some(Ok(p)) if p != 0 && released => Some(DeliveryState::Released(p)),
-            Some(Ok(p)) if p != 0 => Some(DeliveryState::Sent(p)),
-            Some(_) => None,
-        };
-        let found = (
-            sessions.get_mut(client_id.as_str()),
-            messages.get(&message_id),
-            qos(q),
-            ids,
-            state,
-            u64::try_from(key).ok().filter(|k| *k != 0),
-        );
-        let (Some(s), Some(message), Some(qos), Some(subscription_ids), Some(state), Some(key)) =
-            found
-        else {
-            dropped += 1;
-            continue;
-        };
-        s.deliveries.push(RestoredDelivery {
-            key,
-            delivery: Delivery {
-                message: message.clone(),
-                qos,
-                retain,
-                subscription_ids,
+        },
+        |(key, client_id, message_id, q, retain, ids, packet_id, released)| {
+            let ids: Option<Vec<u32>> = if ids.is_empty() {
+                Some(Vec::new())
+            } else {
+                ids.split(',').map(|n| n.parse().ok()).collect()
+            };
+            let state = match packet_id.map(u16::try_from) {
+                None => Some(DeliveryState::Queued),
+                Some(Ok(p)) if p != 0 && released => Some(DeliveryState::Released(p)),
+                Some(Ok(p)) if p != 0 => Some(DeliveryState::Sent(p)),
+                Some(_) => None,
+            };
+            let found = (
+                sessions.get_mut(client_id.as_str()),
+                messages.get(&message_id),
+                qos(q),
+                ids,
+                state,
+                u64::try_from(key).ok().filter(|k| *k != 0),
+            );
+            let (Some(s), Some(message), Some(qos), Some(subscription_ids), Some(state), Some(key)) =
+                found
+            else {
+                dropped += 1;
+                return;
+            };
+            s.deliveries.push(RestoredDelivery {
                 key,
-            },
-            state,
-        });
-    }
+                delivery: Delivery {
+                    message: message.clone(),
+                    qos,
+                    retain,
+                    subscription_ids,
+                    key,
+                },
+                state,
+            });
+        },
+    )?;
 
-    let mut stmt = conn
-        .prepare("SELECT client_id, packet_id FROM incoming_qos2")
-        .map_err(corrupt)?;
-    let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-        .map_err(corrupt)?;
-    for row in rows {
-        let (client_id, packet_id) = row.map_err(corrupt)?;
-        match (
+    each_row(
+        conn,
+        path,
+        "SELECT client_id, packet_id FROM incoming_qos2",
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+        |(client_id, packet_id)| match (
             sessions.get_mut(client_id.as_str()),
             u16::try_from(packet_id),
         ) {
             (Some(s), Ok(p)) if p != 0 => s.incoming_qos2.push(p),
             _ => dropped += 1,
-        }
-    }
+        },
+    )?;
 
-    let mut stmt = conn
-        .prepare("SELECT client_id, generation, publish, expires_at, delay, publish_at FROM wills")
-        .map_err(corrupt)?;
-    let rows = stmt
-        .query_map([], |r| {
+    each_row(
+        conn,
+        path,
+        "SELECT client_id, generation, publish, expires_at, delay, publish_at FROM wills",
+        |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, i64>(1)?,
                 r.get::<_, Vec<u8>>(2)?,
-                r.get::<_, Option<i64>>(3)?,
+                r.get(3)?,
                 r.get::<_, i64>(4)?,
-                r.get::<_, Option<i64>>(5)?,
+                r.get(5)?,
             ))
-        })
-        .map_err(corrupt)?;
-    for row in rows {
-        let (client_id, generation, publish, expires_at, delay, publish_at) =
-            row.map_err(corrupt)?;
-        let found = (
-            decode_message(&publish, time(expires_at)),
-            u64::try_from(generation),
-            u32::try_from(delay),
-        );
-        let (Some(message), Ok(generation), Ok(delay)) = found else {
-            dropped += 1;
-            continue;
-        };
-        restored.wills.push(RestoredWill {
-            client_id: client_id.into(),
-            generation,
-            will: WillRecord {
-                message: Arc::new(message),
-                delay,
-                publish_at: time(publish_at),
-            },
-        });
-    }
+        },
+        |(client_id, generation, publish, expires_at, delay, publish_at)| {
+            let found = (
+                decode_message(&publish, time(expires_at)),
+                u64::try_from(generation),
+                u32::try_from(delay),
+            );
+            let (Some(message), Ok(generation), Ok(delay)) = found else {
+                dropped += 1;
+                return;
+            };
+            restored.wills.push(RestoredWill {
+                client_id: client_id.into(),
+                generation,
+                will: WillRecord {
+                    message: Arc::new(message),
+                    delay,
+                    publish_at: time(publish_at),
+                },
+            });
+        },
+    )?;
 
     let mut sessions: Vec<RestoredSession> = sessions.into_values().collect();
     sessions.sort_by(|a, b| a.client_id.cmp(&b.client_id));
