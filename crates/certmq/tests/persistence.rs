@@ -20,25 +20,56 @@ const WAIT: Duration = Duration::from_secs(20);
 /// `certmq serve` on `dir` with TCP and admin listeners on port 0.
 fn serve(dir: TempDir, extra: &[&str]) -> BrokerProcess {
     let mut cmd = Command::new(bin());
-    cmd.arg("serve")
-        .arg("--data-dir")
-        .arg(&dir.0)
-        .args([
-            "--listen-tcp",
-            "127.0.0.1:0",
-            "--listen-admin",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--listen-tls",
-            "off",
-            "--listen-ws",
-            "off",
-            "--listen-wss",
-            "off",
-        ])
-        .args(extra);
+    cmd.args(serve_args(&dir)).args(extra);
     BrokerProcess::spawn(cmd, dir, 2)
+}
+
+/// The arguments of `certmq serve` that `serve` runs (for a wrapper).
+fn serve_args(dir: &TempDir) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = vec!["serve".into(), "--data-dir".into()];
+    args.push(dir.0.clone().into());
+    for a in [
+        "--listen-tcp",
+        "127.0.0.1:0",
+        "--listen-admin",
+        "127.0.0.1:0",
+        "--listen-tls",
+        "off",
+        "--listen-ws",
+        "off",
+        "--listen-wss",
+        "off",
+    ] {
+        args.push(a.into());
+    }
+    args
+}
+
+/// PUBACK reason codes of `count` retained QoS 1 messages of 64 KiB (MQTT
+/// 5, paho), one per message.
+fn puback_codes(b: &BrokerProcess, count: usize) -> Vec<u8> {
+    let out = run(
+        Command::new("python3")
+            .arg(repo_root().join("tests/interop/paho_persist.py"))
+            .args([
+                "puback-codes",
+                "127.0.0.1",
+                &b.port("mqtt-tcp"),
+                "big",
+                "65536",
+            ])
+            .arg(count.to_string()),
+        WAIT,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect()
 }
 
 fn mosquitto(tool: &str, b: &BrokerProcess, args: &[&str]) -> std::process::Output {
@@ -360,28 +391,7 @@ fn a_failing_write_in_sync_mode_is_not_acknowledged() {
     let api = Api::of(&b);
     // MQTT 5: 64 KiB retained messages until the 1 MiB quota is hit; the
     // PUBACKs turn from success to 0x80 (unspecified error).
-    let out = run(
-        Command::new("python3")
-            .arg(repo_root().join("tests/interop/paho_persist.py"))
-            .args([
-                "puback-codes",
-                "127.0.0.1",
-                &b.port("mqtt-tcp"),
-                "big",
-                "65536",
-                "40",
-            ]),
-        WAIT,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let codes: Vec<u8> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
+    let codes = puback_codes(&b, 40);
     // 0x10: success, no matching subscribers.
     assert_eq!(codes.first(), Some(&0x10), "{codes:?}");
     assert_eq!(codes.last(), Some(&0x80), "{codes:?}");
@@ -412,48 +422,11 @@ fn a_write_error_below_the_engine_is_never_acknowledged() {
     let mut cmd = Command::new("prlimit");
     cmd.arg("--fsize=3000000")
         .arg(bin())
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(&dir.0)
-        .args([
-            "--listen-tcp",
-            "127.0.0.1:0",
-            "--listen-admin",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--listen-tls",
-            "off",
-            "--listen-ws",
-            "off",
-            "--listen-wss",
-            "off",
-        ])
+        .args(serve_args(&dir))
         .args(["--persistence", "sync"]);
     let b = BrokerProcess::spawn(cmd, dir, 2);
     let api = Api::of(&b);
-    let out = run(
-        Command::new("python3")
-            .arg(repo_root().join("tests/interop/paho_persist.py"))
-            .args([
-                "puback-codes",
-                "127.0.0.1",
-                &b.port("mqtt-tcp"),
-                "big",
-                "65536",
-                "80",
-            ]),
-        WAIT,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let codes: Vec<u8> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
+    let codes = puback_codes(&b, 80);
     assert_eq!(codes.first(), Some(&0x10), "{codes:?}");
     assert_eq!(codes.last(), Some(&0x80), "{codes:?}");
     assert!(metric(&api, "certmq_persistence_write_errors_total") > 0.0);
