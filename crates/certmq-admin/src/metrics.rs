@@ -118,10 +118,17 @@ pub async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
         [
             ("offline_qos0", &stats.dropped_offline_qos0),
             ("queue_full", &stats.dropped_queue_full),
+            ("slow_consumer", &stats.dropped_slow_consumer),
             ("retained_limit", &stats.dropped_retained_limit),
         ]
         .into_iter()
         .map(|(r, c)| (vec![("reason", r.to_string())], load(c))),
+    );
+    m.one(
+        "flow_control_pauses_total",
+        "counter",
+        "Times a publisher was paused because a subscriber's queue was full",
+        load(&stats.flow_control_pauses),
     );
     m.one(
         "received_bytes_total",

@@ -31,12 +31,19 @@ use crate::{BrokerConfig, Delivery, Mailbox, Message, SessionEntry, SessionId};
 pub struct Stats {
     pub messages_received: AtomicU64,
     pub messages_delivered: AtomicU64,
-    /// Every drop, whatever the reason (the sum of the three below).
+    /// Every drop, whatever the reason (the sum of the four below).
     pub messages_dropped: AtomicU64,
     /// QoS 0 messages for an offline session (never queued).
     pub dropped_offline_qos0: AtomicU64,
-    /// Messages for a session whose queue was full.
+    /// Messages for an offline session whose queue was full (or from a
+    /// will or timer, which cannot wait for room).
     pub dropped_queue_full: AtomicU64,
+    /// Messages for an online session whose full queue made no progress
+    /// for `slow_consumer_timeout_ms`.
+    pub dropped_slow_consumer: AtomicU64,
+    /// Times a publishing connection stopped taking publishes because a
+    /// subscriber's queue was full (flow control).
+    pub flow_control_pauses: AtomicU64,
     /// Retained messages a SUBSCRIBE matched beyond the queue limit or the
     /// index's visit budget.
     pub dropped_retained_limit: AtomicU64,
@@ -320,12 +327,24 @@ impl Broker {
     /// Publishes a message from this node: stores it if retained, routes
     /// it to local sessions, and hands it to the cluster forwarder (if any).
     /// Messages from other nodes go through [`Broker::route`] (and
-    /// [`Broker::retain`]) instead, so nothing is forwarded twice.
+    /// [`Broker::retain`]) instead, so nothing is forwarded twice. The
+    /// caller cannot wait for room: a full queue drops (wills, timers).
     pub fn publish(&self, message: Arc<Message>, now: Time) -> usize {
+        self.publish_from(message, now, None)
+    }
+
+    /// [`Broker::publish`] by a publisher that can wait: the mailboxes it
+    /// filled to their limit are appended to `full` (flow control).
+    pub(crate) fn publish_from(
+        &self,
+        message: Arc<Message>,
+        now: Time,
+        full: Option<&mut Vec<Arc<Mailbox>>>,
+    ) -> usize {
         if message.retain && self.config().retain_available {
             self.retain(&message);
         }
-        let delivered = self.route(&message, now);
+        let delivered = self.route_from(&message, now, full);
         if let Some(f) = self.forwarder.get() {
             f.forward(&message);
         }
@@ -334,10 +353,24 @@ impl Broker {
 
     /// Queues `message` for every matching session; returns how many.
     pub fn route(&self, message: &Arc<Message>, now: Time) -> usize {
+        self.route_from(message, now, None)
+    }
+
+    fn route_from(
+        &self,
+        message: &Arc<Message>,
+        now: Time,
+        mut full: Option<&mut Vec<Arc<Mailbox>>>,
+    ) -> usize {
         self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
         if message.is_expired(now) {
             return 0;
         }
+        let mode = crate::mailbox::PushMode {
+            now_ms: self.millis(now),
+            stall_ms: self.config().slow_consumer_timeout_ms,
+            can_wait: full.is_some(),
+        };
         let tree = self.tree.read();
         let mut found: Vec<Match<'_>> = Vec::new();
         let overlapping = tree.matches(&message.topic, &mut found);
@@ -384,17 +417,34 @@ impl Broker {
                 });
             }
             let key = delivery.key;
-            let result = mailbox.push(delivery);
+            let result = mailbox.push(delivery, mode);
             if result.is_err() && key != 0 {
                 self.record(|| crate::persist::Change::Done { key });
             }
             match result {
-                Ok(()) => delivered += 1,
+                Ok(pushed) => {
+                    delivered += 1;
+                    // A shared group's next message goes to a member with
+                    // room: its publisher waits only when none had any.
+                    let wait = match pushed {
+                        crate::Pushed::Queued => false,
+                        crate::Pushed::Full => !shared,
+                        crate::Pushed::Over => true,
+                    };
+                    if wait {
+                        if let Some(full) = full.as_deref_mut() {
+                            full.push(mailbox.clone());
+                        }
+                    }
+                }
                 Err(crate::Dropped::OfflineQos0) => {
                     self.stats.dropped(&self.stats.dropped_offline_qos0, 1);
                 }
                 Err(crate::Dropped::QueueFull) => {
                     self.stats.dropped(&self.stats.dropped_queue_full, 1);
+                }
+                Err(crate::Dropped::SlowConsumer) => {
+                    self.stats.dropped(&self.stats.dropped_slow_consumer, 1);
                 }
             }
         }
@@ -431,12 +481,15 @@ impl Broker {
     }
 
     /// Closes connections silent for longer than 1.5 x their keep alive
-    /// (MQTT 5 §3.1.2.10). One pass over the sessions; call it about twice
-    /// a second, as `tick` does.
+    /// (MQTT 5 §3.1.2.10), and releases the publishers waiting on a queue
+    /// whose subscriber stalled. One pass over the sessions; call it about
+    /// twice a second, as `tick` does.
     fn sweep_keep_alive(&self, now: Time) {
         let now_ms = self.millis(now);
+        let stall_ms = self.config().slow_consumer_timeout_ms;
         let sessions = self.sessions.lock();
         for entry in sessions.values() {
+            entry.mailbox.check_stalled(now_ms, stall_ms);
             if entry.mailbox.keep_alive_expired(now_ms) {
                 let owner = entry.state.lock().owner;
                 if owner != 0 {
@@ -531,7 +584,7 @@ impl Broker {
         }
         let will = state.end();
         let mut drained = Vec::new();
-        entry.mailbox.take(usize::MAX, &mut drained);
+        entry.mailbox.take(usize::MAX, &mut drained, 0);
         if entry.mailbox.is_persistent() {
             entry.mailbox.set_persistent(false);
             self.record(|| crate::persist::Change::SessionEnded {

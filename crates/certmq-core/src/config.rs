@@ -15,9 +15,15 @@ pub struct BrokerConfig {
     /// QoS 1/2 messages in flight towards one client, further capped by the
     /// client's own Receive Maximum.
     pub max_inflight: u16,
-    /// Messages queued per session (online and offline) before new ones are
-    /// dropped. QoS 0 messages are never queued for offline sessions.
+    /// Messages queued per session (online and offline). When an online
+    /// subscriber's queue is full, the publishers feeding it wait (flow
+    /// control); an offline or slow subscriber's new messages are dropped.
+    /// QoS 0 messages are never queued for offline sessions.
     pub max_queued_messages: usize,
+    /// A subscriber whose full queue made no progress for this long (ms)
+    /// is a slow consumer: its new messages are dropped and it no longer
+    /// holds back the publishers that feed it.
+    pub slow_consumer_timeout_ms: u64,
     /// Topic aliases a client may use towards the broker.
     pub topic_alias_maximum: u16,
     /// Highest keep-alive the broker accepts; a larger (or zero) request is
@@ -39,6 +45,7 @@ impl Default for BrokerConfig {
             receive_maximum: 1024,
             max_inflight: 1024,
             max_queued_messages: 1000,
+            slow_consumer_timeout_ms: 2000,
             topic_alias_maximum: 64,
             max_keep_alive: 65_535,
             max_session_expiry: u32::MAX,

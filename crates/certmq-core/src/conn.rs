@@ -19,6 +19,8 @@ use crate::topic::{level_count, parse_filter, parse_filter_within};
 use crate::tree::Subscriber;
 use crate::{Broker, Delivery, Mailbox, Message, SessionEntry};
 
+mod flow;
+
 /// What the caller does after a packet was handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
@@ -104,15 +106,21 @@ pub struct Conn {
     client_max_packet_size: u32,
     client_topic_alias_maximum: u16,
     /// Topic aliases, allocated on first use (most clients never use them):
-    /// boxed so an idle connection holds 8 bytes, not an empty map's 48.
-    #[allow(clippy::box_collection)]
-    aliases_in: Option<Box<HashMap<u16, Arc<str>>>>,
-    #[allow(clippy::box_collection)]
-    aliases_out: Option<Box<HashMap<Arc<str>, u16>>>,
+    /// boxed so an idle connection holds 8 bytes, not two empty maps' 96.
+    aliases: Option<Box<Aliases>>,
     will: Option<Arc<Message>>,
     will_delay: u32,
     expiry_was_zero: bool,
     out: Vec<Packet>,
+    /// Set while a publish of this connection waits for room (flow control).
+    throttle: Option<Box<flow::Throttle>>,
+}
+
+/// A connection's topic aliases in both directions (MQTT 5).
+#[derive(Debug, Default)]
+struct Aliases {
+    incoming: HashMap<u16, Arc<str>>,
+    outgoing: HashMap<Arc<str>, u16>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -236,7 +244,7 @@ impl Broker {
                 }
             }
         };
-        entry.mailbox.set_online(true);
+        entry.mailbox.set_online(true, self.millis(now));
         let limit_ms = u64::from(keep_alive) * 1500;
         entry.mailbox.set_keep_alive(limit_ms, self.millis(now));
 
@@ -283,12 +291,12 @@ impl Broker {
                 .min(self.config().max_inflight),
             client_max_packet_size: props.maximum_packet_size.unwrap_or(u32::MAX),
             client_topic_alias_maximum: props.topic_alias_maximum.unwrap_or(0),
-            aliases_in: None,
-            aliases_out: None,
+            aliases: None,
             will,
             will_delay,
             expiry_was_zero: expiry == 0,
             out: Vec::new(),
+            throttle: None,
         };
         let mut properties = Properties::default();
         if v5 {
@@ -419,7 +427,13 @@ impl Conn {
 
     /// Handles one packet from the client. `Err(reason)` means the broker
     /// closes the connection (with DISCONNECT `reason` for MQTT 5).
+    /// While a publish waits for room (flow control), packets that must
+    /// keep their order behind it are parked and handled by
+    /// [`Conn::poll_resume`].
     pub fn handle(&mut self, packet: Packet, now: Time) -> Result<Flow, ReasonCode> {
+        let Some(packet) = self.park(packet) else {
+            return Ok(Flow::Continue);
+        };
         let flow = self.handle_packet(packet, now);
         self.broker.record_deferred();
         flow
@@ -535,14 +549,15 @@ impl Conn {
                     return Err(ReasonCode::TOPIC_ALIAS_INVALID);
                 }
                 if p.topic.is_empty() {
-                    self.aliases_in
+                    self.aliases
                         .as_ref()
-                        .and_then(|a| a.get(&alias))
+                        .and_then(|a| a.incoming.get(&alias))
                         .cloned()
                         .ok_or(ReasonCode::PROTOCOL_ERROR)?
                 } else {
-                    self.aliases_in
+                    self.aliases
                         .get_or_insert_with(Box::default)
+                        .incoming
                         .insert(alias, p.topic.clone());
                     p.topic
                 }
@@ -595,7 +610,11 @@ impl Conn {
             Some(self.entry.mailbox.id()),
             now,
         ));
-        let delivered = self.broker.publish(message, now);
+        let mut full = Vec::new();
+        let delivered = self.broker.publish_from(message, now, Some(&mut full));
+        if !full.is_empty() {
+            self.wait_for(full, now);
+        }
         let code = if delivered == 0 {
             ReasonCode::NO_MATCHING_SUBSCRIBERS
         } else {
@@ -782,7 +801,7 @@ impl Conn {
         }
         let window = self.window();
         let mut batch = Vec::new();
-        entry.mailbox.take(max, &mut batch);
+        entry.mailbox.take(max, &mut batch, self.broker.millis(now));
         let mut sent = 0;
         let mut rest = batch.drain(..);
         while let Some(d) = rest.next() {
@@ -837,7 +856,7 @@ impl Conn {
             p.message_expiry_interval = m.remaining_expiry(now);
             p.subscription_identifiers = d.subscription_ids.clone();
             if !dup && self.client_topic_alias_maximum > 0 {
-                let aliases = self.aliases_out.get_or_insert_with(Box::default);
+                let aliases = &mut self.aliases.get_or_insert_with(Box::default).outgoing;
                 if let Some(alias) = aliases.get(&m.topic) {
                     p.topic_alias = Some(*alias);
                     topic = "".into();
@@ -914,7 +933,7 @@ impl Conn {
             return;
         }
         state.release_ownership(generation);
-        entry.mailbox.set_online(false);
+        entry.mailbox.set_online(false, 0);
         entry.mailbox.set_keep_alive(0, 0);
         let expiry = state.expiry_interval;
         if expiry == 0 {

@@ -39,7 +39,7 @@ pub use config::BrokerConfig;
 pub use conn::{CloseCause, Conn, ConnectContext, ConnectRefused, Flow, Identity};
 pub use control::{Control, LiveConnection, Refusal, RefusalSource, Traffic};
 pub use fuzz::fuzz_tree;
-pub use mailbox::{Dropped, Kick, Mailbox, Ready};
+pub use mailbox::{Dropped, Kick, Mailbox, PushMode, Pushed, Ready};
 pub use message::{Delivery, Message};
 pub use persist::{Change, Durability, Persist, Restored};
 pub use session::{SessionEntry, SessionId};

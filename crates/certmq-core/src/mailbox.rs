@@ -2,11 +2,19 @@
 //!
 //! Publishers on any thread call [`Mailbox::push`]; the session's connection
 //! drains it. Each mailbox has its own small lock, so there is no global lock
-//! on the publish path. The queue is bounded: see [`Mailbox::push`] for the
-//! drop policy.
+//! on the publish path.
+//!
+//! Flow control (SPEC 2): the queue holds `limit` deliveries. A push into a
+//! full queue of an online subscriber that is still making progress (took
+//! deliveries within the slow-consumer timeout) is accepted anyway and
+//! reported [`Pushed::Full`]: the publishing connection then stops taking
+//! new publishes until [`Mailbox::poll_room`] says the queue drained. So a
+//! queue grows past its limit by at most one delivery per waiting
+//! publisher. A subscriber that made no progress for the timeout, or is
+//! offline, gets the drop policy instead and never holds a publisher.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -20,8 +28,35 @@ use crate::{Delivery, SessionId};
 pub enum Dropped {
     /// The session is offline and the message is QoS 0 (not queued, as mosquitto).
     OfflineQos0,
-    /// The queue holds `max_queued_messages` already.
+    /// The queue holds `max_queued_messages` already and the session is
+    /// offline (or the publisher cannot wait: a will, a timer).
     QueueFull,
+    /// The queue is full and its subscriber made no progress for
+    /// `slow_consumer_timeout_ms`.
+    SlowConsumer,
+}
+
+/// A delivery the mailbox accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// Queued, and the queue of this online session reached its limit: a
+    /// publisher that can wait should, until [`Mailbox::poll_room`] is
+    /// ready.
+    Full,
+    /// Queued beyond the limit (the subscriber is making progress and the
+    /// publisher can wait): the publisher must wait.
+    Over,
+}
+
+/// How a publish pushes: the time, the slow-consumer timeout and whether
+/// the publisher can wait for room (a client connection can; a will or a
+/// timer cannot, so a full queue drops for them).
+#[derive(Debug, Clone, Copy)]
+pub struct PushMode {
+    pub now_ms: u64,
+    pub stall_ms: u64,
+    pub can_wait: bool,
 }
 
 /// A request for the current connection of a session to close.
@@ -34,21 +69,37 @@ pub struct Kick {
     pub text: Option<&'static str>,
 }
 
+/// Bits of [`Mailbox::flags`].
+const ONLINE: u8 = 1;
+/// The session outlives its connection (expiry above 0) and a `persist`
+/// seam is installed: its QoS 1/2 deliveries are recorded.
+const PERSISTENT: u8 = 2;
+/// The queue is at its limit (a hint for shared-subscription picks).
+const FULL: u8 = 4;
+/// The subscriber made no progress for the slow-consumer timeout while a
+/// publisher waited, or a push found it so; cleared by its next progress.
+const STALLED: u8 = 8;
+/// Pushes are being dropped: the episode was logged once.
+const DROPPING: u8 = 16;
+/// This session's own connection waits for room in other queues: the
+/// keep-alive sweep does not count the silence the broker caused.
+const WAITING: u8 = 32;
+
 #[derive(Debug)]
 pub struct Mailbox {
     id: SessionId,
     client_id: Arc<str>,
     limit: usize,
-    online: AtomicBool,
-    /// The session outlives its connection (expiry above 0) and a
-    /// `persist` seam is installed: its QoS 1/2 deliveries are recorded.
-    persistent: AtomicBool,
+    flags: AtomicU8,
     dropped: AtomicU64,
     /// When the client was last heard from (Unix milliseconds).
     last_heard_ms: AtomicU64,
     /// Silence allowed before the keep-alive sweep closes the connection
     /// (1.5 x keep alive, in ms); 0 = not enforced.
     keep_alive_ms: AtomicU64,
+    /// When the subscriber last made progress: took deliveries, came
+    /// online, or had nothing queued (Unix milliseconds).
+    progress_ms: AtomicU64,
     inner: Mutex<Inner>,
 }
 
@@ -57,6 +108,8 @@ struct Inner {
     queue: VecDeque<Delivery>,
     waker: Option<Waker>,
     kick: Option<Kick>,
+    /// Publishers waiting for room in this queue.
+    waiters: Vec<Waker>,
 }
 
 /// What a connection finds when it polls its mailbox.
@@ -70,12 +123,12 @@ impl Mailbox {
         Self {
             id,
             client_id,
-            limit,
-            online: AtomicBool::new(false),
-            persistent: AtomicBool::new(false),
+            limit: limit.max(1),
+            flags: AtomicU8::new(0),
             dropped: AtomicU64::new(0),
             last_heard_ms: AtomicU64::new(0),
             keep_alive_ms: AtomicU64::new(0),
+            progress_ms: AtomicU64::new(0),
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -88,21 +141,58 @@ impl Mailbox {
         &self.client_id
     }
 
+    fn flag(&self, bit: u8) -> bool {
+        self.flags.load(Ordering::Relaxed) & bit != 0
+    }
+
+    fn set_flag(&self, bit: u8, on: bool) {
+        // Skip the atomic read-modify-write when nothing changes: these
+        // are read on every publish, written rarely.
+        if self.flag(bit) != on {
+            if on {
+                self.flags.fetch_or(bit, Ordering::Relaxed);
+            } else {
+                self.flags.fetch_and(!bit, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Whether the session's deliveries are recorded for a restart.
     pub fn is_persistent(&self) -> bool {
-        self.persistent.load(Ordering::Relaxed)
+        self.flag(PERSISTENT)
     }
 
     pub(crate) fn set_persistent(&self, persistent: bool) {
-        self.persistent.store(persistent, Ordering::Relaxed);
+        self.set_flag(PERSISTENT, persistent);
     }
 
     pub fn is_online(&self) -> bool {
-        self.online.load(Ordering::Relaxed)
+        self.flag(ONLINE)
     }
 
-    pub(crate) fn set_online(&self, online: bool) {
-        self.online.store(online, Ordering::Relaxed);
+    /// Online and neither stalled nor at its limit: a shared subscription
+    /// prefers such members.
+    pub(crate) fn has_room(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & (ONLINE | FULL | STALLED) == ONLINE
+    }
+
+    /// Online and not stalled.
+    pub(crate) fn is_live(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & (ONLINE | STALLED) == ONLINE
+    }
+
+    /// A connection came (`now_ms`) or went. Going offline releases the
+    /// publishers waiting for room: offline sessions get the drop policy.
+    pub(crate) fn set_online(&self, online: bool, now_ms: u64) {
+        self.set_flag(ONLINE, online);
+        if online {
+            self.progress_ms.store(now_ms, Ordering::Relaxed);
+            self.set_flag(STALLED | DROPPING | WAITING, false);
+        } else {
+            self.set_flag(WAITING, false);
+            let waiters = std::mem::take(&mut self.inner.lock().waiters);
+            waiters.into_iter().for_each(Waker::wake);
+        }
     }
 
     pub(crate) fn set_keep_alive(&self, limit_ms: u64, now_ms: u64) {
@@ -114,10 +204,21 @@ impl Mailbox {
         self.last_heard_ms.store(now_ms, Ordering::Relaxed);
     }
 
+    /// Marks this session's connection as waiting for room elsewhere (the
+    /// broker stopped reading it) or done waiting (`now_ms`: heard now).
+    pub(crate) fn set_waiting(&self, waiting: bool, now_ms: u64) {
+        self.set_flag(WAITING, waiting);
+        self.touch(now_ms);
+    }
+
     /// Whether the keep-alive limit has passed at `now_ms`; reports it once.
+    /// A connection the broker stopped reading is not judged.
     pub(crate) fn keep_alive_expired(&self, now_ms: u64) -> bool {
         let limit = self.keep_alive_ms.load(Ordering::Relaxed);
-        if limit == 0 || now_ms.saturating_sub(self.last_heard_ms.load(Ordering::Relaxed)) < limit {
+        if limit == 0
+            || self.flag(WAITING)
+            || now_ms.saturating_sub(self.last_heard_ms.load(Ordering::Relaxed)) < limit
+        {
             return false;
         }
         self.keep_alive_ms.store(0, Ordering::Relaxed);
@@ -129,28 +230,121 @@ impl Mailbox {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Queues a delivery. Drop policy: QoS 0 messages for an offline session
-    /// are dropped; any message arriving while `limit` deliveries are queued
-    /// is dropped (the newest is lost, the queued ones keep their order).
-    pub fn push(&self, delivery: Delivery) -> Result<(), Dropped> {
-        if delivery.qos == QoS::AtMostOnce && !self.is_online() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return Err(Dropped::OfflineQos0);
+    /// Whether the subscriber made no progress for `stall_ms` at `now_ms`.
+    fn stalled_at(&self, now_ms: u64, stall_ms: u64) -> bool {
+        now_ms.saturating_sub(self.progress_ms.load(Ordering::Relaxed)) >= stall_ms
+    }
+
+    /// Counts a refusal; the first of an episode is logged.
+    fn refuse(&self, why: Dropped) -> Dropped {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        if why != Dropped::OfflineQos0 && !self.flag(DROPPING) {
+            self.set_flag(DROPPING, true);
+            tracing::warn!(
+                client_id = %self.client_id.escape_debug(),
+                reason = ?why,
+                limit = self.limit,
+                "queue full: dropping messages for this client until it makes progress"
+            );
         }
-        let waker = {
+        why
+    }
+
+    /// Queues a delivery (see the module docs for flow control). Drop
+    /// policy: QoS 0 messages for an offline session are dropped; so is a
+    /// message for a full queue whose session is offline or stalled, or
+    /// whose publisher cannot wait (the newest is lost, the queued ones
+    /// keep their order).
+    pub fn push(&self, delivery: Delivery, mode: PushMode) -> Result<Pushed, Dropped> {
+        let online = self.is_online();
+        if delivery.qos == QoS::AtMostOnce && !online {
+            return Err(self.refuse(Dropped::OfflineQos0));
+        }
+        let (waker, pushed) = {
             let mut inner = self.inner.lock();
-            if inner.queue.len() >= self.limit {
-                drop(inner);
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                return Err(Dropped::QueueFull);
+            let len = inner.queue.len();
+            if len == 0 {
+                // Nothing waiting for the subscriber: it is caught up.
+                self.progress_ms.store(mode.now_ms, Ordering::Relaxed);
+            }
+            if len >= self.limit {
+                let why = if !online {
+                    Some(Dropped::QueueFull)
+                } else if self.flag(STALLED) || self.stalled_at(mode.now_ms, mode.stall_ms) {
+                    self.set_flag(STALLED, true);
+                    Some(Dropped::SlowConsumer)
+                } else if !mode.can_wait {
+                    Some(Dropped::QueueFull)
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    drop(inner);
+                    return Err(self.refuse(why));
+                }
             }
             inner.queue.push_back(delivery);
-            inner.waker.take()
+            let pushed = if len >= self.limit {
+                Pushed::Over
+            } else if len + 1 >= self.limit && online {
+                Pushed::Full
+            } else {
+                Pushed::Queued
+            };
+            (inner.waker.take(), pushed)
         };
+        if pushed != Pushed::Queued {
+            self.set_flag(FULL, true);
+        }
         if let Some(w) = waker {
             w.wake();
         }
-        Ok(())
+        Ok(pushed)
+    }
+
+    /// Ready when a publisher need not wait for this queue any more: it
+    /// has room again, or its session went offline or stalled (the drop
+    /// policy then applies). Otherwise registers the task to be woken.
+    pub fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = self.inner.lock();
+        if !self.is_live() || self.room_for_waiters(inner.queue.len()) {
+            return Poll::Ready(());
+        }
+        if !inner.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            inner.waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Whether a queue of `len` has room enough to release its waiting
+    /// publishers: a quarter of the limit, so they resume in batches
+    /// rather than one message at a time.
+    fn room_for_waiters(&self, len: usize) -> bool {
+        len + (self.limit / 4).max(1) <= self.limit
+    }
+
+    /// Releases the publishers waiting on this queue when its subscriber
+    /// made no progress for `stall_ms` (the housekeeping tick calls it).
+    pub(crate) fn check_stalled(&self, now_ms: u64, stall_ms: u64) {
+        if !self.flag(FULL) || self.flag(STALLED) || !self.stalled_at(now_ms, stall_ms) {
+            return;
+        }
+        let waiters = {
+            let mut inner = self.inner.lock();
+            if inner.queue.len() < self.limit || !self.stalled_at(now_ms, stall_ms) {
+                return;
+            }
+            self.set_flag(STALLED, true);
+            std::mem::take(&mut inner.waiters)
+        };
+        if !waiters.is_empty() {
+            tracing::info!(
+                client_id = %self.client_id.escape_debug(),
+                publishers = waiters.len(),
+                "slow consumer: no progress within the timeout, its publishers carry on"
+            );
+        }
+        waiters.into_iter().for_each(Waker::wake);
     }
 
     /// Counts `n` deliveries refused before they reached the queue.
@@ -164,6 +358,9 @@ impl Mailbox {
         let waker = {
             let mut inner = self.inner.lock();
             inner.queue.extend(deliveries);
+            if inner.queue.len() >= self.limit {
+                self.set_flag(FULL, true);
+            }
             inner.waker.take()
         };
         if let Some(w) = waker {
@@ -213,11 +410,30 @@ impl Mailbox {
         Poll::Pending
     }
 
-    /// Takes up to `max` deliveries from the front.
-    pub(crate) fn take(&self, max: usize, out: &mut Vec<Delivery>) {
-        let mut inner = self.inner.lock();
-        let n = max.min(inner.queue.len());
-        out.extend(inner.queue.drain(..n));
+    /// Takes up to `max` deliveries from the front: progress at `now_ms`.
+    /// Wakes the waiting publishers once there is room for them.
+    pub(crate) fn take(&self, max: usize, out: &mut Vec<Delivery>, now_ms: u64) {
+        let waiters = {
+            let mut inner = self.inner.lock();
+            let n = max.min(inner.queue.len());
+            if n == 0 {
+                return;
+            }
+            out.extend(inner.queue.drain(..n));
+            self.progress_ms.store(now_ms, Ordering::Relaxed);
+            let len = inner.queue.len();
+            if len < self.limit {
+                self.set_flag(FULL, false);
+            }
+            if self.flags.load(Ordering::Relaxed) & (STALLED | DROPPING) != 0 {
+                self.set_flag(STALLED | DROPPING, false);
+            }
+            if inner.waiters.is_empty() || !self.room_for_waiters(len) {
+                return;
+            }
+            std::mem::take(&mut inner.waiters)
+        };
+        waiters.into_iter().for_each(Waker::wake);
     }
 
     /// Puts deliveries back at the front, in order (the window closed).
@@ -225,6 +441,9 @@ impl Mailbox {
         let mut inner = self.inner.lock();
         for d in back.rev() {
             inner.queue.push_front(d);
+        }
+        if inner.queue.len() >= self.limit {
+            self.set_flag(FULL, true);
         }
     }
 

@@ -34,18 +34,24 @@ struct SharedGroup {
 }
 
 impl SharedGroup {
-    /// Round robin over the members, skipping offline ones while any is online.
+    /// Round robin over the members: the next one with room in its queue;
+    /// failing that, the next online one that is not stalled (its
+    /// publisher then waits for it); failing that, the next one (the
+    /// drop policy applies). So a stalled member is skipped while any
+    /// other can take the message.
     fn pick(&self) -> Option<&Subscriber> {
         let n = self.members.len();
         if n == 0 {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        for i in 0..n {
-            let m = self.members.get((start + i) % n)?;
-            if m.mailbox.is_online() {
-                self.next.store(start + i + 1, Ordering::Relaxed);
-                return Some(m);
+        for usable in [Mailbox::has_room, Mailbox::is_live] {
+            for i in 0..n {
+                let m = self.members.get((start + i) % n)?;
+                if usable(&m.mailbox) {
+                    self.next.store(start + i + 1, Ordering::Relaxed);
+                    return Some(m);
+                }
             }
         }
         self.members.get(start % n)
@@ -323,10 +329,10 @@ mod tests {
         let f = parse_filter("$share/g/t").unwrap();
         let subs: Vec<Subscriber> = (0..3).map(sub).collect();
         for s in &subs {
-            s.mailbox.set_online(true);
+            s.mailbox.set_online(true, 0);
             tree.insert(&f, s.clone());
         }
-        subs[1].mailbox.set_online(false);
+        subs[1].mailbox.set_online(false, 0);
         let mut seen = Vec::new();
         for _ in 0..4 {
             let mut out = Vec::new();

@@ -499,6 +499,19 @@ fn fail_acks(conn: &mut Conn) -> bool {
     true
 }
 
+/// `sync` persistence: the output now acknowledges changes up to `after`
+/// (recorded since `before`); it is held until they are on disk.
+fn hold_until_durable(held: &mut (u64, u64), before: u64, after: u64) {
+    if after > before {
+        let from = if held.1 == 0 {
+            before
+        } else {
+            held.0.min(before)
+        };
+        *held = (from, after);
+    }
+}
+
 impl<T: Transport> Session<T> {
     /// Runs until every source is pending, or the connection must close.
     fn poll_step(&mut self, cx: &mut Context<'_>, shared: &crate::Shared) -> Poll<CloseCause> {
@@ -517,13 +530,19 @@ impl<T: Transport> Session<T> {
         let protocol: Protocol = conn.protocol();
         let generation = conn.generation();
         loop {
-            if *pending_input {
+            if *pending_input && conn.accepts_input() {
                 *pending_input = false;
                 // Decoded payloads are slices of this allocation (rbuf starts
                 // each batch in a buffer of its own, see below).
                 let alloc = rbuf.capacity();
                 let mut decoded = false;
                 loop {
+                    if !conn.accepts_input() {
+                        // Waiting, with enough parked: the rest stays in
+                        // `rbuf` (and the socket) until there is room.
+                        *pending_input = true;
+                        break;
+                    }
                     match decode(rbuf, Some(protocol), *max_in) {
                         Ok(Some(mut packet)) => {
                             live.packets_in.fetch_add(1, Relaxed);
@@ -537,15 +556,7 @@ impl<T: Transport> Session<T> {
                             };
                             let handled = conn.handle(packet, clock::now());
                             if let Some((a, before)) = durable {
-                                let after = a.persist.recorded();
-                                if after > before {
-                                    let from = if held.1 == 0 {
-                                        before
-                                    } else {
-                                        held.0.min(before)
-                                    };
-                                    *held = (from, after);
-                                }
+                                hold_until_durable(held, before, a.persist.recorded());
                             }
                             match handled {
                                 Ok(Flow::Continue) => {}
@@ -577,6 +588,31 @@ impl<T: Transport> Session<T> {
                         }
                     }
                 }
+            }
+            // Flow control: a publish filled a subscriber's queue; the
+            // parked packets go on once it has room.
+            if conn.is_waiting() {
+                let before = acks.map(|a| a.persist.recorded());
+                let resumed = conn.poll_resume(cx, clock::now());
+                if let (Some(a), Some(before)) = (acks, before) {
+                    hold_until_durable(held, before, a.persist.recorded());
+                }
+                match resumed {
+                    Poll::Pending => {}
+                    Poll::Ready(Ok(Flow::Continue)) => {
+                        if *pending_input && conn.accepts_input() {
+                            // Room again: decode what waited in `rbuf`.
+                            continue;
+                        }
+                    }
+                    Poll::Ready(Ok(Flow::Disconnect { publish_will })) => {
+                        return Poll::Ready(CloseCause::ClientDisconnect { publish_will });
+                    }
+                    Poll::Ready(Err(reason)) => return Poll::Ready(CloseCause::Server(reason)),
+                }
+            }
+            if !*pending_input && conn.input_finished() {
+                return Poll::Ready(CloseCause::ConnectionLost);
             }
             // `sync`: output waits while it acknowledges changes not yet
             // on disk (the writer's commit wakes this task).
@@ -622,7 +658,7 @@ impl<T: Transport> Session<T> {
                 if let Poll::Ready(r) = conn.mailbox().poll_ready(cx, generation, want_deliveries) {
                     break 'event Event::Mailbox(r);
                 }
-                if !backed_up {
+                if !backed_up && conn.wants_read() {
                     if let Poll::Ready(r) = t.poll_read_into(cx, rbuf) {
                         break 'event Event::Read(r);
                     }
@@ -636,6 +672,10 @@ impl<T: Transport> Session<T> {
                         return Poll::Ready(CloseCause::Server(reason));
                     }
                 }
+                // The client closed while publishes wait for room: they
+                // are handled first (as a broker that stopped reading
+                // finds them in its socket), then the connection ends.
+                Event::Read(Ok(0)) if conn.end_input() => {}
                 Event::Read(Ok(0) | Err(_)) | Event::WriteFailed => {
                     return Poll::Ready(CloseCause::ConnectionLost)
                 }

@@ -35,6 +35,21 @@ impl Api {
         }
     }
 
+    /// The value of a Prometheus sample line that starts with `name`
+    /// (labels included, e.g. `certmq_x_total{reason="y"}`).
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = ureq::get(format!("{}/metrics", self.url))
+            .header("authorization", format!("Bearer {}", self.token))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    }
+
     pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let url = format!("{}{path}", self.url);
         let auth = format!("Bearer {}", self.token);
