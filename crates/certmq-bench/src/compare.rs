@@ -576,6 +576,10 @@ pub struct BrokerSummary {
     p999_us: Option<f64>,
     bytes_per_connection: Option<f64>,
     errors: u64,
+    /// Deliveries lost over all runs (where the scenario counts them).
+    lost: Option<u64>,
+    /// Median peak RSS growth during a run.
+    rss_growth_bytes: Option<f64>,
 }
 
 #[derive(serde::Serialize)]
@@ -648,6 +652,16 @@ fn summarize(results: &[(BrokerKind, Vec<Report>)]) -> Summary {
                     .collect(),
             ),
             errors: reports.iter().map(|r| r.errors).sum(),
+            lost: reports
+                .iter()
+                .map(|r| r.lost)
+                .try_fold(0u64, |a, l| l.map(|l| a + l)),
+            rss_growth_bytes: median(
+                reports
+                    .iter()
+                    .filter_map(|r| r.broker_rss_growth_bytes.map(|b| b as f64))
+                    .collect(),
+            ),
         })
         .collect();
     let find = |k| brokers.iter().find(|b| b.broker == k);
@@ -687,12 +701,21 @@ fn fmt_opt(v: Option<f64>, prec: usize) -> String {
 fn print_summary(s: &Summary) {
     println!("scenario {:?}, unit = {} (medians)", s.scenario, s.unit);
     println!(
-        "{:<28} {:>12} {:>14} {:>10} {:>10} {:>10} {:>12} {:>6}",
-        "broker", "units/s", "cpu µs/unit", "p50 µs", "p99 µs", "p99.9 µs", "bytes/conn", "errors"
+        "{:<28} {:>12} {:>14} {:>10} {:>10} {:>10} {:>12} {:>6} {:>9} {:>11}",
+        "broker",
+        "units/s",
+        "cpu µs/unit",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "bytes/conn",
+        "errors",
+        "lost",
+        "rss+ MiB"
     );
     for b in &s.brokers {
         println!(
-            "{:<28} {:>12.0} {:>14} {:>10} {:>10} {:>10} {:>12} {:>6}",
+            "{:<28} {:>12.0} {:>14} {:>10} {:>10} {:>10} {:>12} {:>6} {:>9} {:>11}",
             b.label,
             b.units_per_s,
             fmt_opt(b.broker_cpu_us_per_unit, 2),
@@ -700,7 +723,9 @@ fn print_summary(s: &Summary) {
             fmt_opt(b.p99_us, 0),
             fmt_opt(b.p999_us, 0),
             fmt_opt(b.bytes_per_connection, 0),
-            b.errors
+            b.errors,
+            b.lost.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+            fmt_opt(b.rss_growth_bytes.map(|b| b / 1048576.0), 1),
         );
     }
     if let Some(r) = &s.ratios {
@@ -753,6 +778,15 @@ pub fn print_report(r: &Report) {
     }
     if let Some(c) = r.broker_cpu_us_per_unit {
         println!("  broker CPU {:.2} µs per {}", c, r.unit);
+    }
+    if let Some(l) = r.lost {
+        println!("  lost {l} deliveries over the whole run");
+    }
+    if let Some(g) = r.broker_rss_growth_bytes {
+        println!(
+            "  broker RSS grew by {:.1} MiB at most",
+            g as f64 / 1048576.0
+        );
     }
     if let Some(b) = r.broker_bytes_per_connection {
         println!("  broker memory {b:.0} bytes per connection");

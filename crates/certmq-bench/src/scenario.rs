@@ -34,6 +34,10 @@ pub enum Scenario {
     Idle,
     /// Connect (TCP, TLS or mutual TLS), CONNACK, DISCONNECT in a loop from N workers.
     ConnectRate,
+    /// One publisher, one topic, N reading subscribers and one that is
+    /// connected and subscribed but never reads (flow control: it must
+    /// neither hold back the readers nor grow the broker's memory).
+    Stalled,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +95,13 @@ pub struct Report {
     pub broker_cpu_us_per_unit: Option<f64>,
     pub broker_rss_bytes: Option<u64>,
     pub broker_bytes_per_connection: Option<f64>,
+    /// Deliveries the reading subscribers should have had over the whole
+    /// run (warm-up and drain included) but did not; `None` where a
+    /// message has no fixed number of recipients (shared subscriptions).
+    pub lost: Option<u64>,
+    /// The broker's peak resident memory during the run minus its memory
+    /// once every client was connected and subscribed.
+    pub broker_rss_growth_bytes: Option<u64>,
 }
 
 /// State shared by the tasks of one run.
@@ -101,6 +112,11 @@ struct Shared {
     sent: AtomicU64,
     received: AtomicU64,
     errors: AtomicU64,
+    /// Whole-run counts (not only the window), for losses.
+    total_sent: AtomicU64,
+    total_received: AtomicU64,
+    /// The broker's peak RSS sampled during the run.
+    rss_max: AtomicU64,
 }
 
 impl Shared {
@@ -112,6 +128,9 @@ impl Shared {
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            total_sent: AtomicU64::new(0),
+            total_received: AtomicU64::new(0),
+            rss_max: AtomicU64::new(0),
         })
     }
 
@@ -168,7 +187,34 @@ async fn messaging(scenario: Scenario, opts: Options) -> anyhow::Result<Report> 
                 .map(|i| format!("bench/{run_id}/fanin/{i}"))
                 .collect(),
         ),
+        Scenario::Stalled => (
+            (0..n).map(|_| format!("bench/{run_id}/stalled")).collect(),
+            vec![format!("bench/{run_id}/stalled")],
+        ),
         Scenario::Idle | Scenario::ConnectRate => unreachable_scenario()?,
+    };
+    // Recipients of each message among the reading subscribers.
+    let fan = match scenario {
+        Scenario::P2p | Scenario::FanIn => Some(1),
+        Scenario::FanOut | Scenario::Stalled => Some(n as u64),
+        _ => None,
+    };
+    // Stalled: one more subscriber on the topic that never reads.
+    let stalled = if scenario == Scenario::Stalled {
+        let mut c = Client::connect(
+            opts.addr,
+            source(&opts, n),
+            opts.protocol,
+            "bench-stalled",
+            600,
+            opts.tls.as_deref(),
+        )
+        .await?;
+        c.subscribe(&format!("bench/{run_id}/stalled"), opts.qos)
+            .await?;
+        Some(c)
+    } else {
+        None
     };
 
     let mut subscribers = JoinSet::new();
@@ -247,7 +293,22 @@ async fn messaging(scenario: Scenario, opts: Options) -> anyhow::Result<Report> 
         ));
     }
 
+    let rss0 = opts.broker_pid.and_then(procstat::rss_bytes);
+    let sampler = opts.broker_pid.map(|pid| {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            while !shared.stop.load(Ordering::Relaxed) {
+                if let Some(rss) = procstat::rss_bytes(pid) {
+                    shared.rss_max.fetch_max(rss, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
     let (window, cpu, sent) = measure_window(&opts, &shared).await;
+    if let Some(s) = sampler {
+        let _ = s.await;
+    }
 
     while let Some(r) = pubs.join_next().await {
         if matches!(r, Ok(Err(_)) | Err(_)) {
@@ -263,11 +324,18 @@ async fn messaging(scenario: Scenario, opts: Options) -> anyhow::Result<Report> 
             }
         }
     }
+    drop(stalled);
     let mut all = new_hist();
     for h in &hists {
         let _ = all.add(h);
     }
     let units = shared.received.load(Ordering::Relaxed);
+    let lost = fan.map(|f| {
+        (shared.total_sent.load(Ordering::Relaxed) * f)
+            .saturating_sub(shared.total_received.load(Ordering::Relaxed))
+    });
+    let rss_max = shared.rss_max.load(Ordering::Relaxed);
+    let rss_growth = rss0.map(|r| rss_max.saturating_sub(r));
     Ok(Report {
         tls: opts.tls_mode,
         tls_resume: opts.tls_resume,
@@ -288,6 +356,8 @@ async fn messaging(scenario: Scenario, opts: Options) -> anyhow::Result<Report> 
         broker_cpu_us_per_unit: cpu.filter(|_| units > 0).map(|c| c * 1e6 / units as f64),
         broker_rss_bytes: opts.broker_pid.and_then(procstat::rss_bytes),
         broker_bytes_per_connection: None,
+        lost,
+        broker_rss_growth_bytes: rss_growth,
     })
 }
 
@@ -425,6 +495,7 @@ async fn publisher(
         }
         if batch > 0 {
             c.flush().await?;
+            shared.total_sent.fetch_add(batch, Ordering::Relaxed);
             if shared.measuring.load(Ordering::Relaxed) {
                 shared.sent.fetch_add(batch, Ordering::Relaxed);
             }
@@ -519,6 +590,7 @@ async fn subscriber(
                 _ => {}
             }
         }
+        shared.total_received.fetch_add(got, Ordering::Relaxed);
         if measuring {
             shared.received.fetch_add(got, Ordering::Relaxed);
         }
@@ -596,6 +668,8 @@ async fn idle(opts: Options) -> anyhow::Result<Report> {
             (Some(b), Some(a)) if held > 0 => Some((a as f64 - b as f64) / held as f64),
             _ => None,
         },
+        lost: None,
+        broker_rss_growth_bytes: None,
     })
 }
 
@@ -661,5 +735,7 @@ async fn connect_rate(opts: Options) -> anyhow::Result<Report> {
         broker_cpu_us_per_unit: cpu.filter(|_| units > 0).map(|c| c * 1e6 / units as f64),
         broker_rss_bytes: opts.broker_pid.and_then(procstat::rss_bytes),
         broker_bytes_per_connection: None,
+        lost: None,
+        broker_rss_growth_bytes: None,
     })
 }
