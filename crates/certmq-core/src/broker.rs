@@ -81,7 +81,14 @@ pub struct Broker {
     /// Local subscriptions per raw filter, for the forwarder's route
     /// changes (kept under the trie's write lock).
     routes: Mutex<HashMap<Box<str>, usize>>,
+    /// Full queues that publishers wait on (flow control), checked every
+    /// [`CONGESTION_CHECK`] while any is listed.
+    congested: Mutex<Vec<Arc<Mailbox>>>,
 }
+
+/// How often the queues publishers wait on are checked for a subscriber
+/// that stopped draining (see [`crate::mailbox::DRAIN_WINDOW_MS`]).
+pub const CONGESTION_CHECK: Duration = Duration::from_millis(50);
 
 impl Broker {
     pub fn new(config: BrokerConfig) -> Arc<Self> {
@@ -97,6 +104,7 @@ impl Broker {
             forwarder: std::sync::OnceLock::new(),
             persist: std::sync::OnceLock::new(),
             routes: Mutex::default(),
+            congested: Mutex::default(),
         })
     }
 
@@ -451,6 +459,35 @@ impl Broker {
         delivered
     }
 
+    /// Watches queues a publisher now waits on (flow control).
+    pub(crate) fn watch_congested(&self, full: &[Arc<Mailbox>]) {
+        for m in full {
+            if m.mark_congested() {
+                self.congested.lock().push(m.clone());
+            }
+        }
+    }
+
+    /// Whether publishers wait on full queues: the caller then runs
+    /// [`Broker::check_congestion`] every [`CONGESTION_CHECK`].
+    pub fn is_congested(&self) -> bool {
+        !self.congested.lock().is_empty()
+    }
+
+    /// Releases the publishers waiting on queues whose subscribers stopped
+    /// draining them.
+    pub fn check_congestion(&self, now: Time) {
+        let now_ms = self.millis(now);
+        let listed = std::mem::take(&mut *self.congested.lock());
+        let kept: Vec<_> = listed
+            .into_iter()
+            .filter(|m| m.check_congestion(now_ms))
+            .collect();
+        if !kept.is_empty() {
+            self.congested.lock().extend(kept);
+        }
+    }
+
     pub(crate) fn add_timer(&self, at: Time, timer: Timer) {
         let seq = self.next_id();
         self.timers.lock().insert((at, seq), timer);
@@ -481,15 +518,12 @@ impl Broker {
     }
 
     /// Closes connections silent for longer than 1.5 x their keep alive
-    /// (MQTT 5 §3.1.2.10), and releases the publishers waiting on a queue
-    /// whose subscriber stalled. One pass over the sessions; call it about
-    /// twice a second, as `tick` does.
+    /// (MQTT 5 §3.1.2.10). One pass over the sessions; call it about twice
+    /// a second, as `tick` does.
     fn sweep_keep_alive(&self, now: Time) {
         let now_ms = self.millis(now);
-        let stall_ms = self.config().slow_consumer_timeout_ms;
         let sessions = self.sessions.lock();
         for entry in sessions.values() {
-            entry.mailbox.check_stalled(now_ms, stall_ms);
             if entry.mailbox.keep_alive_expired(now_ms) {
                 let owner = entry.state.lock().owner;
                 if owner != 0 {

@@ -33,13 +33,13 @@ pub mod topic;
 mod tree;
 
 pub use auth::{Authorizer, Client};
-pub use broker::{message_from, Broker, Stats};
+pub use broker::{message_from, Broker, Stats, CONGESTION_CHECK};
 pub use cluster::Forwarder;
 pub use config::BrokerConfig;
 pub use conn::{CloseCause, Conn, ConnectContext, ConnectRefused, Flow, Identity};
 pub use control::{Control, LiveConnection, Refusal, RefusalSource, Traffic};
 pub use fuzz::fuzz_tree;
-pub use mailbox::{Dropped, Kick, Mailbox, PushMode, Pushed, Ready};
+pub use mailbox::{Dropped, Kick, Mailbox, PushMode, Pushed, Ready, DRAIN_WINDOW_MS};
 pub use message::{Delivery, Message};
 pub use persist::{Change, Durability, Persist, Restored};
 pub use session::{SessionEntry, SessionId};

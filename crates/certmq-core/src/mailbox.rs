@@ -4,14 +4,17 @@
 //! drains it. Each mailbox has its own small lock, so there is no global lock
 //! on the publish path.
 //!
-//! Flow control (SPEC 2): the queue holds `limit` deliveries. A push into a
-//! full queue of an online subscriber that is still making progress (took
-//! deliveries within the slow-consumer timeout) is accepted anyway and
-//! reported [`Pushed::Full`]: the publishing connection then stops taking
-//! new publishes until [`Mailbox::poll_room`] says the queue drained. So a
+//! Flow control (SPEC 2): the queue holds `limit` deliveries. While the
+//! queue is full and *draining* (its subscriber made progress within
+//! [`DRAIN_WINDOW_MS`]), a push is accepted anyway and reported
+//! [`Pushed::Over`]: the publishing connection then stops taking new
+//! publishes until [`Mailbox::poll_room`] says the queue drained, so the
 //! queue grows past its limit by at most one delivery per waiting
-//! publisher. A subscriber that made no progress for the timeout, or is
-//! offline, gets the drop policy instead and never holds a publisher.
+//! publisher. A full queue that is not draining pauses nobody: it takes up
+//! to `limit` more deliveries as a reserve while its subscriber may still
+//! recover; past the reserve, or once the subscriber made no progress for
+//! the slow-consumer timeout, new deliveries are dropped (`SlowConsumer`).
+//! Offline sessions get the drop policy at the limit.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -29,10 +32,10 @@ pub enum Dropped {
     /// The session is offline and the message is QoS 0 (not queued, as mosquitto).
     OfflineQos0,
     /// The queue holds `max_queued_messages` already and the session is
-    /// offline (or the publisher cannot wait: a will, a timer).
+    /// offline.
     QueueFull,
-    /// The queue is full and its subscriber made no progress for
-    /// `slow_consumer_timeout_ms`.
+    /// The subscriber is online but its queue is full and made no
+    /// progress for `slow_consumer_timeout_ms`, or also its reserve is full.
     SlowConsumer,
 }
 
@@ -44,10 +47,17 @@ pub enum Pushed {
     /// publisher that can wait should, until [`Mailbox::poll_room`] is
     /// ready.
     Full,
-    /// Queued beyond the limit (the subscriber is making progress and the
-    /// publisher can wait): the publisher must wait.
+    /// Queued beyond the limit (the subscriber is draining its queue and
+    /// the publisher can wait): the publisher must wait.
     Over,
 }
+
+/// A full queue counts as draining while its subscriber made progress
+/// within this many milliseconds: only then does it pause publishers. A
+/// subscriber that reads makes progress far more often (every write its
+/// socket accepts); one that stopped reading pauses its publishers for at
+/// most about this long (plus the broker's congestion check interval).
+pub const DRAIN_WINDOW_MS: u64 = 100;
 
 /// How a publish pushes: the time, the slow-consumer timeout and whether
 /// the publisher can wait for room (a client connection can; a will or a
@@ -76,14 +86,16 @@ const ONLINE: u8 = 1;
 const PERSISTENT: u8 = 2;
 /// The queue is at its limit (a hint for shared-subscription picks).
 const FULL: u8 = 4;
-/// The subscriber made no progress for the slow-consumer timeout while a
-/// publisher waited, or a push found it so; cleared by its next progress.
+/// A push found that the subscriber made no progress for the slow-consumer
+/// timeout; cleared by its next progress.
 const STALLED: u8 = 8;
 /// Pushes are being dropped: the episode was logged once.
 const DROPPING: u8 = 16;
 /// This session's own connection waits for room in other queues: the
 /// keep-alive sweep does not count the silence the broker caused.
 const WAITING: u8 = 32;
+/// Publishers wait on this queue: it is on the broker's congestion list.
+const CONGESTED: u8 = 64;
 
 #[derive(Debug)]
 pub struct Mailbox {
@@ -97,8 +109,8 @@ pub struct Mailbox {
     /// Silence allowed before the keep-alive sweep closes the connection
     /// (1.5 x keep alive, in ms); 0 = not enforced.
     keep_alive_ms: AtomicU64,
-    /// When the subscriber last made progress: took deliveries, came
-    /// online, or had nothing queued (Unix milliseconds).
+    /// When the subscriber last made progress: its socket accepted bytes,
+    /// it took deliveries, came online, or had nothing queued (Unix ms).
     progress_ms: AtomicU64,
     inner: Mutex<Inner>,
 }
@@ -235,6 +247,20 @@ impl Mailbox {
         now_ms.saturating_sub(self.progress_ms.load(Ordering::Relaxed)) >= stall_ms
     }
 
+    /// Whether the subscriber made progress within [`DRAIN_WINDOW_MS`].
+    fn draining_at(&self, now_ms: u64) -> bool {
+        !self.stalled_at(now_ms, DRAIN_WINDOW_MS)
+    }
+
+    /// The subscriber made progress at `now_ms` (its connection wrote to
+    /// the socket): ends a slow-consumer episode.
+    pub fn progress(&self, now_ms: u64) {
+        self.progress_ms.store(now_ms, Ordering::Relaxed);
+        if self.flags.load(Ordering::Relaxed) & (STALLED | DROPPING) != 0 {
+            self.set_flag(STALLED | DROPPING, false);
+        }
+    }
+
     /// Counts a refusal; the first of an episode is logged.
     fn refuse(&self, why: Dropped) -> Dropped {
         self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -260,23 +286,25 @@ impl Mailbox {
         if delivery.qos == QoS::AtMostOnce && !online {
             return Err(self.refuse(Dropped::OfflineQos0));
         }
-        let (waker, pushed) = {
+        let (waker, pushed, full) = {
             let mut inner = self.inner.lock();
             let len = inner.queue.len();
             if len == 0 {
                 // Nothing waiting for the subscriber: it is caught up.
                 self.progress_ms.store(mode.now_ms, Ordering::Relaxed);
             }
+            let draining = online && self.draining_at(mode.now_ms);
             if len >= self.limit {
                 let why = if !online {
                     Some(Dropped::QueueFull)
                 } else if self.flag(STALLED) || self.stalled_at(mode.now_ms, mode.stall_ms) {
                     self.set_flag(STALLED, true);
                     Some(Dropped::SlowConsumer)
-                } else if !mode.can_wait {
-                    Some(Dropped::QueueFull)
-                } else {
+                } else if (mode.can_wait && draining) || len < 2 * self.limit {
                     None
+                } else {
+                    // Not draining, and its reserve is used up too.
+                    Some(Dropped::SlowConsumer)
                 };
                 if let Some(why) = why {
                     drop(inner);
@@ -284,16 +312,16 @@ impl Mailbox {
                 }
             }
             inner.queue.push_back(delivery);
-            let pushed = if len >= self.limit {
-                Pushed::Over
-            } else if len + 1 >= self.limit && online {
-                Pushed::Full
-            } else {
+            let pushed = if !(draining && mode.can_wait) || len + 1 < self.limit {
                 Pushed::Queued
+            } else if len >= self.limit {
+                Pushed::Over
+            } else {
+                Pushed::Full
             };
-            (inner.waker.take(), pushed)
+            (inner.waker.take(), pushed, len + 1 >= self.limit)
         };
-        if pushed != Pushed::Queued {
+        if full {
             self.set_flag(FULL, true);
         }
         if let Some(w) = waker {
@@ -303,11 +331,15 @@ impl Mailbox {
     }
 
     /// Ready when a publisher need not wait for this queue any more: it
-    /// has room again, or its session went offline or stalled (the drop
-    /// policy then applies). Otherwise registers the task to be woken.
-    pub fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+    /// has room again, its session went offline, or it stopped draining
+    /// (see [`DRAIN_WINDOW_MS`]). Otherwise registers the task to be woken
+    /// by the subscriber's progress or the broker's congestion check.
+    pub fn poll_room(&self, cx: &mut Context<'_>, now_ms: u64) -> Poll<()> {
         let mut inner = self.inner.lock();
-        if !self.is_live() || self.room_for_waiters(inner.queue.len()) {
+        if !self.is_online()
+            || self.room_for_waiters(inner.queue.len())
+            || !self.draining_at(now_ms)
+        {
             return Poll::Ready(());
         }
         if !inner.waiters.iter().any(|w| w.will_wake(cx.waker())) {
@@ -323,28 +355,36 @@ impl Mailbox {
         len + (self.limit / 4).max(1) <= self.limit
     }
 
-    /// Releases the publishers waiting on this queue when its subscriber
-    /// made no progress for `stall_ms` (the housekeeping tick calls it).
-    pub(crate) fn check_stalled(&self, now_ms: u64, stall_ms: u64) {
-        if !self.flag(FULL) || self.flag(STALLED) || !self.stalled_at(now_ms, stall_ms) {
-            return;
+    /// Marks the queue as watched by the broker's congestion check;
+    /// false if it was already.
+    pub(crate) fn mark_congested(&self) -> bool {
+        if self.flag(CONGESTED) {
+            return false;
         }
+        self.flags.fetch_or(CONGESTED, Ordering::Relaxed) & CONGESTED == 0
+    }
+
+    /// The broker's congestion check: releases the waiting publishers once
+    /// the queue stopped draining (or has no waiters left). Returns whether
+    /// to keep watching it.
+    pub(crate) fn check_congestion(&self, now_ms: u64) -> bool {
         let waiters = {
             let mut inner = self.inner.lock();
-            if inner.queue.len() < self.limit || !self.stalled_at(now_ms, stall_ms) {
-                return;
+            if !inner.waiters.is_empty() && self.draining_at(now_ms) && self.is_online() {
+                return true;
             }
-            self.set_flag(STALLED, true);
+            self.set_flag(CONGESTED, false);
             std::mem::take(&mut inner.waiters)
         };
-        if !waiters.is_empty() {
+        if !waiters.is_empty() && !self.flag(DROPPING) {
             tracing::info!(
                 client_id = %self.client_id.escape_debug(),
                 publishers = waiters.len(),
-                "slow consumer: no progress within the timeout, its publishers carry on"
+                "subscriber stopped draining its full queue: its publishers carry on"
             );
         }
         waiters.into_iter().for_each(Waker::wake);
+        false
     }
 
     /// Counts `n` deliveries refused before they reached the queue.
@@ -420,13 +460,10 @@ impl Mailbox {
                 return;
             }
             out.extend(inner.queue.drain(..n));
-            self.progress_ms.store(now_ms, Ordering::Relaxed);
+            self.progress(now_ms);
             let len = inner.queue.len();
             if len < self.limit {
                 self.set_flag(FULL, false);
-            }
-            if self.flags.load(Ordering::Relaxed) & (STALLED | DROPPING) != 0 {
-                self.set_flag(STALLED | DROPPING, false);
             }
             if inner.waiters.is_empty() || !self.room_for_waiters(len) {
                 return;

@@ -211,9 +211,8 @@ fn qos1_acknowledgements_wait_with_the_publishes_and_nothing_is_dropped() {
 }
 
 #[test]
-fn a_stalled_subscriber_releases_its_publisher_and_then_drops() {
+fn a_subscriber_that_stops_draining_releases_its_publisher_then_drops() {
     let b = broker();
-    let stall = Duration::from_millis(b.config().slow_consumer_timeout_ms);
     let now = t0();
     let mut stalled = open(&b, "stalled", None, now);
     subscribe(&mut stalled, "t", QoS::AtMostOnce, now);
@@ -230,48 +229,72 @@ fn a_stalled_subscriber_releases_its_publisher_and_then_drops() {
         got.extend(receive(&mut reader, now));
         n += 1;
     }
+    assert_eq!(n as usize, LIMIT);
     publish(&mut publ, "t", n, QoS::AtMostOnce, now); // parked
     n += 1;
     assert!(resume(&mut publ, &waker, now).is_pending());
+    assert!(b.is_congested());
 
-    // Within the timeout the publisher keeps waiting; past it, the
-    // housekeeping tick releases it.
-    b.tick(now + stall / 2);
+    // While it might still be draining the publisher waits; once it made
+    // no progress for the drain window, the congestion check releases it.
+    b.check_congestion(now + Duration::from_millis(DRAIN_WINDOW_MS / 2));
     assert_eq!(woken.0.load(Ordering::SeqCst), 0);
-    let later = now + stall + Duration::from_millis(1);
-    b.tick(later);
-    assert_eq!(
-        woken.0.load(Ordering::SeqCst),
-        1,
-        "the stall releases the publisher"
-    );
+    let later = now + Duration::from_millis(DRAIN_WINDOW_MS);
+    b.check_congestion(later);
+    assert_eq!(woken.0.load(Ordering::SeqCst), 1, "released");
+    assert!(!b.is_congested());
     assert!(resume(&mut publ, &waker, later).is_ready());
     assert!(!publ.is_waiting());
 
-    // From now on the stalled one loses messages and never pauses anybody.
-    for _ in 0..100 {
+    // It keeps a reserve of one more queue's worth, then loses messages;
+    // it never pauses the publisher again, and the reader loses nothing.
+    for _ in 0..LIMIT + 100 {
         publish(&mut publ, "t", n, QoS::AtMostOnce, later);
         assert!(!publ.is_waiting());
         got.extend(receive(&mut reader, later));
         n += 1;
     }
     assert_eq!(got, (0..n).collect::<Vec<_>>(), "the reader lost nothing");
-    // The parked publish and the 100 after it.
+    assert_eq!(stalled.mailbox().len(), 2 * LIMIT, "limit plus reserve");
     let slow = b.stats.dropped_slow_consumer.load(Ordering::Relaxed);
     assert_eq!(
         slow, 101,
-        "every message past the limit dropped for the stalled one"
+        "past the reserve, each message is dropped for it"
     );
     assert_eq!(stalled.mailbox().dropped(), 101);
 
     // Progress ends the episode: the next full queue pauses again.
-    assert_eq!(receive(&mut stalled, later).len(), LIMIT);
+    assert_eq!(receive(&mut stalled, later).len(), 2 * LIMIT);
     for _ in 0..LIMIT {
         publish(&mut publ, "t", n, QoS::AtMostOnce, later);
         let _ = receive(&mut reader, later);
         n += 1;
     }
     assert!(publ.is_waiting());
+}
+
+#[test]
+fn past_the_slow_consumer_timeout_a_full_queue_drops_at_once() {
+    let b = broker();
+    let stall = Duration::from_millis(b.config().slow_consumer_timeout_ms);
+    let now = t0();
+    let mut stalled = open(&b, "stalled", None, now);
+    subscribe(&mut stalled, "t", QoS::AtMostOnce, now);
+    let mut publ = open(&b, "pub", None, now);
+    for n in 0..LIMIT as u32 {
+        publish(&mut publ, "t", n, QoS::AtMostOnce, now);
+    }
+    let waker = Waker::from(Arc::new(Count::default()));
+    let later = now + stall;
+    assert!(resume(&mut publ, &waker, later).is_ready(), "not draining");
+    publish(&mut publ, "t", 99, QoS::AtMostOnce, later);
+    assert!(!publ.is_waiting());
+    assert_eq!(
+        stalled.mailbox().len(),
+        LIMIT,
+        "no reserve past the timeout"
+    );
+    assert_eq!(b.stats.dropped_slow_consumer.load(Ordering::Relaxed), 1);
 }
 
 #[test]
@@ -362,7 +385,7 @@ fn shared_members_with_room_are_preferred_and_stalled_ones_skipped() {
 }
 
 #[test]
-fn a_will_into_a_full_queue_is_dropped_not_queued_beyond_the_limit() {
+fn a_will_into_a_full_queue_uses_the_reserve_and_never_waits() {
     let b = broker();
     let now = t0();
     let mut sub = open(&b, "sub", None, now);
@@ -376,9 +399,9 @@ fn a_will_into_a_full_queue_is_dropped_not_queued_beyond_the_limit() {
         None,
         now,
     ));
-    for _ in 0..LIMIT + 5 {
+    for _ in 0..2 * LIMIT + 5 {
         b.publish(m.clone(), now);
     }
-    assert_eq!(sub.mailbox().len(), LIMIT);
-    assert_eq!(b.stats.dropped_queue_full.load(Ordering::Relaxed), 5);
+    assert_eq!(sub.mailbox().len(), 2 * LIMIT);
+    assert_eq!(b.stats.dropped_slow_consumer.load(Ordering::Relaxed), 5);
 }

@@ -647,8 +647,13 @@ impl<T: Transport> Session<T> {
                 if !wbuf.is_empty() {
                     let before = wbuf.len();
                     let r = t.poll_write_from(cx, wbuf);
-                    live.bytes_out
-                        .fetch_add((before - wbuf.len()) as u64, Relaxed);
+                    let written = before - wbuf.len();
+                    if written > 0 {
+                        live.bytes_out.fetch_add(written as u64, Relaxed);
+                        // The client's socket took bytes: flow control's
+                        // measure of a subscriber that keeps reading.
+                        conn.mailbox().progress(clock::now().unix_millis());
+                    }
                     match r {
                         Poll::Ready(Ok(())) => break 'event Event::Written,
                         Poll::Ready(Err(_)) => break 'event Event::WriteFailed,

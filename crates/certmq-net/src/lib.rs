@@ -326,20 +326,30 @@ impl Server {
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Runs the broker's timers (keep-alive sweep, delayed wills, session
-/// expiry) when they fall due, and closes connections whose client
+/// expiry) when they fall due, closes connections whose client
 /// certificate expired (MQTT 5: DISCONNECT 0x98 "client certificate
-/// expired").
+/// expired"), and, while publishers wait on full queues, checks those
+/// queues every [`certmq_core::CONGESTION_CHECK`].
 async fn housekeeping(broker: Arc<Broker>, live: Arc<Live>, mut stop: watch::Receiver<bool>) {
     loop {
         let now = tokio::time::Instant::now();
-        let next = broker
+        let tick_at = broker
             .next_deadline()
             .map(clock::wake_at)
             .unwrap_or(now + SWEEP_INTERVAL)
             .min(now + SWEEP_INTERVAL);
+        let next = if broker.is_congested() {
+            tick_at.min(now + certmq_core::CONGESTION_CHECK)
+        } else {
+            tick_at
+        };
         tokio::select! {
             _ = stop.changed() => return,
             _ = tokio::time::sleep_until(next) => {
+                broker.check_congestion(clock::now());
+                if tokio::time::Instant::now() < tick_at {
+                    continue;
+                }
                 broker.tick(clock::now());
                 for c in live.take_expired(live::now_unix()) {
                     tracing::info!(client_id = %LogStr(&c.client_id), "client certificate expired: closing");

@@ -119,11 +119,12 @@ impl Conn {
                 self.throttle.insert(Box::default())
             }
         };
+        self.broker.watch_congested(&full);
         t.waiting_on.extend(full);
     }
 
     /// Waits until every queue this connection filled has room (or its
-    /// subscriber went offline or stalled), then handles the parked
+    /// subscriber went offline or stopped draining), then handles the parked
     /// packets in order until one fills a queue again. `Ready` means
     /// packets were handled (output may be waiting) and, if the connection
     /// still waits, the task is registered with the full queues; `Pending`
@@ -134,9 +135,11 @@ impl Conn {
         now: Time,
     ) -> Poll<Result<Flow, ReasonCode>> {
         let protocol = self.protocol;
+        let now_ms = self.broker.millis(now);
         let mut handled_any = false;
         while let Some(t) = self.throttle.as_mut() {
-            t.waiting_on.retain(|m| m.poll_room(cx).is_pending());
+            t.waiting_on
+                .retain(|m| m.poll_room(cx, now_ms).is_pending());
             if !t.waiting_on.is_empty() {
                 // Registered with each full queue; a parked publish may
                 // have filled one again.
