@@ -115,13 +115,26 @@ pub struct Mailbox {
     inner: Mutex<Inner>,
 }
 
+/// Kicks and waiting publishers are rare: boxed, so that every session's
+/// mailbox holds two pointers for them rather than 64 bytes.
 #[derive(Debug, Default)]
 struct Inner {
     queue: VecDeque<Delivery>,
     waker: Option<Waker>,
-    kick: Option<Kick>,
+    kick: Option<Box<Kick>>,
     /// Publishers waiting for room in this queue.
-    waiters: Vec<Waker>,
+    #[allow(clippy::box_collection)]
+    waiters: Option<Box<Vec<Waker>>>,
+}
+
+impl Inner {
+    fn take_waiters(&mut self) -> Vec<Waker> {
+        self.waiters.take().map(|w| *w).unwrap_or_default()
+    }
+
+    fn has_waiters(&self) -> bool {
+        self.waiters.as_ref().is_some_and(|w| !w.is_empty())
+    }
 }
 
 /// What a connection finds when it polls its mailbox.
@@ -202,7 +215,7 @@ impl Mailbox {
             self.set_flag(STALLED | DROPPING | WAITING, false);
         } else {
             self.set_flag(WAITING, false);
-            let waiters = std::mem::take(&mut self.inner.lock().waiters);
+            let waiters = self.inner.lock().take_waiters();
             waiters.into_iter().for_each(Waker::wake);
         }
     }
@@ -342,8 +355,9 @@ impl Mailbox {
         {
             return Poll::Ready(());
         }
-        if !inner.waiters.iter().any(|w| w.will_wake(cx.waker())) {
-            inner.waiters.push(cx.waker().clone());
+        let waiters = inner.waiters.get_or_insert_with(Box::default);
+        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            waiters.push(cx.waker().clone());
         }
         Poll::Pending
     }
@@ -370,11 +384,11 @@ impl Mailbox {
     pub(crate) fn check_congestion(&self, now_ms: u64) -> bool {
         let waiters = {
             let mut inner = self.inner.lock();
-            if !inner.waiters.is_empty() && self.draining_at(now_ms) && self.is_online() {
+            if inner.has_waiters() && self.draining_at(now_ms) && self.is_online() {
                 return true;
             }
             self.set_flag(CONGESTED, false);
-            std::mem::take(&mut inner.waiters)
+            inner.take_waiters()
         };
         if !waiters.is_empty() && !self.flag(DROPPING) {
             tracing::info!(
@@ -417,11 +431,11 @@ impl Mailbox {
     pub fn kick_with_text(&self, generation: u64, reason: ReasonCode, text: Option<&'static str>) {
         let waker = {
             let mut inner = self.inner.lock();
-            inner.kick = Some(Kick {
+            inner.kick = Some(Box::new(Kick {
                 generation,
                 reason,
                 text,
-            });
+            }));
             inner.waker.take()
         };
         if let Some(w) = waker {
@@ -438,15 +452,23 @@ impl Mailbox {
         want_deliveries: bool,
     ) -> Poll<Ready> {
         let mut inner = self.inner.lock();
-        if let Some(k) = inner.kick {
+        if let Some(k) = inner.kick.as_deref() {
             if k.generation == generation {
-                return Poll::Ready(Ready::Kicked(k));
+                return Poll::Ready(Ready::Kicked(*k));
             }
         }
         if want_deliveries && !inner.queue.is_empty() {
             return Poll::Ready(Ready::Deliveries);
         }
-        inner.waker = Some(cx.waker().clone());
+        // Most polls come from the same task: keep its waker rather than
+        // swapping in a clone (two atomic operations on the task).
+        if !inner
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            inner.waker = Some(cx.waker().clone());
+        }
         Poll::Pending
     }
 
@@ -465,10 +487,10 @@ impl Mailbox {
             if len < self.limit {
                 self.set_flag(FULL, false);
             }
-            if inner.waiters.is_empty() || !self.room_for_waiters(len) {
+            if !inner.has_waiters() || !self.room_for_waiters(len) {
                 return;
             }
-            std::mem::take(&mut inner.waiters)
+            inner.take_waiters()
         };
         waiters.into_iter().for_each(Waker::wake);
     }
