@@ -105,15 +105,32 @@ pub struct Conn {
     window: u16,
     client_max_packet_size: u32,
     client_topic_alias_maximum: u16,
-    /// Topic aliases, allocated on first use (most clients never use them):
-    /// boxed so an idle connection holds 8 bytes, not two empty maps' 96.
-    aliases: Option<Box<Aliases>>,
-    will: Option<Arc<Message>>,
-    will_delay: u32,
+    /// The largest packet accepted from the client (the broker's limit
+    /// when the connection started, as CONNACK announced it).
+    max_packet_size: u32,
+    /// Topic aliases and flow-control state, allocated on first use (most
+    /// connections never need them): boxed so an idle connection holds 8
+    /// bytes, not two empty maps and a queue.
+    extra: Option<Box<Extra>>,
+    /// Boxed: the connection task's size is a memory target.
+    will: Option<Box<LastWill>>,
     expiry_was_zero: bool,
     out: Vec<Packet>,
+}
+
+/// What a connection rarely needs.
+#[derive(Debug, Default)]
+struct Extra {
+    aliases: Aliases,
     /// Set while a publish of this connection waits for room (flow control).
-    throttle: Option<Box<flow::Throttle>>,
+    throttle: Option<flow::Throttle>,
+}
+
+/// The will of the connection and its delay (seconds).
+#[derive(Debug)]
+struct LastWill {
+    message: Arc<Message>,
+    delay: u32,
 }
 
 /// A connection's topic aliases in both directions (MQTT 5).
@@ -291,12 +308,16 @@ impl Broker {
                 .min(self.config().max_inflight),
             client_max_packet_size: props.maximum_packet_size.unwrap_or(u32::MAX),
             client_topic_alias_maximum: props.topic_alias_maximum.unwrap_or(0),
-            aliases: None,
-            will,
-            will_delay,
+            max_packet_size: self.config().max_packet_size,
+            extra: None,
+            will: will.map(|message| {
+                Box::new(LastWill {
+                    message,
+                    delay: will_delay,
+                })
+            }),
             expiry_was_zero: expiry == 0,
             out: Vec::new(),
-            throttle: None,
         };
         let mut properties = Properties::default();
         if v5 {
@@ -383,6 +404,11 @@ impl Conn {
     /// The largest packet the client accepts.
     pub fn client_max_packet_size(&self) -> u32 {
         self.client_max_packet_size
+    }
+
+    /// The largest packet accepted from the client.
+    pub fn max_packet_size(&self) -> u32 {
+        self.max_packet_size
     }
 
     /// Packets waiting to be sent, in order. The caller drains it.
@@ -549,14 +575,15 @@ impl Conn {
                     return Err(ReasonCode::TOPIC_ALIAS_INVALID);
                 }
                 if p.topic.is_empty() {
-                    self.aliases
+                    self.extra
                         .as_ref()
-                        .and_then(|a| a.incoming.get(&alias))
+                        .and_then(|e| e.aliases.incoming.get(&alias))
                         .cloned()
                         .ok_or(ReasonCode::PROTOCOL_ERROR)?
                 } else {
-                    self.aliases
+                    self.extra
                         .get_or_insert_with(Box::default)
+                        .aliases
                         .incoming
                         .insert(alias, p.topic.clone());
                     p.topic
@@ -856,7 +883,7 @@ impl Conn {
             p.message_expiry_interval = m.remaining_expiry(now);
             p.subscription_identifiers = d.subscription_ids.clone();
             if !dup && self.client_topic_alias_maximum > 0 {
-                let aliases = &mut self.aliases.get_or_insert_with(Box::default).outgoing;
+                let aliases = &mut self.extra.get_or_insert_with(Box::default).aliases.outgoing;
                 if let Some(alias) = aliases.get(&m.topic) {
                     p.topic_alias = Some(*alias);
                     topic = "".into();
@@ -909,7 +936,12 @@ impl Conn {
         );
         // A will is recorded for as long as its connection lives.
         let had_will = self.will.is_some();
-        let will = if publish_will { self.will } else { None };
+        let will_delay = self.will.as_ref().map_or(0, |w| w.delay);
+        let will = if publish_will {
+            self.will.map(|w| w.message)
+        } else {
+            None
+        };
         let generation = self.generation;
         let broker = self.broker;
         let entry = self.entry;
@@ -925,7 +957,7 @@ impl Conn {
             let resumed = !state.ended;
             drop(state);
             if let Some(will) = will {
-                if self.will_delay == 0 || !resumed {
+                if will_delay == 0 || !resumed {
                     broker.publish(will, now);
                 }
             }
@@ -953,8 +985,8 @@ impl Conn {
             );
         }
         match will {
-            Some(will) if self.will_delay > 0 => {
-                let at = now + Duration::from_secs(u64::from(self.will_delay.min(expiry)));
+            Some(will) if will_delay > 0 => {
+                let at = now + Duration::from_secs(u64::from(will_delay.min(expiry)));
                 state.set_pending_will(Some(will.clone()));
                 drop(state);
                 broker.record(|| crate::persist::Change::Will {
@@ -962,7 +994,7 @@ impl Conn {
                     generation,
                     will: Some(crate::persist::WillRecord {
                         message: will,
-                        delay: self.will_delay,
+                        delay: will_delay,
                         publish_at: Some(at),
                     }),
                 });

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use certmq_core::Broker;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 pub use config::{ClientAuth, ListenerConfig, NetConfig, Protocol};
 pub use driver::PeerInfo;
@@ -287,8 +287,6 @@ impl Server {
     /// Serves until `shutdown` completes, then drains every connection.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
-        // Every task holds a sender; `recv` returns None once all are gone.
-        let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
         for (config, socket, tls) in self.listeners {
             let shared = self.shared.clone();
             tokio::spawn(listener::accept_loop(
@@ -297,7 +295,6 @@ impl Server {
                 tls,
                 shared,
                 stop_rx.clone(),
-                done_tx.clone(),
             ));
         }
         let housekeeping = tokio::spawn(housekeeping(
@@ -305,7 +302,6 @@ impl Server {
             self.shared.live.clone(),
             stop_rx.clone(),
         ));
-        drop(done_tx);
         shutdown.await;
         tracing::info!("shutting down: closing connections");
         let _ = stop_tx.send(true);
@@ -315,8 +311,20 @@ impl Server {
             .kick_all(certmq_codec::ReasonCode::SERVER_SHUTTING_DOWN);
         tracing::debug!(kicked, "connections told to close");
         let grace = self.shared.config.shutdown_grace;
-        if tokio::time::timeout(grace, done_rx.recv()).await.is_err() {
-            tracing::warn!(?grace, "connections still open after the grace period");
+        // Each connection task holds a guard counted in `connections`
+        // (a counter, not a channel sender per task: idle tasks stay small).
+        let deadline = tokio::time::Instant::now() + grace;
+        while self
+            .shared
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+        {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(?grace, "connections still open after the grace period");
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         housekeeping.abort();
     }

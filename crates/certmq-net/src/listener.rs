@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 
@@ -18,7 +18,6 @@ pub(crate) async fn accept_loop(
     tls: Option<Arc<rustls::ServerConfig>>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
-    done: mpsc::Sender<()>,
 ) {
     let allow_anonymous = config.allows_anonymous();
     loop {
@@ -52,7 +51,6 @@ pub(crate) async fn accept_loop(
         shared.live.opened(config.protocol);
         let guard = ConnectionGuard {
             shared: shared.clone(),
-            _done: done.clone(),
             protocol: config.protocol,
             live_id: 0,
         };
@@ -159,7 +157,6 @@ async fn serve_tls(
 /// shutdown from completing until the task ends.
 pub(crate) struct ConnectionGuard {
     pub shared: Arc<Shared>,
-    _done: mpsc::Sender<()>,
     pub protocol: Protocol,
     /// The connection's entry in the live list, once CONNECT is accepted.
     pub live_id: u64,

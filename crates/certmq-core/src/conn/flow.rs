@@ -26,8 +26,8 @@ pub const PARKED_PACKETS: usize = 64;
 /// larger than this is still parked: the packet limit bounds it).
 pub const PARKED_BYTES: usize = 64 * 1024;
 
-/// The state of a connection that waits for room (boxed: most connections
-/// never wait, and an idle one holds one pointer).
+/// The state of a connection that waits for room (in the connection's
+/// boxed extras: most connections never wait).
 #[derive(Debug, Default)]
 pub(super) struct Throttle {
     /// Queues this connection filled; it waits until each has room.
@@ -50,15 +50,23 @@ fn passes(packet: &Packet) -> bool {
 }
 
 impl Conn {
+    fn throttle(&self) -> Option<&Throttle> {
+        self.extra.as_ref().and_then(|e| e.throttle.as_ref())
+    }
+
+    fn throttle_mut(&mut self) -> Option<&mut Throttle> {
+        self.extra.as_mut().and_then(|e| e.throttle.as_mut())
+    }
+
     /// Whether the connection waits for room in a subscriber's queue.
     pub fn is_waiting(&self) -> bool {
-        self.throttle.is_some()
+        self.throttle().is_some()
     }
 
     /// Whether the caller should hand over more input: false while the
     /// parked packets are at their bound.
     pub fn accepts_input(&self) -> bool {
-        match &self.throttle {
+        match self.throttle() {
             None => true,
             Some(t) => t.parked.len() < PARKED_PACKETS && t.parked_bytes < PARKED_BYTES,
         }
@@ -67,14 +75,14 @@ impl Conn {
     /// Whether the caller should read more from the client: it accepts
     /// input and the client has not closed its side.
     pub fn wants_read(&self) -> bool {
-        self.accepts_input() && !self.throttle.as_ref().is_some_and(|t| t.input_ended)
+        self.accepts_input() && !self.throttle().is_some_and(|t| t.input_ended)
     }
 
     /// The client closed its side. Returns true when parked packets are
     /// still to be handled: the caller keeps polling [`Conn::poll_resume`]
     /// until it is done, then closes.
     pub fn end_input(&mut self) -> bool {
-        match &mut self.throttle {
+        match self.throttle_mut() {
             Some(t) => {
                 t.input_ended = true;
                 true
@@ -86,41 +94,40 @@ impl Conn {
     /// Whether the client closed its side and nothing parked is left (the
     /// caller also decoded all it had read).
     pub fn input_finished(&self) -> bool {
-        self.throttle
-            .as_ref()
+        self.throttle()
             .is_some_and(|t| t.input_ended && t.waiting_on.is_empty() && t.parked.is_empty())
     }
 
     /// Parks `packet` if it must wait behind a waiting publish.
     pub(super) fn park(&mut self, packet: Packet) -> Option<Packet> {
-        let Some(t) = self.throttle.as_mut() else {
+        let protocol = self.protocol;
+        let Some(t) = self.throttle_mut() else {
             return Some(packet);
         };
         if passes(&packet) || (t.waiting_on.is_empty() && t.parked.is_empty()) {
             return Some(packet);
         }
-        t.parked_bytes += encoded_len(&packet, self.protocol);
+        t.parked_bytes += encoded_len(&packet, protocol);
         t.parked.push_back(packet);
         None
     }
 
     /// The publish just routed filled these queues: wait for them.
     pub(super) fn wait_for(&mut self, full: Vec<Arc<Mailbox>>, now: Time) {
-        let t = match &mut self.throttle {
-            Some(t) => t,
-            None => {
-                self.broker
-                    .stats
-                    .flow_control_pauses
-                    .fetch_add(1, Ordering::Relaxed);
-                self.entry
-                    .mailbox
-                    .set_waiting(true, self.broker.millis(now));
-                self.throttle.insert(Box::default())
-            }
-        };
+        if self.throttle().is_none() {
+            self.broker
+                .stats
+                .flow_control_pauses
+                .fetch_add(1, Ordering::Relaxed);
+            self.entry
+                .mailbox
+                .set_waiting(true, self.broker.millis(now));
+            self.extra.get_or_insert_with(Box::default).throttle = Some(Throttle::default());
+        }
         self.broker.watch_congested(&full);
-        t.waiting_on.extend(full);
+        if let Some(t) = self.throttle_mut() {
+            t.waiting_on.extend(full);
+        }
     }
 
     /// Waits until every queue this connection filled has room (or its
@@ -137,7 +144,7 @@ impl Conn {
         let protocol = self.protocol;
         let now_ms = self.broker.millis(now);
         let mut handled_any = false;
-        while let Some(t) = self.throttle.as_mut() {
+        while let Some(t) = self.throttle_mut() {
             t.waiting_on
                 .retain(|m| m.poll_room(cx, now_ms).is_pending());
             if !t.waiting_on.is_empty() {
@@ -163,8 +170,10 @@ impl Conn {
                 other => return Poll::Ready(other),
             }
         }
-        if self.throttle.as_ref().is_some_and(|t| !t.input_ended) {
-            self.throttle = None;
+        if self.throttle().is_some_and(|t| !t.input_ended) {
+            if let Some(e) = self.extra.as_mut() {
+                e.throttle = None;
+            }
             self.entry
                 .mailbox
                 .set_waiting(false, self.broker.millis(now));
