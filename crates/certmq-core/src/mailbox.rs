@@ -4,17 +4,18 @@
 //! drains it. Each mailbox has its own small lock, so there is no global lock
 //! on the publish path.
 //!
-//! Flow control (SPEC 2): the queue holds `limit` deliveries. While the
-//! queue is full and *draining* (its subscriber made progress within
-//! [`DRAIN_WINDOW_MS`]), a push is accepted anyway and reported
-//! [`Pushed::Over`]: the publishing connection then stops taking new
-//! publishes until [`Mailbox::poll_room`] says the queue drained, so the
-//! queue grows past its limit by at most one delivery per waiting
-//! publisher. A full queue that is not draining pauses nobody: it takes up
-//! to `limit` more deliveries as a reserve while its subscriber may still
-//! recover; past the reserve, or once the subscriber made no progress for
-//! the slow-consumer timeout, new deliveries are dropped (`SlowConsumer`).
-//! Offline sessions get the drop policy at the limit.
+//! Flow control (SPEC 2): the queue holds at most `limit` deliveries.
+//! When a live subscriber's queue reaches half of it and is *draining*
+//! (the subscriber made progress within [`DRAIN_WINDOW_MS`]), a push is
+//! reported [`Pushed::Full`] or [`Pushed::Over`]: the publishing
+//! connection then stops taking new publishes until [`Mailbox::poll_room`]
+//! says the queue drained (an `Over` push is accepted even at the limit, so
+//! the queue passes it by at most one delivery per waiting publisher). A
+//! queue that is not draining pauses nobody: the other half is its reserve
+//! while its subscriber may still recover; at the limit, or once the
+//! subscriber made no progress for the slow-consumer timeout, new
+//! deliveries are dropped (`SlowConsumer`). Offline sessions get the whole
+//! queue and the drop policy at the limit.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -34,8 +35,8 @@ pub enum Dropped {
     /// The queue holds `max_queued_messages` already and the session is
     /// offline.
     QueueFull,
-    /// The subscriber is online but its queue is full and made no
-    /// progress for `slow_consumer_timeout_ms`, or also its reserve is full.
+    /// The subscriber is online and not draining its queue, which is at
+    /// its limit or made no progress for `slow_consumer_timeout_ms`.
     SlowConsumer,
 }
 
@@ -43,11 +44,11 @@ pub enum Dropped {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
     Queued,
-    /// Queued, and the queue of this online session reached its limit: a
-    /// publisher that can wait should, until [`Mailbox::poll_room`] is
-    /// ready.
+    /// Queued, and this draining queue reached the length at which its
+    /// publishers pause (half the limit): a publisher that can wait should,
+    /// until [`Mailbox::poll_room`] is ready.
     Full,
-    /// Queued beyond the limit (the subscriber is draining its queue and
+    /// Queued past that length (the subscriber is draining its queue and
     /// the publisher can wait): the publisher must wait.
     Over,
 }
@@ -84,7 +85,7 @@ const ONLINE: u8 = 1;
 /// The session outlives its connection (expiry above 0) and a `persist`
 /// seam is installed: its QoS 1/2 deliveries are recorded.
 const PERSISTENT: u8 = 2;
-/// The queue is at its limit (a hint for shared-subscription picks).
+/// The queue is at its pause length (a hint for shared-subscription picks).
 const FULL: u8 = 4;
 /// A push found that the subscriber made no progress for the slow-consumer
 /// timeout; cleared by its next progress.
@@ -307,32 +308,31 @@ impl Mailbox {
                 self.progress_ms.store(mode.now_ms, Ordering::Relaxed);
             }
             let draining = online && self.draining_at(mode.now_ms);
-            if len >= self.limit {
-                let why = if !online {
-                    Some(Dropped::QueueFull)
-                } else if self.flag(STALLED) || self.stalled_at(mode.now_ms, mode.stall_ms) {
-                    self.set_flag(STALLED, true);
-                    Some(Dropped::SlowConsumer)
-                } else if (mode.can_wait && draining) || len < 2 * self.limit {
-                    None
-                } else {
-                    // Not draining, and its reserve is used up too.
-                    Some(Dropped::SlowConsumer)
-                };
-                if let Some(why) = why {
-                    drop(inner);
-                    return Err(self.refuse(why));
-                }
+            let pause_at = self.pause_at();
+            let why = if !online {
+                (len >= self.limit).then_some(Dropped::QueueFull)
+            } else if len < pause_at || (mode.can_wait && draining) {
+                None
+            } else if self.flag(STALLED) || self.stalled_at(mode.now_ms, mode.stall_ms) {
+                self.set_flag(STALLED, true);
+                Some(Dropped::SlowConsumer)
+            } else {
+                // Not draining: the reserve, up to the limit, then drops.
+                (len >= self.limit).then_some(Dropped::SlowConsumer)
+            };
+            if let Some(why) = why {
+                drop(inner);
+                return Err(self.refuse(why));
             }
             inner.queue.push_back(delivery);
-            let pushed = if !(draining && mode.can_wait) || len + 1 < self.limit {
+            let pushed = if !(draining && mode.can_wait) || len + 1 < pause_at {
                 Pushed::Queued
-            } else if len >= self.limit {
+            } else if len >= pause_at {
                 Pushed::Over
             } else {
                 Pushed::Full
             };
-            (inner.waker.take(), pushed, len + 1 >= self.limit)
+            (inner.waker.take(), pushed, len + 1 >= pause_at)
         };
         if full {
             self.set_flag(FULL, true);
@@ -363,10 +363,19 @@ impl Mailbox {
     }
 
     /// Whether a queue of `len` has room enough to release its waiting
-    /// publishers: a quarter of the limit, so they resume in batches
-    /// rather than one message at a time.
+    /// publishers: half the pause length free (a quarter of the limit),
+    /// so they resume in batches rather than one message at a time.
     fn room_for_waiters(&self, len: usize) -> bool {
-        len + (self.limit / 4).max(1) <= self.limit
+        let pause_at = self.pause_at();
+        len + (pause_at / 2).max(1) <= pause_at
+    }
+
+    /// The queue length at which a live subscriber's publishers pause:
+    /// half the limit, so that the other half is the reserve of one that
+    /// stopped reading and the queue never passes its limit (but for one
+    /// delivery per waiting publisher).
+    fn pause_at(&self) -> usize {
+        (self.limit / 2).max(1)
     }
 
     /// Marks the queue as watched by the broker's congestion check;
@@ -412,7 +421,7 @@ impl Mailbox {
         let waker = {
             let mut inner = self.inner.lock();
             inner.queue.extend(deliveries);
-            if inner.queue.len() >= self.limit {
+            if inner.queue.len() >= self.pause_at() {
                 self.set_flag(FULL, true);
             }
             inner.waker.take()
@@ -484,7 +493,7 @@ impl Mailbox {
             out.extend(inner.queue.drain(..n));
             self.progress(now_ms);
             let len = inner.queue.len();
-            if len < self.limit {
+            if len < self.pause_at() {
                 self.set_flag(FULL, false);
             }
             if !inner.has_waiters() || !self.room_for_waiters(len) {
@@ -501,7 +510,7 @@ impl Mailbox {
         for d in back.rev() {
             inner.queue.push_front(d);
         }
-        if inner.queue.len() >= self.limit {
+        if inner.queue.len() >= self.pause_at() {
             self.set_flag(FULL, true);
         }
     }

@@ -16,6 +16,8 @@ use certmq_codec::*;
 use certmq_core::*;
 
 const LIMIT: usize = 8;
+/// Publishers pause at half the limit; the other half is the reserve.
+const PAUSE: usize = LIMIT / 2;
 
 fn broker() -> Arc<Broker> {
     Broker::new(BrokerConfig {
@@ -127,8 +129,8 @@ fn a_full_queue_pauses_its_publisher_until_the_subscriber_drains() {
     subscribe(&mut sub, "t", QoS::AtMostOnce, now);
     let mut publ = open(&b, "pub", None, now);
 
-    for n in 0..LIMIT as u32 {
-        assert!(!publ.is_waiting(), "paused before the queue was full ({n})");
+    for n in 0..PAUSE as u32 {
+        assert!(!publ.is_waiting(), "paused too early ({n})");
         publish(&mut publ, "t", n, QoS::AtMostOnce, now);
     }
     assert!(
@@ -138,12 +140,12 @@ fn a_full_queue_pauses_its_publisher_until_the_subscriber_drains() {
     assert_eq!(b.stats.flow_control_pauses.load(Ordering::Relaxed), 1);
 
     // What keeps its order waits; pings and acknowledgements do not.
-    for n in LIMIT as u32..LIMIT as u32 + 3 {
+    for n in PAUSE as u32..PAUSE as u32 + 3 {
         publish(&mut publ, "t", n, QoS::AtMostOnce, now);
     }
     assert_eq!(
         sub.mailbox().len(),
-        LIMIT,
+        PAUSE,
         "parked publishes are not routed"
     );
     publ.handle(Packet::PingReq, now).unwrap();
@@ -166,7 +168,7 @@ fn a_full_queue_pauses_its_publisher_until_the_subscriber_drains() {
     got.extend(receive(&mut sub, now));
     assert_eq!(
         got,
-        (0..LIMIT as u32 + 3).collect::<Vec<_>>(),
+        (0..PAUSE as u32 + 3).collect::<Vec<_>>(),
         "nothing lost, in order"
     );
     assert_eq!(b.stats.messages_dropped.load(Ordering::Relaxed), 0);
@@ -229,7 +231,7 @@ fn a_subscriber_that_stops_draining_releases_its_publisher_then_drops() {
         got.extend(receive(&mut reader, now));
         n += 1;
     }
-    assert_eq!(n as usize, LIMIT);
+    assert_eq!(n as usize, PAUSE);
     publish(&mut publ, "t", n, QoS::AtMostOnce, now); // parked
     n += 1;
     assert!(resume(&mut publ, &waker, now).is_pending());
@@ -246,7 +248,7 @@ fn a_subscriber_that_stops_draining_releases_its_publisher_then_drops() {
     assert!(resume(&mut publ, &waker, later).is_ready());
     assert!(!publ.is_waiting());
 
-    // It keeps a reserve of one more queue's worth, then loses messages;
+    // Its reserve takes the queue to the limit, then it loses messages;
     // it never pauses the publisher again, and the reader loses nothing.
     for _ in 0..LIMIT + 100 {
         publish(&mut publ, "t", n, QoS::AtMostOnce, later);
@@ -255,17 +257,16 @@ fn a_subscriber_that_stops_draining_releases_its_publisher_then_drops() {
         n += 1;
     }
     assert_eq!(got, (0..n).collect::<Vec<_>>(), "the reader lost nothing");
-    assert_eq!(stalled.mailbox().len(), 2 * LIMIT, "limit plus reserve");
+    assert_eq!(stalled.mailbox().len(), LIMIT, "never past the limit");
+    // The parked publish and the loop's, less the reserve.
+    let expected = (1 + LIMIT + 100 - (LIMIT - PAUSE)) as u64;
     let slow = b.stats.dropped_slow_consumer.load(Ordering::Relaxed);
-    assert_eq!(
-        slow, 101,
-        "past the reserve, each message is dropped for it"
-    );
-    assert_eq!(stalled.mailbox().dropped(), 101);
+    assert_eq!(slow, expected, "past the reserve, each is dropped for it");
+    assert_eq!(stalled.mailbox().dropped(), expected);
 
     // Progress ends the episode: the next full queue pauses again.
-    assert_eq!(receive(&mut stalled, later).len(), 2 * LIMIT);
-    for _ in 0..LIMIT {
+    assert_eq!(receive(&mut stalled, later).len(), LIMIT);
+    for _ in 0..PAUSE {
         publish(&mut publ, "t", n, QoS::AtMostOnce, later);
         let _ = receive(&mut reader, later);
         n += 1;
@@ -281,7 +282,7 @@ fn past_the_slow_consumer_timeout_a_full_queue_drops_at_once() {
     let mut stalled = open(&b, "stalled", None, now);
     subscribe(&mut stalled, "t", QoS::AtMostOnce, now);
     let mut publ = open(&b, "pub", None, now);
-    for n in 0..LIMIT as u32 {
+    for n in 0..PAUSE as u32 {
         publish(&mut publ, "t", n, QoS::AtMostOnce, now);
     }
     let waker = Waker::from(Arc::new(Count::default()));
@@ -291,7 +292,7 @@ fn past_the_slow_consumer_timeout_a_full_queue_drops_at_once() {
     assert!(!publ.is_waiting());
     assert_eq!(
         stalled.mailbox().len(),
-        LIMIT,
+        PAUSE,
         "no reserve past the timeout"
     );
     assert_eq!(b.stats.dropped_slow_consumer.load(Ordering::Relaxed), 1);
@@ -378,14 +379,14 @@ fn shared_members_with_room_are_preferred_and_stalled_ones_skipped() {
         publish(&mut publ, "t", n, QoS::AtMostOnce, now);
         to_c.extend(receive(&mut c, now));
     }
-    assert_eq!(a.mailbox().len(), LIMIT);
-    assert_eq!(to_c.len(), 50 - LIMIT);
+    assert_eq!(a.mailbox().len(), PAUSE);
+    assert_eq!(to_c.len(), 50 - PAUSE);
     assert!(!publ.is_waiting(), "a member with room took it");
     assert_eq!(b.stats.messages_dropped.load(Ordering::Relaxed), 0);
 }
 
 #[test]
-fn a_will_into_a_full_queue_uses_the_reserve_and_never_waits() {
+fn a_will_into_a_full_queue_fills_it_to_the_limit_and_never_waits() {
     let b = broker();
     let now = t0();
     let mut sub = open(&b, "sub", None, now);
@@ -402,6 +403,9 @@ fn a_will_into_a_full_queue_uses_the_reserve_and_never_waits() {
     for _ in 0..2 * LIMIT + 5 {
         b.publish(m.clone(), now);
     }
-    assert_eq!(sub.mailbox().len(), 2 * LIMIT);
-    assert_eq!(b.stats.dropped_slow_consumer.load(Ordering::Relaxed), 5);
+    assert_eq!(sub.mailbox().len(), LIMIT, "up to the limit, never past it");
+    assert_eq!(
+        b.stats.dropped_slow_consumer.load(Ordering::Relaxed),
+        LIMIT as u64 + 5
+    );
 }
