@@ -618,7 +618,7 @@ impl Broker {
         }
         let will = state.end();
         let mut drained = Vec::new();
-        entry.mailbox.take(usize::MAX, &mut drained, 0);
+        entry.mailbox.take(usize::MAX, &mut drained);
         if entry.mailbox.is_persistent() {
             entry.mailbox.set_persistent(false);
             self.record(|| crate::persist::Change::SessionEnded {

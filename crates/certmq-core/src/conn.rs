@@ -828,7 +828,7 @@ impl Conn {
         }
         let window = self.window();
         let mut batch = Vec::new();
-        entry.mailbox.take(max, &mut batch, self.broker.millis(now));
+        entry.mailbox.take(max, &mut batch);
         let mut sent = 0;
         let mut rest = batch.drain(..);
         while let Some(d) = rest.next() {

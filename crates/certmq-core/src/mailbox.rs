@@ -4,18 +4,18 @@
 //! drains it. Each mailbox has its own small lock, so there is no global lock
 //! on the publish path.
 //!
-//! Flow control (SPEC 2): the queue holds at most `limit` deliveries.
-//! When a live subscriber's queue reaches half of it and is *draining*
-//! (the subscriber made progress within [`DRAIN_WINDOW_MS`]), a push is
-//! reported [`Pushed::Full`] or [`Pushed::Over`]: the publishing
-//! connection then stops taking new publishes until [`Mailbox::poll_room`]
-//! says the queue drained (an `Over` push is accepted even at the limit, so
-//! the queue passes it by at most one delivery per waiting publisher). A
-//! queue that is not draining pauses nobody: the other half is its reserve
-//! while its subscriber may still recover; at the limit, or once the
-//! subscriber made no progress for the slow-consumer timeout, new
-//! deliveries are dropped (`SlowConsumer`). Offline sessions get the whole
-//! queue and the drop policy at the limit.
+//! Flow control (SPEC 2): when a live subscriber's queue reaches `limit`
+//! and is *draining* (the subscriber made progress within
+//! [`DRAIN_WINDOW_MS`]), a push is reported [`Pushed::Full`] or
+//! [`Pushed::Over`]: the publishing connection then stops taking new
+//! publishes until [`Mailbox::poll_room`] says the queue drained (an `Over`
+//! push is accepted, so the queue passes the limit by at most one delivery
+//! per waiting publisher). A queue that is not draining pauses nobody until
+//! it has caught up (down to three quarters of the limit): it takes up to
+//! `limit` more deliveries as a reserve while its subscriber may still
+//! recover; past the reserve, or once the subscriber made no progress for
+//! the slow-consumer timeout, new deliveries are dropped (`SlowConsumer`).
+//! Offline sessions drop at the limit.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -35,8 +35,9 @@ pub enum Dropped {
     /// The queue holds `max_queued_messages` already and the session is
     /// offline.
     QueueFull,
-    /// The subscriber is online and not draining its queue, which is at
-    /// its limit or made no progress for `slow_consumer_timeout_ms`.
+    /// The subscriber is online and not draining its full queue: its
+    /// reserve is used up too, or it made no progress for
+    /// `slow_consumer_timeout_ms`.
     SlowConsumer,
 }
 
@@ -44,12 +45,11 @@ pub enum Dropped {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
     Queued,
-    /// Queued, and this draining queue reached the length at which its
-    /// publishers pause (half the limit): a publisher that can wait should,
-    /// until [`Mailbox::poll_room`] is ready.
+    /// Queued, and this draining queue reached its limit: a publisher that
+    /// can wait should, until [`Mailbox::poll_room`] is ready.
     Full,
-    /// Queued past that length (the subscriber is draining its queue and
-    /// the publisher can wait): the publisher must wait.
+    /// Queued past the limit (the subscriber is draining its queue and the
+    /// publisher can wait): the publisher must wait.
     Over,
 }
 
@@ -97,6 +97,11 @@ const DROPPING: u8 = 16;
 const WAITING: u8 = 32;
 /// Publishers wait on this queue: it is on the broker's congestion list.
 const CONGESTED: u8 = 64;
+/// The subscriber fell behind: its full queue stopped draining for
+/// [`DRAIN_WINDOW_MS`]. Until it catches up (its queue down to three
+/// quarters of the limit) it pauses nobody, whatever trickle of progress
+/// it makes.
+const BEHIND: u8 = 128;
 
 #[derive(Debug)]
 pub struct Mailbox {
@@ -110,8 +115,8 @@ pub struct Mailbox {
     /// Silence allowed before the keep-alive sweep closes the connection
     /// (1.5 x keep alive, in ms); 0 = not enforced.
     keep_alive_ms: AtomicU64,
-    /// When the subscriber last made progress: its socket accepted bytes,
-    /// it took deliveries, came online, or had nothing queued (Unix ms).
+    /// When the subscriber last made progress: its connection reported
+    /// writes, it came online, or it had nothing queued (Unix ms).
     progress_ms: AtomicU64,
     inner: Mutex<Inner>,
 }
@@ -199,7 +204,7 @@ impl Mailbox {
     /// Online and neither stalled nor at its limit: a shared subscription
     /// prefers such members.
     pub(crate) fn has_room(&self) -> bool {
-        self.flags.load(Ordering::Relaxed) & (ONLINE | FULL | STALLED) == ONLINE
+        self.flags.load(Ordering::Relaxed) & (ONLINE | FULL | STALLED | BEHIND) == ONLINE
     }
 
     /// Online and not stalled.
@@ -213,7 +218,7 @@ impl Mailbox {
         self.set_flag(ONLINE, online);
         if online {
             self.progress_ms.store(now_ms, Ordering::Relaxed);
-            self.set_flag(STALLED | DROPPING | WAITING, false);
+            self.set_flag(STALLED | DROPPING | WAITING | BEHIND, false);
         } else {
             self.set_flag(WAITING, false);
             let waiters = self.inner.lock().take_waiters();
@@ -266,12 +271,14 @@ impl Mailbox {
         !self.stalled_at(now_ms, DRAIN_WINDOW_MS)
     }
 
-    /// The subscriber made progress at `now_ms` (its connection wrote to
-    /// the socket): ends a slow-consumer episode.
+    /// The subscriber made progress at `now_ms`: its connection wrote out
+    /// everything it had buffered, or a good amount of it (the caller
+    /// decides). A subscriber that fell behind must also catch up (see
+    /// `take`) before it pauses publishers again.
     pub fn progress(&self, now_ms: u64) {
         self.progress_ms.store(now_ms, Ordering::Relaxed);
-        if self.flags.load(Ordering::Relaxed) & (STALLED | DROPPING) != 0 {
-            self.set_flag(STALLED | DROPPING, false);
+        if self.flag(STALLED) {
+            self.set_flag(STALLED, false);
         }
     }
 
@@ -307,8 +314,11 @@ impl Mailbox {
                 // Nothing waiting for the subscriber: it is caught up.
                 self.progress_ms.store(mode.now_ms, Ordering::Relaxed);
             }
-            let draining = online && self.draining_at(mode.now_ms);
             let pause_at = self.pause_at();
+            let draining = online && !self.flag(BEHIND) && self.draining_at(mode.now_ms);
+            if online && !draining && len >= pause_at {
+                self.set_flag(BEHIND, true);
+            }
             let why = if !online {
                 (len >= self.limit).then_some(Dropped::QueueFull)
             } else if len < pause_at || (mode.can_wait && draining) {
@@ -317,8 +327,8 @@ impl Mailbox {
                 self.set_flag(STALLED, true);
                 Some(Dropped::SlowConsumer)
             } else {
-                // Not draining: the reserve, up to the limit, then drops.
-                (len >= self.limit).then_some(Dropped::SlowConsumer)
+                // Not draining: the reserve, then drops.
+                (len >= 2 * self.limit).then_some(Dropped::SlowConsumer)
             };
             if let Some(why) = why {
                 drop(inner);
@@ -350,6 +360,7 @@ impl Mailbox {
     pub fn poll_room(&self, cx: &mut Context<'_>, now_ms: u64) -> Poll<()> {
         let mut inner = self.inner.lock();
         if !self.is_online()
+            || self.flag(BEHIND)
             || self.room_for_waiters(inner.queue.len())
             || !self.draining_at(now_ms)
         {
@@ -363,19 +374,19 @@ impl Mailbox {
     }
 
     /// Whether a queue of `len` has room enough to release its waiting
-    /// publishers: half the pause length free (a quarter of the limit),
-    /// so they resume in batches rather than one message at a time.
+    /// publishers: a quarter of the limit free, so they resume in batches
+    /// rather than one message at a time.
     fn room_for_waiters(&self, len: usize) -> bool {
-        let pause_at = self.pause_at();
-        len + (pause_at / 2).max(1) <= pause_at
+        len + (self.limit / 4).max(1) <= self.limit
     }
 
-    /// The queue length at which a live subscriber's publishers pause:
-    /// half the limit, so that the other half is the reserve of one that
-    /// stopped reading and the queue never passes its limit (but for one
-    /// delivery per waiting publisher).
+    /// The queue length at which a live subscriber's publishers pause: the
+    /// limit. (Pausing earlier, at half of it with the other half as the
+    /// reserve, was measured: a subscriber that stopped reading then held
+    /// its publishers for hundreds of milliseconds while the kernel still
+    /// trickled its socket buffers, at a reader's p99 of 0.3-0.45 s.)
     fn pause_at(&self) -> usize {
-        (self.limit / 2).max(1)
+        self.limit
     }
 
     /// Marks the queue as watched by the broker's congestion check;
@@ -397,6 +408,9 @@ impl Mailbox {
                 return true;
             }
             self.set_flag(CONGESTED, false);
+            if inner.has_waiters() && self.is_online() {
+                self.set_flag(BEHIND, true);
+            }
             inner.take_waiters()
         };
         if !waiters.is_empty() && !self.flag(DROPPING) {
@@ -481,9 +495,12 @@ impl Mailbox {
         Poll::Pending
     }
 
-    /// Takes up to `max` deliveries from the front: progress at `now_ms`.
-    /// Wakes the waiting publishers once there is room for them.
-    pub(crate) fn take(&self, max: usize, out: &mut Vec<Delivery>, now_ms: u64) {
+    /// Takes up to `max` deliveries from the front. Wakes the waiting
+    /// publishers once there is room for them. (Taking is not progress by
+    /// itself: a connection takes whenever its output buffer has room, and
+    /// a client that stopped reading still frees a few bytes of it now and
+    /// then; the connection reports progress, see [`Mailbox::progress`].)
+    pub(crate) fn take(&self, max: usize, out: &mut Vec<Delivery>) {
         let waiters = {
             let mut inner = self.inner.lock();
             let n = max.min(inner.queue.len());
@@ -491,10 +508,15 @@ impl Mailbox {
                 return;
             }
             out.extend(inner.queue.drain(..n));
-            self.progress(now_ms);
             let len = inner.queue.len();
             if len < self.pause_at() {
                 self.set_flag(FULL, false);
+            }
+            if self.flags.load(Ordering::Relaxed) & (BEHIND | DROPPING) != 0
+                && self.room_for_waiters(len)
+            {
+                // Caught up: the episode is over.
+                self.set_flag(BEHIND | DROPPING, false);
             }
             if !inner.has_waiters() || !self.room_for_waiters(len) {
                 return;

@@ -461,7 +461,15 @@ struct Io {
     /// `sync` persistence: the output holds acknowledgements of changes
     /// `(from, to]`, sent once those are on disk; `to` 0: nothing held.
     held: (u64, u64),
+    /// Bytes written since flow-control progress was last reported.
+    unreported: usize,
 }
+
+/// Flow control counts a subscriber as making progress when its socket
+/// took everything buffered for it, or at least this much: a client that
+/// stopped reading lets the kernel free a few bytes now and then, which
+/// must not count as reading.
+const PROGRESS_BYTES: usize = 4096;
 
 impl Io {
     /// Nothing buffered, nothing waiting: the box can go.
@@ -554,6 +562,7 @@ fn step<T: Transport>(
         wbuf,
         pending_input,
         held,
+        unreported,
     } = io;
     let max_in = conn.max_packet_size() as usize;
     let live = &*shared.live;
@@ -680,9 +689,13 @@ fn step<T: Transport>(
                 let written = before - wbuf.len();
                 if written > 0 {
                     live.bytes_out.fetch_add(written as u64, Relaxed);
-                    // The client's socket took bytes: flow control's
-                    // measure of a subscriber that keeps reading.
-                    conn.mailbox().progress(clock::now().unix_millis());
+                    *unreported += written;
+                    if wbuf.is_empty() || *unreported >= PROGRESS_BYTES {
+                        // Flow control's measure of a subscriber that
+                        // keeps reading.
+                        conn.mailbox().progress(clock::now().unix_millis());
+                        *unreported = 0;
+                    }
                 }
                 match r {
                     Poll::Ready(Ok(())) => break 'event Event::Written,
