@@ -410,3 +410,11 @@ fn a_will_into_a_full_queue_uses_the_reserve_and_never_waits() {
     assert_eq!(sub.mailbox().len(), CAP, "the limit and the reserve");
     assert_eq!(b.stats.dropped_slow_consumer.load(Ordering::Relaxed), 5);
 }
+
+/// Every session has a mailbox: its size is part of the memory per idle
+/// connection (a product target), so growth should be a decision.
+#[test]
+fn a_mailbox_stays_small() {
+    let size = std::mem::size_of::<Mailbox>();
+    assert!(size <= 144, "Mailbox is {size} bytes");
+}
