@@ -2,8 +2,8 @@
 //! retained messages and the timers of offline sessions.
 //!
 //! Lock order, always: `sessions` -> a session's `state` -> `tree` ->
-//! `retained` -> a mailbox. The publish path takes only the trie's read lock
-//! and each target mailbox's own lock.
+//! `retained` -> `congested` -> a mailbox. The publish path takes only the
+//! trie's read lock and each target mailbox's own lock.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -478,14 +478,7 @@ impl Broker {
     /// draining them.
     pub fn check_congestion(&self, now: Time) {
         let now_ms = self.millis(now);
-        let listed = std::mem::take(&mut *self.congested.lock());
-        let kept: Vec<_> = listed
-            .into_iter()
-            .filter(|m| m.check_congestion(now_ms))
-            .collect();
-        if !kept.is_empty() {
-            self.congested.lock().extend(kept);
-        }
+        self.congested.lock().retain(|m| m.check_congestion(now_ms));
     }
 
     pub(crate) fn add_timer(&self, at: Time, timer: Timer) {

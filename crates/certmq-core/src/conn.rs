@@ -457,9 +457,15 @@ impl Conn {
     /// keep their order behind it are parked and handled by
     /// [`Conn::poll_resume`].
     pub fn handle(&mut self, packet: Packet, now: Time) -> Result<Flow, ReasonCode> {
-        let Some(packet) = self.park(packet) else {
-            return Ok(Flow::Continue);
-        };
+        match self.park(packet) {
+            Some(packet) => self.handle_now(packet, now),
+            None => Ok(Flow::Continue),
+        }
+    }
+
+    /// Handles a packet that need not (or no longer) wait, and records
+    /// the durable changes it deferred.
+    fn handle_now(&mut self, packet: Packet, now: Time) -> Result<Flow, ReasonCode> {
         let flow = self.handle_packet(packet, now);
         self.broker.record_deferred();
         flow

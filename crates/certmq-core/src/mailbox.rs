@@ -55,14 +55,15 @@ pub enum Pushed {
 
 /// A full queue counts as draining while its subscriber made progress
 /// within this many milliseconds: only then does it pause publishers. A
-/// subscriber that reads makes progress far more often (every write its
-/// socket accepts); one that stopped reading pauses its publishers for at
-/// most about this long (plus the broker's congestion check interval).
+/// subscriber that reads makes progress far more often (its connection
+/// reports every write that empties its buffer or takes 4 KiB); one that
+/// stopped reading pauses its publishers for at most about this long (plus
+/// the broker's congestion check interval).
 pub const DRAIN_WINDOW_MS: u64 = 100;
 
 /// How a publish pushes: the time, the slow-consumer timeout and whether
 /// the publisher can wait for room (a client connection can; a will or a
-/// timer cannot, so a full queue drops for them).
+/// timer cannot, so for them a full queue goes on into its reserve).
 #[derive(Debug, Clone, Copy)]
 pub struct PushMode {
     pub now_ms: u64,
@@ -85,7 +86,7 @@ const ONLINE: u8 = 1;
 /// The session outlives its connection (expiry above 0) and a `persist`
 /// seam is installed: its QoS 1/2 deliveries are recorded.
 const PERSISTENT: u8 = 2;
-/// The queue is at its pause length (a hint for shared-subscription picks).
+/// The queue is at its limit (a hint for shared-subscription picks).
 const FULL: u8 = 4;
 /// A push found that the subscriber made no progress for the slow-consumer
 /// timeout; cleared by its next progress.
@@ -176,6 +177,7 @@ impl Mailbox {
         self.flags.load(Ordering::Relaxed) & bit != 0
     }
 
+    /// Sets or clears `bit` (or, clearing, every bit of a mask).
     fn set_flag(&self, bit: u8, on: bool) {
         // Skip the atomic read-modify-write when nothing changes: these
         // are read on every publish, written rarely.
@@ -201,8 +203,8 @@ impl Mailbox {
         self.flag(ONLINE)
     }
 
-    /// Online and neither stalled nor at its limit: a shared subscription
-    /// prefers such members.
+    /// Online, neither stalled nor behind, and below its limit: a shared
+    /// subscription prefers such members.
     pub(crate) fn has_room(&self) -> bool {
         self.flags.load(Ordering::Relaxed) & (ONLINE | FULL | STALLED | BEHIND) == ONLINE
     }
@@ -277,9 +279,7 @@ impl Mailbox {
     /// `take`) before it pauses publishers again.
     pub fn progress(&self, now_ms: u64) {
         self.progress_ms.store(now_ms, Ordering::Relaxed);
-        if self.flag(STALLED) {
-            self.set_flag(STALLED, false);
-        }
+        self.set_flag(STALLED, false);
     }
 
     /// Counts a refusal; the first of an episode is logged.
@@ -299,29 +299,29 @@ impl Mailbox {
 
     /// Queues a delivery (see the module docs for flow control). Drop
     /// policy: QoS 0 messages for an offline session are dropped; so is a
-    /// message for a full queue whose session is offline or stalled, or
-    /// whose publisher cannot wait (the newest is lost, the queued ones
-    /// keep their order).
+    /// message for a full queue whose session is offline, or stalled, or
+    /// not draining with its reserve used up (the newest is lost, the
+    /// queued ones keep their order).
     pub fn push(&self, delivery: Delivery, mode: PushMode) -> Result<Pushed, Dropped> {
         let online = self.is_online();
         if delivery.qos == QoS::AtMostOnce && !online {
             return Err(self.refuse(Dropped::OfflineQos0));
         }
-        let (waker, pushed, full) = {
+        let (waker, pushed, at_limit) = {
             let mut inner = self.inner.lock();
             let len = inner.queue.len();
             if len == 0 {
                 // Nothing waiting for the subscriber: it is caught up.
                 self.progress_ms.store(mode.now_ms, Ordering::Relaxed);
             }
-            let pause_at = self.pause_at();
+            let full = len >= self.limit;
             let draining = online && !self.flag(BEHIND) && self.draining_at(mode.now_ms);
-            if online && !draining && len >= pause_at {
+            if online && !draining && full {
                 self.set_flag(BEHIND, true);
             }
             let why = if !online {
-                (len >= self.limit).then_some(Dropped::QueueFull)
-            } else if len < pause_at || (mode.can_wait && draining) {
+                full.then_some(Dropped::QueueFull)
+            } else if !full || (mode.can_wait && draining) {
                 None
             } else if self.flag(STALLED) || self.stalled_at(mode.now_ms, mode.stall_ms) {
                 self.set_flag(STALLED, true);
@@ -335,16 +335,16 @@ impl Mailbox {
                 return Err(self.refuse(why));
             }
             inner.queue.push_back(delivery);
-            let pushed = if !(draining && mode.can_wait) || len + 1 < pause_at {
+            let pushed = if !(draining && mode.can_wait) || len + 1 < self.limit {
                 Pushed::Queued
-            } else if len >= pause_at {
+            } else if full {
                 Pushed::Over
             } else {
                 Pushed::Full
             };
-            (inner.waker.take(), pushed, len + 1 >= pause_at)
+            (inner.waker.take(), pushed, len + 1 >= self.limit)
         };
-        if full {
+        if at_limit {
             self.set_flag(FULL, true);
         }
         if let Some(w) = waker {
@@ -378,15 +378,6 @@ impl Mailbox {
     /// rather than one message at a time.
     fn room_for_waiters(&self, len: usize) -> bool {
         len + (self.limit / 4).max(1) <= self.limit
-    }
-
-    /// The queue length at which a live subscriber's publishers pause: the
-    /// limit. (Pausing earlier, at half of it with the other half as the
-    /// reserve, was measured: a subscriber that stopped reading then held
-    /// its publishers for hundreds of milliseconds while the kernel still
-    /// trickled its socket buffers, at a reader's p99 of 0.3-0.45 s.)
-    fn pause_at(&self) -> usize {
-        self.limit
     }
 
     /// Marks the queue as watched by the broker's congestion check;
@@ -435,7 +426,7 @@ impl Mailbox {
         let waker = {
             let mut inner = self.inner.lock();
             inner.queue.extend(deliveries);
-            if inner.queue.len() >= self.pause_at() {
+            if inner.queue.len() >= self.limit {
                 self.set_flag(FULL, true);
             }
             inner.waker.take()
@@ -509,13 +500,11 @@ impl Mailbox {
             }
             out.extend(inner.queue.drain(..n));
             let len = inner.queue.len();
-            if len < self.pause_at() {
+            if len < self.limit {
                 self.set_flag(FULL, false);
             }
-            if self.flags.load(Ordering::Relaxed) & (BEHIND | DROPPING) != 0
-                && self.room_for_waiters(len)
-            {
-                // Caught up: the episode is over.
+            if self.room_for_waiters(len) {
+                // Caught up: the episode, if any, is over.
                 self.set_flag(BEHIND | DROPPING, false);
             }
             if !inner.has_waiters() || !self.room_for_waiters(len) {
@@ -532,7 +521,7 @@ impl Mailbox {
         for d in back.rev() {
             inner.queue.push_front(d);
         }
-        if inner.queue.len() >= self.pause_at() {
+        if inner.queue.len() >= self.limit {
             self.set_flag(FULL, true);
         }
     }

@@ -523,6 +523,17 @@ fn fail_acks(conn: &mut Conn) -> bool {
     true
 }
 
+/// The close that handling a packet asks for, if any.
+fn close_for(handled: Result<Flow, ReasonCode>) -> Option<CloseCause> {
+    match handled {
+        Ok(Flow::Continue) => None,
+        Ok(Flow::Disconnect { publish_will }) => {
+            Some(CloseCause::ClientDisconnect { publish_will })
+        }
+        Err(reason) => Some(CloseCause::Server(reason)),
+    }
+}
+
 /// `sync` persistence: the output now acknowledges changes up to `after`
 /// (recorded since `before`); it is held until they are on disk.
 fn hold_until_durable(held: &mut (u64, u64), before: u64, after: u64) {
@@ -599,12 +610,8 @@ fn step<T: Transport>(
                         if let Some((a, before)) = durable {
                             hold_until_durable(held, before, a.persist.recorded());
                         }
-                        match handled {
-                            Ok(Flow::Continue) => {}
-                            Ok(Flow::Disconnect { publish_will }) => {
-                                return Poll::Ready(CloseCause::ClientDisconnect { publish_will });
-                            }
-                            Err(reason) => return Poll::Ready(CloseCause::Server(reason)),
+                        if let Some(cause) = close_for(handled) {
+                            return Poll::Ready(cause);
                         }
                     }
                     Ok(None) => {
@@ -636,18 +643,14 @@ fn step<T: Transport>(
             if let (Some(a), Some(before)) = (acks, before) {
                 hold_until_durable(held, before, a.persist.recorded());
             }
-            match resumed {
-                Poll::Pending => {}
-                Poll::Ready(Ok(Flow::Continue)) => {
-                    if *pending_input && conn.accepts_input() {
-                        // Room again: decode what waited in `rbuf`.
-                        continue;
-                    }
+            if let Poll::Ready(handled) = resumed {
+                if let Some(cause) = close_for(handled) {
+                    return Poll::Ready(cause);
                 }
-                Poll::Ready(Ok(Flow::Disconnect { publish_will })) => {
-                    return Poll::Ready(CloseCause::ClientDisconnect { publish_will });
+                if *pending_input && conn.accepts_input() {
+                    // Room again: decode what waited in `rbuf`.
+                    continue;
                 }
-                Poll::Ready(Err(reason)) => return Poll::Ready(CloseCause::Server(reason)),
             }
         }
         if !*pending_input && conn.input_finished() {

@@ -32,8 +32,9 @@ pub const PARKED_BYTES: usize = 64 * 1024;
 pub(super) struct Throttle {
     /// Queues this connection filled; it waits until each has room.
     waiting_on: Vec<Arc<Mailbox>>,
-    /// Packets that must keep their order behind the waiting publish.
-    parked: VecDeque<Packet>,
+    /// Packets that must keep their order behind the waiting publish,
+    /// each with its encoded size.
+    parked: VecDeque<(Packet, usize)>,
     parked_bytes: usize,
     /// The client closed its side while packets were parked: they are
     /// handled first, then the connection ends.
@@ -107,8 +108,9 @@ impl Conn {
         if passes(&packet) || (t.waiting_on.is_empty() && t.parked.is_empty()) {
             return Some(packet);
         }
-        t.parked_bytes += encoded_len(&packet, protocol);
-        t.parked.push_back(packet);
+        let size = encoded_len(&packet, protocol);
+        t.parked_bytes += size;
+        t.parked.push_back((packet, size));
         None
     }
 
@@ -141,7 +143,6 @@ impl Conn {
         cx: &mut Context<'_>,
         now: Time,
     ) -> Poll<Result<Flow, ReasonCode>> {
-        let protocol = self.protocol;
         let now_ms = self.broker.millis(now);
         let mut handled_any = false;
         while let Some(t) = self.throttle_mut() {
@@ -156,16 +157,12 @@ impl Conn {
                     Poll::Pending
                 };
             }
-            let Some(packet) = t.parked.pop_front() else {
+            let Some((packet, size)) = t.parked.pop_front() else {
                 break;
             };
-            t.parked_bytes = t
-                .parked_bytes
-                .saturating_sub(encoded_len(&packet, protocol));
+            t.parked_bytes -= size;
             handled_any = true;
-            let flow = self.handle_packet(packet, now);
-            self.broker.record_deferred();
-            match flow {
+            match self.handle_now(packet, now) {
                 Ok(Flow::Continue) => {}
                 other => return Poll::Ready(other),
             }
@@ -174,9 +171,7 @@ impl Conn {
             if let Some(e) = self.extra.as_mut() {
                 e.throttle = None;
             }
-            self.entry
-                .mailbox
-                .set_waiting(false, self.broker.millis(now));
+            self.entry.mailbox.set_waiting(false, now_ms);
         }
         Poll::Ready(Ok(Flow::Continue))
     }
