@@ -15,6 +15,9 @@ use bytes::Bytes;
 use certmq_codec::*;
 use certmq_core::*;
 
+mod common;
+use common::{connect, subscribe};
+
 const LIMIT: usize = 8;
 /// Publishers pause at the limit.
 const PAUSE: usize = LIMIT;
@@ -32,43 +35,13 @@ fn t0() -> Time {
     Time::from_unix_millis(1_700_000_000_000)
 }
 
+/// An accepted MQTT 5 connection, CONNACK taken; clean start unless the
+/// session has an expiry.
 fn open(b: &Arc<Broker>, id: &str, expiry: Option<u32>, now: Time) -> Conn {
-    let c = Connect {
-        protocol: Protocol::V5,
-        clean_start: expiry.is_none(),
-        keep_alive: 10,
-        client_id: id.into(),
-        will: None,
-        username: None,
-        password: None,
-        properties: Properties {
-            session_expiry_interval: expiry,
-            ..Default::default()
-        },
-    };
-    let ctx = ConnectContext {
-        authorized: true,
-        ..Default::default()
-    };
-    let mut conn = b.connect(c, &ctx, now).unwrap();
+    let c = connect(Protocol::V5, id, expiry.is_none(), expiry);
+    let mut conn = common::open(b, c, now);
     conn.output().clear();
     conn
-}
-
-fn subscribe(conn: &mut Conn, filter: &str, qos: QoS, now: Time) {
-    let s = Subscribe {
-        packet_id: 1,
-        filters: vec![(
-            filter.into(),
-            SubscriptionOptions {
-                qos,
-                ..Default::default()
-            },
-        )],
-        properties: Properties::default(),
-    };
-    conn.handle(Packet::Subscribe(s), now).unwrap();
-    assert!(matches!(conn.output().pop(), Some(Packet::SubAck(_))));
 }
 
 fn publish(conn: &mut Conn, topic: &str, n: u32, qos: QoS, now: Time) {
@@ -355,9 +328,9 @@ fn a_waiting_publisher_is_not_closed_for_keep_alive() {
         publish(&mut publ, "t", n, QoS::AtMostOnce, now);
     }
     assert!(publ.is_waiting());
-    // Keep alive 10 s: silent for 16 s, but the broker was not reading it.
-    // The subscriber keeps its session alive by being heard from.
-    let later = now + Duration::from_secs(16);
+    // Keep alive 60 s: silent for 100 s, but the broker was not reading
+    // it. The subscriber keeps its session alive by being heard from.
+    let later = now + Duration::from_secs(100);
     sub.touch(later);
     b.tick(later);
     let waker = Waker::from(Arc::new(Count::default()));

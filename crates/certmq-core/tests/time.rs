@@ -5,7 +5,6 @@
 #![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use certmq_core::Time;
@@ -14,55 +13,14 @@ use bytes::Bytes;
 use certmq_codec::*;
 use certmq_core::*;
 
-fn connect(protocol: Protocol, id: &str, clean: bool, expiry: Option<u32>) -> Connect {
-    Connect {
-        protocol,
-        clean_start: clean,
-        keep_alive: 60,
-        client_id: id.into(),
-        will: None,
-        username: None,
-        password: None,
-        properties: Properties {
-            session_expiry_interval: expiry,
-            ..Default::default()
-        },
-    }
-}
-
-fn open(b: &Arc<Broker>, c: Connect, now: Time) -> Conn {
-    b.connect(
-        c,
-        &ConnectContext {
-            authorized: true,
-            ..Default::default()
-        },
-        now,
-    )
-    .unwrap()
-}
+mod common;
+use common::*;
 
 fn connack(conn: &mut Conn) -> ConnAck {
     match conn.output().remove(0) {
         Packet::ConnAck(a) => a,
         other => panic!("{other:?}"),
     }
-}
-
-fn subscribe(conn: &mut Conn, filter: &str, qos: QoS, now: Time) {
-    let s = Subscribe {
-        packet_id: 1,
-        filters: vec![(
-            filter.into(),
-            SubscriptionOptions {
-                qos,
-                ..Default::default()
-            },
-        )],
-        properties: Properties::default(),
-    };
-    conn.handle(Packet::Subscribe(s), now).unwrap();
-    assert!(matches!(conn.output().pop(), Some(Packet::SubAck(_))));
 }
 
 fn publishes(conn: &mut Conn, now: Time) -> Vec<Publish> {

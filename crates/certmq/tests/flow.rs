@@ -30,33 +30,14 @@ fn load_test() -> std::sync::MutexGuard<'static, ()> {
     LOAD.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// `certmq serve` with TCP and admin listeners and a `[broker]` section.
+/// `certmq serve` with TCP and admin listeners, no persistence, and a
+/// `[broker]` section.
 fn serve(broker_section: &str) -> BrokerProcess {
     let dir = TempDir::new("flow");
     let config = dir.0.join("certmq.toml");
     std::fs::write(&config, format!("[broker]\n{broker_section}\n")).unwrap();
-    let mut cmd = Command::new(bin());
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(&dir.0)
-        .args([
-            "--listen-tcp",
-            "127.0.0.1:0",
-            "--listen-admin",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--listen-tls",
-            "off",
-            "--listen-ws",
-            "off",
-            "--listen-wss",
-            "off",
-        ])
-        .args(["--persistence", "off"]);
-    BrokerProcess::spawn(cmd, dir, 2)
+    let config = config.to_string_lossy().into_owned();
+    serve_tcp_admin(dir, &["--config", &config, "--persistence", "off"])
 }
 
 /// Starts the paho-mqtt counter on `topic` and waits for its SUBACK.

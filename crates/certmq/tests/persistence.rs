@@ -17,34 +17,6 @@ use device_helpers::Api;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// `certmq serve` on `dir` with TCP and admin listeners on port 0.
-fn serve(dir: TempDir, extra: &[&str]) -> BrokerProcess {
-    let mut cmd = Command::new(bin());
-    cmd.args(serve_args(&dir)).args(extra);
-    BrokerProcess::spawn(cmd, dir, 2)
-}
-
-/// The arguments of `certmq serve` that `serve` runs (for a wrapper).
-fn serve_args(dir: &TempDir) -> Vec<std::ffi::OsString> {
-    let mut args: Vec<std::ffi::OsString> = vec!["serve".into(), "--data-dir".into()];
-    args.push(dir.0.clone().into());
-    for a in [
-        "--listen-tcp",
-        "127.0.0.1:0",
-        "--listen-admin",
-        "127.0.0.1:0",
-        "--listen-tls",
-        "off",
-        "--listen-ws",
-        "off",
-        "--listen-wss",
-        "off",
-    ] {
-        args.push(a.into());
-    }
-    args
-}
-
 /// PUBACK reason codes of `count` retained QoS 1 messages of 64 KiB (MQTT
 /// 5, paho), one per message.
 fn puback_codes(b: &BrokerProcess, count: usize) -> Vec<u8> {
@@ -166,7 +138,7 @@ fn a_restart_in_sync_mode_keeps_them_too() {
 }
 
 fn restart_keeps_state(mode: &[&str]) {
-    let b = serve(TempDir::new("persist-restart"), mode);
+    let b = serve_tcp_admin(TempDir::new("persist-restart"), mode);
     park_subscriber(&b, "keeper", "k/#");
     publish(&b, &["-q", "1", "-t", "k/1", "-m", "queued"]);
     publish(&b, &["-q", "1", "-r", "-t", "k/r", "-m", "retained"]);
@@ -184,7 +156,7 @@ fn restart_keeps_state(mode: &[&str]) {
     );
     assert_eq!(file_mode & 0o777, 0o600);
 
-    let b = serve(dir, mode);
+    let b = serve_tcp_admin(dir, mode);
     assert_eq!(
         collect(&b, "keeper", "k/#", 2),
         ["k/1 queued", "k/r retained"]
@@ -203,7 +175,7 @@ fn restart_keeps_state(mode: &[&str]) {
 
 #[test]
 fn async_mode_keeps_what_was_committed_through_a_kill_9() {
-    let b = serve(TempDir::new("persist-async"), &[]);
+    let b = serve_tcp_admin(TempDir::new("persist-async"), &[]);
     let api = Api::of(&b);
     park_subscriber(&b, "crash-a", "a/#");
     for i in 0..20 {
@@ -215,7 +187,7 @@ fn async_mode_keeps_what_was_committed_through_a_kill_9() {
     // The batch holding them is committed within flush_interval_ms.
     committed(&api);
     let ((), dir) = b.kill9_keep_dir();
-    let b = serve(dir, &[]);
+    let b = serve_tcp_admin(dir, &[]);
     let got = collect(&b, "crash-a", "a/#", 20);
     let want: Vec<String> = (0..20).map(|i| format!("a/{i} m{i}")).collect();
     assert_eq!(got, want);
@@ -223,7 +195,7 @@ fn async_mode_keeps_what_was_committed_through_a_kill_9() {
 
 #[test]
 fn sync_mode_never_loses_an_acknowledged_message_to_a_kill_9() {
-    let b = serve(TempDir::new("persist-sync"), &["--persistence", "sync"]);
+    let b = serve_tcp_admin(TempDir::new("persist-sync"), &["--persistence", "sync"]);
     park_subscriber(&b, "crash-s", "s/#");
     for i in 0..20 {
         // mosquitto_pub returns once it has the PUBACK.
@@ -233,7 +205,7 @@ fn sync_mode_never_loses_an_acknowledged_message_to_a_kill_9() {
         );
     }
     let ((), dir) = b.kill9_keep_dir();
-    let b = serve(dir, &["--persistence", "sync"]);
+    let b = serve_tcp_admin(dir, &["--persistence", "sync"]);
     let got = collect(&b, "crash-s", "s/#", 20);
     let want: Vec<String> = (0..20).map(|i| format!("s/{i} m{i}")).collect();
     assert_eq!(got, want);
@@ -241,7 +213,7 @@ fn sync_mode_never_loses_an_acknowledged_message_to_a_kill_9() {
 
 #[test]
 fn a_will_of_a_client_connected_at_a_crash_is_published_after_restart() {
-    let b = serve(TempDir::new("persist-will"), &[]);
+    let b = serve_tcp_admin(TempDir::new("persist-will"), &[]);
     let api = Api::of(&b);
     park_subscriber(&b, "watcher", "wills/#");
     let mut device = spawn_piped(Command::new("mosquitto_sub").args([
@@ -266,7 +238,7 @@ fn a_will_of_a_client_connected_at_a_crash_is_published_after_restart() {
     let ((), dir) = b.kill9_keep_dir();
     let _ = device.kill();
     let _ = device.wait();
-    let b = serve(dir, &[]);
+    let b = serve_tcp_admin(dir, &[]);
     assert_eq!(
         collect(&b, "watcher", "wills/#", 1),
         ["wills/device-7 offline"]
@@ -275,7 +247,7 @@ fn a_will_of_a_client_connected_at_a_crash_is_published_after_restart() {
 
 #[test]
 fn messages_in_flight_are_resent_with_dup_after_a_restart() {
-    let b = serve(TempDir::new("persist-inflight"), &[]);
+    let b = serve_tcp_admin(TempDir::new("persist-inflight"), &[]);
     let script = repo_root().join("tests/interop/paho_persist.py");
     let port = b.port("mqtt-tcp");
     let mut taker = spawn_piped(Command::new("python3").arg(&script).args([
@@ -296,7 +268,7 @@ fn messages_in_flight_are_resent_with_dup_after_a_restart() {
     assert!(taker.wait().unwrap().success());
     let (status, dir) = b.terminate_keep_dir();
     assert!(status.success());
-    let b = serve(dir, &[]);
+    let b = serve_tcp_admin(dir, &[]);
     let out = run(
         Command::new("python3").arg(&script).args([
             "resume",
@@ -343,18 +315,18 @@ fn a_damaged_state_file_stops_the_broker_with_what_to_do() {
     assert!(err.contains("move the file away"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     // `--persistence off` starts without reading it.
-    let b = serve(dir, &["--persistence", "off"]);
+    let b = serve_tcp_admin(dir, &["--persistence", "off"]);
     publish(&b, &["-t", "x", "-m", "up"]);
 }
 
 #[test]
 fn persistence_off_keeps_nothing_across_a_restart() {
-    let b = serve(TempDir::new("persist-off"), &["--persistence", "off"]);
+    let b = serve_tcp_admin(TempDir::new("persist-off"), &["--persistence", "off"]);
     publish(&b, &["-q", "1", "-r", "-t", "gone/r", "-m", "retained"]);
     let (status, dir) = b.terminate_keep_dir();
     assert!(status.success());
     assert!(!dir.0.join("state.db").exists());
-    let b = serve(dir, &["--persistence", "off"]);
+    let b = serve_tcp_admin(dir, &["--persistence", "off"]);
     let out = run(
         Command::new("mosquitto_sub").args([
             "-h",
@@ -378,7 +350,7 @@ fn a_failing_write_in_sync_mode_is_not_acknowledged() {
     let dir = TempDir::new("persist-full");
     let conf = dir.0.join("certmq.toml");
     std::fs::write(&conf, "[persistence]\nmode = \"sync\"\nmax_size_mb = 1\n").unwrap();
-    let b = serve(dir, &["--config", conf.to_str().unwrap()]);
+    let b = serve_tcp_admin(dir, &["--config", conf.to_str().unwrap()]);
     let api = Api::of(&b);
     // MQTT 5: 64 KiB retained messages until the 1 MiB quota is hit; the
     // PUBACKs turn from success to 0x80 (unspecified error).
@@ -413,7 +385,7 @@ fn a_write_error_below_the_engine_is_never_acknowledged() {
     let mut cmd = Command::new("prlimit");
     cmd.arg("--fsize=3000000")
         .arg(bin())
-        .args(serve_args(&dir))
+        .args(tcp_admin_args(&dir))
         .args(["--persistence", "sync"]);
     let b = BrokerProcess::spawn(cmd, dir, 2);
     let api = Api::of(&b);
@@ -437,7 +409,7 @@ use raw::Raw;
 
 #[test]
 fn qos2_in_both_directions_completes_exactly_once_across_a_kill_9() {
-    let b = serve(TempDir::new("persist-qos2"), &["--persistence", "sync"]);
+    let b = serve_tcp_admin(TempDir::new("persist-qos2"), &["--persistence", "sync"]);
     let api = Api::of(&b);
     let (mut sub, _) = Raw::connect(b.addr("mqtt-tcp"), "q2-sub", Protocol::V5);
     sub.subscribe("q/#", QoS::ExactlyOnce);
@@ -461,7 +433,7 @@ fn qos2_in_both_directions_completes_exactly_once_across_a_kill_9() {
     let ((), dir) = b.kill9_keep_dir();
     drop((sub, publ));
 
-    let b = serve(dir, &["--persistence", "sync"]);
+    let b = serve_tcp_admin(dir, &["--persistence", "sync"]);
     // The publisher resends its QoS 2 PUBLISH: acknowledged, not routed
     // again; PUBREL completes it.
     let (mut publ, present) = Raw::connect(b.addr("mqtt-tcp"), "q2-pub", Protocol::V5);
@@ -516,7 +488,7 @@ fn sync_mode_loses_no_acknowledged_message_in_20_random_crashes() {
         rng
     };
     for round in 0..20 {
-        let b = serve(dir, &["--persistence", "sync"]);
+        let b = serve_tcp_admin(dir, &["--persistence", "sync"]);
         if round == 0 {
             let (mut sub, _) = Raw::connect(b.addr("mqtt-tcp"), "loop-sub", Protocol::V3_1_1);
             sub.subscribe("loop/#", QoS::AtLeastOnce);
@@ -550,7 +522,7 @@ fn sync_mode_loses_no_acknowledged_message_in_20_random_crashes() {
         "too few messages acknowledged: {}",
         acked.len()
     );
-    let b = serve(dir, &["--persistence", "sync"]);
+    let b = serve_tcp_admin(dir, &["--persistence", "sync"]);
     let (mut publ, _) = Raw::connect(b.addr("mqtt-tcp"), "loop-pub", Protocol::V3_1_1);
     publ.publish("loop/fence", b"", QoS::AtLeastOnce, 1, false);
     assert!(matches!(publ.recv(), Packet::PubAck(_)));

@@ -219,6 +219,36 @@ pub fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
     rx
 }
 
+/// The arguments of `certmq serve` on `dir` with only the TCP and admin
+/// listeners, both on port 0.
+pub fn tcp_admin_args(dir: &TempDir) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = vec!["serve".into(), "--data-dir".into()];
+    args.push(dir.0.clone().into());
+    for a in [
+        "--listen-tcp",
+        "127.0.0.1:0",
+        "--listen-admin",
+        "127.0.0.1:0",
+        "--listen-tls",
+        "off",
+        "--listen-ws",
+        "off",
+        "--listen-wss",
+        "off",
+    ] {
+        args.push(a.into());
+    }
+    args
+}
+
+/// `certmq serve` on `dir` with TCP and admin listeners on port 0, plus
+/// `extra` arguments.
+pub fn serve_tcp_admin(dir: TempDir, extra: &[&str]) -> BrokerProcess {
+    let mut cmd = Command::new(bin());
+    cmd.args(tcp_admin_args(&dir)).args(extra);
+    BrokerProcess::spawn(cmd, dir, 2)
+}
+
 /// `certmq serve` again on a kept data directory with only the TLS
 /// listener (one-way), and the admin API when `admin`.
 pub fn serve_tls_only(dir: TempDir, admin: bool) -> BrokerProcess {
