@@ -297,6 +297,7 @@ pub struct RejectionView {
     client_id: Option<String>,
     certificate_id: Option<String>,
     ca_id: Option<String>,
+    username: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -340,6 +341,7 @@ pub async fn rejections(
             client_id: r.client_id,
             certificate_id: r.certificate_id,
             ca_id: r.ca_id,
+            username: r.username,
         })
         .collect();
     Json(RejectionsView {

@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+mod access_routes;
 mod auth;
 mod ca_routes;
 pub mod dto;
@@ -48,11 +49,14 @@ pub struct AdminState {
     /// Live connections, refusals and traffic (the core's `control` seam).
     pub control: Arc<dyn certmq_core::Control>,
     pub devices: Arc<Devices>,
+    /// MQTT users and authorization policies.
+    pub access: Arc<certmq_access::Access>,
 }
 
 /// The handler of the operation named `id` in [`openapi::OPERATIONS`].
 fn handler(id: &str) -> Option<axum::routing::MethodRouter<AdminState>> {
-    use axum::routing::{delete, get, patch, post};
+    use access_routes as a;
+    use axum::routing::{delete, get, patch, post, put};
     use ca_routes as c;
     use routes::*;
     Some(match id {
@@ -84,6 +88,16 @@ fn handler(id: &str) -> Option<axum::routing::MethodRouter<AdminState>> {
         "list_connections" => get(list_connections),
         "kick_connection" => delete(kick_connection),
         "audit_log" => get(audit_log),
+        "list_users" => get(a::list_users),
+        "add_user" => post(a::add_user),
+        "delete_user" => delete(a::delete_user),
+        "set_user_password" => put(a::set_password),
+        "list_policies" => get(a::list_policies),
+        "add_policy" => post(a::add_policy),
+        "get_policy" => get(a::get_policy),
+        "replace_policy" => put(a::replace_policy),
+        "delete_policy" => delete(a::delete_policy),
+        "evaluate_policies" => post(a::evaluate),
         "metrics" => get(metrics::metrics),
         _ => return None,
     })

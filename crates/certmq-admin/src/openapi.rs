@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 pub enum Method {
     Get,
     Post,
+    Put,
     Patch,
     Delete,
 }
@@ -21,6 +22,7 @@ impl Method {
         match self {
             Method::Get => "GET",
             Method::Post => "POST",
+            Method::Put => "PUT",
             Method::Patch => "PATCH",
             Method::Delete => "DELETE",
         }
@@ -30,6 +32,7 @@ impl Method {
         match self {
             Method::Get => "get",
             Method::Post => "post",
+            Method::Put => "put",
             Method::Patch => "patch",
             Method::Delete => "delete",
         }
@@ -85,7 +88,7 @@ const fn op(
 }
 
 use Answer::{Empty, Json as J, Text};
-use Method::{Delete, Get, Patch, Post};
+use Method::{Delete, Get, Patch, Post, Put};
 
 const LIMIT: &[(&str, &str)] = &[("limit", "integer")];
 
@@ -332,6 +335,86 @@ pub const OPERATIONS: &[Operation] = &[
         )
     },
     op(
+        "list_users",
+        Get,
+        "/users",
+        "MQTT users (never their password hashes)",
+        None,
+        J("UserList"),
+    ),
+    op(
+        "add_user",
+        Post,
+        "/users",
+        "Add an MQTT user (password hashed with argon2id)",
+        Some("NewUser"),
+        J("User"),
+    ),
+    op(
+        "delete_user",
+        Delete,
+        "/users/{username}",
+        "Delete an MQTT user (its live connections are closed)",
+        None,
+        Empty,
+    ),
+    op(
+        "set_user_password",
+        Put,
+        "/users/{username}/password",
+        "Set an MQTT user's password",
+        Some("NewPassword"),
+        J("User"),
+    ),
+    op(
+        "list_policies",
+        Get,
+        "/policies",
+        "Authorization policies, in evaluation order",
+        None,
+        J("PolicyList"),
+    ),
+    op(
+        "add_policy",
+        Post,
+        "/policies",
+        "Add an authorization policy (applies to live connections at once)",
+        Some("PolicyInput"),
+        J("Policy"),
+    ),
+    op(
+        "evaluate_policies",
+        Post,
+        "/policies/evaluate",
+        "Dry run: which policy decides an action of a client",
+        Some("EvaluatePolicies"),
+        J("PolicyEvaluation"),
+    ),
+    op(
+        "get_policy",
+        Get,
+        "/policies/{id}",
+        "One authorization policy",
+        None,
+        J("Policy"),
+    ),
+    op(
+        "replace_policy",
+        Put,
+        "/policies/{id}",
+        "Replace an authorization policy",
+        Some("PolicyInput"),
+        J("Policy"),
+    ),
+    op(
+        "delete_policy",
+        Delete,
+        "/policies/{id}",
+        "Delete an authorization policy",
+        None,
+        Empty,
+    ),
+    op(
         "metrics",
         Get,
         "/metrics",
@@ -479,8 +562,73 @@ fn object(required: &[&str], properties: Value) -> Value {
     json!({"type": "object", "required": required, "properties": properties})
 }
 
+/// A policy's fields (`stored`: with its times, as the API shows it).
+fn policy_properties(stored: bool) -> Value {
+    let strings = || json!({"type": ["array", "null"], "items": {"type": "string"}});
+    let mut p = json!({
+        "id": if stored { string() } else { nullable("string") },
+        "priority": {"type": "integer"},
+        "effect": {"type": "string", "enum": ["allow", "deny"]},
+        "actions": {"type": "array", "items": {"type": "string", "enum": ["connect", "publish", "subscribe"]}},
+        "topics": strings(), "client_ids": strings(), "usernames": strings(),
+        "ca_ids": strings(), "source_cidrs": strings(),
+        "qos": {"type": ["array", "null"], "items": {"type": "integer", "enum": [0, 1, 2]}},
+        "retain": nullable("boolean"),
+        "description": nullable("string"),
+    });
+    if stored {
+        p["created_at"] = time();
+        p["updated_at"] = time();
+    }
+    p
+}
+
 /// The component schemas: the JSON the API reads and writes.
 fn schemas() -> Value {
+    let mut all = certificate_schemas();
+    if let (Some(all), Value::Object(more)) = (all.as_object_mut(), access_schemas()) {
+        all.extend(more);
+    }
+    all
+}
+
+/// Users and policies.
+fn access_schemas() -> Value {
+    json!({
+        "NewUser": object(&["username", "password"], json!({"username": string(), "password": string()})),
+        "NewPassword": object(&["password"], json!({"password": string()})),
+        "User": object(&["username", "created_at", "updated_at"], json!({
+            "username": string(), "created_at": time(), "updated_at": time()
+        })),
+        "UserList": list_of("User"),
+        "PolicyInput": object(&["priority", "effect", "actions"], policy_properties(false)),
+        "Policy": object(&["id", "priority", "effect", "actions", "created_at", "updated_at"], policy_properties(true)),
+        "PolicyList": list_of("Policy"),
+        "EvaluatePolicies": object(&["client_id", "action"], json!({
+            "client_id": string(), "username": nullable("string"),
+            "certificate_id": nullable("string"),
+            "cert": {"type": ["object", "null"], "properties": {
+                "cn": nullable("string"), "ou": nullable("string"), "serial": nullable("string"),
+                "fingerprint": nullable("string"), "san_dns": {"type": "array", "items": string()},
+                "ca_id": nullable("string"),
+            }},
+            "source_ip": nullable("string"),
+            "action": {"type": "string", "enum": ["connect", "publish", "subscribe"]},
+            "topic": nullable("string"),
+            "qos": {"type": "integer", "enum": [0, 1, 2]},
+            "retain": {"type": "boolean"},
+        })),
+        "PolicyEvaluation": object(&["decision", "decided_by", "policy_id", "priority"], json!({
+            "decision": {"type": "string", "enum": ["allow", "deny"]},
+            "subscription": {"type": "string", "enum": ["allow", "checked", "deny"]},
+            "decided_by": {"type": "string", "enum": ["policy", "no_match"]},
+            "policy_id": nullable("string"),
+            "priority": nullable("integer"),
+        })),
+    })
+}
+
+fn certificate_schemas() -> Value {
     json!({
         "Any": {},
         "Error": object(&["error"], json!({"error": object(&["code", "message"], json!({"code": string(), "message": string()}))})),
@@ -543,12 +691,13 @@ fn schemas() -> Value {
         "Connection": object(&["client_id", "listener", "peer_address", "connected_at"], json!({
             "client_id": string(), "listener": string(), "peer_address": string(),
             "certificate_id": nullable("string"), "connected_at": time(),
+            "username": nullable("string"),
         })),
         "ConnectionList": list_of("Connection"),
         "Rejection": object(&["at", "reason", "listener", "peer_address"], json!({
             "at": time(), "reason": string(), "listener": string(), "peer_address": string(),
             "client_id": nullable("string"), "certificate_id": nullable("string"),
-            "ca_id": nullable("string"),
+            "ca_id": nullable("string"), "username": nullable("string"),
         })),
         "Rejections": object(&["items", "counts_by_reason", "top_sources"], json!({
             "items": {"type": "array", "items": {"$ref": "#/components/schemas/Rejection"}},

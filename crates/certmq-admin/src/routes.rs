@@ -20,6 +20,11 @@
 //! | `GET /connections` | live clients, with certificate id |
 //! | `DELETE /connections/{client_id}` | kick (MQTT 5: DISCONNECT 0x98) |
 //! | `GET /audit-log` | the newest audit records |
+//! | `GET /users` · `POST /users` | MQTT users · add `{username, password}` |
+//! | `DELETE /users/{username}` · `PUT /users/{username}/password` | delete (closes its connections) · new password |
+//! | `GET /policies` · `POST /policies` | authorization policies in evaluation order · add |
+//! | `GET` · `PUT` · `DELETE /policies/{id}` | one · replace · delete |
+//! | `POST /policies/evaluate` | dry run: which policy decides |
 //! | `GET /metrics` | Prometheus text format |
 
 use axum::extract::{Path, Query, State};
@@ -178,6 +183,7 @@ pub struct ConnectionView {
     pub peer_address: String,
     pub certificate_id: Option<String>,
     pub connected_at: String,
+    pub username: Option<String>,
 }
 
 pub async fn list_connections(State(s): State<AdminState>) -> Json<Items<ConnectionView>> {
@@ -191,6 +197,7 @@ pub async fn list_connections(State(s): State<AdminState>) -> Json<Items<Connect
             peer_address: c.peer.to_string(),
             certificate_id: c.certificate_id,
             connected_at: rfc3339(c.connected_at),
+            username: c.username.map(|u| u.to_string()),
         })
         .collect();
     Json(Items { items })

@@ -11,8 +11,9 @@ use certmq_admin::{openapi::OPERATIONS, AdminState, ServerCerts};
 use tower::ServiceExt;
 
 fn state(dir: &std::path::Path) -> AdminState {
-    let store: Arc<dyn certmq_registry::store::Store> =
-        Arc::new(certmq_store::SqliteStore::open(dir).unwrap());
+    let sqlite = Arc::new(certmq_store::SqliteStore::open(dir).unwrap());
+    let store: Arc<dyn certmq_registry::store::Store> = sqlite.clone();
+    let access = certmq_access::Access::load(sqlite, &Default::default()).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -42,6 +43,7 @@ fn state(dir: &std::path::Path) -> AdminState {
         broker,
         control,
         devices,
+        access,
     }
 }
 

@@ -15,6 +15,7 @@ fn subscriber(id: u64) -> Subscriber {
         mailbox: Arc::new(Mailbox::new(SessionId(id), "bench".into(), 16)),
         options: SubscriptionOptions::default(),
         subscription_id: None,
+        check: None,
     }
 }
 

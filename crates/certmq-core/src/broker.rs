@@ -47,6 +47,14 @@ pub struct Stats {
     /// Retained messages a SUBSCRIBE matched beyond the queue limit or the
     /// index's visit budget.
     pub dropped_retained_limit: AtomicU64,
+    /// PUBLISHes (and deliveries) an authorization policy refused.
+    pub publish_denied: AtomicU64,
+    /// Subscriptions an authorization policy refused (at SUBSCRIBE, or
+    /// removed from a live session when a policy changed).
+    pub subscribe_denied: AtomicU64,
+    /// Deliveries not made because a policy forbids the subscriber to
+    /// read the topic.
+    pub delivery_denied: AtomicU64,
 }
 
 impl Stats {
@@ -385,6 +393,16 @@ impl Broker {
         found.retain(|(s, shared)| {
             *shared || !(s.options.no_local && message.origin == Some(s.session()))
         });
+        if let Some(a) = self.authorizer() {
+            let before = found.len();
+            found.retain(|(s, _)| s.check.as_ref().is_none_or(|f| a.may_read(f, &message.topic)));
+            let denied = before - found.len();
+            if denied > 0 {
+                self.stats
+                    .delivery_denied
+                    .fetch_add(denied as u64, Ordering::Relaxed);
+            }
+        }
         if overlapping {
             // One delivery per session for its ordinary subscriptions (MQTT 5
             // §3.3.4): highest QoS, every subscription identifier.

@@ -3,6 +3,7 @@
 //! to send collect in [`Conn::output`], time is passed in as `now`.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +54,11 @@ pub struct ConnectContext {
     /// The identity the client authenticated as. A session belongs to the
     /// identity that created it.
     pub identity: Identity,
+    /// What authorization policies may speak of (the client id is added
+    /// by the core once known).
+    pub username: Option<Arc<str>>,
+    pub cert: Option<Arc<crate::CertFacts>>,
+    pub peer_ip: Option<std::net::IpAddr>,
 }
 
 /// Who a client is, for session ownership: another identity may not take
@@ -76,6 +82,11 @@ pub enum ConnectRefused {
     /// A live or persisted session with this client id belongs to another
     /// identity (CONNACK "not authorized").
     ClientIdInUseByAnotherIdentity,
+    /// An authorization policy denies the client `connect` (CONNACK "not
+    /// authorized").
+    DeniedByPolicy,
+    /// An authorization policy denies publishing the will's topic.
+    WillDeniedByPolicy,
 }
 
 impl ConnectRefused {
@@ -83,7 +94,22 @@ impl ConnectRefused {
     pub fn reason_code(self) -> ReasonCode {
         match self {
             ConnectRefused::Code(c) => c,
-            ConnectRefused::ClientIdInUseByAnotherIdentity => ReasonCode::NOT_AUTHORIZED,
+            ConnectRefused::ClientIdInUseByAnotherIdentity
+            | ConnectRefused::DeniedByPolicy
+            | ConnectRefused::WillDeniedByPolicy => ReasonCode::NOT_AUTHORIZED,
+        }
+    }
+
+    /// The refusal's name in the refusal log, when it is an authorization
+    /// outcome worth recording (not a protocol error).
+    pub fn record_name(self) -> Option<&'static str> {
+        match self {
+            ConnectRefused::Code(_) => None,
+            ConnectRefused::ClientIdInUseByAnotherIdentity => {
+                Some("CLIENT_ID_IN_USE_BY_ANOTHER_IDENTITY")
+            }
+            ConnectRefused::DeniedByPolicy => Some("CONNECT_DENIED_BY_POLICY"),
+            ConnectRefused::WillDeniedByPolicy => Some("WILL_DENIED_BY_POLICY"),
         }
     }
 }
@@ -192,6 +218,22 @@ impl Broker {
         } else {
             connect.client_id.as_str().into()
         };
+        let facts = Arc::new(crate::ClientFacts {
+            client_id: client_id.clone(),
+            username: ctx.username.clone(),
+            cert: ctx.cert.clone(),
+            peer_ip: ctx.peer_ip,
+        });
+        if let Some(a) = self.authorizer() {
+            if !a.may_connect(&facts) {
+                return Err(ConnectRefused::DeniedByPolicy);
+            }
+            if let Some(w) = &connect.will {
+                if !a.may_publish(&facts, &w.topic, w.qos, w.retain) {
+                    return Err(ConnectRefused::WillDeniedByPolicy);
+                }
+            }
+        }
 
         let requested_expiry = if v5 {
             props.session_expiry_interval.unwrap_or(0)
@@ -240,6 +282,10 @@ impl Broker {
                         if state.take_ownership(generation, expiry, ctx.identity.clone()) {
                             self.record_will_gone(&entry.client_id, state.last_owner);
                         }
+                        state.facts = Some(facts.clone());
+                        // The subscriptions it kept answer to the policies
+                        // as this connection's facts decide.
+                        self.reauthorize_session(&entry, &mut state);
                         self.keep_or_forget(&entry, &state);
                         drop(state);
                         Some(entry)
@@ -254,6 +300,7 @@ impl Broker {
                     {
                         let mut state = entry.state.lock();
                         state.take_ownership(generation, expiry, ctx.identity.clone());
+                        state.facts = Some(facts);
                         self.keep_or_forget(&entry, &state);
                     }
                     sessions.insert(client_id.clone(), entry.clone());
@@ -617,15 +664,19 @@ impl Conn {
             }
         }
         if let Some(a) = self.broker.authorizer() {
-            let identity = self.entry.state.lock().identity.clone();
-            let client = crate::Client {
-                client_id: &self.entry.client_id,
-                identity: identity.as_ref().unwrap_or(&crate::Identity::Anonymous),
-            };
-            if !a.may_publish(&client, &topic, p.qos, p.retain) {
-                // Not routed; QoS 1/2 are answered "not authorized" (MQTT 5).
-                self.ack_publish(p.qos, p.packet_id, ReasonCode::NOT_AUTHORIZED);
-                return Ok(Flow::Continue);
+            let facts = self.entry.state.lock().facts.clone();
+            if let Some(facts) = facts {
+                if !a.may_publish(&facts, &topic, p.qos, p.retain) {
+                    let stats = &self.broker.stats;
+                    stats.publish_denied.fetch_add(1, Ordering::Relaxed);
+                    if !self.protocol.is_v5() && a.deny_action() == crate::DenyAction::Disconnect {
+                        return Err(ReasonCode::NOT_AUTHORIZED);
+                    }
+                    // Not routed; QoS 1/2 are answered "not authorized"
+                    // (MQTT 5; MQTT 3 has no negative acknowledgement).
+                    self.ack_publish(p.qos, p.packet_id, ReasonCode::NOT_AUTHORIZED);
+                    return Ok(Flow::Continue);
+                }
             }
         }
         if p.properties.payload_format_indicator == Some(1)
@@ -677,7 +728,7 @@ impl Conn {
         let mut budget = crate::broker::RETAINED_VISIT_BUDGET;
         {
             let mut state = self.entry.state.lock();
-            let identity = state.identity.clone();
+            let facts = state.facts.clone();
             for (raw, options) in &s.filters {
                 let parsed = match parse_filter_within(raw, self.broker.config().max_topic_levels) {
                     Ok(p) => p,
@@ -693,18 +744,21 @@ impl Conn {
                 if parsed.share_group.is_some() && options.no_local {
                     return Err(ReasonCode::PROTOCOL_ERROR);
                 }
-                if let Some(a) = self.broker.authorizer() {
-                    let client = crate::Client {
-                        client_id: &self.entry.client_id,
-                        identity: identity.as_ref().unwrap_or(&crate::Identity::Anonymous),
-                    };
-                    if !a.may_subscribe(&client, raw, options.qos) {
-                        reasons.push(if v5 {
-                            ReasonCode::NOT_AUTHORIZED
-                        } else {
-                            ReasonCode::UNSPECIFIED_ERROR
-                        });
-                        continue;
+                let mut check = None;
+                if let (Some(a), Some(facts)) = (self.broker.authorizer(), &facts) {
+                    match a.may_subscribe(facts, parsed.filter, options.qos) {
+                        crate::SubscribeVerdict::Allow => {}
+                        crate::SubscribeVerdict::Checked => check = Some(facts.clone()),
+                        crate::SubscribeVerdict::Deny => {
+                            let stats = &self.broker.stats;
+                            stats.subscribe_denied.fetch_add(1, Ordering::Relaxed);
+                            reasons.push(if v5 {
+                                ReasonCode::NOT_AUTHORIZED
+                            } else {
+                                ReasonCode::UNSPECIFIED_ERROR
+                            });
+                            continue;
+                        }
                     }
                 }
                 let existed = self.broker.add_subscription(
@@ -714,6 +768,7 @@ impl Conn {
                         mailbox: self.entry.mailbox.clone(),
                         options: *options,
                         subscription_id,
+                        check: check.clone(),
                     },
                 );
                 state.subscribed(raw);
@@ -747,6 +802,11 @@ impl Conn {
                         retained_dropped = true;
                     }
                     for message in found.messages {
+                        if let (Some(facts), Some(a)) = (&check, self.broker.authorizer()) {
+                            if !a.may_read(facts, &message.topic) {
+                                continue;
+                            }
+                        }
                         retained.push(Delivery {
                             qos: message.qos.min(options.qos),
                             message,

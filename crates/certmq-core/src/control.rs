@@ -22,6 +22,8 @@ pub struct LiveConnection {
     pub peer: SocketAddr,
     /// Unix seconds.
     pub connected_at: i64,
+    /// The user a password or token proved.
+    pub username: Option<Arc<str>>,
 }
 
 /// A refused handshake or CONNECT.
@@ -37,6 +39,8 @@ pub struct Refusal {
     pub client_id: Option<String>,
     pub certificate_id: Option<String>,
     pub ca_id: Option<String>,
+    /// The user name the client gave, if any.
+    pub username: Option<String>,
 }
 
 /// How often one source was refused for one reason.

@@ -42,6 +42,7 @@ pub fn fuzz_tree(data: &[u8]) {
                                 )),
                                 options: SubscriptionOptions::default(),
                                 subscription_id: None,
+                                check: None,
                             },
                         );
                         live.push((next_id, s));

@@ -99,6 +99,7 @@ impl Broker {
                         mailbox: entry.mailbox.clone(),
                         options,
                         subscription_id,
+                        check: None,
                     },
                 );
                 state.subscribed(&filter);

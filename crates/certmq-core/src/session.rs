@@ -55,6 +55,10 @@ pub(crate) struct SessionState {
     pub pending_will: Option<Arc<Message>>,
     /// Who created the session; only that identity may take it over.
     pub identity: Option<crate::Identity>,
+    /// What authorization knows of the connection that owns (or last
+    /// owned) the session; None for a session restored from disk until
+    /// its client connects again.
+    pub facts: Option<Arc<crate::ClientFacts>>,
 }
 
 impl SessionState {

@@ -19,6 +19,10 @@ pub struct Subscriber {
     pub mailbox: Arc<Mailbox>,
     pub options: SubscriptionOptions,
     pub subscription_id: Option<u32>,
+    /// Set when authorization allows the filter only in part: each
+    /// delivery is checked against these facts
+    /// ([`crate::SubscribeVerdict::Checked`]).
+    pub check: Option<Arc<crate::ClientFacts>>,
 }
 
 impl Subscriber {
@@ -137,6 +141,23 @@ impl SubscriptionTree {
 
     /// Removes a session's subscription; returns whether it existed.
     /// Iterative: no recursion on the filter's depth.
+    /// A session's subscription at `filter`.
+    pub fn get(&self, filter: &ParsedFilter<'_>, session: SessionId) -> Option<&Subscriber> {
+        let mut node = &self.root;
+        for level in filter.filter.split('/') {
+            node = node.children.get(level)?;
+        }
+        match filter.share_group {
+            None => node.subs.get(&session),
+            Some(group) => node
+                .shared
+                .get(group)?
+                .members
+                .iter()
+                .find(|m| m.session() == session),
+        }
+    }
+
     pub fn remove(&mut self, filter: &ParsedFilter<'_>, session: SessionId) -> bool {
         let levels: Vec<&str> = filter.filter.split('/').collect();
         // Down to the filter's node.
@@ -234,6 +255,7 @@ mod tests {
             mailbox: Arc::new(Mailbox::new(SessionId(id), "test".into(), 10)),
             options: SubscriptionOptions::default(),
             subscription_id: None,
+            check: None,
         }
     }
 

@@ -31,6 +31,7 @@ fn as_(identity: Identity) -> ConnectContext {
     ConnectContext {
         authorized: true,
         identity,
+        ..ConnectContext::default()
     }
 }
 

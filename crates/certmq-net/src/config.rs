@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::AuthMethod;
+
 /// The protocol a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
@@ -49,17 +51,50 @@ pub enum ClientAuth {
 pub struct ListenerConfig {
     pub protocol: Protocol,
     pub addr: SocketAddr,
-    /// Clients without credentials may connect. `None`: only when `addr` is
-    /// a loopback address.
+    /// Clients without credentials may connect. `None`: as `authentication`
+    /// says when it is given, else only when `addr` is a loopback address.
     pub allow_anonymous: Option<bool>,
     /// TLS listeners only.
     pub client_auth: ClientAuth,
+    /// The authentication chain, in order; `None`: the protocol's default
+    /// (TLS, WSS: certificate, password, jwt; TCP, WS: password, jwt).
+    pub authentication: Option<Vec<AuthMethod>>,
 }
 
 impl ListenerConfig {
+    /// The chain in force: the configured or default methods, with
+    /// `anonymous` last where anonymous clients are allowed.
+    pub fn methods(&self) -> Vec<AuthMethod> {
+        let mut methods = self.authentication.clone().unwrap_or_else(|| {
+            if self.protocol.is_tls() {
+                vec![AuthMethod::Certificate, AuthMethod::Password, AuthMethod::Jwt]
+            } else {
+                vec![AuthMethod::Password, AuthMethod::Jwt]
+            }
+        });
+        let listed = methods.contains(&AuthMethod::Anonymous);
+        methods.retain(|m| *m != AuthMethod::Anonymous);
+        let mut seen = Vec::new();
+        methods.retain(|m| {
+            let first = !seen.contains(m);
+            seen.push(*m);
+            first
+        });
+        if self.allows_anonymous_given(listed) {
+            methods.push(AuthMethod::Anonymous);
+        }
+        methods
+    }
+
+    fn allows_anonymous_given(&self, listed: bool) -> bool {
+        self.allow_anonymous.unwrap_or(match self.authentication {
+            Some(_) => listed,
+            None => self.addr.ip().is_loopback(),
+        })
+    }
+
     pub fn allows_anonymous(&self) -> bool {
-        self.allow_anonymous
-            .unwrap_or_else(|| self.addr.ip().is_loopback())
+        self.methods().contains(&AuthMethod::Anonymous)
     }
 }
 

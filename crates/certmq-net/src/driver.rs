@@ -13,7 +13,7 @@ use certmq_codec::{
     decode, encode, encoded_len, ConnAck, DecodeError, Disconnect, Packet, Properties, Protocol,
     ReasonCode,
 };
-use certmq_core::{CloseCause, Conn, ConnectContext, ConnectRefused, Flow, Identity, Ready};
+use certmq_core::{CloseCause, Conn, ConnectContext, Flow, Identity, Ready};
 use certmq_pki::{Decision, Rejection};
 use tokio::sync::watch;
 use tokio::time::timeout;
@@ -31,7 +31,8 @@ const DELIVERY_BATCH: usize = 256;
 pub struct PeerInfo {
     pub addr: SocketAddr,
     pub protocol: crate::Protocol,
-    pub allow_anonymous: bool,
+    /// The listener's authentication chain.
+    pub methods: Arc<[crate::AuthMethod]>,
     /// The client's certificate chain (DER), leaf first, when TLS presented one.
     pub certificates: Vec<bytes::Bytes>,
 }
@@ -157,76 +158,44 @@ async fn accept<T: Transport>(
         Ok(Ok(c)) => c,
     };
     let protocol = connect.protocol;
-    // A client certificate decides, every time (a resumed TLS session
-    // skipped the verifier): registry state, client-id binding, CA state.
-    let mut certificate = None;
-    let mut authorized = peer.allow_anonymous;
-    if let (Some(leaf), Some(authz)) = (peer.certificates.first(), &shared.authorizer) {
-        let refused = match authz.authorize(leaf, &connect.client_id) {
-            Decision::Allow {
-                device_id,
-                ca_id: ca,
-                not_after,
-            } => {
-                certificate = Some(Box::new(crate::CertIds {
-                    certificate_id: device_id,
-                    ca_id: ca,
-                    not_after,
-                }));
-                None
-            }
-            Decision::Provision { chained, activate } => {
-                // The authorizer registered it; only activated ones get in.
-                let (d, c) = (chained.device_id, chained.ca_id);
-                if activate {
-                    certificate = Some(Box::new(crate::CertIds {
-                        certificate_id: d,
-                        ca_id: c,
-                        not_after: chained.not_after,
-                    }));
-                    None
-                } else {
-                    Some((Rejection::CertificatePending, Some(d), Some(c)))
-                }
-            }
-            Decision::Reject {
-                reason,
-                device_id,
-                ca_id,
-            } => Some((reason, device_id, ca_id)),
-        };
-        match refused {
-            None => authorized = true,
-            Some((reason, device_id, ca)) => {
-                shared.live.reject(crate::RejectionRecord {
-                    at: crate::live::now_unix(),
-                    reason,
-                    protocol: peer.protocol,
-                    peer: peer.addr,
-                    client_id: Some(crate::bounded(&connect.client_id)),
-                    certificate_id: device_id,
-                    ca_id: ca,
-                });
-                let connack = ConnAck {
-                    session_present: false,
-                    reason: ReasonCode::NOT_AUTHORIZED,
-                    properties: Properties::default(),
-                };
-                let mut wbuf = BytesMut::new();
-                encode(&Packet::ConnAck(connack), protocol, &mut wbuf);
-                send_and_close(&mut t, wbuf).await;
-                return None;
-            }
+    let login = match authenticate(&shared, &peer, &connect).await {
+        Ok(login) => login,
+        Err(refusal) => {
+            shared.live.reject(crate::RejectionRecord {
+                at: crate::live::now_unix(),
+                reason: refusal.reason,
+                protocol: peer.protocol,
+                peer: peer.addr,
+                client_id: Some(crate::bounded(&connect.client_id)),
+                certificate_id: refusal.device_id,
+                ca_id: refusal.ca_id,
+                username: connect.username.as_deref().map(crate::bounded),
+            });
+            let connack = ConnAck {
+                session_present: false,
+                reason: ReasonCode::NOT_AUTHORIZED,
+                properties: Properties::default(),
+            };
+            let mut wbuf = BytesMut::new();
+            encode(&Packet::ConnAck(connack), protocol, &mut wbuf);
+            send_and_close(&mut t, wbuf).await;
+            return None;
         }
-    }
-    let identity = match &certificate {
-        Some(c) => Identity::Certificate(c.certificate_id.as_str().into()),
-        None => Identity::Anonymous,
+    };
+    let certificate = login.certificate;
+    let identity = match (&certificate, &login.username) {
+        (Some(c), _) => Identity::Certificate(c.certificate_id.as_str().into()),
+        (None, Some(user)) => Identity::User(user.clone()),
+        (None, None) => Identity::Anonymous,
     };
     let ctx = ConnectContext {
-        authorized,
+        authorized: true,
         identity,
+        username: login.username.clone(),
+        cert: login.cert_facts,
+        peer_ip: Some(peer.addr.ip()),
     };
+    let username_given = connect.username.as_deref().map(crate::bounded);
     // Kept (bounded) for the refusal record; CONNECT moves into the core.
     let client_id = crate::bounded(&connect.client_id);
     match shared.broker.connect(connect, &ctx, clock::now()) {
@@ -239,6 +208,8 @@ async fn accept<T: Transport>(
                 peer: peer.addr,
                 certificate,
                 connected_at: crate::live::now_unix(),
+                username: login.username,
+                token_expires_at: login.token_expires_at,
             });
             Some(Accepted {
                 live_id,
@@ -258,15 +229,16 @@ async fn accept<T: Transport>(
         }
         Err(refused) => {
             let reason = refused.reason_code();
-            if refused == ConnectRefused::ClientIdInUseByAnotherIdentity {
+            if let Some(name) = refused.record_name() {
                 shared.live.reject(crate::RejectionRecord {
                     at: crate::live::now_unix(),
-                    reason: Rejection::ClientIdInUseByAnotherIdentity,
+                    reason: name,
                     protocol: peer.protocol,
                     peer: peer.addr,
                     client_id: Some(client_id),
                     certificate_id: certificate.as_ref().map(|c| c.certificate_id.clone()),
                     ca_id: certificate.as_ref().map(|c| c.ca_id.clone()),
+                    username: username_given,
                 });
             } else {
                 tracing::info!(peer = %peer.addr, %reason, "CONNECT refused");
@@ -282,6 +254,163 @@ async fn accept<T: Transport>(
             None
         }
     }
+}
+
+/// Who the client proved to be.
+#[derive(Default)]
+struct Login {
+    certificate: Option<Box<crate::CertIds>>,
+    cert_facts: Option<Arc<certmq_core::CertFacts>>,
+    username: Option<Arc<str>>,
+    token_expires_at: Option<i64>,
+}
+
+/// A refused CONNECT, with what is recorded of it.
+struct AuthRefusal {
+    reason: &'static str,
+    device_id: Option<String>,
+    ca_id: Option<String>,
+}
+
+impl AuthRefusal {
+    fn because(reason: &'static str) -> Self {
+        Self {
+            reason,
+            device_id: None,
+            ca_id: None,
+        }
+    }
+}
+
+/// Runs the listener's authentication chain (see [`crate::authn`]).
+async fn authenticate(
+    shared: &Shared,
+    peer: &PeerInfo,
+    connect: &certmq_codec::Connect,
+) -> Result<Login, AuthRefusal> {
+    let authn = shared.authenticator.get();
+    let password = connect.password.as_deref();
+    let mut passed: Option<&'static str> = None;
+    let user_login = |check: crate::CredentialCheck, passed: &mut Option<&'static str>| match check {
+        crate::CredentialCheck::Accepted {
+            username,
+            expires_at,
+        } => Some(Ok(Login {
+            username: Some(username),
+            token_expires_at: expires_at,
+            ..Login::default()
+        })),
+        crate::CredentialCheck::Refused(r) => Some(Err(AuthRefusal::because(r))),
+        crate::CredentialCheck::Pass(r) => {
+            *passed = passed.or(r);
+            None
+        }
+    };
+    for method in peer.methods.iter() {
+        match method {
+            crate::AuthMethod::Certificate => {
+                // A client certificate decides, every time (a resumed TLS
+                // session skipped the verifier): registry state, client-id
+                // binding, CA state.
+                let (Some(leaf), Some(authz)) = (peer.certificates.first(), &shared.authorizer)
+                else {
+                    continue;
+                };
+                return certificate_login(authz.as_ref(), leaf, &connect.client_id);
+            }
+            crate::AuthMethod::Password => {
+                let (Some(user), Some(pass), Some(a)) = (&connect.username, password, authn) else {
+                    continue;
+                };
+                if let Some(done) = user_login(a.password(user, pass).await, &mut passed) {
+                    return done;
+                }
+            }
+            crate::AuthMethod::Jwt => {
+                let (Some(token), Some(a)) = (password, authn) else {
+                    continue;
+                };
+                if !crate::looks_like_jwt(token) {
+                    continue;
+                }
+                let now = crate::live::now_unix();
+                let check = a.token(token, &connect.client_id, connect.username.as_deref(), now);
+                if let Some(done) = user_login(check, &mut passed) {
+                    return done;
+                }
+            }
+            crate::AuthMethod::Anonymous => return Ok(Login::default()),
+        }
+    }
+    let presented_nothing =
+        peer.certificates.is_empty() && connect.username.is_none() && password.is_none();
+    Err(AuthRefusal::because(match passed {
+        Some(r) => r,
+        None if presented_nothing => "ANONYMOUS_NOT_ALLOWED",
+        None if !peer.certificates.is_empty() => "CERTIFICATE_NOT_ACCEPTED_HERE",
+        None => "CREDENTIALS_NOT_ACCEPTED",
+    }))
+}
+
+/// The `certificate` method: the registry's decision on the leaf.
+fn certificate_login(
+    authz: &dyn crate::ConnectAuthorizer,
+    leaf: &[u8],
+    client_id: &str,
+) -> Result<Login, AuthRefusal> {
+    let ids = match authz.authorize(leaf, client_id) {
+        Decision::Allow {
+            device_id,
+            ca_id,
+            not_after,
+        } => crate::CertIds {
+            certificate_id: device_id,
+            ca_id,
+            not_after,
+        },
+        Decision::Provision { chained, activate } => {
+            // The authorizer registered it; only activated ones get in.
+            let (d, c) = (chained.device_id, chained.ca_id);
+            if !activate {
+                return Err(AuthRefusal {
+                    reason: Rejection::CertificatePending.as_str(),
+                    device_id: Some(d),
+                    ca_id: Some(c),
+                });
+            }
+            crate::CertIds {
+                certificate_id: d,
+                ca_id: c,
+                not_after: chained.not_after,
+            }
+        }
+        Decision::Reject {
+            reason,
+            device_id,
+            ca_id,
+        } => {
+            return Err(AuthRefusal {
+                reason: reason.as_str(),
+                device_id,
+                ca_id,
+            })
+        }
+    };
+    let facts = certmq_pki::subject_facts(leaf).map(|f| {
+        Arc::new(certmq_core::CertFacts {
+            cn: f.info.subject_cn,
+            ou: f.subject_ou,
+            serial: f.info.serial,
+            fingerprint: f.info.id,
+            san_dns: f.info.dns_names,
+            ca_id: ids.ca_id.clone(),
+        })
+    });
+    Ok(Login {
+        certificate: Some(Box::new(ids)),
+        cert_facts: facts,
+        ..Login::default()
+    })
 }
 
 impl<T: Transport> Session<T> {

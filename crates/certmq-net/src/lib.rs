@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+mod authn;
 pub mod clock;
 mod config;
 mod driver;
@@ -32,6 +33,7 @@ use certmq_core::Broker;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use authn::{looks_like_jwt, AuthMethod, Authenticator, CredentialCheck, PasswordCheck};
 pub use config::{ClientAuth, ListenerConfig, NetConfig, Protocol};
 pub use driver::PeerInfo;
 pub use live::{CertIds, ConnInfo, Live, RejectionRecord, RejectionSource, REJECTIONS_KEPT};
@@ -58,6 +60,7 @@ impl certmq_core::Control for LocalControl {
                 listener: c.protocol.name(),
                 peer: c.peer,
                 connected_at: c.connected_at,
+                username: c.username,
             })
             .collect()
     }
@@ -73,12 +76,13 @@ impl certmq_core::Control for LocalControl {
             .take(limit)
             .map(|r| certmq_core::Refusal {
                 at: r.at,
-                reason: r.reason.as_str(),
+                reason: r.reason,
                 listener: r.protocol.name(),
                 peer: r.peer,
                 client_id: r.client_id,
                 certificate_id: r.certificate_id,
                 ca_id: r.ca_id,
+                username: r.username,
             })
             .collect()
     }
@@ -165,6 +169,9 @@ pub(crate) struct Shared {
     pub connections: AtomicUsize,
     pub live: Arc<Live>,
     pub sync_acks: std::sync::OnceLock<SyncAcks>,
+    /// Password and token checks (`certmq-access`); none: only
+    /// certificates and anonymous clients get in.
+    pub authenticator: std::sync::OnceLock<Arc<dyn Authenticator>>,
 }
 
 /// `sync` persistence: acknowledgements (PUBACK, PUBREC, SUBACK, UNSUBACK)
@@ -252,6 +259,7 @@ impl Server {
                 connections: AtomicUsize::new(0),
                 live,
                 sync_acks: std::sync::OnceLock::new(),
+                authenticator: std::sync::OnceLock::new(),
             }),
             listeners,
         })
@@ -261,6 +269,12 @@ impl Server {
     /// Call before [`Server::run`]; false if already set.
     pub fn set_sync_acks(&self, acks: SyncAcks) -> bool {
         self.shared.sync_acks.set(acks).is_ok()
+    }
+
+    /// Installs the password and token checks. Call before
+    /// [`Server::run`]; false if already set.
+    pub fn set_authenticator(&self, a: Arc<dyn Authenticator>) -> bool {
+        self.shared.authenticator.set(a).is_ok()
     }
 
     pub fn local_addrs(&self) -> Vec<BoundListener> {
@@ -359,12 +373,18 @@ async fn housekeeping(broker: Arc<Broker>, live: Arc<Live>, mut stop: watch::Rec
                     continue;
                 }
                 broker.tick(clock::now());
-                for c in live.take_expired(live::now_unix()) {
-                    tracing::info!(client_id = %LogStr(&c.client_id), "client certificate expired: closing");
+                let now = live::now_unix();
+                for c in live.take_expired(now) {
+                    let what = if c.token_expires_at.is_some_and(|t| t <= now) {
+                        "token expired"
+                    } else {
+                        "client certificate expired"
+                    };
+                    tracing::info!(client_id = %LogStr(&c.client_id), "{what}: closing");
                     broker.kick_with_text(
                         &c.client_id,
                         certmq_codec::ReasonCode::ADMINISTRATIVE_ACTION,
-                        Some("client certificate expired"),
+                        Some(what),
                     );
                 }
             }

@@ -19,7 +19,7 @@ pub(crate) async fn accept_loop(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let allow_anonymous = config.allows_anonymous();
+    let methods: std::sync::Arc<[crate::AuthMethod]> = config.methods().into();
     loop {
         let (stream, addr) = tokio::select! {
             _ = stop.changed() => return,
@@ -45,7 +45,7 @@ pub(crate) async fn accept_loop(
         let peer = Box::new(PeerInfo {
             addr,
             protocol: config.protocol,
-            allow_anonymous,
+            methods: methods.clone(),
             certificates: Vec::new(),
         });
         shared.live.opened(config.protocol);
@@ -92,12 +92,13 @@ pub(crate) async fn accept_loop(
 fn refused_at_handshake(guard: &ConnectionGuard, peer: &PeerInfo, reason: certmq_pki::Rejection) {
     guard.shared.live.reject(crate::RejectionRecord {
         at: crate::live::now_unix(),
-        reason,
+        reason: reason.as_str(),
         protocol: peer.protocol,
         peer: peer.addr,
         client_id: None,
         certificate_id: None,
         ca_id: None,
+        username: None,
     });
 }
 

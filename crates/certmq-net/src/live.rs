@@ -32,6 +32,23 @@ pub struct ConnInfo {
     pub certificate: Option<Box<CertIds>>,
     /// Unix seconds.
     pub connected_at: i64,
+    /// The user a password or token proved.
+    pub username: Option<Arc<str>>,
+    /// When the token the client authenticated with expires (unix
+    /// seconds): the connection is closed then (SPEC 11).
+    pub token_expires_at: Option<i64>,
+}
+
+impl ConnInfo {
+    /// When the connection must close: its certificate's or its token's
+    /// end, whichever comes first.
+    pub fn expires_at(&self) -> Option<i64> {
+        let cert = self.certificate.as_ref().map(|c| c.not_after);
+        match (cert, self.token_expires_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -57,13 +74,17 @@ pub struct Live {
 pub struct RejectionRecord {
     /// Unix seconds.
     pub at: i64,
-    pub reason: certmq_pki::Rejection,
+    /// `CERTIFICATE_REVOKED`, `BAD_PASSWORD`, ... ([`certmq_pki::Rejection`]
+    /// names and the authentication chain's).
+    pub reason: &'static str,
     pub protocol: Protocol,
     pub peer: SocketAddr,
     /// None when refused during the TLS handshake (before CONNECT).
     pub client_id: Option<String>,
     pub certificate_id: Option<String>,
     pub ca_id: Option<String>,
+    /// The user name the client gave, when it gave one (bounded).
+    pub username: Option<String>,
 }
 
 /// Refusals: the newest of each reason, counts by reason, and counts by
@@ -112,8 +133,8 @@ fn slot(p: Protocol) -> usize {
 impl Live {
     pub(crate) fn register(&self, info: ConnInfo) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        if let Some(c) = &info.certificate {
-            self.expiries.lock().insert((c.not_after, id));
+        if let Some(at) = info.expires_at() {
+            self.expiries.lock().insert((at, id));
         }
         self.conns.lock().insert(id, Box::new(info));
         id
@@ -121,8 +142,8 @@ impl Live {
 
     pub(crate) fn unregister(&self, id: u64) {
         let removed = self.conns.lock().remove(&id);
-        if let Some(c) = removed.and_then(|c| c.certificate) {
-            self.expiries.lock().remove(&(c.not_after, id));
+        if let Some(at) = removed.and_then(|c| c.expires_at()) {
+            self.expiries.lock().remove(&(at, id));
         }
     }
 
@@ -163,7 +184,7 @@ impl Live {
     }
 
     pub fn reject(&self, r: RejectionRecord) {
-        let reason = r.reason.as_str();
+        let reason = r.reason;
         let mut g = self.rejections.lock();
         let now = r.at;
         if now != g.log_second {
@@ -192,9 +213,10 @@ impl Live {
         *g.counts.entry(reason).or_insert(0) += 1;
         g.seq += 1;
         let seq = g.seq;
-        let source = match &r.certificate_id {
-            Some(id) => format!("certificate:{id}"),
-            None => format!("address:{}", r.peer.ip()),
+        let source = match (&r.certificate_id, &r.username) {
+            (Some(id), _) => format!("certificate:{id}"),
+            (None, Some(user)) => format!("user:{user}"),
+            (None, None) => format!("address:{}", r.peer.ip()),
         };
         let key = if g.by_source.len() < SOURCES_KEPT
             || g.by_source.contains_key(&(reason, source.clone()))

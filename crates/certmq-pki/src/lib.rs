@@ -38,7 +38,10 @@ pub use server_cert::{
     MAX_CHAIN_LEN,
 };
 pub use sni::{SniResolver, SniSnapshot};
-pub use x509::{fingerprint, hex_sha256, rfc3339, verify_signed_by, CertInfo, SignatureError};
+pub use x509::{
+    fingerprint, hex_sha256, rfc3339, subject_facts, verify_signed_by, CertInfo, SignatureError,
+    SubjectFacts,
+};
 
 /// The crypto provider every rustls config in certmq uses (passed
 /// explicitly, never installed process-wide): aws-lc-rs, with the SHA-256

@@ -154,3 +154,27 @@ pub(crate) const RSA_KEY: &str = "1.2.840.113549.1.1.1";
 pub(crate) const EC_KEY: &str = "1.2.840.10045.2.1";
 pub(crate) const P256: &str = "1.2.840.10045.3.1.7";
 pub(crate) const P384: &str = "1.3.132.0.34";
+
+/// What authorization policies may say of a client certificate
+/// (`${cert.cn}`, `${cert.ou}`, `${cert.serial}`, `${cert.san.dns}`,
+/// `${cert.fingerprint}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectFacts {
+    pub info: CertInfo,
+    pub subject_ou: Option<String>,
+}
+
+/// [`SubjectFacts`] of a DER certificate; None when it does not parse.
+pub fn subject_facts(der: &[u8]) -> Option<SubjectFacts> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let subject_ou = cert
+        .subject()
+        .iter_organizational_unit()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .map(str::to_owned);
+    Some(SubjectFacts {
+        info: CertInfo::of(der, &cert),
+        subject_ou,
+    })
+}

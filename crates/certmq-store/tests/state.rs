@@ -82,6 +82,7 @@ fn connect(b: &Arc<Broker>, id: &str, expiry: u32, will: Option<(&str, u32)>, no
         &ConnectContext {
             authorized: true,
             identity: Identity::Certificate(id.into()),
+            ..ConnectContext::default()
         },
         now,
     )

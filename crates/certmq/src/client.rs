@@ -371,6 +371,17 @@ impl Api {
                 .post(&url)
                 .header("authorization", &auth)
                 .send_empty(),
+            (M::Put, Some(b)) => self
+                .agent
+                .put(&url)
+                .header("authorization", &auth)
+                .content_type("application/json")
+                .send(b.to_string()),
+            (M::Put, None) => self
+                .agent
+                .put(&url)
+                .header("authorization", &auth)
+                .send_empty(),
         };
         let mut resp = result.with_context(|| format!("cannot reach the admin API at {url}"))?;
         let status = resp.status();

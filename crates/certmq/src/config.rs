@@ -27,6 +27,12 @@ pub struct Config {
     /// `[persistence]`: retained messages and persistent sessions across
     /// restarts, defined in `certmq_store::PersistenceConfig`.
     pub persistence: certmq_store::PersistenceConfig,
+    /// `[authentication]`: anonymous access everywhere, password hashing,
+    /// JWT keys (defined in `certmq_access::AuthenticationConfig`).
+    pub authentication: certmq_access::AuthenticationConfig,
+    /// `[authorization]`: `no_match` and `deny_action` (policies themselves
+    /// live in the data directory, managed through the API).
+    pub authorization: certmq_access::AuthorizationConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -129,6 +135,12 @@ pub struct ListenerSection {
     /// TLS listeners: ask for a client certificate (`none`, `optional`, `required`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_auth: Option<ClientAuthSetting>,
+    /// The authentication chain, in order: `certificate`, `password`,
+    /// `jwt`, `anonymous`. Unset: TLS and WSS `["certificate", "password",
+    /// "jwt"]`, TCP and WS `["password", "jwt"]`, plus `anonymous` where
+    /// `allow_anonymous` says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<Vec<String>>,
 }
 
 impl Default for Config {
@@ -143,6 +155,8 @@ impl Default for Config {
             admin: AdminSection::default(),
             registry: certmq_admin::RegistryConfig::default(),
             persistence: certmq_store::PersistenceConfig::default(),
+            authentication: certmq_access::AuthenticationConfig::default(),
+            authorization: certmq_access::AuthorizationConfig::default(),
         }
     }
 }
@@ -165,6 +179,7 @@ impl Default for ListenersSection {
             addr: SocketAddr::from((addr, port)),
             allow_anonymous: None,
             client_auth,
+            authentication: None,
         };
         // Plain listeners on loopback only; TLS ones on every interface,
         // asking for client certificates (the product's way in).
@@ -214,6 +229,17 @@ impl ListenAddr {
 impl AdminSection {
     pub fn apply(&mut self, flag: Option<&ListenAddr>) {
         ListenAddr::apply_to(flag, &mut self.enabled, &mut self.addr);
+    }
+}
+
+impl ListenersSection {
+    pub fn all(&self) -> [(&'static str, &ListenerSection); 4] {
+        [
+            ("tcp", &self.tcp),
+            ("tls", &self.tls),
+            ("ws", &self.ws),
+            ("wss", &self.wss),
+        ]
     }
 }
 
@@ -277,6 +303,20 @@ impl Config {
         if self.connections.max_connections == 0 {
             bail!("connections.max_connections must be at least 1");
         }
+        for (name, l) in self.listeners.all() {
+            for m in l.authentication.iter().flatten() {
+                if certmq_net::AuthMethod::parse(m).is_none() {
+                    bail!("listeners.{name}.authentication: unknown method '{m}' (certificate, password, jwt, anonymous)");
+                }
+                if m == "certificate" && (name == "tcp" || name == "ws") {
+                    bail!("listeners.{name}.authentication: 'certificate' needs a TLS listener (tls, wss)");
+                }
+            }
+        }
+        self.authentication
+            .password_hash
+            .validate()
+            .map_err(|e| anyhow::anyhow!(e))?;
         if !(1..=60_000).contains(&self.persistence.flush_interval_ms) {
             bail!("persistence.flush_interval_ms must be between 1 and 60000");
         }
@@ -300,8 +340,13 @@ impl Config {
                 listeners.push(ListenerConfig {
                     protocol,
                     addr: l.addr,
-                    allow_anonymous: l.allow_anonymous,
+                    allow_anonymous: l.allow_anonymous.or(self.authentication.allow_anonymous),
                     client_auth: l.client_auth.unwrap_or(ClientAuthSetting::Required).into(),
+                    authentication: l.authentication.as_ref().map(|m| {
+                        m.iter()
+                            .filter_map(|m| certmq_net::AuthMethod::parse(m))
+                            .collect()
+                    }),
                 });
             }
         }

@@ -73,6 +73,11 @@ struct ServeArgs {
     /// Client certificates on the WSS listener: none, optional, required (default).
     #[arg(long, env = "CERTMQ_WSS_CLIENT_AUTH", value_enum)]
     wss_client_auth: Option<ClientAuthSetting>,
+    /// Let clients without credentials in on every listener (default: only
+    /// on listeners bound to loopback); `--allow-anonymous=false` on none
+    /// that does not say otherwise.
+    #[arg(long, env = "CERTMQ_ALLOW_ANONYMOUS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    allow_anonymous: Option<bool>,
     /// Admin HTTP API address, or `off` (default 127.0.0.1:18083).
     #[arg(long, env = "CERTMQ_LISTEN_ADMIN", value_name = "ADDR")]
     listen_admin: Option<ListenAddr>,
@@ -124,6 +129,9 @@ fn resolve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(a) = args.wss_client_auth {
         config.listeners.wss.client_auth = Some(a);
+    }
+    if let Some(a) = args.allow_anonymous {
+        config.authentication.allow_anonymous = Some(a);
     }
     if let Some(m) = args
         .persistence
@@ -177,9 +185,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(t) => t.clone(),
         None => tls::load_or_create_token(&config.data_dir)?,
     };
-    let store: Arc<dyn certmq_registry::store::Store> = Arc::new(
+    let sqlite = Arc::new(
         certmq_store::SqliteStore::open(&config.data_dir).context("cannot open the registry")?,
     );
+    let store: Arc<dyn certmq_registry::store::Store> = sqlite.clone();
+    let access = certmq_access::Access::load(
+        sqlite,
+        &certmq_access::AccessConfig {
+            authentication: config.authentication.clone(),
+            authorization: config.authorization.clone(),
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("cannot load users and policies: {}", e.message))?;
     tracing::info!(
         id = %default_cert.info.id,
         not_after = default_cert.info.not_after,
@@ -207,6 +224,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // SIGTERM at once, and must get a clean shutdown, not the default kill.
         let shutdown = shutdown_signal()?;
         let broker = certmq_core::Broker::new(config.broker_config());
+        broker.set_authorizer(access.clone());
+        {
+            // A policy change reaches live subscriptions before the API answers.
+            let broker = broker.clone();
+            access.on_policy_change(move || {
+                let r = broker.reauthorize();
+                tracing::info!(
+                    sessions = r.sessions,
+                    removed = r.removed,
+                    rechecked = r.rechecked,
+                    "policies applied to live sessions"
+                );
+            });
+        }
         // Kept state is back before any listener accepts.
         if let (Some(store), Some(restored)) = (&state, restored) {
             broker.set_persist(store.clone());
@@ -256,6 +287,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let server =
             certmq_net::Server::bind_with(broker.clone(), config.net_config(), Some(tls), live)
                 .await?;
+        server.set_authenticator(access.clone());
+        for l in config.net_config().listeners {
+            let methods: Vec<&str> = l.methods().iter().map(|m| m.as_str()).collect();
+            tracing::info!(listener = l.protocol.name(), methods = %methods.join(","), "authentication");
+        }
         let admin_listener = if config.admin.enabled {
             let l = tokio::net::TcpListener::bind(config.admin.addr)
                 .await
@@ -296,6 +332,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     broker,
                     control,
                     devices,
+                    access,
                 };
                 let stop = stopped(stop_rx.clone());
                 Some(tokio::spawn(certmq_admin::serve(

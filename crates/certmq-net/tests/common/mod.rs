@@ -35,12 +35,14 @@ impl TestBroker {
                 protocol: Listen::MqttTcp,
                 addr: any,
                 allow_anonymous: None,
+                authentication: None,
                 client_auth: Default::default(),
             },
             ListenerConfig {
                 protocol: Listen::MqttWs,
                 addr: any,
                 allow_anonymous: None,
+                authentication: None,
                 client_auth: Default::default(),
             },
         ];
