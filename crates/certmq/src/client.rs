@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+mod access;
+
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::Value;
@@ -53,6 +55,16 @@ pub enum ClientCommand {
     Connections {
         #[command(subcommand)]
         command: ConnectionsCommand,
+    },
+    /// MQTT users (user name and password, argon2id hashes).
+    User {
+        #[command(subcommand)]
+        command: access::UserCommand,
+    },
+    /// Authorization policies: who may connect, publish and subscribe to what.
+    Policy {
+        #[command(subcommand)]
+        command: access::PolicyCommand,
     },
     /// The newest audit-log records.
     Audit {
@@ -574,6 +586,8 @@ pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
         },
         ClientCommand::Ca { command } => ca(&api, command, &out)?,
         ClientCommand::Device { command } => device(&api, command, &out)?,
+        ClientCommand::User { command } => access::user(&api, command, &out)?,
+        ClientCommand::Policy { command } => access::policy(&api, command, &out)?,
         ClientCommand::Rejections { limit } => {
             let v = api.op(
                 "list_connection_rejections",
@@ -589,6 +603,7 @@ pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
                         "LISTENER",
                         "PEER",
                         "CLIENT ID",
+                        "USER",
                         "CERTIFICATE",
                     ],
                     items(v)
@@ -600,6 +615,7 @@ pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
                                 s(&r["listener"]),
                                 s(&r["peer_address"]),
                                 s(&r["client_id"]),
+                                s(&r["username"]),
                                 s(&r["certificate_id"]),
                             ]
                         })
