@@ -25,6 +25,9 @@ mod set;
 pub mod store;
 mod users;
 
+#[cfg(test)]
+mod tests;
+
 pub use authn::{Access, PolicyView};
 pub use config::{AccessConfig, AuthenticationConfig, AuthorizationConfig, JwtConfig, NoMatch};
 pub use error::{AccessError, ErrorKind};

@@ -475,7 +475,8 @@ pub(crate) mod filters {
                 (Some(&"#"), None) => return true,
                 (None, None) => return true,
                 (None, Some(_)) | (Some(_), None) => return false,
-                (Some(_), Some(&"#")) => return false,
+                // `#` at the root stands for one level or more: `+/#` covers it.
+                (Some(_), Some(&"#")) => return i == 0 && fl.as_slice() == ["+", "#"],
                 (Some(&"+"), Some(&"+")) => {}
                 (Some(_), Some(&"+")) => return false,
                 (Some(&"+"), Some(s)) if !(i == 0 && s.starts_with('$')) => {}
