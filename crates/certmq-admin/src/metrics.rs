@@ -130,6 +130,30 @@ pub async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
         "Times a publisher was paused because a subscriber's queue was full",
         load(&stats.flow_control_pauses),
     );
+    m.family(
+        "authorization_denied_total",
+        "counter",
+        "Requests an authorization policy refused: PUBLISHes, subscriptions (at SUBSCRIBE or removed by a policy change), deliveries",
+        [
+            ("publish", &stats.publish_denied),
+            ("subscribe", &stats.subscribe_denied),
+            ("delivery", &stats.delivery_denied),
+        ]
+        .into_iter()
+        .map(|(a, c)| (vec![("action", a.to_string())], load(c))),
+    );
+    m.one(
+        "authorization_policies",
+        "gauge",
+        "Authorization policies in force",
+        s.access.policy_set().len() as f64,
+    );
+    m.one(
+        "mqtt_users",
+        "gauge",
+        "MQTT users (password authentication)",
+        s.access.users.len() as f64,
+    );
     m.one(
         "received_bytes_total",
         "counter",

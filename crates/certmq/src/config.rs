@@ -116,7 +116,7 @@ pub struct ConnectionsSection {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(from = "ListenersFile")]
 pub struct ListenersSection {
     pub tcp: ListenerSection,
     pub tls: ListenerSection,
@@ -189,6 +189,52 @@ impl Default for ListenersSection {
             tls: listener([0, 0, 0, 0], 8883, required),
             ws: listener([127, 0, 0, 1], 8083, None),
             wss: listener([0, 0, 0, 0], 8084, required),
+        }
+    }
+}
+
+/// `[listeners]` as a file may give it: any key of any listener may be
+/// left out and keeps its default (`[listeners.tcp] allow_anonymous =
+/// false` alone is a complete section).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct ListenersFile {
+    tcp: PartialListener,
+    tls: PartialListener,
+    ws: PartialListener,
+    wss: PartialListener,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct PartialListener {
+    enabled: Option<bool>,
+    addr: Option<SocketAddr>,
+    allow_anonymous: Option<bool>,
+    client_auth: Option<ClientAuthSetting>,
+    authentication: Option<Vec<String>>,
+}
+
+impl PartialListener {
+    fn over(self, d: ListenerSection) -> ListenerSection {
+        ListenerSection {
+            enabled: self.enabled.unwrap_or(d.enabled),
+            addr: self.addr.unwrap_or(d.addr),
+            allow_anonymous: self.allow_anonymous.or(d.allow_anonymous),
+            client_auth: self.client_auth.or(d.client_auth),
+            authentication: self.authentication.or(d.authentication),
+        }
+    }
+}
+
+impl From<ListenersFile> for ListenersSection {
+    fn from(f: ListenersFile) -> Self {
+        let d = ListenersSection::default();
+        ListenersSection {
+            tcp: f.tcp.over(d.tcp),
+            tls: f.tls.over(d.tls),
+            ws: f.ws.over(d.ws),
+            wss: f.wss.over(d.wss),
         }
     }
 }
@@ -426,6 +472,16 @@ mod tests {
         assert_eq!(parsed.admin.token.as_deref(), Some("0123456789abcdef"));
         assert_eq!(parsed.listeners.tcp.allow_anonymous, Some(true));
         assert_eq!(parsed.listeners.tls.allow_anonymous, Some(false));
+    }
+
+    #[test]
+    fn a_listener_section_may_give_one_key() {
+        let c: Config = toml::from_str("[listeners.tcp]\nallow_anonymous = false\n").unwrap();
+        assert_eq!(c.listeners.tcp.allow_anonymous, Some(false));
+        assert_eq!(c.listeners.tcp.addr, Config::default().listeners.tcp.addr);
+        assert_eq!(c.listeners.tls, Config::default().listeners.tls);
+        let err = toml::from_str::<Config>("[listeners.tcp]\nallow_anonymos = false\n").unwrap_err();
+        assert!(err.to_string().contains("allow_anonymos"), "{err}");
     }
 
     #[test]
