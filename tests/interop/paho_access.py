@@ -22,6 +22,7 @@ import argparse
 import queue
 import ssl
 import sys
+import threading
 import time
 
 import paho.mqtt.client as mqtt
@@ -30,8 +31,15 @@ from paho.mqtt.enums import CallbackAPIVersion
 WAIT = 5.0
 
 
+_out = threading.Lock()
+
+
 def say(*parts):
-    print(*parts, flush=True)
+    # Whole lines only: paho calls back from its own thread.
+    line = " ".join(str(p) for p in parts) + "\n"
+    with _out:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 def main():

@@ -70,9 +70,16 @@ fn parse_record(r: &PolicyRecord) -> Result<Policy, AccessError> {
 impl Access {
     /// Loads users and policies and reads the JWT keys. Errors name the
     /// setting or record at fault.
-    pub fn load(store: Arc<dyn AccessStore>, config: &AccessConfig) -> Result<Arc<Self>, AccessError> {
+    pub fn load(
+        store: Arc<dyn AccessStore>,
+        config: &AccessConfig,
+    ) -> Result<Arc<Self>, AccessError> {
         let auth = &config.authentication;
-        let users = Users::load(store.clone(), auth.password_hash, auth.max_concurrent_hashes)?;
+        let users = Users::load(
+            store.clone(),
+            auth.password_hash,
+            auth.max_concurrent_hashes,
+        )?;
         let jwt = Jwt::load(&auth.jwt).map_err(|m| AccessError::invalid("InvalidConfig", m))?;
         let access = Arc::new(Self {
             users,
@@ -177,7 +184,11 @@ impl Access {
     }
 
     /// Adds a policy (blocking: writes).
-    pub fn create_policy(&self, input: PolicyInput, actor: &str) -> Result<PolicyView, AccessError> {
+    pub fn create_policy(
+        &self,
+        input: PolicyInput,
+        actor: &str,
+    ) -> Result<PolicyView, AccessError> {
         let view = {
             let mut records = self.records.lock();
             let next = records.iter().map(|r| r.seq).max().unwrap_or(0) + 1;
@@ -242,7 +253,10 @@ impl Access {
             let Some(pos) = records.iter().position(|r| r.id == id) else {
                 return Err(policy_not_found(id));
             };
-            let old = records.get(pos).cloned().ok_or_else(|| policy_not_found(id))?;
+            let old = records
+                .get(pos)
+                .cloned()
+                .ok_or_else(|| policy_not_found(id))?;
             let policy = Policy::from_input(input, id.to_owned())?;
             let document = serde_json::to_string(&policy)
                 .map_err(|e| AccessError::new(ErrorKind::Store, "Internal", e.to_string()))?;
@@ -276,7 +290,9 @@ impl Access {
             let Some(pos) = records.iter().position(|r| r.id == id) else {
                 return Err(policy_not_found(id));
             };
-            let before = records.get(pos).and_then(|r| serde_json::from_str(&r.document).ok());
+            let before = records
+                .get(pos)
+                .and_then(|r| serde_json::from_str(&r.document).ok());
             let audit = AuditEntry {
                 actor: actor.to_owned(),
                 action: "policy.delete".into(),

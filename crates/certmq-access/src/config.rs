@@ -15,7 +15,7 @@ pub struct AccessConfig {
     pub authorization: AuthorizationConfig,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthenticationConfig {
     /// Every listener lets clients without credentials in (as
@@ -29,17 +29,6 @@ pub struct AuthenticationConfig {
     /// argon2id parameters of new hashes (stored hashes keep their own).
     pub password_hash: HashParams,
     pub jwt: JwtConfig,
-}
-
-impl Default for AuthenticationConfig {
-    fn default() -> Self {
-        Self {
-            allow_anonymous: None,
-            max_concurrent_hashes: 0,
-            password_hash: HashParams::default(),
-            jwt: JwtConfig::default(),
-        }
-    }
 }
 
 /// `[authentication.jwt]`: tokens in the CONNECT password field.

@@ -41,9 +41,11 @@ impl AccessError {
 impl From<StoreError> for AccessError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Exists(what) => {
-                Self::new(ErrorKind::Exists, "AlreadyExists", format!("{what} already exists"))
-            }
+            StoreError::Exists(what) => Self::new(
+                ErrorKind::Exists,
+                "AlreadyExists",
+                format!("{what} already exists"),
+            ),
             StoreError::NotFound(what) => {
                 Self::new(ErrorKind::NotFound, "NotFound", format!("{what} not found"))
             }

@@ -35,9 +35,7 @@ impl Jwt {
     pub fn load(config: &JwtConfig) -> Result<Self, String> {
         let secret = match (&config.secret, &config.secret_file) {
             (Some(_), Some(_)) => {
-                return Err(
-                    "authentication.jwt: set secret or secret_file, not both".into(),
-                )
+                return Err("authentication.jwt: set secret or secret_file, not both".into())
             }
             (Some(s), None) => Some(s.clone()),
             (None, Some(path)) => Some(
@@ -55,7 +53,10 @@ impl Jwt {
         let mut ec = Vec::new();
         for path in &config.public_key_files {
             let pem = std::fs::read(path).map_err(|e| {
-                format!("authentication.jwt.public_key_files {}: {e}", path.display())
+                format!(
+                    "authentication.jwt.public_key_files {}: {e}",
+                    path.display()
+                )
             })?;
             if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
                 rsa.push(k);

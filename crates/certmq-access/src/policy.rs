@@ -119,9 +119,7 @@ impl Policy {
     pub fn from_input(input: PolicyInput, id: String) -> Result<Self, AccessError> {
         let id = input.id.clone().unwrap_or(id);
         if !valid_id(&id) {
-            return Err(bad(
-                "id: 1 to 64 letters, digits, '-', '_' or '.'",
-            ));
+            return Err(bad("id: 1 to 64 letters, digits, '-', '_' or '.'"));
         }
         let p = Policy {
             id,
@@ -169,7 +167,9 @@ impl Policy {
         }
         for c in self.source_cidrs.iter().flatten() {
             Cidr::parse(c).ok_or_else(|| {
-                bad(format!("source_cidrs: '{c}' is not an address or CIDR (10.0.0.0/8, ::1/128)"))
+                bad(format!(
+                    "source_cidrs: '{c}' is not an address or CIDR (10.0.0.0/8, ::1/128)"
+                ))
             })?;
         }
         if let Some(q) = &self.qos {
@@ -177,7 +177,11 @@ impl Policy {
                 return Err(bad("qos: a list of 0, 1, 2"));
             }
         }
-        if self.description.as_ref().is_some_and(|d| d.len() > MAX_TEXT) {
+        if self
+            .description
+            .as_ref()
+            .is_some_and(|d| d.len() > MAX_TEXT)
+        {
             return Err(bad(format!("description: at most {MAX_TEXT} bytes")));
         }
         Ok(())
@@ -213,7 +217,7 @@ impl Var {
     }
 
     /// The client's values (several for SAN DNS names), usable ones only.
-    pub(crate) fn values<'a>(self, c: &'a ClientFacts) -> Vec<&'a str> {
+    pub(crate) fn values(self, c: &ClientFacts) -> Vec<&str> {
         let cert = c.cert.as_deref();
         let out: Vec<&str> = match self {
             Var::ClientId => vec![&*c.client_id],
@@ -330,7 +334,11 @@ impl Template {
             for o in &out {
                 for v in &vals {
                     if next.len() < MAX_EXPANSIONS {
-                        next.push(if i == 0 { v.clone() } else { format!("{o}/{v}") });
+                        next.push(if i == 0 {
+                            v.clone()
+                        } else {
+                            format!("{o}/{v}")
+                        });
                     }
                 }
             }
@@ -426,11 +434,15 @@ impl Cidr {
         };
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,

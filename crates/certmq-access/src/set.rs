@@ -40,7 +40,8 @@ pub(crate) struct Rule {
 
 impl Rule {
     fn compile(policy: Arc<Policy>) -> Self {
-        let globs = |l: &Option<Vec<String>>| l.as_ref().map(|l| l.iter().map(|p| Glob::new(p)).collect());
+        let globs =
+            |l: &Option<Vec<String>>| l.as_ref().map(|l| l.iter().map(|p| Glob::new(p)).collect());
         Rule {
             actions: policy.actions.iter().fold(0, |m, a| m | a.bit()),
             templates: policy
@@ -98,7 +99,13 @@ impl Rule {
 
     /// Action, client, QoS and retain conditions (`qos` None: not asked,
     /// as for deliveries).
-    fn applies(&self, action: Action, c: &ClientFacts, qos: Option<QoS>, retain: Option<bool>) -> bool {
+    fn applies(
+        &self,
+        action: Action,
+        c: &ClientFacts,
+        qos: Option<QoS>,
+        retain: Option<bool>,
+    ) -> bool {
         if self.actions & action.bit() == 0 {
             return false;
         }
@@ -247,7 +254,11 @@ impl PolicySet {
             let i = i as u32;
             for (action, trie, any) in [
                 (Action::Publish, &mut set.publish, &mut set.publish_any),
-                (Action::Subscribe, &mut set.subscribe, &mut set.subscribe_any),
+                (
+                    Action::Subscribe,
+                    &mut set.subscribe,
+                    &mut set.subscribe_any,
+                ),
             ] {
                 if r.actions & action.bit() == 0 {
                     continue;

@@ -2,7 +2,12 @@
 //! an ordered scan of every policy, and the filter relations against
 //! brute force over a small topic universe.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::sync::Arc;
 
@@ -62,25 +67,52 @@ use Effect::{Allow, Deny};
 fn a_device_is_confined_to_its_own_cn() {
     let s = set(
         vec![
-            policy("own", 10, Allow, &[Publish, Subscribe], &["devices/${cert.cn}/#"]),
+            policy(
+                "own",
+                10,
+                Allow,
+                &[Publish, Subscribe],
+                &["devices/${cert.cn}/#"],
+            ),
             policy("rest", 20, Deny, &[Publish, Subscribe], &["#"]),
         ],
         NoMatch::Allow,
     );
     let d = device("c1", "dev1");
     let q = Some(QoS::AtLeastOnce);
-    assert!(s.decide_topic(Publish, &d, "devices/dev1/t", q, Some(false)).allow);
-    assert!(s.decide_topic(Publish, &d, "devices/dev1", q, Some(false)).allow);
-    assert!(!s.decide_topic(Publish, &d, "devices/dev2/t", q, Some(false)).allow);
-    assert_eq!(s.decide_subscribe(&d, "devices/dev1/#", QoS::AtMostOnce).0, SubscribeVerdict::Allow);
-    assert_eq!(s.decide_subscribe(&d, "#", QoS::AtMostOnce).0, SubscribeVerdict::Deny);
-    assert_eq!(s.decide_subscribe(&d, "devices/+/t", QoS::AtMostOnce).0, SubscribeVerdict::Deny);
+    assert!(
+        s.decide_topic(Publish, &d, "devices/dev1/t", q, Some(false))
+            .allow
+    );
+    assert!(
+        s.decide_topic(Publish, &d, "devices/dev1", q, Some(false))
+            .allow
+    );
+    assert!(
+        !s.decide_topic(Publish, &d, "devices/dev2/t", q, Some(false))
+            .allow
+    );
+    assert_eq!(
+        s.decide_subscribe(&d, "devices/dev1/#", QoS::AtMostOnce).0,
+        SubscribeVerdict::Allow
+    );
+    assert_eq!(
+        s.decide_subscribe(&d, "#", QoS::AtMostOnce).0,
+        SubscribeVerdict::Deny
+    );
+    assert_eq!(
+        s.decide_subscribe(&d, "devices/+/t", QoS::AtMostOnce).0,
+        SubscribeVerdict::Deny
+    );
     // A client without a certificate has no ${cert.cn}: the allow matches nothing.
     let anon = ClientFacts {
         client_id: "x".into(),
         ..ClientFacts::default()
     };
-    assert!(!s.decide_topic(Publish, &anon, "devices/dev1/t", q, Some(false)).allow);
+    assert!(
+        !s.decide_topic(Publish, &anon, "devices/dev1/t", q, Some(false))
+            .allow
+    );
 }
 
 #[test]
@@ -96,7 +128,11 @@ fn priority_then_creation_order_decides_first_match() {
     let c = device("c", "n");
     let d = |t: &str| s.decide_topic(Publish, &c, t, Some(QoS::AtMostOnce), Some(false));
     assert_eq!(d("a/c").policy.unwrap().id, "early");
-    assert_eq!(d("a/b").policy.unwrap().id, "late-allow", "equal priority: created first wins");
+    assert_eq!(
+        d("a/b").policy.unwrap().id,
+        "late-allow",
+        "equal priority: created first wins"
+    );
     assert!(d("a/b").allow);
     assert!(!d("z").allow && d("z").policy.is_none(), "no_match = deny");
 }
@@ -111,17 +147,39 @@ fn a_partial_deny_makes_a_subscription_checked() {
         NoMatch::Deny,
     );
     let c = device("c", "n");
-    assert_eq!(s.decide_subscribe(&c, "devices/#", QoS::AtMostOnce).0, SubscribeVerdict::Checked);
-    assert_eq!(s.decide_subscribe(&c, "devices/open/#", QoS::AtMostOnce).0, SubscribeVerdict::Allow);
-    assert_eq!(s.decide_subscribe(&c, "devices/secret/x", QoS::AtMostOnce).0, SubscribeVerdict::Deny);
-    assert!(!s.decide_topic(Subscribe, &c, "devices/secret/x", None, None).allow);
-    assert!(s.decide_topic(Subscribe, &c, "devices/open/x", None, None).allow);
+    assert_eq!(
+        s.decide_subscribe(&c, "devices/#", QoS::AtMostOnce).0,
+        SubscribeVerdict::Checked
+    );
+    assert_eq!(
+        s.decide_subscribe(&c, "devices/open/#", QoS::AtMostOnce).0,
+        SubscribeVerdict::Allow
+    );
+    assert_eq!(
+        s.decide_subscribe(&c, "devices/secret/x", QoS::AtMostOnce)
+            .0,
+        SubscribeVerdict::Deny
+    );
+    assert!(
+        !s.decide_topic(Subscribe, &c, "devices/secret/x", None, None)
+            .allow
+    );
+    assert!(
+        s.decide_topic(Subscribe, &c, "devices/open/x", None, None)
+            .allow
+    );
 }
 
 #[test]
 fn a_value_with_wildcards_or_slashes_matches_nothing() {
     let s = set(
-        vec![policy("own", 1, Allow, &[Publish], &["devices/${client_id}/#"])],
+        vec![policy(
+            "own",
+            1,
+            Allow,
+            &[Publish],
+            &["devices/${client_id}/#"],
+        )],
         NoMatch::Deny,
     );
     for id in ["+", "#", "a/b", ""] {
@@ -129,8 +187,15 @@ fn a_value_with_wildcards_or_slashes_matches_nothing() {
             client_id: id.into(),
             ..ClientFacts::default()
         };
-        assert!(!s.decide_topic(Publish, &c, "devices/x/y", None, Some(false)).allow, "{id}");
-        assert_eq!(s.decide_subscribe(&c, "devices/x/#", QoS::AtMostOnce).0, SubscribeVerdict::Deny);
+        assert!(
+            !s.decide_topic(Publish, &c, "devices/x/y", None, Some(false))
+                .allow,
+            "{id}"
+        );
+        assert_eq!(
+            s.decide_subscribe(&c, "devices/x/#", QoS::AtMostOnce).0,
+            SubscribeVerdict::Deny
+        );
     }
 }
 
@@ -147,7 +212,10 @@ fn conditions_client_ids_usernames_cidrs_qos_retain() {
     assert!(!d(&c, QoS::ExactlyOnce, true));
     assert!(d(&c, QoS::AtLeastOnce, true), "qos not listed");
     assert!(d(&c, QoS::ExactlyOnce, false), "retain differs");
-    assert!(d(&device("meter-1", "n"), QoS::ExactlyOnce, true), "client id");
+    assert!(
+        d(&device("meter-1", "n"), QoS::ExactlyOnce, true),
+        "client id"
+    );
     let mut other = device("sensor-7", "n");
     other.peer_ip = Some("192.168.1.1".parse().unwrap());
     assert!(d(&other, QoS::ExactlyOnce, true), "address");
@@ -156,7 +224,13 @@ fn conditions_client_ids_usernames_cidrs_qos_retain() {
 #[test]
 fn san_dns_names_each_count() {
     let s = set(
-        vec![policy("san", 1, Allow, &[Publish], &["sites/${cert.san.dns}/#"])],
+        vec![policy(
+            "san",
+            1,
+            Allow,
+            &[Publish],
+            &["sites/${cert.san.dns}/#"],
+        )],
         NoMatch::Deny,
     );
     let mut c = device("c", "n");
@@ -178,7 +252,17 @@ const VAR_LEVELS: &[&str] = &[
     "dev-${client_id}",
     "${cert.ou}",
 ];
-const TOPIC_LEVELS: &[&str] = &["a", "b", "$s", "c1", "u1", "dev-c1", "n.example", "fleet", ""];
+const TOPIC_LEVELS: &[&str] = &[
+    "a",
+    "b",
+    "$s",
+    "c1",
+    "u1",
+    "dev-c1",
+    "n.example",
+    "fleet",
+    "",
+];
 
 fn filter_strategy() -> impl Strategy<Value = String> {
     prop::collection::vec(
@@ -214,20 +298,22 @@ fn policy_strategy() -> impl Strategy<Value = Policy> {
         prop::option::weighted(0.2, prop::sample::subsequence(vec![0u8, 1, 2], 1..=2)),
         prop::option::weighted(0.2, any::<bool>()),
     )
-        .prop_map(|(priority, allow, actions, topics, cid, user, cidr, qos, retain)| Policy {
-            id: String::new(),
-            priority,
-            effect: if allow { Allow } else { Deny },
-            actions,
-            topics,
-            client_ids: cid.map(|c| vec![c.to_string()]),
-            usernames: user.map(|u| vec![u.to_string()]),
-            ca_ids: None,
-            source_cidrs: cidr.map(|c| vec![c.to_string()]),
-            qos,
-            retain,
-            description: None,
-        })
+        .prop_map(
+            |(priority, allow, actions, topics, cid, user, cidr, qos, retain)| Policy {
+                id: String::new(),
+                priority,
+                effect: if allow { Allow } else { Deny },
+                actions,
+                topics,
+                client_ids: cid.map(|c| vec![c.to_string()]),
+                usernames: user.map(|u| vec![u.to_string()]),
+                ca_ids: None,
+                source_cidrs: cidr.map(|c| vec![c.to_string()]),
+                qos,
+                retain,
+                description: None,
+            },
+        )
 }
 
 fn client_strategy() -> impl Strategy<Value = ClientFacts> {
@@ -250,7 +336,11 @@ fn client_strategy() -> impl Strategy<Value = ClientFacts> {
                     ca_id: "ca".into(),
                 })
             }),
-            peer_ip: Some(if local { "127.0.0.1" } else { "10.9.9.9" }.parse().unwrap()),
+            peer_ip: Some(
+                if local { "127.0.0.1" } else { "10.9.9.9" }
+                    .parse()
+                    .unwrap(),
+            ),
         })
 }
 

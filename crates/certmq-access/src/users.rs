@@ -224,7 +224,12 @@ impl Users {
     }
 
     /// Adds a user (blocking: hashes and writes).
-    pub fn add(&self, username: &str, password: &str, actor: &str) -> Result<UserView, AccessError> {
+    pub fn add(
+        &self,
+        username: &str,
+        password: &str,
+        actor: &str,
+    ) -> Result<UserView, AccessError> {
         validate_username(username)?;
         validate_password(password)?;
         let hash = self.hash(password)?;
@@ -243,14 +248,16 @@ impl Users {
             after: Some(serde_json::json!({"username": username})),
         };
         let _w = self.writes.lock();
-        self.store.insert_user(&rec, &audit).map_err(|e| match AccessError::from(e) {
-            e if e.kind == ErrorKind::Exists => AccessError::new(
-                ErrorKind::Exists,
-                "UserExists",
-                format!("user {username} exists already"),
-            ),
-            e => e,
-        })?;
+        self.store
+            .insert_user(&rec, &audit)
+            .map_err(|e| match AccessError::from(e) {
+                e if e.kind == ErrorKind::Exists => AccessError::new(
+                    ErrorKind::Exists,
+                    "UserExists",
+                    format!("user {username} exists already"),
+                ),
+                e => e,
+            })?;
         drop(_w);
         self.reload()?;
         self.get(username)

@@ -88,8 +88,10 @@ pub async fn delete_user(
     let mut closed = 0;
     for c in s.control.connections() {
         if c.username.as_deref() == Some(username.as_str())
-            && s.control
-                .kick(&c.client_id, certmq_codec::ReasonCode::ADMINISTRATIVE_ACTION)
+            && s.control.kick(
+                &c.client_id,
+                certmq_codec::ReasonCode::ADMINISTRATIVE_ACTION,
+            )
         {
             closed += 1;
         }
@@ -116,8 +118,15 @@ impl PolicyDto {
     }
 }
 
-pub async fn list_policies(State(s): State<AdminState>) -> Result<Json<Items<PolicyDto>>, ApiError> {
-    let items = s.access.policies()?.into_iter().map(PolicyDto::of).collect();
+pub async fn list_policies(
+    State(s): State<AdminState>,
+) -> Result<Json<Items<PolicyDto>>, ApiError> {
+    let items = s
+        .access
+        .policies()?
+        .into_iter()
+        .map(PolicyDto::of)
+        .collect();
     Ok(Json(Items { items }))
 }
 
@@ -202,7 +211,10 @@ pub async fn evaluate(
         return Err(bad("topic: required for publish and subscribe"));
     }
     let peer_ip = match &req.source_ip {
-        Some(ip) => Some(ip.parse().map_err(|_| bad("source_ip: not an IP address"))?),
+        Some(ip) => Some(
+            ip.parse()
+                .map_err(|_| bad("source_ip: not an IP address"))?,
+        ),
         None => None,
     };
     let cert = match (&req.certificate_id, req.cert) {
@@ -228,7 +240,11 @@ pub async fn evaluate(
         (None, Some(c)) => Some(Arc::new(CertFacts {
             cn: c.cn,
             ou: c.ou,
-            serial: c.serial.unwrap_or_default().to_ascii_lowercase().replace(':', ""),
+            serial: c
+                .serial
+                .unwrap_or_default()
+                .to_ascii_lowercase()
+                .replace(':', ""),
             fingerprint: c.fingerprint.unwrap_or_default().to_ascii_lowercase(),
             san_dns: c.san_dns,
             ca_id: c.ca_id.unwrap_or_default().to_ascii_lowercase(),

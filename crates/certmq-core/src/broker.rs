@@ -395,7 +395,11 @@ impl Broker {
         });
         if let Some(a) = self.authorizer() {
             let before = found.len();
-            found.retain(|(s, _)| s.check.as_ref().is_none_or(|f| a.may_read(f, &message.topic)));
+            found.retain(|(s, _)| {
+                s.check
+                    .as_ref()
+                    .is_none_or(|f| a.may_read(f, &message.topic))
+            });
             let denied = before - found.len();
             if denied > 0 {
                 self.stats

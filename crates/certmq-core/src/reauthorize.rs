@@ -79,7 +79,10 @@ impl Broker {
                 verdict => {
                     let check = (verdict == SubscribeVerdict::Checked).then(|| facts.clone());
                     if check.is_some() != sub.check.is_some()
-                        || check.as_ref().zip(sub.check.as_ref()).is_some_and(|(a, b)| !Arc::ptr_eq(a, b))
+                        || check
+                            .as_ref()
+                            .zip(sub.check.as_ref())
+                            .is_some_and(|(a, b)| !Arc::ptr_eq(a, b))
                     {
                         self.add_subscription(&raw, &parsed, Subscriber { check, ..sub });
                         r.rechecked += 1;

@@ -201,7 +201,11 @@ fn a_policy_change_removes_live_subscriptions_it_no_longer_allows() {
     authz.banned.lock().unwrap().push("a/#".into());
     let r = b.reauthorize();
     assert_eq!(r.removed, 1);
-    assert_eq!(publish_as(&mut p, "a/2", false, now), 0x10, "no subscriber left");
+    assert_eq!(
+        publish_as(&mut p, "a/2", false, now),
+        0x10,
+        "no subscriber left"
+    );
     publish_as(&mut p, "b/2", false, now);
     assert_eq!(received(&mut s, now), ["b/2"]);
 }

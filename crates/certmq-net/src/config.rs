@@ -67,7 +67,11 @@ impl ListenerConfig {
     pub fn methods(&self) -> Vec<AuthMethod> {
         let mut methods = self.authentication.clone().unwrap_or_else(|| {
             if self.protocol.is_tls() {
-                vec![AuthMethod::Certificate, AuthMethod::Password, AuthMethod::Jwt]
+                vec![
+                    AuthMethod::Certificate,
+                    AuthMethod::Password,
+                    AuthMethod::Jwt,
+                ]
             } else {
                 vec![AuthMethod::Password, AuthMethod::Jwt]
             }

@@ -291,7 +291,8 @@ async fn authenticate(
     let authn = shared.authenticator.get();
     let password = connect.password.as_deref();
     let mut passed: Option<&'static str> = None;
-    let user_login = |check: crate::CredentialCheck, passed: &mut Option<&'static str>| match check {
+    let user_login = |check: crate::CredentialCheck, passed: &mut Option<&'static str>| match check
+    {
         crate::CredentialCheck::Accepted {
             username,
             expires_at,

@@ -419,6 +419,17 @@ impl Config {
             out.push('\n');
             if line.starts_with('[') {
                 section = line;
+                match line {
+                    "[authentication]" => out.push_str(
+                        "# allow_anonymous = true  # unset: per listener (loopback only); as --allow-anonymous\n",
+                    ),
+                    "[authentication.jwt]" => out.push_str(
+                        "# secret_file = \"/etc/certmq/jwt.secret\"  # HS256 secret (32 bytes or more); or secret = \"...\"\n\
+                         # issuer = \"https://issuer.example\"  # unset: iss not checked\n\
+                         # audience = \"certmq\"  # unset: aud not checked\n",
+                    ),
+                    _ => {}
+                }
                 continue;
             }
             if !line.starts_with("addr = ") {
@@ -432,6 +443,14 @@ impl Config {
                     .is_ok_and(|a| a.ip().is_loopback());
                 out.push_str(&format!(
                     "# allow_anonymous = {loopback}  # unset: true on a loopback address, false otherwise\n"
+                ));
+                let methods = if section == "[listeners.tls]" || section == "[listeners.wss]" {
+                    "\"certificate\", \"password\", \"jwt\""
+                } else {
+                    "\"password\", \"jwt\""
+                };
+                out.push_str(&format!(
+                    "# authentication = [{methods}]  # the chain, in order; \"anonymous\" where allow_anonymous says\n"
                 ));
             } else if section == "[admin]" {
                 out.push_str(
@@ -457,13 +476,17 @@ mod tests {
     #[test]
     fn default_toml_names_every_key() {
         let text = Config::default_toml().unwrap();
-        assert_eq!(text.matches("# allow_anonymous = ").count(), 4, "{text}");
+        assert_eq!(text.matches("# allow_anonymous = ").count(), 5, "{text}");
         assert!(text.contains("# allow_anonymous = true"));
         assert!(text.contains("# allow_anonymous = false"));
         assert!(text.contains("# token = "));
         // Uncommented, each is accepted.
         let uncommented = text
             .replace("# allow_anonymous", "allow_anonymous")
+            .replace("# authentication = ", "authentication = ")
+            .replace("# secret_file", "secret_file")
+            .replace("# issuer", "issuer")
+            .replace("# audience", "audience")
             .replace(
                 "# token = \"at least 16 characters\"",
                 "token = \"0123456789abcdef\"",
@@ -480,7 +503,8 @@ mod tests {
         assert_eq!(c.listeners.tcp.allow_anonymous, Some(false));
         assert_eq!(c.listeners.tcp.addr, Config::default().listeners.tcp.addr);
         assert_eq!(c.listeners.tls, Config::default().listeners.tls);
-        let err = toml::from_str::<Config>("[listeners.tcp]\nallow_anonymos = false\n").unwrap_err();
+        let err =
+            toml::from_str::<Config>("[listeners.tcp]\nallow_anonymos = false\n").unwrap_err();
         assert!(err.to_string().contains("allow_anonymos"), "{err}");
     }
 

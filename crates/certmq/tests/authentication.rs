@@ -45,7 +45,18 @@ fn password_users_with_every_client_and_deletion_closes_live_connections() {
     let tls = b.port("mqtt-tls");
     let tcp = b.addr("mqtt-tcp").port();
     let pub_tls = |creds: &[&str]| {
-        let mut args = vec!["-h", "localhost", "-p", &tls, "--cafile", ca, "-t", "t", "-m", "x"];
+        let mut args = vec![
+            "-h",
+            "localhost",
+            "-p",
+            &tls,
+            "--cafile",
+            ca,
+            "-t",
+            "t",
+            "-m",
+            "x",
+        ];
         args.extend_from_slice(creds);
         mosquitto_pub(&args)
     };
@@ -62,11 +73,22 @@ fn password_users_with_every_client_and_deletion_closes_live_connections() {
 
     // paho-mqtt, both versions, over TCP.
     for (version, refused) in [("311", "connack 5"), ("5", "connack 134")] {
-        let ok = paho(tcp, version, None, &["--user", "alice", "--password", "correct-horse"]);
+        let ok = paho(
+            tcp,
+            version,
+            None,
+            &["--user", "alice", "--password", "correct-horse"],
+        );
         assert_eq!(ok.first().map(String::as_str), Some("connack 0"), "{ok:?}");
-        let no = paho(tcp, version, None, &["--user", "alice", "--password", "nope-nope"]);
+        let no = paho(
+            tcp,
+            version,
+            None,
+            &["--user", "alice", "--password", "nope-nope"],
+        );
         assert!(
-            no.first().is_some_and(|l| l == refused || l == "connack 135"),
+            no.first()
+                .is_some_and(|l| l == refused || l == "connack 135"),
             "{version}: {no:?}"
         );
     }
@@ -81,7 +103,16 @@ fn password_users_with_every_client_and_deletion_closes_live_connections() {
         tcp,
         "5",
         None,
-        &["--user", "alice", "--password", "correct-horse", "--client-id", "alice-1", "--hold", "20"],
+        &[
+            "--user",
+            "alice",
+            "--password",
+            "correct-horse",
+            "--client-id",
+            "alice-1",
+            "--hold",
+            "20",
+        ],
     );
     expect_line(&rx, "connack 0", LIMIT);
     let live = api.ok("GET", "/connections", None);
@@ -126,7 +157,8 @@ fn user_cli_reads_the_password_from_stdin_and_changes_it() {
         let out = child.wait_with_output().unwrap();
         (
             out.status.success(),
-            String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
         )
     };
     assert!(cli(&["user", "add", "meter"], "first-password\n").0);
@@ -176,19 +208,41 @@ fn json_web_tokens_valid_expired_wrong_key_and_expiring_while_connected() {
     let api = Api::of(&b);
     let tcp = b.addr("mqtt-tcp").port();
     let login = |client_id: &str, token: &str, version: &str| {
-        paho(tcp, version, None, &["--client-id", client_id, "--user", "meter-7", "--password", token])
+        paho(
+            tcp,
+            version,
+            None,
+            &[
+                "--client-id",
+                client_id,
+                "--user",
+                "meter-7",
+                "--password",
+                token,
+            ],
+        )
     };
-    let valid = hs256(secret, json!({"sub": "meter-7", "client_id": "m7", "exp": now() + 600}));
+    let valid = hs256(
+        secret,
+        json!({"sub": "meter-7", "client_id": "m7", "exp": now() + 600}),
+    );
     for version in ["311", "5"] {
         assert_eq!(login("m7", &valid, version)[0], "connack 0", "{version}");
     }
     assert_ne!(login("other", &valid, "5")[0], "connack 0");
     let expired = hs256(secret, json!({"sub": "meter-7", "exp": now() - 60}));
     assert_ne!(login("m7", &expired, "5")[0], "connack 0");
-    let wrong = hs256("another-secret-that-is-32-bytes-long!", json!({"sub": "meter-7", "exp": now() + 600}));
+    let wrong = hs256(
+        "another-secret-that-is-32-bytes-long!",
+        json!({"sub": "meter-7", "exp": now() + 600}),
+    );
     assert_ne!(login("m7", &wrong, "5")[0], "connack 0");
     let r = reasons(&api);
-    for reason in ["TOKEN_CLIENT_ID_MISMATCH", "TOKEN_EXPIRED", "TOKEN_BAD_SIGNATURE"] {
+    for reason in [
+        "TOKEN_CLIENT_ID_MISMATCH",
+        "TOKEN_EXPIRED",
+        "TOKEN_BAD_SIGNATURE",
+    ] {
         assert!(r.iter().any(|x| x == reason), "{reason} not in {r:?}");
     }
     // ES256 with a public key from the configuration, through mosquitto_pub.
@@ -200,7 +254,18 @@ fn json_web_tokens_valid_expired_wrong_key_and_expiring_while_connected() {
     .unwrap();
     let port = tcp.to_string();
     let (ok, out) = mosquitto_pub(&[
-        "-h", "127.0.0.1", "-p", &port, "-u", "meter-7", "-P", &es_token, "-t", "t", "-m", "x",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-u",
+        "meter-7",
+        "-P",
+        &es_token,
+        "-t",
+        "t",
+        "-m",
+        "x",
     ]);
     assert!(ok, "{out}");
     // MQTT.js over WebSocket.
@@ -212,7 +277,16 @@ fn json_web_tokens_valid_expired_wrong_key_and_expiring_while_connected() {
         tcp,
         "5",
         None,
-        &["--client-id", "m8", "--user", "meter-7", "--password", &soon, "--hold", "20"],
+        &[
+            "--client-id",
+            "m8",
+            "--user",
+            "meter-7",
+            "--password",
+            &soon,
+            "--hold",
+            "20",
+        ],
     );
     expect_line(&rx, "connack 0", LIMIT);
     let line = expect_line(&rx, "disconnect", Duration::from_secs(5));
@@ -248,7 +322,16 @@ fn anonymous_access_per_listener_and_by_flag() {
         let tls = b.port("mqtt-tls");
         let tcp = b.port("mqtt-tcp");
         let tls_ok = mosquitto_pub(&[
-            "-h", "localhost", "-p", &tls, "--cafile", ca.to_str().unwrap(), "-t", "t", "-m", "x",
+            "-h",
+            "localhost",
+            "-p",
+            &tls,
+            "--cafile",
+            ca.to_str().unwrap(),
+            "-t",
+            "t",
+            "-m",
+            "x",
         ])
         .0;
         let tcp_ok = mosquitto_pub(&["-h", "127.0.0.1", "-p", &tcp, "-t", "t", "-m", "x"]).0;
@@ -256,9 +339,16 @@ fn anonymous_access_per_listener_and_by_flag() {
         (tls_ok, tcp_ok, ws_ok)
     };
     let b = start(None);
-    assert_eq!(try_all(&b), (false, false, true), "defaults: loopback WS only");
+    assert_eq!(
+        try_all(&b),
+        (false, false, true),
+        "defaults: loopback WS only"
+    );
     let r = reasons(&Api::of(&b));
-    assert!(r.iter().filter(|x| *x == "ANONYMOUS_NOT_ALLOWED").count() >= 2, "{r:?}");
+    assert!(
+        r.iter().filter(|x| *x == "ANONYMOUS_NOT_ALLOWED").count() >= 2,
+        "{r:?}"
+    );
     drop(b);
     let b = start(Some(("CERTMQ_ALLOW_ANONYMOUS", "true")));
     assert_eq!(

@@ -14,12 +14,18 @@ use super::{items, s, table, Api, Out};
 #[derive(Subcommand)]
 pub enum UserCommand {
     /// Add an MQTT user; the password is read from stdin or a prompt.
-    Add { username: String },
+    Add {
+        username: String,
+    },
     List,
     /// Delete a user (its live connections are closed).
-    Delete { username: String },
+    Delete {
+        username: String,
+    },
     /// Set a user's password (stdin or a prompt).
-    Passwd { username: String },
+    Passwd {
+        username: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -28,14 +34,18 @@ pub enum PolicyCommand {
     Add(Box<PolicyArgs>),
     /// Every policy, in evaluation order.
     List,
-    Get { id: String },
+    Get {
+        id: String,
+    },
     /// Replace a policy (same arguments as `add`).
     Replace {
         id: String,
         #[command(flatten)]
         args: Box<PolicyArgs>,
     },
-    Delete { id: String },
+    Delete {
+        id: String,
+    },
     /// Dry run: which policy decides an action of a client.
     Evaluate {
         #[arg(long)]
@@ -164,12 +174,26 @@ fn user_rows(users: &[Value]) {
 
 fn policy_rows(policies: &[Value]) {
     table(
-        &["ID", "PRIORITY", "EFFECT", "ACTIONS", "TOPICS", "CONDITIONS"],
+        &[
+            "ID",
+            "PRIORITY",
+            "EFFECT",
+            "ACTIONS",
+            "TOPICS",
+            "CONDITIONS",
+        ],
         policies
             .iter()
             .map(|p| {
                 let mut cond = Vec::new();
-                for key in ["client_ids", "usernames", "ca_ids", "source_cidrs", "qos", "retain"] {
+                for key in [
+                    "client_ids",
+                    "usernames",
+                    "ca_ids",
+                    "source_cidrs",
+                    "qos",
+                    "retain",
+                ] {
                     if !p[key].is_null() {
                         cond.push(format!("{key}={}", s(&p[key])));
                     }
@@ -179,8 +203,16 @@ fn policy_rows(policies: &[Value]) {
                     s(&p["priority"]),
                     s(&p["effect"]),
                     s(&p["actions"]),
-                    if p["topics"].is_null() { "*".into() } else { s(&p["topics"]) },
-                    if cond.is_empty() { "-".into() } else { cond.join(" ") },
+                    if p["topics"].is_null() {
+                        "*".into()
+                    } else {
+                        s(&p["topics"])
+                    },
+                    if cond.is_empty() {
+                        "-".into()
+                    } else {
+                        cond.join(" ")
+                    },
                 ]
             })
             .collect(),
@@ -213,7 +245,9 @@ pub(super) fn user(api: &Api, cmd: UserCommand, out: &Out<'_>) -> anyhow::Result
                 &[],
                 Some(json!({"password": password})),
             )?;
-            out(&v, &|v| println!("password of {} changed", s(&v["username"])));
+            out(&v, &|v| {
+                println!("password of {} changed", s(&v["username"]))
+            });
         }
     }
     Ok(())
@@ -244,7 +278,9 @@ pub(super) fn policy(api: &Api, cmd: PolicyCommand, out: &Out<'_>) -> anyhow::Re
         }
         PolicyCommand::Delete { id } => {
             api.op("delete_policy", &[("id", &id)], &[], None)?;
-            out(&json!({"deleted": id}), &|_| println!("deleted policy {id}"));
+            out(&json!({"deleted": id}), &|_| {
+                println!("deleted policy {id}")
+            });
         }
         PolicyCommand::Evaluate {
             client_id,
@@ -269,7 +305,10 @@ pub(super) fn policy(api: &Api, cmd: PolicyCommand, out: &Out<'_>) -> anyhow::Re
                     None => "no_match".into(),
                 };
                 match v["subscription"].as_str() {
-                    Some(sub) => println!("{} (subscription: {sub}), decided by {by}", s(&v["decision"])),
+                    Some(sub) => println!(
+                        "{} (subscription: {sub}), decided by {by}",
+                        s(&v["decision"])
+                    ),
                     None => println!("{}, decided by {by}", s(&v["decision"])),
                 }
             });

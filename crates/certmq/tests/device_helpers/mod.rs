@@ -60,6 +60,12 @@ impl Api {
                 .delete(&url)
                 .header("authorization", &auth)
                 .call(),
+            ("PUT", Some(b)) => self
+                .agent
+                .put(&url)
+                .header("authorization", &auth)
+                .content_type("application/json")
+                .send(b.to_string()),
             ("PATCH", Some(b)) => self
                 .agent
                 .patch(&url)
