@@ -172,6 +172,30 @@ pub(crate) struct Shared {
     /// Password and token checks (`certmq-access`); none: only
     /// certificates and anonymous clients get in.
     pub authenticator: std::sync::OnceLock<Arc<dyn Authenticator>>,
+    /// Each listener's authentication chain, swapped by [`AuthChains`]
+    /// (SIGHUP): read at every accept.
+    pub chains: AuthChains,
+}
+
+/// The authentication chain of every listener, changeable while the
+/// server runs (new connections use the new chain).
+#[derive(Clone, Default)]
+pub struct AuthChains(
+    Arc<parking_lot::RwLock<std::collections::HashMap<Protocol, Arc<[AuthMethod]>>>>,
+);
+
+impl AuthChains {
+    pub fn set(&self, protocol: Protocol, methods: Vec<AuthMethod>) {
+        self.0.write().insert(protocol, methods.into());
+    }
+
+    pub fn get(&self, protocol: Protocol) -> Arc<[AuthMethod]> {
+        self.0
+            .read()
+            .get(&protocol)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(Vec::new()))
+    }
 }
 
 /// `sync` persistence: acknowledgements (PUBACK, PUBREC, SUBACK, UNSUBACK)
@@ -251,8 +275,13 @@ impl Server {
                 })?;
             listeners.push((l.clone(), socket, tls_config));
         }
+        let chains = AuthChains::default();
+        for l in &config.listeners {
+            chains.set(l.protocol, l.methods());
+        }
         Ok(Self {
             shared: Arc::new(Shared {
+                chains,
                 authorizer: tls.as_ref().map(|t| t.authorizer.clone()),
                 broker,
                 config,
@@ -275,6 +304,12 @@ impl Server {
     /// [`Server::run`]; false if already set.
     pub fn set_authenticator(&self, a: Arc<dyn Authenticator>) -> bool {
         self.shared.authenticator.set(a).is_ok()
+    }
+
+    /// The listeners' authentication chains, to change them while the
+    /// server runs.
+    pub fn auth_chains(&self) -> AuthChains {
+        self.shared.chains.clone()
     }
 
     pub fn local_addrs(&self) -> Vec<BoundListener> {

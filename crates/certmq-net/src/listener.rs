@@ -19,7 +19,6 @@ pub(crate) async fn accept_loop(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let methods: std::sync::Arc<[crate::AuthMethod]> = config.methods().into();
     loop {
         let (stream, addr) = tokio::select! {
             _ = stop.changed() => return,
@@ -45,7 +44,7 @@ pub(crate) async fn accept_loop(
         let peer = Box::new(PeerInfo {
             addr,
             protocol: config.protocol,
-            methods: methods.clone(),
+            methods: shared.chains.get(config.protocol),
             certificates: Vec::new(),
         });
         shared.live.opened(config.protocol);

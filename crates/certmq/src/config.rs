@@ -279,6 +279,16 @@ impl AdminSection {
 }
 
 impl ListenersSection {
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut ListenerSection> {
+        match name {
+            "tcp" => Some(&mut self.tcp),
+            "tls" => Some(&mut self.tls),
+            "ws" => Some(&mut self.ws),
+            "wss" => Some(&mut self.wss),
+            _ => None,
+        }
+    }
+
     pub fn all(&self) -> [(&'static str, &ListenerSection); 4] {
         [
             ("tcp", &self.tcp),

@@ -255,7 +255,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 "broker state restored"
             );
         }
-        reload::spawn(args.clone(), config.clone(), broker.clone(), log_handle)?;
+
         let resolver = Arc::new(certmq_pki::SniResolver::new(Default::default()));
         let server_certs = certmq_admin::ServerCerts::load(
             store.clone(),
@@ -288,6 +288,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             certmq_net::Server::bind_with(broker.clone(), config.net_config(), Some(tls), live)
                 .await?;
         server.set_authenticator(access.clone());
+        reload::spawn(
+            args.clone(),
+            config.clone(),
+            reload::Live {
+                broker: broker.clone(),
+                log: log_handle,
+                access: access.clone(),
+                chains: server.auth_chains(),
+            },
+        )?;
         for l in config.net_config().listeners {
             let methods: Vec<&str> = l.methods().iter().map(|m| m.as_str()).collect();
             tracing::info!(listener = l.protocol.name(), methods = %methods.join(","), "authentication");

@@ -1,9 +1,11 @@
 //! SIGHUP (SPEC 9): the configuration is read again (file, `CERTMQ_*`
 //! variables and flags, as at start) and what can change without a
-//! restart is applied at once: the log filter and the broker limits
+//! restart is applied at once: the log filter, the broker limits
 //! (`[broker]`: from the next packet on; a session's queue limit and a
 //! connection's maximum packet size and in-flight window are taken when
-//! they start). Every other
+//! they start), anonymous access and the listeners' authentication chains
+//! (for new connections), and `[authorization]` (`no_match`,
+//! `deny_action`: live subscriptions are asked again). Every other
 //! changed key is logged as needing a restart. No connection is dropped; a
 //! configuration that does not load or validate changes nothing and is
 //! logged as an error.
@@ -18,12 +20,15 @@ use crate::ServeArgs;
 
 /// Installs the SIGHUP handler now (the default action would kill the
 /// process) and serves it on the current runtime.
-pub fn spawn(
-    args: ServeArgs,
-    running: Config,
-    broker: Arc<certmq_core::Broker>,
-    log: reload::Handle<EnvFilter, Registry>,
-) -> anyhow::Result<()> {
+/// What SIGHUP can change in the running node.
+pub struct Live {
+    pub broker: Arc<certmq_core::Broker>,
+    pub log: reload::Handle<EnvFilter, Registry>,
+    pub access: Arc<certmq_access::Access>,
+    pub chains: certmq_net::AuthChains,
+}
+
+pub fn spawn(args: ServeArgs, running: Config, live: Live) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     tokio::spawn(async move {
@@ -31,7 +36,7 @@ pub fn spawn(
         while hup.recv().await.is_some() {
             let a = args.clone();
             match tokio::task::spawn_blocking(move || crate::resolve_config(&a)).await {
-                Ok(Ok(next)) => apply(&mut running, next, &broker, &log),
+                Ok(Ok(next)) => apply(&mut running, next, &live),
                 Ok(Err(e)) => tracing::error!(
                     "SIGHUP: the configuration was not reloaded, nothing changed: {e:#}"
                 ),
@@ -42,12 +47,18 @@ pub fn spawn(
     Ok(())
 }
 
-fn apply(
-    running: &mut Config,
-    next: Config,
-    broker: &certmq_core::Broker,
-    log: &reload::Handle<EnvFilter, Registry>,
-) {
+/// Keys applied at once (the rest need a restart).
+fn applies_now(key: &str) -> bool {
+    key == "log"
+        || key.starts_with("broker.")
+        || key.starts_with("authorization.")
+        || key == "authentication.allow_anonymous"
+        || (key.starts_with("listeners.")
+            && (key.ends_with(".allow_anonymous") || key.ends_with(".authentication")))
+}
+
+fn apply(running: &mut Config, next: Config, live: &Live) {
+    let (broker, log) = (&live.broker, &live.log);
     let changed = changed_keys(running, &next);
     if changed.is_empty() {
         tracing::info!("SIGHUP: configuration unchanged");
@@ -55,7 +66,7 @@ fn apply(
     }
     let (now, later): (Vec<String>, Vec<String>) = changed
         .into_iter()
-        .partition(|k| k == "log" || k.starts_with("broker."));
+        .partition(|k| applies_now(k));
     let mut applied = Vec::new();
     if now.iter().any(|k| k == "log") {
         match EnvFilter::try_new(&next.log).map(|f| log.reload(f)) {
@@ -70,6 +81,40 @@ fn apply(
         broker.set_config(next.broker_config());
         running.broker = next.broker.clone();
         applied.extend(now.iter().filter(|k| k.starts_with("broker.")).cloned());
+    }
+    if now.iter().any(|k| k.starts_with("authorization.")) {
+        match live.access.set_authorization(next.authorization.clone()) {
+            Ok(_) => {
+                running.authorization = next.authorization.clone();
+                applied.extend(
+                    now.iter()
+                        .filter(|k| k.starts_with("authorization."))
+                        .cloned(),
+                );
+            }
+            Err(e) => tracing::error!("SIGHUP: [authorization] was not applied: {e}"),
+        }
+    }
+    let chain_keys: Vec<String> = now
+        .iter()
+        .filter(|k| k.starts_with("listeners.") || k.starts_with("authentication."))
+        .cloned()
+        .collect();
+    if !chain_keys.is_empty() {
+        running.authentication.allow_anonymous = next.authentication.allow_anonymous;
+        for (name, l) in next.listeners.all() {
+            if let Some(r) = running.listeners.get_mut(name) {
+                r.allow_anonymous = l.allow_anonymous;
+                r.authentication = l.authentication.clone();
+            }
+        }
+        for l in running.net_config().listeners {
+            let methods = l.methods();
+            let names: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
+            tracing::info!(listener = l.protocol.name(), methods = %names.join(","), "authentication");
+            live.chains.set(l.protocol, methods);
+        }
+        applied.extend(chain_keys);
     }
     if !applied.is_empty() {
         tracing::info!(changed = %applied.join(","), "SIGHUP: configuration reloaded");

@@ -136,3 +136,61 @@ fn sighup_reloads_limits_and_log_filter_without_dropping_connections() {
     let status = broker.terminate();
     assert!(status.success(), "{status}");
 }
+
+/// A CONNECT without credentials: the CONNACK reason code.
+fn anonymous_connack(b: &BrokerProcess) -> u8 {
+    let mut r = Raw {
+        s: TcpStream::connect(b.addr("mqtt-tcp")).unwrap(),
+        buf: bytes::BytesMut::new(),
+    };
+    r.s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    r.send(&Packet::Connect(Box::new(Connect {
+        protocol: Protocol::V5,
+        clean_start: true,
+        keep_alive: 60,
+        client_id: "anon".into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Properties::default(),
+    })));
+    match r.recv() {
+        Packet::ConnAck(a) => a.reason.0,
+        p => panic!("expected CONNACK, got {}", p.name()),
+    }
+}
+
+#[test]
+fn sighup_applies_anonymous_access_and_authorization_defaults() {
+    let w = TempDir::new("reload-auth");
+    let conf = w.0.join("certmq.toml");
+    std::fs::write(&conf, "").unwrap();
+    let broker = BrokerProcess::start(&["--config", conf.to_str().unwrap()]);
+    let mut live = Raw::connect(&broker, "live");
+    assert_eq!(live.subscribe("a/#"), 0);
+
+    // Anonymous access off on TCP, and no policy means deny.
+    std::fs::write(
+        &conf,
+        "[listeners.tcp]\nallow_anonymous = false\n[authorization]\nno_match = \"deny\"\n",
+    )
+    .unwrap();
+    hup(&broker);
+    let line = wait_for(&broker, "SIGHUP: configuration reloaded");
+    assert!(
+        line.contains("listeners.tcp.allow_anonymous") && line.contains("authorization.no_match"),
+        "{line}"
+    );
+    assert_eq!(anonymous_connack(&broker), 0x87);
+    // The live connection stays, and its subscription answers to the new
+    // default: it was removed.
+    assert!(live.alive(), "SIGHUP dropped a connection");
+    assert_eq!(live.subscribe("b/#"), 0x87);
+
+    std::fs::write(&conf, "").unwrap();
+    hup(&broker);
+    wait_for(&broker, "SIGHUP: configuration reloaded");
+    assert_eq!(anonymous_connack(&broker), 0);
+    assert_eq!(live.subscribe("b/#"), 0);
+    assert!(broker.terminate().success());
+}
