@@ -34,4 +34,4 @@ pub use error::{AccessError, ErrorKind};
 pub use jwt::Jwt;
 pub use policy::{Action, Effect, Policy, PolicyInput};
 pub use set::{Decision, Explained, PolicySet};
-pub use users::{HashParams, UserView, Users};
+pub use users::{hash_password, HashParams, UserView, Users};

@@ -210,17 +210,7 @@ impl Users {
     }
 
     fn hash(&self, password: &str) -> Result<String, AccessError> {
-        let internal = |what: &str| AccessError::new(ErrorKind::Store, "Internal", what.to_owned());
-        let mut salt = [0u8; 16];
-        aws_lc_rs::rand::fill(&mut salt).map_err(|_| internal("no randomness"))?;
-        let salt = SaltString::encode_b64(&salt).map_err(|_| internal("salt"))?;
-        let p = self.params;
-        let params = Params::new(p.memory_kib, p.iterations, p.parallelism, None)
-            .map_err(|e| AccessError::invalid("InvalidConfig", e.to_string()))?;
-        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| internal(&format!("hashing failed: {e}")))
+        hash_password(password, self.params)
     }
 
     /// Adds a user (blocking: hashes and writes).
@@ -376,6 +366,20 @@ impl Users {
         cache.insert(username.to_owned(), (entry.generation, tag));
         accepted()
     }
+}
+
+/// An argon2id PHC string of `password` with a fresh random salt.
+pub fn hash_password(password: &str, p: HashParams) -> Result<String, AccessError> {
+    let internal = |what: &str| AccessError::new(ErrorKind::Store, "Internal", what.to_owned());
+    let mut salt = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut salt).map_err(|_| internal("no randomness"))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|_| internal("salt"))?;
+    let params = Params::new(p.memory_kib, p.iterations, p.parallelism, None)
+        .map_err(|e| AccessError::invalid("InvalidConfig", e.to_string()))?;
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| internal(&format!("hashing failed: {e}")))
 }
 
 fn not_found(username: &str) -> AccessError {

@@ -53,6 +53,19 @@ impl Client {
         keep_alive: u16,
         tls: Option<&TlsSetup>,
     ) -> anyhow::Result<Client> {
+        Self::connect_as(addr, source, protocol, client_id, keep_alive, tls, None).await
+    }
+
+    /// [`Client::connect`] with a user name and password.
+    pub async fn connect_as(
+        addr: SocketAddr,
+        source: Option<IpAddr>,
+        protocol: Protocol,
+        client_id: &str,
+        keep_alive: u16,
+        tls: Option<&TlsSetup>,
+        login: Option<(String, String)>,
+    ) -> anyhow::Result<Client> {
         let tcp = tcp(addr, source).await?;
         let stream = match tls {
             Some(tls) => tls.connect(tcp).await?,
@@ -65,7 +78,7 @@ impl Client {
             wbuf: BytesMut::with_capacity(16 * 1024),
             session_present: false,
         };
-        c.handshake(client_id, keep_alive, true).await?;
+        c.handshake(client_id, keep_alive, true, login).await?;
         Ok(c)
     }
 
@@ -83,7 +96,7 @@ impl Client {
             wbuf: BytesMut::with_capacity(16 * 1024),
             session_present: false,
         };
-        c.handshake(client_id, 60, false).await?;
+        c.handshake(client_id, 60, false, None).await?;
         Ok(c)
     }
 
@@ -92,6 +105,7 @@ impl Client {
         client_id: &str,
         keep_alive: u16,
         clean_start: bool,
+        login: Option<(String, String)>,
     ) -> anyhow::Result<()> {
         let mut properties = Properties::default();
         if !clean_start && self.protocol.is_v5() {
@@ -103,8 +117,8 @@ impl Client {
             keep_alive,
             client_id: client_id.into(),
             will: None,
-            username: None,
-            password: None,
+            username: login.as_ref().map(|l| l.0.clone()),
+            password: login.map(|l| bytes::Bytes::from(l.1.into_bytes())),
             properties,
         };
         self.send(&Packet::Connect(Box::new(connect))).await?;

@@ -24,6 +24,8 @@ pub enum BrokerKind {
     CertmqOff,
     /// certmq with `--persistence sync`.
     CertmqSync,
+    /// certmq with `--policies` authorization policies (variables included).
+    CertmqPolicies,
     /// mosquitto with set_tcp_nodelay true (like certmq).
     Mosquitto,
     /// mosquitto with its default set_tcp_nodelay false.
@@ -39,6 +41,7 @@ impl BrokerKind {
             BrokerKind::Certmq => "certmq",
             BrokerKind::CertmqOff => "certmq (persistence off)",
             BrokerKind::CertmqSync => "certmq (persistence sync)",
+            BrokerKind::CertmqPolicies => "certmq (with policies)",
             BrokerKind::Mosquitto => "mosquitto (nodelay)",
             BrokerKind::MosquittoNagle => "mosquitto (default, Nagle)",
             BrokerKind::MosquittoPersistent => "mosquitto (persistence)",
@@ -49,7 +52,10 @@ impl BrokerKind {
     pub fn is_certmq(self) -> bool {
         matches!(
             self,
-            BrokerKind::Certmq | BrokerKind::CertmqOff | BrokerKind::CertmqSync
+            BrokerKind::Certmq
+                | BrokerKind::CertmqOff
+                | BrokerKind::CertmqSync
+                | BrokerKind::CertmqPolicies
         )
     }
 }
@@ -69,6 +75,11 @@ pub struct CompareArgs {
     /// the run (imported into its store, then certmq restarted).
     #[arg(long, default_value_t = 0)]
     registered_devices: usize,
+    /// Authorization policies given to `certmq-policies` (written into its
+    /// store, then certmq restarted): a mix of device, wildcard and
+    /// variable policies, the bench's own topics allowed by the last.
+    #[arg(long, default_value_t = 1000)]
+    policies: usize,
     /// Append every run's report, one JSON object per line, to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -245,7 +256,10 @@ pub fn start_with(
     })?;
     let mut admin_addr: Option<SocketAddr> = None;
     let mut cmd = match kind {
-        BrokerKind::Certmq | BrokerKind::CertmqOff | BrokerKind::CertmqSync => {
+        BrokerKind::Certmq
+        | BrokerKind::CertmqOff
+        | BrokerKind::CertmqSync
+        | BrokerKind::CertmqPolicies => {
             let mode = match kind {
                 BrokerKind::CertmqOff => "off",
                 BrokerKind::CertmqSync => "sync",
@@ -419,6 +433,12 @@ fn import_devices(mut r: Running, n: usize) -> anyhow::Result<Running> {
     let added = store.import_devices(&recs, &audit)?;
     drop(store);
     eprintln!("imported {added} device certificates under {ca_id}");
+    restart_in_place(r)
+}
+
+/// Starts certmq again with the arguments it had, and waits until it
+/// listens.
+fn restart_in_place(mut r: Running) -> anyhow::Result<Running> {
     let mut cmd = Command::new(r.program.clone());
     cmd.args(&r.args)
         .stdout(Stdio::null())
@@ -432,6 +452,113 @@ fn import_devices(mut r: Running, n: usize) -> anyhow::Result<Running> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(r)
+}
+
+/// The policies of a `certmq-policies` run: `n - 1` policies that other
+/// clients would have (per-device topics with `${client_id}`, `+` levels
+/// with `${cert.cn}`, client-id patterns, literal subtrees), none of which
+/// decides the bench's topics, and a last one that allows `bench/#`. So
+/// every PUBLISH and SUBSCRIBE of the run is decided by an explicit policy
+/// among `n`, with `no_match` never reached.
+pub fn bench_policies(n: usize) -> Vec<serde_json::Value> {
+    let mut out: Vec<serde_json::Value> = (0..n.saturating_sub(1))
+        .map(|i| {
+            let (effect, actions, topic, clients) = match i % 4 {
+                0 => (
+                    "allow",
+                    vec!["publish", "subscribe"],
+                    format!("devices/${{client_id}}/t{i}/#"),
+                    None,
+                ),
+                1 => (
+                    "deny",
+                    vec!["publish"],
+                    format!("+/${{cert.cn}}/x{i}"),
+                    None,
+                ),
+                2 => (
+                    "allow",
+                    vec!["subscribe"],
+                    format!("bench/+/s{i}"),
+                    Some(format!("sensor-{i}-*")),
+                ),
+                _ => (
+                    "deny",
+                    vec!["publish", "subscribe"],
+                    format!("alerts/{i}/#"),
+                    None,
+                ),
+            };
+            serde_json::json!({
+                "id": format!("p{i}"), "priority": i, "effect": effect, "actions": actions,
+                "topics": [topic], "client_ids": clients.map(|c| vec![c]),
+            })
+        })
+        .collect();
+    out.push(serde_json::json!({
+        "id": "bench", "priority": n, "effect": "allow",
+        "actions": ["publish", "subscribe"], "topics": ["bench/#"],
+    }));
+    out
+}
+
+/// Stops certmq, writes [`bench_policies`] into its store, starts it again.
+fn import_policies(mut r: Running, n: usize) -> anyhow::Result<Running> {
+    use certmq_access::store::{AccessStore, PolicyRecord};
+    stop(&mut r.child);
+    let store = certmq_store::SqliteStore::open(&r._dir.0.join("data"))?;
+    for p in bench_policies(n) {
+        let id = p["id"].as_str().unwrap_or_default().to_string();
+        let rec = PolicyRecord {
+            id: id.clone(),
+            seq: 0,
+            document: p.to_string(),
+            created_at: 0,
+            updated_at: 0,
+        };
+        let audit = certmq_registry::store::AuditEntry {
+            actor: "certmq-bench".into(),
+            action: "policy.add".into(),
+            target: id,
+            before: None,
+            after: None,
+        };
+        store.insert_policy(&rec, &audit)?;
+    }
+    drop(store);
+    eprintln!("wrote {n} authorization policies");
+    restart_in_place(r)
+}
+
+/// Stops certmq, writes users `{prefix}-0` .. `{prefix}-{n-1}` with
+/// `password` (one argon2id hash, with certmq's default parameters, shared
+/// by all: checking it costs the same) into its store, starts it again.
+fn import_users(mut r: Running, prefix: &str, password: &str, n: usize) -> anyhow::Result<Running> {
+    use certmq_access::store::{AccessStore, UserRecord};
+    anyhow::ensure!(n <= 100_000, "--users: at most 100000");
+    let hash = certmq_access::hash_password(password, Default::default())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    stop(&mut r.child);
+    let store = certmq_store::SqliteStore::open(&r._dir.0.join("data"))?;
+    for k in 0..n {
+        let rec = UserRecord {
+            username: format!("{prefix}-{k}"),
+            password_hash: hash.clone(),
+            created_at: 0,
+            updated_at: 0,
+        };
+        let audit = certmq_registry::store::AuditEntry {
+            actor: "certmq-bench".into(),
+            action: "user.add".into(),
+            target: rec.username.clone(),
+            before: None,
+            after: None,
+        };
+        store.insert_user(&rec, &audit)?;
+    }
+    drop(store);
+    eprintln!("wrote {n} users");
+    restart_in_place(r)
 }
 
 /// Registers the minted CA with certmq (proof of possession through the
@@ -525,6 +652,14 @@ pub async fn run(mut args: CompareArgs) -> anyhow::Result<()> {
             let mut running = start(*kind, &args.bins, args.load.tls, tls_files.as_ref())?;
             if kind.is_certmq() && args.registered_devices > 0 {
                 running = import_devices(running, args.registered_devices)?;
+            }
+            if *kind == BrokerKind::CertmqPolicies {
+                running = import_policies(running, args.policies)?;
+            }
+            if let (true, Some(prefix), Some(pw)) =
+                (kind.is_certmq(), &args.load.username, &args.load.password)
+            {
+                running = import_users(running, prefix, pw, args.load.users.max(1))?;
             }
             if kind.is_certmq() && args.load.tls != TlsMode::None {
                 load.ca = Some(running.certmq_ca());

@@ -124,6 +124,15 @@ pub struct LoadArgs {
     /// The SNI name and the name the server certificate must carry.
     #[arg(long, default_value = "localhost")]
     server_name: String,
+    /// connect-rate: log in as users PREFIX-0 .. PREFIX-(N-1) (`--users`),
+    /// one after another, with `--password`.
+    #[arg(long, value_name = "PREFIX", requires = "password")]
+    username: Option<String>,
+    #[arg(long)]
+    password: Option<String>,
+    /// How many distinct users connect-rate cycles through.
+    #[arg(long, default_value_t = 1)]
+    users: usize,
 }
 
 impl LoadArgs {
@@ -166,6 +175,11 @@ impl LoadArgs {
             }
         };
         Ok(Options {
+            credentials: self.username.as_ref().map(|u| scenario::Credentials {
+                prefix: u.clone(),
+                password: self.password.clone().unwrap_or_default(),
+                users: self.users.max(1),
+            }),
             tls,
             tls_mode: self.tls,
             tls_resume: self.tls_resume,

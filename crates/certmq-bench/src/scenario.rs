@@ -63,6 +63,17 @@ pub struct Options {
     pub tls: Option<Arc<TlsSetup>>,
     pub tls_mode: TlsMode,
     pub tls_resume: bool,
+    /// connect-rate: user names and password to log in with.
+    pub credentials: Option<Credentials>,
+}
+
+/// Users a connect-rate run logs in as: `{prefix}-{k}`, k cycling below
+/// `users`.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub prefix: String,
+    pub password: String,
+    pub users: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -117,6 +128,8 @@ struct Shared {
     total_received: AtomicU64,
     /// The broker's peak RSS sampled during the run.
     rss_max: AtomicU64,
+    /// connect-rate logins so far (which user is next).
+    logins: AtomicU64,
 }
 
 impl Shared {
@@ -131,6 +144,7 @@ impl Shared {
             total_sent: AtomicU64::new(0),
             total_received: AtomicU64::new(0),
             rss_max: AtomicU64::new(0),
+            logins: AtomicU64::new(0),
         })
     }
 
@@ -688,9 +702,12 @@ async fn connect_rate(opts: Options) -> anyhow::Result<Report> {
                 let id = format!("cr-{w}-{i}");
                 i += 1;
                 let tls = o.tls.as_deref();
-                match Client::connect(o.addr, source(&o, w + i as usize), o.protocol, &id, 60, tls)
-                    .await
-                {
+                let login = o.credentials.as_ref().map(|c| {
+                    let k = shared.logins.fetch_add(1, Ordering::Relaxed) % c.users as u64;
+                    (format!("{}-{k}", c.prefix), c.password.clone())
+                });
+                let src = source(&o, w + i as usize);
+                match Client::connect_as(o.addr, src, o.protocol, &id, 60, tls, login).await {
                     Ok(c) => {
                         let _ = c.disconnect().await;
                         if shared.measuring.load(Ordering::Relaxed) {

@@ -64,9 +64,8 @@ fn apply(running: &mut Config, next: Config, live: &Live) {
         tracing::info!("SIGHUP: configuration unchanged");
         return;
     }
-    let (now, later): (Vec<String>, Vec<String>) = changed
-        .into_iter()
-        .partition(|k| applies_now(k));
+    let (now, later): (Vec<String>, Vec<String>) =
+        changed.into_iter().partition(|k| applies_now(k));
     let mut applied = Vec::new();
     if now.iter().any(|k| k == "log") {
         match EnvFilter::try_new(&next.log).map(|f| log.reload(f)) {

@@ -200,6 +200,10 @@ fn readme_commands_run_verbatim_on_a_fresh_copy() {
         "unbound ",
         "refused",
         "CERTIFICATE_REVOKED",
+        "added user alice",
+        "ANONYMOUS_NOT_ALLOWED",
+        "RC:135",
+        "decided by policy other-devices",
     ] {
         assert!(
             stdout.contains(expected),
