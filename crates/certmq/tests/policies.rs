@@ -452,3 +452,58 @@ fn invalid_policies_are_refused_with_the_reason() {
     assert_eq!(status, 409, "{v}");
     assert_eq!(api.call("DELETE", "/policies/nope", None).0, 404);
 }
+
+#[test]
+fn connect_policies_refuse_by_client_id_address_and_will_topic() {
+    let b = BrokerProcess::start(&[]);
+    let api = Api::of(&b);
+    for body in [
+        json!({"priority": 1, "effect": "deny", "actions": ["connect"], "client_ids": ["blocked-*"]}),
+        json!({"priority": 2, "effect": "deny", "actions": ["connect"], "source_cidrs": ["127.0.0.2/32"]}),
+        json!({"priority": 3, "effect": "deny", "actions": ["publish"], "topics": ["wills/forbidden"]}),
+    ] {
+        api.ok("POST", "/policies", Some(body));
+    }
+    let port = b.port("mqtt-tcp");
+    let publish = |extra: &[&str]| {
+        let mut args = vec!["-h", "127.0.0.1", "-p", &port, "-t", "t", "-m", "x"];
+        args.extend_from_slice(extra);
+        mosquitto_pub(&args).0
+    };
+    assert!(publish(&["-i", "fine-1"]));
+    assert!(!publish(&["-i", "blocked-1"]));
+    assert!(!publish(&["-i", "fine-2", "-A", "127.0.0.2"]));
+    assert!(!publish(&[
+        "-i",
+        "fine-3",
+        "--will-topic",
+        "wills/forbidden",
+        "--will-payload",
+        "x"
+    ]));
+    assert!(publish(&[
+        "-i",
+        "fine-4",
+        "--will-topic",
+        "wills/ok",
+        "--will-payload",
+        "x"
+    ]));
+    let reasons: Vec<String> = api
+        .rejections()
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| *r == "CONNECT_DENIED_BY_POLICY")
+            .count(),
+        2,
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r == "WILL_DENIED_BY_POLICY"),
+        "{reasons:?}"
+    );
+}
