@@ -37,6 +37,10 @@ pub struct PolicyView {
 
 type Hook = Box<dyn Fn() + Send + Sync>;
 
+/// Policies held at most: SUBSCRIBE and CONNECT scan them in order, and a
+/// change asks every live subscription again.
+pub const MAX_POLICIES: usize = 10_000;
+
 pub struct Access {
     pub users: Arc<Users>,
     jwt: Jwt,
@@ -191,6 +195,12 @@ impl Access {
     ) -> Result<PolicyView, AccessError> {
         let view = {
             let mut records = self.records.lock();
+            if records.len() >= MAX_POLICIES {
+                return Err(AccessError::invalid(
+                    "TooManyPolicies",
+                    format!("at most {MAX_POLICIES} policies; delete one first"),
+                ));
+            }
             let next = records.iter().map(|r| r.seq).max().unwrap_or(0) + 1;
             let mut n = next;
             let generated = loop {
