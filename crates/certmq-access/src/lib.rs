@@ -18,6 +18,7 @@
 
 mod authn;
 mod config;
+mod console;
 mod error;
 mod jwt;
 mod policy;
@@ -30,6 +31,7 @@ mod tests;
 
 pub use authn::{Access, PolicyView};
 pub use config::{AccessConfig, AuthenticationConfig, AuthorizationConfig, JwtConfig, NoMatch};
+pub use console::{ConsoleUserView, ConsoleUsers, Role};
 pub use error::{AccessError, ErrorKind};
 pub use jwt::Jwt;
 pub use policy::{Action, Effect, Policy, PolicyInput};

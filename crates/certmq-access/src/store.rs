@@ -35,6 +35,25 @@ pub struct PolicyRecord {
     pub updated_at: i64,
 }
 
+/// A web-console user (SPEC 12): `role` is `administrator` or `viewer`;
+/// `password_hash` an argon2id PHC string, never returned.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConsoleUserRecord {
+    pub username: String,
+    pub password_hash: String,
+    pub role: String,
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for ConsoleUserRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleUserRecord")
+            .field("username", &self.username)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
 pub trait AccessStore: Send + Sync + 'static {
     fn users(&self) -> Result<Vec<UserRecord>, StoreError>;
     /// `Exists` when the user name is taken.
@@ -49,4 +68,12 @@ pub trait AccessStore: Send + Sync + 'static {
     fn insert_policy(&self, rec: &PolicyRecord, audit: &AuditEntry) -> Result<i64, StoreError>;
     fn update_policy(&self, rec: &PolicyRecord, audit: &AuditEntry) -> Result<(), StoreError>;
     fn delete_policy(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError>;
+    fn console_users(&self) -> Result<Vec<ConsoleUserRecord>, StoreError>;
+    /// Adds or replaces (same user name) a console user.
+    fn put_console_user(
+        &self,
+        rec: &ConsoleUserRecord,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
+    fn delete_console_user(&self, username: &str, audit: &AuditEntry) -> Result<(), StoreError>;
 }

@@ -102,7 +102,7 @@ impl std::fmt::Debug for Users {
 use certmq_registry::now_unix;
 
 /// 1 to 128 characters, no control characters.
-pub fn validate_username(name: &str) -> Result<(), AccessError> {
+pub(crate) fn validate_username(name: &str) -> Result<(), AccessError> {
     if name.is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
         return Err(AccessError::invalid(
             "InvalidUsername",

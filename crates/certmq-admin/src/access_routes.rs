@@ -17,8 +17,6 @@ use crate::error::{ApiError, Kind};
 use crate::routes::{blocking, ApiJson, Items};
 use crate::AdminState;
 
-const ACTOR: &str = "admin-api";
-
 #[derive(Serialize)]
 pub struct UserDto {
     username: String,
@@ -54,7 +52,14 @@ pub async fn add_user(
     ApiJson(req): ApiJson<NewUser>,
 ) -> Result<impl IntoResponse, ApiError> {
     let users = s.access.users.clone();
-    let view = blocking(move || users.add(&req.username, &req.password, ACTOR)).await?;
+    let view = blocking(move || {
+        users.add(
+            &req.username,
+            &req.password,
+            &certmq_registry::current_actor(),
+        )
+    })
+    .await?;
     tracing::info!(username = %view.username.escape_debug(), "MQTT user added");
     Ok((StatusCode::CREATED, Json(UserDto::of(&view))))
 }
@@ -71,7 +76,10 @@ pub async fn set_password(
     ApiJson(req): ApiJson<NewPassword>,
 ) -> Result<Json<UserDto>, ApiError> {
     let users = s.access.users.clone();
-    let view = blocking(move || users.set_password(&username, &req.password, ACTOR)).await?;
+    let view = blocking(move || {
+        users.set_password(&username, &req.password, &certmq_registry::current_actor())
+    })
+    .await?;
     tracing::info!(username = %view.username.escape_debug(), "MQTT user password changed");
     Ok(Json(UserDto::of(&view)))
 }
@@ -84,7 +92,7 @@ pub async fn delete_user(
 ) -> Result<StatusCode, ApiError> {
     let users = s.access.users.clone();
     let name = username.clone();
-    blocking(move || users.delete(&name, ACTOR)).await?;
+    blocking(move || users.delete(&name, &certmq_registry::current_actor())).await?;
     let mut closed = 0;
     for c in s.control.connections() {
         if c.username.as_deref() == Some(username.as_str())
@@ -142,7 +150,8 @@ pub async fn add_policy(
     ApiJson(req): ApiJson<PolicyInput>,
 ) -> Result<impl IntoResponse, ApiError> {
     let access = s.access.clone();
-    let view = blocking(move || access.create_policy(req, ACTOR)).await?;
+    let view =
+        blocking(move || access.create_policy(req, &certmq_registry::current_actor())).await?;
     tracing::info!(id = %view.policy.id, "authorization policy added");
     Ok((StatusCode::CREATED, Json(PolicyDto::of(view))))
 }
@@ -153,7 +162,8 @@ pub async fn replace_policy(
     ApiJson(req): ApiJson<PolicyInput>,
 ) -> Result<Json<PolicyDto>, ApiError> {
     let access = s.access.clone();
-    let view = blocking(move || access.replace_policy(&id, req, ACTOR)).await?;
+    let view = blocking(move || access.replace_policy(&id, req, &certmq_registry::current_actor()))
+        .await?;
     tracing::info!(id = %view.policy.id, "authorization policy replaced");
     Ok(Json(PolicyDto::of(view)))
 }
@@ -164,7 +174,7 @@ pub async fn delete_policy(
 ) -> Result<StatusCode, ApiError> {
     let access = s.access.clone();
     let id2 = id.clone();
-    blocking(move || access.delete_policy(&id2, ACTOR)).await?;
+    blocking(move || access.delete_policy(&id2, &certmq_registry::current_actor())).await?;
     tracing::info!(%id, "authorization policy deleted");
     Ok(StatusCode::NO_CONTENT)
 }

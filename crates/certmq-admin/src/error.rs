@@ -11,6 +11,11 @@ pub enum Kind {
     BadRequest,
     /// No or wrong bearer token.
     Unauthorized,
+    /// Authenticated, but not allowed (a viewer changing something, a
+    /// console request without its CSRF token).
+    Forbidden,
+    /// Too many failed sign-ins.
+    TooManyRequests,
     NotFound,
     /// The request conflicts with the current state.
     Conflict,
@@ -42,6 +47,8 @@ impl ApiError {
         match self.kind {
             Kind::BadRequest => StatusCode::BAD_REQUEST,
             Kind::Unauthorized => StatusCode::UNAUTHORIZED,
+            Kind::Forbidden => StatusCode::FORBIDDEN,
+            Kind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             Kind::NotFound => StatusCode::NOT_FOUND,
             Kind::Conflict => StatusCode::CONFLICT,
             Kind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,

@@ -19,6 +19,7 @@
 mod access_routes;
 mod auth;
 mod ca_routes;
+pub mod console;
 pub mod dto;
 pub mod error;
 mod metrics;
@@ -51,6 +52,10 @@ pub struct AdminState {
     pub devices: Arc<Devices>,
     /// MQTT users and authorization policies.
     pub access: Arc<certmq_access::Access>,
+    /// Console users, sessions and the Overview's history.
+    pub console: Arc<console::Console>,
+    /// (protocol, address) of every listener, for the Overview.
+    pub listeners: Arc<Vec<(String, String)>>,
 }
 
 /// The handler of the operation named `id` in [`openapi::OPERATIONS`].
@@ -98,6 +103,10 @@ fn handler(id: &str) -> Option<axum::routing::MethodRouter<AdminState>> {
         "replace_policy" => put(a::replace_policy),
         "delete_policy" => delete(a::delete_policy),
         "evaluate_policies" => post(a::evaluate),
+        "list_console_users" => get(console::api::list_console_users),
+        "put_console_user" => post(console::api::put_console_user),
+        "delete_console_user" => delete(console::api::delete_console_user),
+        "overview" => get(console::api::overview),
         "metrics" => get(metrics::metrics),
         _ => return None,
     })
@@ -136,6 +145,16 @@ pub fn router(state: AdminState) -> Router {
         .method_not_allowed_fallback(routes::method_not_allowed);
     Router::new()
         .nest("/api/v1", api)
+        .route("/", axum::routing::get(console::index))
+        .route("/login", axum::routing::get(console::login_page))
+        .route(
+            "/favicon.ico",
+            axum::routing::get(|| async { axum::http::StatusCode::NO_CONTENT }),
+        )
+        .route("/assets/{name}", axum::routing::get(console::asset))
+        .route("/console/login", axum::routing::post(console::login))
+        .route("/console/logout", axum::routing::post(console::logout))
+        .route("/console/session", axum::routing::get(console::current))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -147,7 +166,24 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AdminState,
     limits: ServeLimits,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve::serve(listener, router(state), limits, shutdown).await
+    serve::serve(listener, router(state), limits, tls, shutdown).await
+}
+
+/// Samples the message counters for the console's Overview chart every
+/// [`console::SAMPLE_EVERY`], until the process ends.
+pub async fn sample_history(state: AdminState) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut tick = tokio::time::interval(console::SAMPLE_EVERY);
+    loop {
+        tick.tick().await;
+        let stats = &state.broker.stats;
+        state.console.sample(
+            certmq_registry::now_unix(),
+            stats.messages_received.load(Relaxed),
+            stats.messages_delivered.load(Relaxed),
+        );
+    }
 }

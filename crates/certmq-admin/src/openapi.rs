@@ -415,6 +415,38 @@ pub const OPERATIONS: &[Operation] = &[
         Empty,
     ),
     op(
+        "list_console_users",
+        Get,
+        "/console-users",
+        "Web-console users and their roles",
+        None,
+        J("ConsoleUserList"),
+    ),
+    op(
+        "put_console_user",
+        Post,
+        "/console-users",
+        "Add a console user, or set its password and role (its sessions end)",
+        Some("NewConsoleUser"),
+        J("ConsoleUser"),
+    ),
+    op(
+        "delete_console_user",
+        Delete,
+        "/console-users/{username}",
+        "Delete a console user (its sessions end)",
+        None,
+        Empty,
+    ),
+    op(
+        "overview",
+        Get,
+        "/overview",
+        "The console's Overview: listeners, counts, message rates of the last 10 minutes, certificates expiring within 30 days",
+        None,
+        J("Overview"),
+    ),
+    op(
         "metrics",
         Get,
         "/metrics",
@@ -595,6 +627,29 @@ fn schemas() -> Value {
 /// Users and policies.
 fn access_schemas() -> Value {
     json!({
+        "NewConsoleUser": object(&["username", "password", "role"], json!({
+            "username": string(), "password": string(),
+            "role": {"type": "string", "enum": ["administrator", "viewer"]},
+        })),
+        "ConsoleUser": object(&["username", "role", "created_at"], json!({
+            "username": string(), "role": {"type": "string", "enum": ["administrator", "viewer"]},
+            "created_at": time(),
+        })),
+        "ConsoleUserList": list_of("ConsoleUser"),
+        "Overview": object(&["listeners", "connections", "sessions", "history", "expiring_within_30_days"], json!({
+            "listeners": {"type": "array", "items": object(&["protocol", "address"], json!({"protocol": string(), "address": string()}))},
+            "connections": {"type": "integer"}, "sessions": {"type": "integer"},
+            "messages_received_total": {"type": "integer"}, "messages_delivered_total": {"type": "integer"},
+            "refusals_total": {"type": "integer"},
+            "history": {"type": "array", "items": object(&["at", "received_per_s", "delivered_per_s"], json!({
+                "at": {"type": "integer"}, "received_per_s": {"type": "number"}, "delivered_per_s": {"type": "number"}
+            }))},
+            "expiring_within_30_days": {"type": "array", "items": object(&["kind", "id", "not_after"], json!({
+                "kind": {"type": "string", "enum": ["server", "ca", "device"]}, "id": string(),
+                "name": nullable("string"), "not_after": time()
+            }))},
+            "expiring_devices": {"type": "integer"},
+        })),
         "NewUser": object(&["username", "password"], json!({"username": string(), "password": string()})),
         "NewPassword": object(&["password"], json!({"password": string()})),
         "User": object(&["username", "created_at", "updated_at"], json!({

@@ -76,8 +76,6 @@ where
     }
 }
 
-const ACTOR: &str = "admin-api";
-
 #[derive(Serialize)]
 pub struct Items<T> {
     pub items: Vec<T>,
@@ -87,11 +85,18 @@ pub async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-/// Runs a registry call (SQLite, certificate parsing) off the async workers.
+/// A client-supplied string cut for a log line.
+pub(crate) fn bounded(s: &str) -> String {
+    s.chars().take(64).flat_map(char::escape_debug).collect()
+}
+
+/// Runs a registry call (SQLite, certificate parsing) off the async
+/// workers, as the request's principal (its audit records name it).
 pub(crate) async fn blocking<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
     f: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
+    let actor = crate::auth::actor();
+    tokio::task::spawn_blocking(move || certmq_registry::with_actor(&actor, f))
         .await
         .map_err(|_| ApiError::new(Kind::Internal, "Internal", "the request task failed"))?
         .map_err(Into::into)
@@ -144,9 +149,15 @@ pub async fn bind_server_cert(
         ));
     }
     let certs = s.server_certs.clone();
-    let view =
-        blocking(move || certs.bind(req.name, &req.certificate_chain, &req.private_key, ACTOR))
-            .await?;
+    let view = blocking(move || {
+        certs.bind(
+            req.name,
+            &req.certificate_chain,
+            &req.private_key,
+            &certmq_registry::current_actor(),
+        )
+    })
+    .await?;
     tracing::info!(id = %view.id, "server certificate bound");
     Ok((StatusCode::CREATED, Json(ServerCertDto::of(&view))))
 }
@@ -157,7 +168,7 @@ pub async fn unbind_server_cert(
 ) -> Result<StatusCode, ApiError> {
     let certs = s.server_certs.clone();
     let id2 = id.clone();
-    blocking(move || certs.unbind(&id2, ACTOR)).await?;
+    blocking(move || certs.unbind(&id2, &certmq_registry::current_actor())).await?;
     tracing::info!(%id, "server certificate unbound");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -165,14 +176,16 @@ pub async fn unbind_server_cert(
 pub async fn enable_default(State(s): State<AdminState>) -> Result<Json<ServerCertDto>, ApiError> {
     let certs = s.server_certs.clone();
     Ok(Json(ServerCertDto::of(
-        &blocking(move || certs.set_default_enabled(true, ACTOR)).await?,
+        &blocking(move || certs.set_default_enabled(true, &certmq_registry::current_actor()))
+            .await?,
     )))
 }
 
 pub async fn disable_default(State(s): State<AdminState>) -> Result<Json<ServerCertDto>, ApiError> {
     let certs = s.server_certs.clone();
     Ok(Json(ServerCertDto::of(
-        &blocking(move || certs.set_default_enabled(false, ACTOR)).await?,
+        &blocking(move || certs.set_default_enabled(false, &certmq_registry::current_actor()))
+            .await?,
     )))
 }
 

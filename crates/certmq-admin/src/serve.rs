@@ -13,7 +13,6 @@ use std::time::Duration;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::{Instant, Sleep};
 
@@ -41,13 +40,18 @@ impl Default for ServeLimits {
 }
 
 /// Serves `app` on `listener` until `shutdown` completes; then lets open
-/// requests finish (up to 5 s).
+/// requests finish (up to 5 s). With `tls`, every connection is a TLS
+/// server handshake first (within the header timeout). Each request
+/// carries the peer address (`ConnectInfo`) and whether it came over TLS
+/// (`console::Https`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     limits: ServeLimits,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let (closing_tx, closing) = watch::channel(false);
     let mut shutdown = pin!(shutdown);
@@ -69,10 +73,31 @@ pub async fn serve(
             drop(stream);
             continue;
         };
-        let service = TowerToHyperService::new(app.clone());
+        let https = acceptor.is_some();
+        let app = tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut req: axum::extract::Request<_>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                req.extensions_mut()
+                    .insert(axum::Extension(crate::console::Https(https)));
+                req
+            },
+        );
+        let service = TowerToHyperService::new(app);
         let mut closing = closing.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            let stream: Box<dyn Io> = match acceptor {
+                None => Box::new(stream),
+                Some(a) => {
+                    match tokio::time::timeout(limits.header_timeout, a.accept(stream)).await {
+                        Ok(Ok(s)) => Box::new(s),
+                        _ => return,
+                    }
+                }
+            };
             let io = TokioIo::new(ReadTimeout::new(stream, limits.read_timeout));
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
@@ -95,15 +120,19 @@ pub async fn serve(
     Ok(())
 }
 
+/// A plain or TLS admin connection.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 /// A stream whose pending reads fail after `limit` without progress.
 struct ReadTimeout {
-    inner: TcpStream,
+    inner: Box<dyn Io>,
     limit: Duration,
     sleep: Pin<Box<Sleep>>,
 }
 
 impl ReadTimeout {
-    fn new(inner: TcpStream, limit: Duration) -> Self {
+    fn new(inner: Box<dyn Io>, limit: Duration) -> Self {
         Self {
             inner,
             limit,

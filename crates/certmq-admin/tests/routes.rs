@@ -13,7 +13,8 @@ use tower::ServiceExt;
 fn state(dir: &std::path::Path) -> AdminState {
     let sqlite = Arc::new(certmq_store::SqliteStore::open(dir).unwrap());
     let store: Arc<dyn certmq_registry::store::Store> = sqlite.clone();
-    let access = certmq_access::Access::load(sqlite, &Default::default()).unwrap();
+    let access = certmq_access::Access::load(sqlite.clone(), &Default::default()).unwrap();
+    let console_users = certmq_access::ConsoleUsers::load(sqlite, Default::default()).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -44,6 +45,8 @@ fn state(dir: &std::path::Path) -> AdminState {
         control,
         devices,
         access,
+        console: certmq_admin::console::Console::new(console_users),
+        listeners: Arc::new(Vec::new()),
     }
 }
 

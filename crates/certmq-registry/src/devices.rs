@@ -113,7 +113,7 @@ fn audit(
     after: Option<serde_json::Value>,
 ) -> AuditEntry {
     AuditEntry {
-        actor: "admin-api".into(),
+        actor: crate::current_actor(),
         action: action.into(),
         target: target.into(),
         before,
@@ -817,9 +817,13 @@ impl Devices {
         // One conditional step in the store, and the snapshot changed under
         // the same lock: concurrent transitions land in the store's order.
         let g = self.update.lock();
-        let (_, after) =
-            self.store
-                .transition_device(id, status, now_unix(), "admin-api", action)?;
+        let (_, after) = self.store.transition_device(
+            id,
+            status,
+            now_unix(),
+            &crate::current_actor(),
+            action,
+        )?;
         let kick = self.apply_locked(&g, Change::DeviceStored(after.clone()))?;
         drop(g);
         self.run(kick);

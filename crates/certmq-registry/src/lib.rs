@@ -26,3 +26,23 @@ pub use devices::{Change, Devices, RegistryConfig};
 pub use error::{ErrorKind, RegistryError};
 pub use ids::{CaId, CertId};
 pub use server_certs::{now_unix, rfc3339, ServerCert, ServerCerts, DEFAULT_ID};
+
+thread_local! {
+    static ACTOR: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with `actor` as the principal its audit records name (the
+/// admin API sets it per request: `admin-api`, `console:<user>`).
+pub fn with_actor<T>(actor: &str, f: impl FnOnce() -> T) -> T {
+    let previous = ACTOR.with(|a| a.replace(Some(actor.to_owned())));
+    let out = f();
+    ACTOR.with(|a| *a.borrow_mut() = previous);
+    out
+}
+
+/// The principal of the current registry call (`admin-api` by default).
+pub fn current_actor() -> String {
+    ACTOR
+        .with(|a| a.borrow().clone())
+        .unwrap_or_else(|| "admin-api".to_string())
+}

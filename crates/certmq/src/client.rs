@@ -61,6 +61,12 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: access::UserCommand,
     },
+    /// Web-console users (administrator or viewer).
+    #[command(name = "console-user")]
+    ConsoleUser {
+        #[command(subcommand)]
+        command: access::ConsoleUserCommand,
+    },
     /// Authorization policies: who may connect, publish and subscribe to what.
     Policy {
         #[command(subcommand)]
@@ -588,6 +594,7 @@ pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
         ClientCommand::Device { command } => device(&api, command, &out)?,
         ClientCommand::User { command } => access::user(&api, command, &out)?,
         ClientCommand::Policy { command } => access::policy(&api, command, &out)?,
+        ClientCommand::ConsoleUser { command } => access::console_user(&api, command, &out)?,
         ClientCommand::Rejections { limit } => {
             let v = api.op(
                 "list_connection_rejections",

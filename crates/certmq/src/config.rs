@@ -52,6 +52,10 @@ pub struct AdminSection {
     pub header_timeout_secs: u64,
     /// Seconds a pending read (a slow body) may wait without progress.
     pub read_timeout_secs: u64,
+    /// The admin API and console over HTTPS (the MQTT/TLS server
+    /// certificates and SNI); off unless set.
+    pub tls_enabled: bool,
+    pub tls_addr: SocketAddr,
 }
 
 impl AdminSection {
@@ -73,6 +77,8 @@ impl Default for AdminSection {
             max_connections: 256,
             header_timeout_secs: 10,
             read_timeout_secs: 30,
+            tls_enabled: false,
+            tls_addr: SocketAddr::from(([127, 0, 0, 1], 18084)),
         }
     }
 }
@@ -273,8 +279,9 @@ impl ListenAddr {
 }
 
 impl AdminSection {
-    pub fn apply(&mut self, flag: Option<&ListenAddr>) {
+    pub fn apply(&mut self, flag: Option<&ListenAddr>, tls: Option<&ListenAddr>) {
         ListenAddr::apply_to(flag, &mut self.enabled, &mut self.addr);
+        ListenAddr::apply_to(tls, &mut self.tls_enabled, &mut self.tls_addr);
     }
 }
 

@@ -81,6 +81,10 @@ struct ServeArgs {
     /// Admin HTTP API address, or `off` (default 127.0.0.1:18083).
     #[arg(long, env = "CERTMQ_LISTEN_ADMIN", value_name = "ADDR")]
     listen_admin: Option<ListenAddr>,
+    /// Admin API and console over HTTPS (the MQTT/TLS server certificates,
+    /// chosen by SNI), or `off` (the default).
+    #[arg(long, env = "CERTMQ_LISTEN_ADMIN_TLS", value_name = "ADDR")]
+    listen_admin_tls: Option<ListenAddr>,
     /// Log filter, as RUST_LOG (default `info`; reloaded on SIGHUP from the
     /// config file when not given here).
     #[arg(long, env = "CERTMQ_LOG")]
@@ -123,7 +127,9 @@ fn resolve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     config.listeners.tls.apply(args.listen_tls.as_ref());
     config.listeners.ws.apply(args.listen_ws.as_ref());
     config.listeners.wss.apply(args.listen_wss.as_ref());
-    config.admin.apply(args.listen_admin.as_ref());
+    config
+        .admin
+        .apply(args.listen_admin.as_ref(), args.listen_admin_tls.as_ref());
     if let Some(a) = args.tls_client_auth {
         config.listeners.tls.client_auth = Some(a);
     }
@@ -190,7 +196,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     let store: Arc<dyn certmq_registry::store::Store> = sqlite.clone();
     let access = certmq_access::Access::load(
-        sqlite,
+        sqlite.clone(),
         &certmq_access::AccessConfig {
             authentication: config.authentication.clone(),
             authorization: config.authorization.clone(),
@@ -278,9 +284,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             config.registry.clone(),
         )
         .map_err(|e| anyhow::anyhow!("cannot load the device registry: {}", e.message))?;
+        let provider = certmq_pki::provider();
+        // The admin listener over HTTPS: the same certificates and SNI as
+        // MQTT/TLS, no client certificates.
+        let admin_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .context("TLS configuration of the admin listener")?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver.clone());
+        let admin_tls = Arc::new(admin_tls);
         let tls = certmq_net::TlsContext {
             resolver,
-            provider: certmq_pki::provider(),
+            provider,
             registry,
             authorizer: devices.clone(),
         };
@@ -310,6 +325,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         } else {
             None
         };
+        let admin_tls_listener = if config.admin.tls_enabled {
+            let l = tokio::net::TcpListener::bind(config.admin.tls_addr)
+                .await
+                .with_context(|| {
+                    format!("cannot listen on {} (admin-https)", config.admin.tls_addr)
+                })?;
+            Some(l)
+        } else {
+            None
+        };
         if let Some(store) = &state {
             if store.mode() == certmq_store::PersistenceMode::Sync {
                 server.set_sync_acks(certmq_net::SyncAcks {
@@ -331,31 +356,48 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         };
         let admin_limits = config.admin.limits();
-        let admin = match admin_listener {
-            Some(l) => {
-                if let Ok(addr) = l.local_addr() {
-                    tracing::info!("listening protocol=admin-http addr={addr}");
-                }
-                let state = certmq_admin::AdminState {
-                    token: token.into(),
-                    server_certs,
-                    broker,
-                    control,
-                    devices,
-                    access,
-                };
-                let stop = stopped(stop_rx.clone());
-                Some(tokio::spawn(certmq_admin::serve(
-                    l,
-                    state,
-                    admin_limits,
-                    stop,
-                )))
+        let mut listeners: Vec<(String, String)> = server
+            .local_addrs()
+            .iter()
+            .map(|l| (l.protocol.name().to_string(), l.addr.to_string()))
+            .collect();
+        for (name, l) in [("admin-http", &admin_listener), ("admin-https", &admin_tls_listener)] {
+            if let Some(addr) = l.as_ref().and_then(|l| l.local_addr().ok()) {
+                tracing::info!("listening protocol={name} addr={addr}");
+                listeners.push((name.to_string(), addr.to_string()));
             }
-            None => None,
+        }
+        let console_users = certmq_access::ConsoleUsers::load(
+            sqlite,
+            config.authentication.password_hash,
+        )
+        .map_err(|e| anyhow::anyhow!("cannot load console users: {}", e.message))?;
+        let admin_state = certmq_admin::AdminState {
+            token: token.into(),
+            server_certs,
+            broker,
+            control,
+            devices,
+            access,
+            console: certmq_admin::console::Console::new(console_users),
+            listeners: Arc::new(listeners),
         };
+        tokio::spawn(certmq_admin::sample_history(admin_state.clone()));
+        let mut admin = Vec::new();
+        for (l, tls) in [(admin_listener, None), (admin_tls_listener, Some(admin_tls))] {
+            if let Some(l) = l {
+                let stop = stopped(stop_rx.clone());
+                admin.push(tokio::spawn(certmq_admin::serve(
+                    l,
+                    admin_state.clone(),
+                    admin_limits,
+                    tls,
+                    stop,
+                )));
+            }
+        }
         server.run(stopped(stop_rx)).await;
-        if let Some(a) = admin {
+        for a in admin {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), a).await;
         }
         if let Some(store) = state {

@@ -1,7 +1,7 @@
 //! Users and policies (`certmq-access`) in the registry's database, each
 //! write in one transaction with its audit record.
 
-use certmq_access::store::{AccessStore, PolicyRecord, UserRecord};
+use certmq_access::store::{AccessStore, ConsoleUserRecord, PolicyRecord, UserRecord};
 use certmq_registry::store::{AuditEntry, StoreError};
 use rusqlite::params;
 
@@ -121,7 +121,61 @@ impl Db {
     }
 }
 
+impl Db {
+    fn console_users(&self) -> Result<Vec<ConsoleUserRecord>, Error> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare(
+            "SELECT username, password_hash, role, created_at FROM console_users ORDER BY username",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ConsoleUserRecord {
+                username: r.get(0)?,
+                password_hash: r.get(1)?,
+                role: r.get(2)?,
+                created_at: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn put_console_user(&self, rec: &ConsoleUserRecord, audit: &AuditEntry) -> Result<(), Error> {
+        self.write(audit, |tx| {
+            tx.execute(
+                "INSERT INTO console_users (username, password_hash, role, created_at)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(username) DO UPDATE SET password_hash = excluded.password_hash,
+                 role = excluded.role",
+                params![rec.username, rec.password_hash, rec.role, rec.created_at],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn delete_console_user(&self, username: &str, audit: &AuditEntry) -> Result<(), Error> {
+        self.write(audit, |tx| {
+            let n = tx.execute("DELETE FROM console_users WHERE username = ?1", [username])?;
+            if n == 0 {
+                return fail(StoreError::NotFound(format!("console user {username}")));
+            }
+            Ok(())
+        })
+    }
+}
+
 impl AccessStore for SqliteStore {
+    fn console_users(&self) -> Result<Vec<ConsoleUserRecord>, StoreError> {
+        Ok(self.0.console_users()?)
+    }
+    fn put_console_user(
+        &self,
+        rec: &ConsoleUserRecord,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        Ok(self.0.put_console_user(rec, audit)?)
+    }
+    fn delete_console_user(&self, username: &str, audit: &AuditEntry) -> Result<(), StoreError> {
+        Ok(self.0.delete_console_user(username, audit)?)
+    }
     fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
         Ok(self.0.users()?)
     }

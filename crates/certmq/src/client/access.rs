@@ -29,6 +29,23 @@ pub enum UserCommand {
 }
 
 #[derive(Subcommand)]
+pub enum ConsoleUserCommand {
+    /// Add a web-console user, or set its password and role; the password
+    /// is read from stdin or a prompt.
+    Add {
+        username: String,
+        /// administrator (everything) or viewer (read only).
+        #[arg(long, value_parser = ["administrator", "viewer"])]
+        role: String,
+    },
+    List,
+    /// Delete a console user (its sessions end).
+    Delete {
+        username: String,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum PolicyCommand {
     /// Add a policy, from a JSON file (`--file`, `-` for stdin) or flags.
     Add(Box<PolicyArgs>),
@@ -247,6 +264,42 @@ pub(super) fn user(api: &Api, cmd: UserCommand, out: &Out<'_>) -> anyhow::Result
             )?;
             out(&v, &|v| {
                 println!("password of {} changed", s(&v["username"]))
+            });
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn console_user(
+    api: &Api,
+    cmd: ConsoleUserCommand,
+    out: &Out<'_>,
+) -> anyhow::Result<()> {
+    match cmd {
+        ConsoleUserCommand::Add { username, role } => {
+            let password = read_password("Password: ")?;
+            let body = json!({"username": username, "password": password, "role": role});
+            let v = api.op("put_console_user", &[], &[], Some(body))?;
+            out(&v, &|v| {
+                println!("console user {} ({})", s(&v["username"]), s(&v["role"]))
+            });
+        }
+        ConsoleUserCommand::List => {
+            let v = api.op("list_console_users", &[], &[], None)?;
+            out(&v, &|v| {
+                table(
+                    &["USERNAME", "ROLE", "CREATED"],
+                    items(v)
+                        .iter()
+                        .map(|u| vec![s(&u["username"]), s(&u["role"]), s(&u["created_at"])])
+                        .collect(),
+                )
+            });
+        }
+        ConsoleUserCommand::Delete { username } => {
+            api.op("delete_console_user", &[("username", &username)], &[], None)?;
+            out(&json!({"deleted": username}), &|_| {
+                println!("deleted console user {username}")
             });
         }
     }
