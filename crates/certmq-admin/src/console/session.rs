@@ -53,8 +53,11 @@ pub struct Console {
     pub users: Arc<ConsoleUsers>,
     sessions: Mutex<HashMap<String, Session>>,
     failures: Mutex<HashMap<String, VecDeque<Instant>>>,
-    history: Mutex<(VecDeque<Sample>, Option<(Instant, u64, u64)>)>,
+    history: Mutex<History>,
 }
+
+/// The samples, and the counters last read (when, received, delivered).
+type History = (VecDeque<Sample>, Option<(Instant, u64, u64)>);
 
 fn random_hex() -> Option<String> {
     certmq_pki::random_hex(32).ok()
