@@ -79,8 +79,7 @@ pub async fn serve(
             move |mut req: axum::extract::Request<_>| {
                 req.extensions_mut()
                     .insert(axum::extract::ConnectInfo(peer));
-                req.extensions_mut()
-                    .insert(axum::Extension(crate::console::Https(https)));
+                req.extensions_mut().insert(crate::console::Https(https));
                 req
             },
         );

@@ -18,10 +18,12 @@ use crate::error::{ApiError, Kind};
 pub const COOKIE: &str = "certmq_session";
 /// A session unused this long ends.
 pub const IDLE: Duration = Duration::from_secs(30 * 60);
-/// Failed sign-ins allowed per address and per user name within
+/// Failed sign-ins allowed per user name, and per address, within
 /// [`FAILURE_WINDOW`]; the next ones are refused (429) until the oldest
-/// failure leaves the window.
+/// failure leaves the window. An address gets more (several people may
+/// share one).
 pub const MAX_FAILURES: usize = 5;
+pub const MAX_FAILURES_PER_ADDRESS: usize = 20;
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(5 * 60);
 /// Samples of the message counters kept for the Overview chart (one every
 /// [`SAMPLE_EVERY`]: 10 minutes).
@@ -133,7 +135,12 @@ impl Console {
                 {
                     q.pop_front();
                 }
-                if q.len() >= MAX_FAILURES {
+                let max = if k.starts_with("ip:") {
+                    MAX_FAILURES_PER_ADDRESS
+                } else {
+                    MAX_FAILURES
+                };
+                if q.len() >= max {
                     let left = q
                         .front()
                         .map(|t| FAILURE_WINDOW.saturating_sub(now.duration_since(*t)))
@@ -154,7 +161,7 @@ impl Console {
         for k in keys {
             let q = f.entry(k.clone()).or_default();
             q.push_back(now);
-            while q.len() > MAX_FAILURES {
+            while q.len() > MAX_FAILURES_PER_ADDRESS {
                 q.pop_front();
             }
         }
