@@ -204,6 +204,7 @@ fn readme_commands_run_verbatim_on_a_fresh_copy() {
         "ANONYMOUS_NOT_ALLOWED",
         "RC:135",
         "decided by policy other-devices",
+        "console user admin (administrator)",
     ] {
         assert!(
             stdout.contains(expected),
