@@ -55,7 +55,9 @@ pub struct ConsoleUsers {
     snapshot: ArcSwap<HashMap<String, (String, Role, i64)>>,
     params: HashParams,
     gate: tokio::sync::Semaphore,
-    dummy: String,
+    /// The hash an unknown user name is checked against (made at the first
+    /// such sign-in, not at start-up).
+    dummy: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for ConsoleUsers {
@@ -73,7 +75,7 @@ impl ConsoleUsers {
             snapshot: ArcSwap::from_pointee(HashMap::new()),
             params,
             gate: tokio::sync::Semaphore::new(1),
-            dummy: hash_password("certmq-console-dummy", params)?,
+            dummy: std::sync::OnceLock::new(),
         });
         users.reload()?;
         Ok(users)
@@ -181,11 +183,23 @@ impl ConsoleUsers {
     /// The role of `username` when `password` is right.
     pub async fn verify(&self, username: &str, password: &str) -> Option<Role> {
         let found = self.snapshot.load().get(username).cloned();
+        let _permit = self.gate.acquire().await.ok()?;
         let (hash, role) = match &found {
             Some((h, r, _)) => (h.clone(), Some(*r)),
-            None => (self.dummy.clone(), None),
+            None => match self.dummy.get() {
+                Some(d) => (d.clone(), None),
+                None => {
+                    let params = self.params;
+                    let made = tokio::task::spawn_blocking(move || {
+                        hash_password("certmq-console-dummy", params).ok()
+                    })
+                    .await
+                    .ok()
+                    .flatten()?;
+                    (self.dummy.get_or_init(|| made).clone(), None)
+                }
+            },
         };
-        let _permit = self.gate.acquire().await.ok()?;
         let pw = password.as_bytes().to_vec();
         let ok = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash)

@@ -343,6 +343,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 });
             }
         }
+        let console_users = certmq_access::ConsoleUsers::load(
+            sqlite,
+            config.authentication.password_hash,
+        )
+        .map_err(|e| anyhow::anyhow!("cannot load console users: {}", e.message))?;
         for l in server.local_addrs() {
             tracing::info!("listening protocol={} addr={}", l.protocol.name(), l.addr);
         }
@@ -367,11 +372,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 listeners.push((name.to_string(), addr.to_string()));
             }
         }
-        let console_users = certmq_access::ConsoleUsers::load(
-            sqlite,
-            config.authentication.password_hash,
-        )
-        .map_err(|e| anyhow::anyhow!("cannot load console users: {}", e.message))?;
         let admin_state = certmq_admin::AdminState {
             token: token.into(),
             server_certs,
