@@ -381,4 +381,12 @@ impl certmq_core::Authorizer for Access {
     fn deny_action(&self) -> DenyAction {
         self.set.load().deny_action()
     }
+
+    /// An explicit `connect` allow that names client ids lets its clients
+    /// take a session another identity holds under that client id (the
+    /// `no_match` default never does).
+    fn may_take_over(&self, client: &ClientFacts) -> bool {
+        let d = self.set.load().decide_connect(client);
+        d.allow && d.policy.as_ref().is_some_and(|p| p.client_ids.is_some())
+    }
 }

@@ -77,4 +77,10 @@ pub trait Authorizer: Send + Sync + std::fmt::Debug + 'static {
     fn deny_action(&self) -> DenyAction {
         DenyAction::Ignore
     }
+    /// Whether this client may take over (or resume) a session that
+    /// another identity holds under its client id (SPEC 2: refused unless
+    /// a policy allows it). Default: never.
+    fn may_take_over(&self, _client: &ClientFacts) -> bool {
+        false
+    }
 }

@@ -260,9 +260,13 @@ impl Broker {
             let resumed = match existing {
                 Some(entry) => {
                     let mut state = entry.state.lock();
-                    if !state.ended && state.identity.as_ref() != Some(&ctx.identity) {
+                    if !state.ended
+                        && state.identity.as_ref() != Some(&ctx.identity)
+                        && !self.authorizer().is_some_and(|a| a.may_take_over(&facts))
+                    {
                         // Neither a takeover nor a resume (nor a clean
-                        // start that would discard it) by someone else.
+                        // start that would discard it) by someone else,
+                        // unless a policy lets this client take it.
                         return Err(ConnectRefused::ClientIdInUseByAnotherIdentity);
                     }
                     if state.owner != 0 {

@@ -79,3 +79,46 @@ fn another_identity_can_neither_take_over_nor_resume_nor_discard() {
         .connect(connect("dev", false), &as_(cert("b")), later)
         .is_ok());
 }
+
+/// Lets clients whose id starts with `gateway-` take sessions over.
+#[derive(Debug)]
+struct Handover;
+
+impl Authorizer for Handover {
+    fn may_connect(&self, _: &ClientFacts) -> bool {
+        true
+    }
+    fn may_publish(&self, _: &ClientFacts, _: &str, _: QoS, _: bool) -> bool {
+        true
+    }
+    fn may_subscribe(&self, _: &ClientFacts, _: &str, _: QoS) -> SubscribeVerdict {
+        SubscribeVerdict::Allow
+    }
+    fn may_read(&self, _: &ClientFacts, _: &str) -> bool {
+        true
+    }
+    fn may_take_over(&self, c: &ClientFacts) -> bool {
+        c.client_id.starts_with("gateway-")
+    }
+}
+
+#[test]
+fn a_policy_can_let_another_identity_take_a_session_over() {
+    let b = Broker::new(BrokerConfig::default());
+    assert!(b.set_authorizer(std::sync::Arc::new(Handover)));
+    let t0 = Time::from_unix_millis(1_700_000_000_000);
+    let first = b
+        .connect(connect("gateway-1", false), &as_(cert("a")), t0)
+        .unwrap();
+    let second = b
+        .connect(connect("gateway-1", false), &as_(cert("b")), t0)
+        .unwrap();
+    assert!(second.owns_session() && !first.owns_session());
+    let _other = b
+        .connect(connect("dev", false), &as_(cert("a")), t0)
+        .unwrap();
+    assert_eq!(
+        b.connect(connect("dev", false), &as_(cert("b")), t0).err(),
+        Some(ConnectRefused::ClientIdInUseByAnotherIdentity)
+    );
+}
