@@ -507,3 +507,49 @@ fn connect_policies_refuse_by_client_id_address_and_will_topic() {
         "{reasons:?}"
     );
 }
+
+#[test]
+fn a_connect_policy_naming_client_ids_lets_another_identity_take_a_session_over() {
+    let b = BrokerProcess::start(&[]);
+    let api = Api::of(&b);
+    api.ok(
+        "POST",
+        "/users",
+        Some(json!({"username": "installer", "password": "installer-pass-1"})),
+    );
+    let port = b.port("mqtt-tcp");
+    let publish = |extra: &[&str]| {
+        let mut args = vec![
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "t",
+            "-m",
+            "x",
+            "-i",
+            "gateway-7",
+            "-c",
+            "-q",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        mosquitto_pub(&args).0
+    };
+    // The installer's persistent session holds the client id.
+    assert!(publish(&["-u", "installer", "-P", "installer-pass-1"]));
+    assert!(
+        !publish(&[]),
+        "an anonymous client took another identity's session"
+    );
+    api.ok(
+        "POST",
+        "/policies",
+        Some(json!({"priority": 1, "effect": "allow", "actions": ["connect"], "client_ids": ["gateway-*"]})),
+    );
+    assert!(
+        publish(&[]),
+        "the policy lets the anonymous gateway take the session over"
+    );
+}
