@@ -3,9 +3,16 @@
 //! on NATS to exactly the filters its local sessions hold and NATS's own
 //! matching delivers each publish to the nodes that want it.
 //!
-//! What it does not do yet: connect to NATS or PostgreSQL (the forwarder,
-//! cluster-wide client ids and the PostgreSQL store come next).
+//! [`bridge`] is the core's `Forwarder` over NATS core: publishes cross to
+//! the nodes whose sessions subscribe to them, exactly once per node.
+//!
+//! What it does not do yet: PostgreSQL (the shared registry and durable
+//! state), cluster-wide client ids, shared subscriptions and retained
+//! messages across nodes.
 
 #![forbid(unsafe_code)]
 
+pub mod bridge;
 pub mod subject;
+
+pub use bridge::{connect, Bridge, BridgeError, BridgeStats};

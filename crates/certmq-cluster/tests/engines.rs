@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../../certmq/tests/components/mod.rs"]
 mod components;
 
 use components::{Nats, Postgres};

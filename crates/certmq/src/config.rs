@@ -33,6 +33,22 @@ pub struct Config {
     /// `[authorization]`: `no_match` and `deny_action` (policies themselves
     /// live in the data directory, managed through the API).
     pub authorization: certmq_access::AuthorizationConfig,
+    pub cluster: ClusterSection,
+}
+
+/// `[cluster]`: joining other nodes (SPEC 13). Unset: a single node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// This node's name in the cluster (required to join one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// NATS URL, for publishes between nodes (`nats://127.0.0.1:4222`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats: Option<String>,
+    /// PostgreSQL URL, for the shared registry and state (not yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -163,6 +179,7 @@ impl Default for Config {
             persistence: certmq_store::PersistenceConfig::default(),
             authentication: certmq_access::AuthenticationConfig::default(),
             authorization: certmq_access::AuthorizationConfig::default(),
+            cluster: ClusterSection::default(),
         }
     }
 }
@@ -380,6 +397,25 @@ impl Config {
             .password_hash
             .validate()
             .map_err(|e| anyhow::anyhow!(e))?;
+        let c = &self.cluster;
+        if c.postgres.is_some() {
+            bail!("cluster.postgres (--cluster-postgres): the shared PostgreSQL store is not implemented yet; a cluster runs with --cluster-nats (routing between nodes) only for now");
+        }
+        if c.nats.is_some() {
+            match &c.node_id {
+                None => bail!("cluster.nats needs cluster.node_id (--node-id NAME)"),
+                Some(id)
+                    if id.is_empty()
+                        || id.len() > 64
+                        || !id
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+                {
+                    bail!("cluster.node_id: 1 to 64 letters, digits, '-' or '_'")
+                }
+                _ => {}
+            }
+        }
         if !(1..=60_000).contains(&self.persistence.flush_interval_ms) {
             bail!("persistence.flush_interval_ms must be between 1 and 60000");
         }

@@ -89,6 +89,15 @@ struct ServeArgs {
     /// config file when not given here).
     #[arg(long, env = "CERTMQ_LOG")]
     log: Option<String>,
+    /// This node's name in a cluster.
+    #[arg(long, env = "CERTMQ_NODE_ID", value_name = "NAME")]
+    node_id: Option<String>,
+    /// NATS URL: route publishes between the nodes of a cluster.
+    #[arg(long, env = "CERTMQ_CLUSTER_NATS", value_name = "URL")]
+    cluster_nats: Option<String>,
+    /// PostgreSQL URL: the cluster's shared registry and state (not yet).
+    #[arg(long, env = "CERTMQ_CLUSTER_POSTGRES", value_name = "URL")]
+    cluster_postgres: Option<String>,
     /// What survives a restart: off, async (default: committed every
     /// flush_interval_ms) or sync (acknowledged only once on disk).
     #[arg(long, env = "CERTMQ_PERSISTENCE", value_name = "MODE", value_parser = ["off", "async", "sync"])]
@@ -135,6 +144,15 @@ fn resolve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(a) = args.wss_client_auth {
         config.listeners.wss.client_auth = Some(a);
+    }
+    if let Some(v) = &args.node_id {
+        config.cluster.node_id = Some(v.clone());
+    }
+    if let Some(v) = &args.cluster_nats {
+        config.cluster.nats = Some(v.clone());
+    }
+    if let Some(v) = &args.cluster_postgres {
+        config.cluster.postgres = Some(v.clone());
     }
     if let Some(a) = args.allow_anonymous {
         config.authentication.allow_anonymous = Some(a);
@@ -231,6 +249,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let shutdown = shutdown_signal()?;
         let broker = certmq_core::Broker::new(config.broker_config());
         broker.set_authorizer(access.clone());
+        // The cluster bridge first: restored subscriptions are routes too.
+        if let (Some(url), Some(node)) = (&config.cluster.nats, &config.cluster.node_id) {
+            let bridge =
+                certmq_cluster::connect(url, node, broker.clone(), certmq_net::clock::now)
+                    .await?;
+            broker.set_forwarder(bridge);
+            tracing::info!(node = %node, "joined the cluster's NATS routing");
+        }
         {
             // A policy change reaches live subscriptions before the API answers.
             let broker = broker.clone();

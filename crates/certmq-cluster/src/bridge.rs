@@ -1,0 +1,301 @@
+//! The NATS bridge: the core's `cluster` seam ([`certmq_core::Forwarder`])
+//! over NATS core (SPEC 13, first part: routing between nodes).
+//!
+//! A message published on this node goes to NATS on its topic's subject
+//! ([`crate::subject`]) with its QoS, retain flag, remaining expiry and
+//! application properties in headers. This node subscribes on NATS to the
+//! subjects of the filters its sessions hold (the core reports the first
+//! subscriber of a filter and the last one leaving), so a message crosses
+//! to a node only when someone there wants it. A message from NATS is
+//! routed to the local sessions only (`Broker::route`, never forwarded
+//! again), the connection is `no_echo` (a node never hears itself), and a
+//! message matched by several of this node's subscriptions (NATS delivers
+//! it once per subscription) is routed once, by its id.
+//!
+//! The seam's calls must not block (they run under the trie lock): they
+//! queue commands for one task that owns the NATS client.
+//!
+//! Not yet: shared subscriptions across nodes (they stay per node), and
+//! retained messages across nodes (a retained message is kept on the node
+//! it was published on).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use certmq_codec::{Properties, QoS};
+use certmq_core::{Broker, Message, Time};
+
+use crate::subject::{filter_subjects, subject_topic, topic_subject};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error("cannot connect to NATS at {url}: {reason}")]
+    Connect { url: String, reason: String },
+}
+
+enum Command {
+    Publish(Arc<Message>),
+    Add(String),
+    Remove(String),
+}
+
+/// The `Forwarder` the broker holds.
+pub struct Bridge {
+    node: Arc<str>,
+    tx: mpsc::UnboundedSender<Command>,
+    /// Messages forwarded, received from NATS, and dropped as duplicates.
+    pub stats: Arc<BridgeStats>,
+}
+
+#[derive(Debug, Default)]
+pub struct BridgeStats {
+    pub forwarded: AtomicU64,
+    pub received: AtomicU64,
+    pub duplicates: AtomicU64,
+}
+
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bridge").field("node", &self.node).finish()
+    }
+}
+
+impl certmq_core::Forwarder for Bridge {
+    fn forward(&self, message: &Arc<Message>) {
+        let _ = self.tx.send(Command::Publish(message.clone()));
+    }
+    fn route_added(&self, filter: &str) {
+        let _ = self.tx.send(Command::Add(filter.to_owned()));
+    }
+    fn route_removed(&self, filter: &str) {
+        let _ = self.tx.send(Command::Remove(filter.to_owned()));
+    }
+}
+
+const H_QOS: &str = "certmq-qos";
+const H_RETAIN: &str = "certmq-retain";
+const H_EXPIRY: &str = "certmq-expiry";
+const H_ID: &str = "certmq-id";
+const H_CONTENT_TYPE: &str = "certmq-content-type";
+const H_RESPONSE_TOPIC: &str = "certmq-response-topic";
+const H_CORRELATION: &str = "certmq-correlation";
+const H_PFI: &str = "certmq-pfi";
+const H_USER: &str = "certmq-user";
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect()
+}
+
+/// Connects to NATS and starts the bridge task; install the result with
+/// `Broker::set_forwarder`. Call inside the runtime.
+pub async fn connect(
+    url: &str,
+    node: &str,
+    broker: Arc<Broker>,
+    now: fn() -> Time,
+) -> Result<Arc<Bridge>, BridgeError> {
+    let client = async_nats::ConnectOptions::new()
+        .no_echo()
+        .name(format!("certmq-{node}"))
+        .retry_on_initial_connect()
+        .connect(url)
+        .await
+        .map_err(|e| BridgeError::Connect {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let stats = Arc::new(BridgeStats::default());
+    let node: Arc<str> = node.into();
+    tokio::spawn(run(client, rx, broker, node.clone(), stats.clone(), now));
+    Ok(Arc::new(Bridge { node, tx, stats }))
+}
+
+/// Message ids routed lately (a message matched by several subscriptions
+/// of this node arrives once per subscription).
+struct Seen {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Seen {
+    fn first(&mut self, id: &str) -> bool {
+        if self.set.contains(id) {
+            return false;
+        }
+        if self.order.len() >= 16_384 {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.set.insert(id.to_owned());
+        self.order.push_back(id.to_owned());
+        true
+    }
+}
+
+async fn run(
+    client: async_nats::Client,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+    broker: Arc<Broker>,
+    node: Arc<str>,
+    stats: Arc<BridgeStats>,
+    now: fn() -> Time,
+) {
+    let seq = AtomicU64::new(0);
+    let seen = Arc::new(parking_lot::Mutex::new(Seen {
+        set: HashSet::new(),
+        order: VecDeque::new(),
+    }));
+    let mut subs: HashMap<String, Vec<tokio::task::JoinHandle<()>>> = HashMap::new();
+    while let Some(cmd) = rx.recv().await {
+        match cmd {
+            Command::Publish(m) => {
+                let id = format!("{node}:{}", seq.fetch_add(1, Ordering::Relaxed));
+                let (subject, headers) = encode(&m, &id, now());
+                match client
+                    .publish_with_headers(subject, headers, m.payload.clone())
+                    .await
+                {
+                    Ok(()) => {
+                        stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cluster: publish to NATS failed"),
+                }
+            }
+            Command::Add(filter) => {
+                if filter.starts_with("$share/") || subs.contains_key(&filter) {
+                    continue;
+                }
+                let mut tasks = Vec::new();
+                for subject in filter_subjects(&filter) {
+                    match client.subscribe(subject.clone()).await {
+                        Ok(mut sub) => {
+                            let broker = broker.clone();
+                            let seen = seen.clone();
+                            let stats = stats.clone();
+                            tasks.push(tokio::spawn(async move {
+                                while let Some(msg) = sub.next().await {
+                                    let Some(m) = decode(&msg, now()) else {
+                                        continue;
+                                    };
+                                    let id = msg
+                                        .headers
+                                        .as_ref()
+                                        .and_then(|h| h.get(H_ID))
+                                        .map(|v| v.as_str().to_owned())
+                                        .unwrap_or_default();
+                                    if !id.is_empty() && !seen.lock().first(&id) {
+                                        stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                                        continue;
+                                    }
+                                    stats.received.fetch_add(1, Ordering::Relaxed);
+                                    broker.route(&Arc::new(m), now());
+                                }
+                            }));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, %subject, "cluster: NATS subscribe failed")
+                        }
+                    }
+                }
+                subs.insert(filter, tasks);
+            }
+            Command::Remove(filter) => {
+                // Dropping a subscription's stream unsubscribes it.
+                for t in subs.remove(&filter).into_iter().flatten() {
+                    t.abort();
+                }
+            }
+        }
+    }
+}
+
+fn encode(m: &Message, id: &str, now: Time) -> (String, HeaderMap) {
+    let mut h = HeaderMap::new();
+    h.insert(H_ID, id);
+    h.insert(H_QOS, (m.qos as u8).to_string().as_str());
+    if m.retain {
+        h.insert(H_RETAIN, "1");
+    }
+    if let Some(left) = m.remaining_expiry(now) {
+        h.insert(H_EXPIRY, left.to_string().as_str());
+    }
+    let p = &m.properties;
+    if let Some(v) = &p.content_type {
+        h.insert(H_CONTENT_TYPE, hex(v.as_bytes()).as_str());
+    }
+    if let Some(v) = &p.response_topic {
+        h.insert(H_RESPONSE_TOPIC, hex(v.as_bytes()).as_str());
+    }
+    if let Some(v) = &p.correlation_data {
+        h.insert(H_CORRELATION, hex(v).as_str());
+    }
+    if let Some(v) = p.payload_format_indicator {
+        h.insert(H_PFI, v.to_string().as_str());
+    }
+    for (k, v) in &p.user_properties {
+        h.append(
+            H_USER,
+            format!("{}.{}", hex(k.as_bytes()), hex(v.as_bytes())).as_str(),
+        );
+    }
+    (topic_subject(&m.topic), h)
+}
+
+fn decode(msg: &async_nats::Message, now: Time) -> Option<Message> {
+    let topic = subject_topic(msg.subject.as_str())?;
+    let h = msg.headers.as_ref();
+    let get = |k: &str| h.and_then(|h| h.get(k)).map(|v| v.as_str().to_owned());
+    let text = |k: &str| {
+        get(k)
+            .and_then(|v| unhex(&v))
+            .and_then(|b| String::from_utf8(b).ok())
+    };
+    let qos = get(H_QOS)
+        .and_then(|q| q.parse::<u8>().ok())
+        .and_then(QoS::from_u8)
+        .unwrap_or(QoS::AtMostOnce);
+    let mut props = Properties {
+        content_type: text(H_CONTENT_TYPE),
+        response_topic: text(H_RESPONSE_TOPIC),
+        correlation_data: get(H_CORRELATION).and_then(|v| unhex(&v)).map(Bytes::from),
+        payload_format_indicator: get(H_PFI).and_then(|v| v.parse().ok()),
+        message_expiry_interval: get(H_EXPIRY).and_then(|v| v.parse().ok()),
+        ..Properties::default()
+    };
+    if let Some(h) = h {
+        for v in h.get_all(H_USER) {
+            let Some((k, val)) = v.as_str().split_once('.') else {
+                continue;
+            };
+            if let (Some(k), Some(val)) = (unhex(k), unhex(val)) {
+                if let (Ok(k), Ok(val)) = (String::from_utf8(k), String::from_utf8(val)) {
+                    props.user_properties.push((k, val));
+                }
+            }
+        }
+    }
+    Some(certmq_core::message_from(
+        topic.into(),
+        msg.payload.clone(),
+        qos,
+        get(H_RETAIN).is_some(),
+        &props,
+        None,
+        now,
+    ))
+}
