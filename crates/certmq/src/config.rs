@@ -476,6 +476,11 @@ impl Config {
                     "[authentication]" => out.push_str(
                         "# allow_anonymous = true  # unset: per listener (loopback only); as --allow-anonymous\n",
                     ),
+                    "[cluster]" => out.push_str(
+                        "# node_id = \"node-1\"  # this node's name; required with nats\n\
+                         # nats = \"nats://127.0.0.1:4222\"  # route publishes between nodes (unset: one node)\n\
+                         # postgres = \"postgres://...\"  # the shared registry and state (not implemented yet)\n",
+                    ),
                     "[authentication.jwt]" => out.push_str(
                         "# secret_file = \"/etc/certmq/jwt.secret\"  # HS256 secret (32 bytes or more); or secret = \"...\"\n\
                          # issuer = \"https://issuer.example\"  # unset: iss not checked\n\
