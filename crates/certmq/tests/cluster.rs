@@ -102,9 +102,14 @@ fn a_publish_crosses_to_every_node_with_subscribers_exactly_once() {
     pub_on(&a, "plant/line1/temp", "21.5");
     pub_on(&b, "plant/line2/pressure", "1.2");
     let wait = Duration::from_secs(2);
-    let b_lines = access_helpers::lines_for(&rx_b, wait);
-    let c_lines = access_helpers::lines_for(&rx_c, Duration::from_millis(200));
-    let a_lines = access_helpers::lines_for(&rx_a, Duration::from_millis(200));
+    // Two publishers on two nodes: no order between their messages.
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let b_lines = sorted(access_helpers::lines_for(&rx_b, wait));
+    let c_lines = sorted(access_helpers::lines_for(&rx_c, Duration::from_millis(200)));
+    let a_lines = sorted(access_helpers::lines_for(&rx_a, Duration::from_millis(200)));
     // Node b's subscriber: three of its filters match the first message,
     // one the second; each arrives once.
     assert_eq!(
