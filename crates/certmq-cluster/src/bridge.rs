@@ -15,6 +15,12 @@
 //! The seam's calls must not block (they run under the trie lock): they
 //! queue commands for one task that owns the NATS client.
 //!
+//! Publishes wait for NATS in a bounded queue ([`QUEUE`]); while NATS is
+//! away and the queue is full, further publishes are not forwarded
+//! (counted in [`BridgeStats::dropped`], the first of each run logged):
+//! local subscribers still get them, and the node's memory stays bounded.
+//! Route changes are never dropped (there are as many as filters).
+//!
 //! Not yet: shared subscriptions across nodes (they stay per node), and
 //! retained messages across nodes (a retained message is kept on the node
 //! it was published on).
@@ -45,10 +51,16 @@ enum Command {
     Remove(String),
 }
 
+/// Publishes waiting for NATS, at most.
+pub const QUEUE: usize = 65_536;
+
 /// The `Forwarder` the broker holds.
 pub struct Bridge {
     node: Arc<str>,
-    tx: mpsc::UnboundedSender<Command>,
+    publishes: mpsc::Sender<Command>,
+    routes: mpsc::UnboundedSender<Command>,
+    /// Set while publishes are being dropped (to log the first only).
+    dropping: std::sync::atomic::AtomicBool,
     /// Messages forwarded, received from NATS, and dropped as duplicates.
     pub stats: Arc<BridgeStats>,
 }
@@ -58,6 +70,8 @@ pub struct BridgeStats {
     pub forwarded: AtomicU64,
     pub received: AtomicU64,
     pub duplicates: AtomicU64,
+    /// Publishes not forwarded because the queue to NATS was full.
+    pub dropped: AtomicU64,
 }
 
 impl std::fmt::Debug for Bridge {
@@ -68,13 +82,28 @@ impl std::fmt::Debug for Bridge {
 
 impl certmq_core::Forwarder for Bridge {
     fn forward(&self, message: &Arc<Message>) {
-        let _ = self.tx.send(Command::Publish(message.clone()));
+        match self.publishes.try_send(Command::Publish(message.clone())) {
+            Ok(()) => {
+                if self.dropping.swap(false, Ordering::Relaxed) {
+                    tracing::info!("cluster: forwarding to NATS again");
+                }
+            }
+            Err(_) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                if !self.dropping.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        queue = QUEUE,
+                        "cluster: the queue to NATS is full; publishes are not forwarded to other nodes until it drains"
+                    );
+                }
+            }
+        }
     }
     fn route_added(&self, filter: &str) {
-        let _ = self.tx.send(Command::Add(filter.to_owned()));
+        let _ = self.routes.send(Command::Add(filter.to_owned()));
     }
     fn route_removed(&self, filter: &str) {
-        let _ = self.tx.send(Command::Remove(filter.to_owned()));
+        let _ = self.routes.send(Command::Remove(filter.to_owned()));
     }
 }
 
@@ -117,11 +146,25 @@ pub async fn connect(
             url: url.to_owned(),
             reason: e.to_string(),
         })?;
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (publishes, publish_rx) = mpsc::channel(QUEUE);
+    let (routes, route_rx) = mpsc::unbounded_channel();
     let stats = Arc::new(BridgeStats::default());
     let node: Arc<str> = node.into();
-    tokio::spawn(run(client, rx, broker, node.clone(), stats.clone(), now));
-    Ok(Arc::new(Bridge { node, tx, stats }))
+    tokio::spawn(run(
+        client,
+        (publish_rx, route_rx),
+        broker,
+        node.clone(),
+        stats.clone(),
+        now,
+    ));
+    Ok(Arc::new(Bridge {
+        node,
+        publishes,
+        routes,
+        dropping: std::sync::atomic::AtomicBool::new(false),
+        stats,
+    }))
 }
 
 /// Message ids routed lately (a message matched by several subscriptions
@@ -149,7 +192,7 @@ impl Seen {
 
 async fn run(
     client: async_nats::Client,
-    mut rx: mpsc::UnboundedReceiver<Command>,
+    (mut publish_rx, mut route_rx): (mpsc::Receiver<Command>, mpsc::UnboundedReceiver<Command>),
     broker: Arc<Broker>,
     node: Arc<str>,
     stats: Arc<BridgeStats>,
@@ -161,7 +204,15 @@ async fn run(
         order: VecDeque::new(),
     }));
     let mut subs: HashMap<String, Vec<tokio::task::JoinHandle<()>>> = HashMap::new();
-    while let Some(cmd) = rx.recv().await {
+    loop {
+        // Route changes first: a subscription is in place before the
+        // publishes that follow it.
+        let cmd = tokio::select! {
+            biased;
+            c = route_rx.recv() => c,
+            c = publish_rx.recv() => c,
+        };
+        let Some(cmd) = cmd else { break };
         match cmd {
             Command::Publish(m) => {
                 let id = format!("{node}:{}", seq.fetch_add(1, Ordering::Relaxed));
