@@ -16,7 +16,7 @@ use certmq_registry::store::AuditEntry;
 
 use crate::error::{AccessError, ErrorKind};
 use crate::store::{AccessStore, ConsoleUserRecord};
-use crate::users::{hash_password, validate_username, HashParams};
+use crate::users::{hash_password, validate_password, validate_username, HashParams};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -125,12 +125,7 @@ impl ConsoleUsers {
         actor: &str,
     ) -> Result<ConsoleUserView, AccessError> {
         validate_username(username)?;
-        if password.len() < 8 || password.len() > 1024 {
-            return Err(AccessError::invalid(
-                "InvalidPassword",
-                "password: 8 to 1024 bytes",
-            ));
-        }
+        validate_password(password)?;
         let created_at = self
             .snapshot
             .load()

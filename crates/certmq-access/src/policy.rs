@@ -454,27 +454,9 @@ impl Cidr {
 /// `$`-topic rule: a filter starting with a wildcard matches no topic that
 /// starts with `$`.
 pub(crate) mod filters {
-    fn dollar_blocked(wild: &str, other: &str, i: usize) -> bool {
-        i == 0 && (wild == "+" || wild == "#") && other.starts_with('$')
-    }
-
-    /// Whether the filter `f` matches the topic name `t`.
-    pub(crate) fn matches(f: &str, t: &str) -> bool {
-        let fl: Vec<&str> = f.split('/').collect();
-        let tl: Vec<&str> = t.split('/').collect();
-        let mut i = 0;
-        loop {
-            match (fl.get(i), tl.get(i)) {
-                (Some(&"#"), Some(t)) => return !dollar_blocked("#", t, i),
-                (Some(&"#"), None) => return true,
-                (None, None) => return true,
-                (Some(&"+"), Some(t)) if !dollar_blocked("+", t, i) => {}
-                (Some(f), Some(t)) if f == t && *f != "+" => {}
-                _ => return false,
-            }
-            i += 1;
-        }
-    }
+    /// Whether the filter `f` matches the topic name `t`: the core's
+    /// matcher, `$` rule included.
+    pub(crate) use certmq_core::topic::matches;
 
     /// Whether every topic the filter `s` matches is matched by `f`.
     pub(crate) fn covers(f: &str, s: &str) -> bool {

@@ -112,7 +112,7 @@ pub(crate) fn validate_username(name: &str) -> Result<(), AccessError> {
     Ok(())
 }
 
-fn validate_password(password: &str) -> Result<(), AccessError> {
+pub(crate) fn validate_password(password: &str) -> Result<(), AccessError> {
     if password.len() < 8 || password.len() > 1024 {
         return Err(AccessError::invalid(
             "InvalidPassword",
