@@ -142,6 +142,14 @@ impl Access {
         self.rebuild(&records)
     }
 
+    /// Reads every policy again and applies them to live sessions (a
+    /// change another node made).
+    pub fn reload_policies_and_apply(&self) -> Result<(), AccessError> {
+        self.reload_policies()?;
+        self.changed();
+        Ok(())
+    }
+
     /// Applies new `[authorization]` settings (SIGHUP). Returns whether
     /// they changed.
     pub fn set_authorization(&self, config: AuthorizationConfig) -> Result<bool, AccessError> {

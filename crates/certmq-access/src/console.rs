@@ -81,7 +81,8 @@ impl ConsoleUsers {
         Ok(users)
     }
 
-    fn reload(&self) -> Result<(), AccessError> {
+    /// Reads every console user from the store again.
+    pub fn reload(&self) -> Result<(), AccessError> {
         let mut map = HashMap::new();
         for r in self.store.console_users()? {
             let role = Role::parse(&r.role).ok_or_else(|| {

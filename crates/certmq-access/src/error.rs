@@ -11,8 +11,10 @@ pub enum ErrorKind {
     NotFound,
     /// It exists already (409).
     Exists,
-    /// The store failed (500/503).
+    /// The store failed (500).
     Store,
+    /// The shared store cannot be reached now (503).
+    Unavailable,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +50,9 @@ impl From<StoreError> for AccessError {
             ),
             StoreError::NotFound(what) => {
                 Self::new(ErrorKind::NotFound, "NotFound", format!("{what} not found"))
+            }
+            StoreError::Unavailable(m) => {
+                Self::new(ErrorKind::Unavailable, "RegistryUnavailable", m)
             }
             other => Self::new(ErrorKind::Store, "StorageError", other.to_string()),
         }

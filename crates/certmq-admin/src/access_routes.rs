@@ -285,6 +285,7 @@ impl From<certmq_access::AccessError> for ApiError {
             E::NotFound => Kind::NotFound,
             E::Exists => Kind::Conflict,
             E::Store => Kind::Internal,
+            E::Unavailable => Kind::Unavailable,
         };
         ApiError::new(kind, e.code, e.message)
     }

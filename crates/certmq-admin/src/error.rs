@@ -23,6 +23,8 @@ pub enum Kind {
     Invalid,
     TooLarge,
     MethodNotAllowed,
+    /// A store the request needs cannot be reached now (503).
+    Unavailable,
     /// Our fault.
     Internal,
 }
@@ -55,6 +57,7 @@ impl ApiError {
             Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -82,6 +85,7 @@ impl From<certmq_registry::RegistryError> for ApiError {
             E::Conflict => Kind::Conflict,
             E::Invalid => Kind::Invalid,
             E::Internal => Kind::Internal,
+            E::Unavailable => Kind::Unavailable,
         };
         ApiError::new(kind, e.code, e.message)
     }

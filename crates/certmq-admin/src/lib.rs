@@ -19,6 +19,7 @@
 mod access_routes;
 mod auth;
 mod ca_routes;
+pub mod cluster;
 pub mod console;
 pub mod dto;
 pub mod error;
@@ -56,6 +57,12 @@ pub struct AdminState {
     pub console: Arc<console::Console>,
     /// (protocol, address) of every listener, for the Overview.
     pub listeners: Arc<Vec<(String, String)>>,
+    /// This node's id (`--node-id`; the host name's stand-in `local` for
+    /// a node on its own) and start time (unix seconds).
+    pub node_id: Arc<str>,
+    pub started_at: i64,
+    /// The other nodes (SPEC 13); [`cluster::SingleNode`] on its own.
+    pub cluster: Arc<dyn cluster::ClusterView>,
 }
 
 /// The handler of the operation named `id` in [`openapi::OPERATIONS`].
@@ -107,6 +114,7 @@ fn handler(id: &str) -> Option<axum::routing::MethodRouter<AdminState>> {
         "put_console_user" => post(console::api::put_console_user),
         "delete_console_user" => delete(console::api::delete_console_user),
         "overview" => get(console::api::overview),
+        "list_cluster_nodes" => get(cluster::list_nodes),
         "metrics" => get(metrics::metrics),
         _ => return None,
     })

@@ -293,6 +293,19 @@ pub async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
             .into_iter()
             .map(|(st, n)| (vec![("status", st.to_string())], n as f64)),
     );
+    // The cluster's links (SPEC 13), one family per name.
+    let mut cluster = s.cluster.metrics();
+    cluster.sort_by_key(|c| c.name);
+    for group in cluster.chunk_by(|a, b| a.name == b.name) {
+        if let Some(first) = group.first() {
+            m.family(
+                first.name,
+                first.kind,
+                first.help,
+                group.iter().map(|c| (c.labels.clone(), c.value)),
+            );
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -316,6 +316,14 @@ pub const OPERATIONS: &[Operation] = &[
         J("ConnectionList"),
     ),
     op(
+        "list_cluster_nodes",
+        Get,
+        "/cluster/nodes",
+        "The nodes of the cluster: id, addresses, health, connections",
+        None,
+        J("NodeList"),
+    ),
+    op(
         "kick_connection",
         Delete,
         "/connections/{client_id}",
@@ -749,6 +757,15 @@ fn certificate_schemas() -> Value {
             "username": nullable("string"),
         })),
         "ConnectionList": list_of("Connection"),
+        "Node": object(&["id", "this", "health", "addresses", "connections", "started_at", "last_seen"], json!({
+            "id": string(), "this": {"type": "boolean"},
+            "health": {"type": "string", "enum": ["up", "down"]},
+            "addresses": {"type": "array", "items": object(&["protocol", "address"], json!({
+                "protocol": string(), "address": string()
+            }))},
+            "connections": {"type": "integer"}, "started_at": time(), "last_seen": time(),
+        })),
+        "NodeList": list_of("Node"),
         "Rejection": object(&["at", "reason", "listener", "peer_address"], json!({
             "at": time(), "reason": string(), "listener": string(), "peer_address": string(),
             "client_id": nullable("string"), "certificate_id": nullable("string"),

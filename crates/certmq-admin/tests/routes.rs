@@ -47,6 +47,9 @@ fn state(dir: &std::path::Path) -> AdminState {
         access,
         console: certmq_admin::console::Console::new(console_users),
         listeners: Arc::new(Vec::new()),
+        node_id: "local".into(),
+        started_at: 0,
+        cluster: Arc::new(certmq_admin::cluster::SingleNode),
     }
 }
 

@@ -63,6 +63,19 @@ pub struct Bridge {
     dropping: std::sync::atomic::AtomicBool,
     /// Messages forwarded, received from NATS, and dropped as duplicates.
     pub stats: Arc<BridgeStats>,
+    client: async_nats::Client,
+}
+
+impl Bridge {
+    /// Whether the NATS connection is up now.
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
 }
 
 #[derive(Debug, Default)]
@@ -151,7 +164,7 @@ pub async fn connect(
     let stats = Arc::new(BridgeStats::default());
     let node: Arc<str> = node.into();
     tokio::spawn(run(
-        client,
+        client.clone(),
         (publish_rx, route_rx),
         broker,
         node.clone(),
@@ -164,6 +177,7 @@ pub async fn connect(
         routes,
         dropping: std::sync::atomic::AtomicBool::new(false),
         stats,
+        client,
     }))
 }
 

@@ -13,6 +13,8 @@
 #![forbid(unsafe_code)]
 
 pub mod bridge;
+pub mod follow;
 pub mod subject;
 
 pub use bridge::{connect, Bridge, BridgeError, BridgeStats};
+pub use follow::{follow, FollowStats, Targets};

@@ -57,6 +57,9 @@ pub enum Change {
     DeviceStored(DeviceRecord),
     /// A device record was deleted (a revoked one stays revoked).
     DeviceRemoved(DeviceRecord),
+    /// A device record with this id was deleted elsewhere (its record is
+    /// gone from the store): the snapshot is rebuilt from the store.
+    DeviceGone { id: String },
 }
 
 /// Connections a change closes.
@@ -380,7 +383,63 @@ impl Devices {
                 self.patch_locked(held, &rec, false);
                 Kick::Device(rec.id)
             }
+            Change::DeviceGone { id } => {
+                self.reload_locked(held)?;
+                Kick::Device(id)
+            }
         })
+    }
+
+    /// Rebuilds the snapshot from the store and closes the live
+    /// connections it no longer admits: a device stored with a status other
+    /// than ACTIVE or revoked, a CA that is not ACTIVE or gone, and a device
+    /// record gone for more than `grace_secs` after the connection began
+    /// (a device provisioned at its first connection is stored just after
+    /// it). For a node that may have missed changes (SPEC 13 catch-up).
+    /// Returns how many connections closed.
+    pub fn reload_and_enforce(&self, now: i64, grace_secs: i64) -> Result<usize, RegistryError> {
+        let g = self.update.lock();
+        self.reload_locked(&g)?;
+        let devices: HashMap<String, DeviceRecord> = self
+            .store
+            .all_devices()?
+            .into_iter()
+            .map(|d| (d.id.clone(), d))
+            .collect();
+        let snapshot = self.snapshot.load_full();
+        drop(g);
+        let mut n = 0;
+        for c in self.control.connections() {
+            let Some(cert) = c.certificate_id.as_deref() else {
+                continue;
+            };
+            let ca_ok = c.ca_id.as_deref().is_none_or(|ca| {
+                snapshot
+                    .ca(ca)
+                    .is_some_and(|e| e.status == CaStatus::Active)
+            });
+            let device_ok = match devices.get(cert) {
+                Some(d) => {
+                    d.status == DeviceStatus::Active
+                        && !snapshot.is_revoked(&d.signed_id, &d.issuer_key, &d.serial)
+                }
+                None => now - c.connected_at < grace_secs,
+            };
+            if !(ca_ok && device_ok)
+                && self
+                    .control
+                    .kick(&c.client_id, ReasonCode::ADMINISTRATIVE_ACTION)
+            {
+                n += 1;
+            }
+        }
+        if n > 0 {
+            tracing::info!(
+                connections = n,
+                "live connections closed after reading the registry again"
+            );
+        }
+        Ok(n)
     }
 
     fn run(&self, kick: Kick) {

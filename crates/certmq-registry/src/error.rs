@@ -15,6 +15,8 @@ pub enum ErrorKind {
     Invalid,
     /// Ours: storage failed.
     Internal,
+    /// The shared store cannot be reached now (503): try again later.
+    Unavailable,
 }
 
 /// A refused or failed registry operation.
@@ -59,6 +61,9 @@ impl From<crate::store::StoreError> for RegistryError {
             }
             E::SerialInUse(_) => {
                 RegistryError::new(ErrorKind::Conflict, "CertificateSerialInUse", e.to_string())
+            }
+            E::Unavailable(_) => {
+                RegistryError::new(ErrorKind::Unavailable, "RegistryUnavailable", e.to_string())
             }
             _ => {
                 tracing::error!(error = %e, "store failure");

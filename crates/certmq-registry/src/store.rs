@@ -130,6 +130,10 @@ pub enum StoreError {
     /// The storage engine failed (I/O, a full disk, a locked database).
     #[error("storage error: {0}")]
     Backend(String),
+    /// The shared store cannot be reached (a cluster's PostgreSQL is down
+    /// or cut off): nothing was written.
+    #[error("{0}")]
+    Unavailable(String),
     /// A stored value does not parse (a status no certmq writes).
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),

@@ -14,8 +14,10 @@
 
 #![forbid(unsafe_code)]
 
+mod postgres;
 mod sqlite;
 mod state;
 
+pub use postgres::{ChangeNote, Heard, NodeRecord, PgStore};
 pub use sqlite::SqliteStore;
 pub use state::{LoadReport, PersistenceConfig, PersistenceMode, StateError, StateStore};

@@ -46,7 +46,8 @@ pub struct ClusterSection {
     /// NATS URL, for publishes between nodes (`nats://127.0.0.1:4222`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nats: Option<String>,
-    /// PostgreSQL URL, for the shared registry and state (not yet).
+    /// PostgreSQL URL: the registry the nodes share
+    /// (`postgres://user:password@host:port/db` or `host=... user=...`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub postgres: Option<String>,
 }
@@ -398,12 +399,11 @@ impl Config {
             .validate()
             .map_err(|e| anyhow::anyhow!(e))?;
         let c = &self.cluster;
-        if c.postgres.is_some() {
-            bail!("cluster.postgres (--cluster-postgres): the shared PostgreSQL store is not implemented yet; a cluster runs with --cluster-nats (routing between nodes) only for now");
-        }
-        if c.nats.is_some() {
+        if c.nats.is_some() || c.postgres.is_some() {
             match &c.node_id {
-                None => bail!("cluster.nats needs cluster.node_id (--node-id NAME)"),
+                None => {
+                    bail!("cluster.nats and cluster.postgres need cluster.node_id (--node-id NAME)")
+                }
                 Some(id)
                     if id.is_empty()
                         || id.len() > 64
@@ -479,7 +479,7 @@ impl Config {
                     "[cluster]" => out.push_str(
                         "# node_id = \"node-1\"  # this node's name; required with nats\n\
                          # nats = \"nats://127.0.0.1:4222\"  # route publishes between nodes (unset: one node)\n\
-                         # postgres = \"postgres://...\"  # the shared registry and state (not implemented yet)\n",
+                         # postgres = \"postgres://certmq@127.0.0.1:5432/certmq\"  # the registry the nodes share (unset: certmq.db here)\n",
                     ),
                     "[authentication.jwt]" => out.push_str(
                         "# secret_file = \"/etc/certmq/jwt.secret\"  # HS256 secret (32 bytes or more); or secret = \"...\"\n\

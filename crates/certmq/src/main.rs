@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 mod client;
+mod cluster;
 mod config;
 mod lock;
 mod reload;
@@ -209,12 +210,36 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(t) => t.clone(),
         None => tls::load_or_create_token(&config.data_dir)?,
     };
-    let sqlite = Arc::new(
-        certmq_store::SqliteStore::open(&config.data_dir).context("cannot open the registry")?,
-    );
-    let store: Arc<dyn certmq_registry::store::Store> = sqlite.clone();
+    // The registry: the cluster's PostgreSQL, or certmq.db in the data
+    // directory. The change version is read before anything is loaded, so
+    // following from it misses nothing.
+    let shared = match (&config.cluster.postgres, &config.cluster.node_id) {
+        (Some(url), Some(node)) => {
+            let pg = certmq_store::PgStore::open(url, node)
+                .context("cannot open the cluster's PostgreSQL store")?;
+            let version = pg
+                .version()
+                .context("cannot read the cluster's PostgreSQL store")?;
+            tracing::info!(node = %node, version, "joined the cluster's shared registry (PostgreSQL)");
+            Some((pg, version))
+        }
+        _ => None,
+    };
+    let (store, access_store): (
+        Arc<dyn certmq_registry::store::Store>,
+        Arc<dyn certmq_access::store::AccessStore>,
+    ) = match &shared {
+        Some((pg, _)) => (pg.clone(), pg.clone()),
+        None => {
+            let sqlite = Arc::new(
+                certmq_store::SqliteStore::open(&config.data_dir)
+                    .context("cannot open the registry")?,
+            );
+            (sqlite.clone(), sqlite)
+        }
+    };
     let access = certmq_access::Access::load(
-        sqlite.clone(),
+        access_store.clone(),
         &certmq_access::AccessConfig {
             authentication: config.authentication.clone(),
             authorization: config.authorization.clone(),
@@ -247,16 +272,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // Handlers first: a script that reads the `listening` lines may send
         // SIGTERM at once, and must get a clean shutdown, not the default kill.
         let shutdown = shutdown_signal()?;
+        let started_at = certmq_registry::now_unix();
         let broker = certmq_core::Broker::new(config.broker_config());
         broker.set_authorizer(access.clone());
         // The cluster bridge first: restored subscriptions are routes too.
-        if let (Some(url), Some(node)) = (&config.cluster.nats, &config.cluster.node_id) {
-            let bridge =
-                certmq_cluster::connect(url, node, broker.clone(), certmq_net::clock::now)
-                    .await?;
-            broker.set_forwarder(bridge);
-            tracing::info!(node = %node, "joined the cluster's NATS routing");
-        }
+        let bridge = match (&config.cluster.nats, &config.cluster.node_id) {
+            (Some(url), Some(node)) => {
+                let bridge =
+                    certmq_cluster::connect(url, node, broker.clone(), certmq_net::clock::now)
+                        .await?;
+                broker.set_forwarder(bridge.clone());
+                tracing::info!(node = %node, "joined the cluster's NATS routing");
+                Some(bridge)
+            }
+            _ => None,
+        };
         {
             // A policy change reaches live subscriptions before the API answers.
             let broker = broker.clone();
@@ -370,10 +400,31 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
         let console_users = certmq_access::ConsoleUsers::load(
-            sqlite,
+            access_store,
             config.authentication.password_hash,
         )
         .map_err(|e| anyhow::anyhow!("cannot load console users: {}", e.message))?;
+        // Changes other nodes make reach this node's snapshots and
+        // connections.
+        let follow_stats = match &shared {
+            Some((pg, version)) => Some(
+                certmq_cluster::follow(
+                    pg,
+                    *version,
+                    certmq_cluster::Targets {
+                        store: store.clone(),
+                        devices: devices.clone(),
+                        server_certs: server_certs.clone(),
+                        access: access.clone(),
+                        console_users: console_users.clone(),
+                        control: control.clone(),
+                        now: certmq_registry::now_unix,
+                    },
+                )
+                .context("cannot follow the shared registry")?,
+            ),
+            None => None,
+        };
         for l in server.local_addrs() {
             tracing::info!("listening protocol={} addr={}", l.protocol.name(), l.addr);
         }
@@ -398,6 +449,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 listeners.push((name.to_string(), addr.to_string()));
             }
         }
+        let listeners = Arc::new(listeners);
         let admin_state = certmq_admin::AdminState {
             token: token.into(),
             server_certs,
@@ -406,8 +458,28 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             devices,
             access,
             console: certmq_admin::console::Console::new(console_users),
-            listeners: Arc::new(listeners),
+            listeners: listeners.clone(),
+            node_id: config
+                .cluster
+                .node_id
+                .clone()
+                .unwrap_or_else(|| "local".to_string())
+                .into(),
+            started_at,
+            cluster: Arc::new(cluster::Cluster {
+                pg: shared.as_ref().map(|(pg, _)| pg.clone()),
+                follow: follow_stats,
+                bridge,
+            }),
         };
+        if let Some((pg, _)) = &shared {
+            tokio::spawn(cluster::heartbeat(
+                pg.clone(),
+                started_at,
+                listeners,
+                admin_state.control.clone(),
+            ));
+        }
         tokio::spawn(certmq_admin::sample_history(admin_state.clone()));
         let mut admin = Vec::new();
         for (l, tls) in [(admin_listener, None), (admin_tls_listener, Some(admin_tls))] {
@@ -425,6 +497,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         server.run(stopped(stop_rx)).await;
         for a in admin {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), a).await;
+        }
+        if let Some((pg, _)) = shared {
+            // Left on purpose: no longer listed (a node that died is listed
+            // as down).
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Err(e) = pg.leave() {
+                    tracing::warn!(error = %e, "could not leave the cluster's node list");
+                }
+            })
+            .await;
         }
         if let Some(store) = state {
             // Every connection closed: what they changed is written last.

@@ -66,7 +66,7 @@ fn is_root() -> bool {
 pub struct Postgres {
     pub port: u16,
     dir: PathBuf,
-    pid: u32,
+    pid: std::sync::Mutex<u32>,
 }
 
 impl Postgres {
@@ -98,14 +98,27 @@ impl Postgres {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = free_port();
+        let pg = Postgres {
+            port: free_port(),
+            dir,
+            pid: std::sync::Mutex::new(0),
+        };
+        pg.launch();
+        pg
+    }
+
+    /// `pg_ctl start` on the data directory and port; records the
+    /// postmaster's PID.
+    fn launch(&self) {
+        let data = self.dir.join("data");
         let opts = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
-            dir.display()
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            self.port,
+            self.dir.display()
         );
-        let log = dir.join("pg.log");
+        let log = self.dir.join("pg.log");
         let out = run_as_postgres(
-            &bin.join("pg_ctl"),
+            &pg_bin().join("pg_ctl"),
             &[
                 "-D",
                 data.to_str().unwrap(),
@@ -131,7 +144,24 @@ impl Postgres {
             .trim()
             .parse()
             .unwrap();
-        Postgres { port, dir, pid }
+        *self.pid.lock().unwrap() = pid;
+    }
+
+    /// Stops the server (fast shutdown, by its PID), keeping its data.
+    pub fn stop(&self) {
+        let pid = *self.pid.lock().unwrap();
+        let _ = Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn restart(&self) {
+        self.launch();
     }
 
     pub fn url(&self) -> String {
@@ -152,13 +182,7 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         // The postmaster by its PID: SIGINT is PostgreSQL's fast shutdown.
-        let _ = Command::new("kill")
-            .args(["-INT", &self.pid.to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Path::new(&format!("/proc/{}", self.pid)).exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,0 +1,402 @@
+//! Three nodes sharing one registry in PostgreSQL (SPEC 13): a change made
+//! through any node takes effect on every node within a second, live
+//! connections included; limits hold for the cluster; losing PostgreSQL
+//! refuses changes with a clear error while clients are still served, and
+//! a node catches up on what it missed. PostgreSQL and nats-server are
+//! started by the test on free loopback ports and stopped by their PIDs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+mod components;
+mod device_helpers;
+mod tls_client;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use components::{Nats, Postgres};
+use device_helpers::*;
+use serde_json::{json, Value};
+
+fn node(pg: &Postgres, nats: &Nats, id: &str, extra: &[&str]) -> BrokerProcess {
+    let (pg, nats) = (pg.url(), nats.url());
+    let mut args = vec![
+        "--node-id",
+        id,
+        "--cluster-postgres",
+        &pg,
+        "--cluster-nats",
+        &nats,
+    ];
+    args.extend_from_slice(extra);
+    BrokerProcess::start(&args)
+}
+
+/// Waits (bounded) until `f` holds; returns how long it took.
+fn within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    t0.elapsed()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn registry_changes_made_on_one_node_take_effect_on_every_node_within_a_second() {
+    let pg = Postgres::start();
+    let nats = Nats::start();
+    let n1 = node(&pg, &nats, "n1", &[]);
+    let n2 = node(&pg, &nats, "n2", &[]);
+    let n3 = node(&pg, &nats, "n3", &[]);
+    let (a1, a2, a3) = (Api::of(&n1), Api::of(&n2), Api::of(&n3));
+
+    // Every node lists the three.
+    within(Duration::from_secs(10), "three nodes listed", || {
+        let v = a2.ok("GET", "/cluster/nodes", None);
+        let items = v["items"].as_array().unwrap();
+        items.len() == 3 && items.iter().all(|n| n["health"] == "up")
+    });
+    let v = a3.ok("GET", "/cluster/nodes", None);
+    let ids: Vec<&str> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["n1", "n2", "n3"]);
+    let n1_view = &v["items"][0];
+    assert_eq!(n1_view["this"], false);
+    assert!(n1_view["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["protocol"] == "mqtt-tls" && a["address"] == n1.addr("mqtt-tls").to_string()));
+
+    // A CA registered through node 1's CLI.
+    let work = TempDir::new("cluster-ca");
+    let root = ca("Cluster Root");
+    let out = cli(&n1, &["ca", "registration-code"]);
+    assert!(out.status.success());
+    let code = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let (verification, _) = leaf(&root, &code, -1, 30);
+    let ca_file = write(&work.0, "ca.pem", &root.cert.pem());
+    let ver_file = write(&work.0, "verification.pem", &verification);
+    let out = cli(
+        &n1,
+        &[
+            "ca",
+            "register",
+            "--ca",
+            &ca_file,
+            "--verification",
+            &ver_file,
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ca_id = serde_json::from_slice::<Value>(&out.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Node 3 knows it at once: a device connects there (JITP).
+    let dev = device(&root, "sensor-1");
+    let took = within(Duration::from_secs(5), "CA known on node 3", || {
+        mtls(&n3, Some(&dev), "sensor-1").is_ok()
+    });
+    eprintln!("CA registered on n1 -> usable on n3: {took:?}");
+    let mut live = mtls(&n3, Some(&dev), "sensor-1").expect("device connects on node 3");
+    live.subscribe("plant/#").unwrap();
+    let found = within(
+        Duration::from_secs(5),
+        "JITP record visible on node 2",
+        || {
+            a2.ok("GET", &format!("/device-certificates?ca_id={ca_id}"), None)["items"]
+                .as_array()
+                .unwrap()
+                .len()
+                == 1
+        },
+    );
+    eprintln!("JITP on n3 -> listed on n2: {found:?}");
+    let device_id = a2.ok("GET", &format!("/device-certificates?ca_id={ca_id}"), None)["items"][0]
+        ["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Revoked through node 2: the connection on node 3 closes with 0x98
+    // within a second, and node 1 refuses the certificate.
+    let t0 = Instant::now();
+    a2.ok(
+        "POST",
+        &format!("/device-certificates/{device_id}/revoke"),
+        None,
+    );
+    assert_eq!(live.disconnected(Duration::from_secs(5)).unwrap(), 0x98);
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(1), "revocation took {took:?}");
+    eprintln!("revoke on n2 -> DISCONNECT 0x98 on n3: {took:?}");
+    expect_refused(&n1, &dev, "sensor-1", "CERTIFICATE_REVOKED");
+
+    // A server certificate bound on node 1 is served by node 2's next
+    // handshake within a second.
+    let sc = ca("Server Root");
+    let (chain, key) = {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["cluster.example.com".to_string()]).unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "cluster.example.com");
+        p.not_before = days(-1);
+        p.not_after = days(90);
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let c = p.signed_by(&key, &sc.cert, &sc.key).unwrap();
+        (c.pem(), key.serialize_pem())
+    };
+    let sc_ca = write(&work.0, "server-ca.pem", &sc.cert.pem());
+    let t0 = Instant::now();
+    a1.ok(
+        "POST",
+        "/server-certificates",
+        Some(json!({"certificate_chain": chain, "private_key": key})),
+    );
+    within(
+        Duration::from_secs(5),
+        "bound certificate served by node 2",
+        || served_subject(&n2.port("mqtt-tls"), "cluster.example.com", &sc_ca),
+    );
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "bind on n1 -> served on n2 took {took:?}"
+    );
+    eprintln!("bind on n1 -> served by n2: {took:?}");
+
+    // The 32-CA limit holds for the cluster: 31 more through nodes 2 and
+    // 3 in turn, and the 33rd is refused on any node.
+    for i in 0..31 {
+        let api = if i % 2 == 0 { &a2 } else { &a3 };
+        register(api, &ca(&format!("CA {i}")), json!({}));
+    }
+    let extra = ca("CA 33");
+    let code = a1.code();
+    let (v, _) = leaf(&extra, &code, -1, 30);
+    let (s, body) = a1.call(
+        "POST",
+        "/ca-certificates",
+        Some(json!({"ca_certificate": extra.cert.pem(), "verification_certificate": v})),
+    );
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (409, Some("CaLimitReached")),
+        "{body}"
+    );
+    assert_eq!(
+        a3.ok("GET", "/ca-certificates", None)["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        32
+    );
+
+    // One audit log: node 3 shows what node 2 did.
+    let log = a3.ok("GET", "/audit-log?limit=200", None);
+    assert!(
+        log["items"].as_array().unwrap().iter().any(
+            |r| r["action"] == "device_certificate.revoke" && r["target"] == device_id.as_str()
+        ),
+        "{log}"
+    );
+}
+
+/// Whether a TLS handshake with `sni` on `port` gets a certificate that
+/// verifies against `ca` (openssl s_client).
+fn served_subject(port: &str, sni: &str, ca: &str) -> bool {
+    let out = run(
+        std::process::Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+            .args(["-servername", sni, "-CAfile", ca, "-verify_hostname", sni])
+            .stdin(std::process::Stdio::null()),
+        LIMIT,
+    );
+    String::from_utf8_lossy(&out.stdout).contains("Verify return code: 0 (ok)")
+}
+
+#[test]
+fn users_and_policies_are_shared_and_postgres_loss_refuses_changes_but_serves_clients() {
+    let pg = Postgres::start();
+    let nats = Nats::start();
+    let n1 = node(&pg, &nats, "p1", &["--allow-anonymous=false"]);
+    let n2 = node(&pg, &nats, "p2", &["--allow-anonymous=false"]);
+    let (a1, a2) = (Api::of(&n1), Api::of(&n2));
+
+    // A user added on node 1 signs in on node 2.
+    a1.ok(
+        "POST",
+        "/users",
+        Some(json!({"username": "alice", "password": "correct horse battery"})),
+    );
+    let pub_as = |b: &BrokerProcess, user: &str, pass: &str| {
+        let out = run(
+            std::process::Command::new("mosquitto_pub").args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &b.port("mqtt-tcp"),
+                "-u",
+                user,
+                "-P",
+                pass,
+                "-t",
+                "t/1",
+                "-m",
+                "x",
+                "-q",
+                "1",
+            ]),
+            LIMIT,
+        );
+        out.status.success()
+    };
+    within(Duration::from_secs(2), "user known on node 2", || {
+        a2.ok("GET", "/users", None)["items"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    });
+    assert!(pub_as(&n2, "alice", "correct horse battery"));
+    assert!(!pub_as(&n2, "alice", "wrong password"));
+
+    // A policy created on node 2 applies on node 1: a deny of publishing
+    // under secret/ for everyone.
+    a2.ok(
+        "POST",
+        "/policies",
+        Some(
+            json!({"id": "no-secrets", "effect": "deny", "actions": ["publish", "subscribe"],
+                    "topics": ["secret/#"], "priority": 10}),
+        ),
+    );
+    let took = within(Duration::from_secs(1), "policy in force on node 1", || {
+        a1.ok(
+            "POST",
+            "/policies/evaluate",
+            Some(json!({"client_id": "c1", "username": "alice", "action": "publish", "topic": "secret/x"})),
+        )["decision"]
+            == "deny"
+    });
+    eprintln!("policy on n2 -> in force on n1: {took:?}");
+
+    // PostgreSQL goes away: changes are refused with 503 and a clear
+    // error; connected and new clients are still served, across nodes too.
+    let mut sub = spawn_piped(std::process::Command::new("mosquitto_sub").args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &n2.port("mqtt-tcp"),
+        "-t",
+        "during/#",
+        "-C",
+        "1",
+        "-W",
+        "30",
+        "-v",
+        "-u",
+        "alice",
+        "-P",
+        "correct horse battery",
+    ]));
+    let got = stdout_lines(&mut sub);
+    pg.stop();
+    within(
+        Duration::from_secs(10),
+        "registry link reported down",
+        || a1.metric("certmq_cluster_registry_up") == 0.0,
+    );
+    let (s, v) = a1.call(
+        "POST",
+        "/users",
+        Some(json!({"username": "bob", "password": "another long password"})),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("RegistryUnavailable")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("PostgreSQL"),
+        "{v}"
+    );
+    assert!(
+        pub_as(&n1, "alice", "correct horse battery"),
+        "a known user still signs in"
+    );
+    // Until the subscription has crossed (bounded): retried.
+    let mut line = None;
+    for _ in 0..100 {
+        let out = run(
+            std::process::Command::new("mosquitto_pub").args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &n1.port("mqtt-tcp"),
+                "-u",
+                "alice",
+                "-P",
+                "correct horse battery",
+                "-t",
+                "during/outage",
+                "-m",
+                "still-routed",
+                "-q",
+                "1",
+            ]),
+            LIMIT,
+        );
+        assert!(out.status.success());
+        if let Ok(l) = got.recv_timeout(Duration::from_millis(100)) {
+            line = Some(l);
+            break;
+        }
+    }
+    assert_eq!(line.as_deref(), Some("during/outage still-routed"));
+    let _ = sub.wait();
+    let health = a1.ok("GET", "/health", None);
+    assert_eq!(health["status"], "ok");
+
+    // Back: node 2 made no change meanwhile (it could not); a change made
+    // after the restart reaches node 1, which caught up.
+    pg.restart();
+    within(Duration::from_secs(15), "registry link back", || {
+        a1.metric("certmq_cluster_registry_up") == 1.0
+    });
+    a2.ok(
+        "POST",
+        "/users",
+        Some(json!({"username": "bob", "password": "another long password"})),
+    );
+    within(Duration::from_secs(2), "bob known on node 1", || {
+        pub_as(&n1, "bob", "another long password")
+    });
+    a2.ok("DELETE", "/users/alice", None);
+    within(Duration::from_secs(2), "alice gone on node 1", || {
+        !pub_as(&n1, "alice", "correct horse battery")
+    });
+}
