@@ -49,7 +49,18 @@ enum Command {
     Publish(Arc<Message>),
     Add(String),
     Remove(String),
+    /// A client connected here: other nodes drop their session of it.
+    Opened(String),
 }
+
+/// Where a node announces the clients that connected to it (payload: the
+/// client id).
+pub const OPENED: &str = "certmq_ctl.opened";
+
+/// Retained messages go to every node as well (each keeps the retained
+/// store whole), under this prefix; they are routed to subscribers through
+/// their plain subject like any other message.
+pub const RETAINED: &str = "certmq_retained";
 
 /// Publishes waiting for NATS, at most.
 pub const QUEUE: usize = 65_536;
@@ -64,6 +75,7 @@ pub struct Bridge {
     /// Messages forwarded, received from NATS, and dropped as duplicates.
     pub stats: Arc<BridgeStats>,
     client: async_nats::Client,
+    shared: async_nats::Client,
 }
 
 impl Bridge {
@@ -118,6 +130,14 @@ impl certmq_core::Forwarder for Bridge {
     fn route_removed(&self, filter: &str) {
         let _ = self.routes.send(Command::Remove(filter.to_owned()));
     }
+    fn routes_shared(&self) -> bool {
+        // While NATS is away, shared groups are served here alone.
+        self.is_connected()
+            && self.shared.connection_state() == async_nats::connection::State::Connected
+    }
+    fn session_opened(&self, client_id: &str) {
+        let _ = self.routes.send(Command::Opened(client_id.to_owned()));
+    }
 }
 
 const H_QOS: &str = "certmq-qos";
@@ -159,12 +179,24 @@ pub async fn connect(
             url: url.to_owned(),
             reason: e.to_string(),
         })?;
+    // Shared subscriptions are NATS queue groups on a second connection
+    // that hears this node's own publishes too (a group member here may be
+    // the one NATS picks).
+    let shared = async_nats::ConnectOptions::new()
+        .name(format!("certmq-{node}-shared"))
+        .retry_on_initial_connect()
+        .connect(url)
+        .await
+        .map_err(|e| BridgeError::Connect {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })?;
     let (publishes, publish_rx) = mpsc::channel(QUEUE);
     let (routes, route_rx) = mpsc::unbounded_channel();
     let stats = Arc::new(BridgeStats::default());
     let node: Arc<str> = node.into();
     tokio::spawn(run(
-        client.clone(),
+        (client.clone(), shared.clone()),
         (publish_rx, route_rx),
         broker,
         node.clone(),
@@ -178,6 +210,7 @@ pub async fn connect(
         dropping: std::sync::atomic::AtomicBool::new(false),
         stats,
         client,
+        shared,
     }))
 }
 
@@ -204,8 +237,21 @@ impl Seen {
     }
 }
 
+/// The NATS queue group of a shared subscription (`$share/group/filter`):
+/// the same on every node, within NATS's limits on a name.
+fn queue_group(raw_filter: &str) -> String {
+    if raw_filter.len() <= 200 {
+        format!("q{}", hex(raw_filter.as_bytes()))
+    } else {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        raw_filter.hash(&mut h);
+        format!("h{:016x}{}", h.finish(), raw_filter.len())
+    }
+}
+
 async fn run(
-    client: async_nats::Client,
+    (client, shared): (async_nats::Client, async_nats::Client),
     (mut publish_rx, mut route_rx): (mpsc::Receiver<Command>, mpsc::UnboundedReceiver<Command>),
     broker: Arc<Broker>,
     node: Arc<str>,
@@ -218,6 +264,47 @@ async fn run(
         order: VecDeque::new(),
     }));
     let mut subs: HashMap<String, Vec<tokio::task::JoinHandle<()>>> = HashMap::new();
+    // Cluster-wide client ids: a client connected elsewhere is taken over.
+    match client.subscribe(OPENED).await {
+        Ok(mut sub) => {
+            let broker = broker.clone();
+            tokio::spawn(async move {
+                while let Some(msg) = sub.next().await {
+                    if let Ok(client_id) = std::str::from_utf8(&msg.payload) {
+                        if broker.session_moved(client_id, now()) {
+                            tracing::info!(client_id, "session taken over by another node");
+                        }
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::error!(error = %e, "cluster: cannot follow takeovers"),
+    }
+    // Retained messages of every node.
+    match client.subscribe(format!("{RETAINED}.>")).await {
+        Ok(mut sub) => {
+            let broker = broker.clone();
+            tokio::spawn(async move {
+                while let Some(msg) = sub.next().await {
+                    let Some(subject) = msg
+                        .subject
+                        .as_str()
+                        .strip_prefix(RETAINED)
+                        .and_then(|s| s.strip_prefix('.'))
+                    else {
+                        continue;
+                    };
+                    let Some(m) = decode(subject, &msg, now()) else {
+                        continue;
+                    };
+                    if broker.config().retain_available {
+                        broker.retain(&Arc::new(m));
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::error!(error = %e, "cluster: cannot follow retained messages"),
+    }
     loop {
         // Route changes first: a subscription is in place before the
         // publishes that follow it.
@@ -231,6 +318,19 @@ async fn run(
             Command::Publish(m) => {
                 let id = format!("{node}:{}", seq.fetch_add(1, Ordering::Relaxed));
                 let (subject, headers) = encode(&m, &id, now());
+                if m.retain {
+                    // Kept by every node (routed through the plain subject).
+                    if let Err(e) = client
+                        .publish_with_headers(
+                            format!("{RETAINED}.{subject}"),
+                            headers.clone(),
+                            m.payload.clone(),
+                        )
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cluster: retained message not sent to NATS");
+                    }
+                }
                 match client
                     .publish_with_headers(subject, headers, m.payload.clone())
                     .await
@@ -241,8 +341,44 @@ async fn run(
                     Err(e) => tracing::warn!(error = %e, "cluster: publish to NATS failed"),
                 }
             }
+            Command::Add(filter) if filter.starts_with("$share/") => {
+                if subs.contains_key(&filter) {
+                    continue;
+                }
+                let Some(plain) = filter
+                    .strip_prefix("$share/")
+                    .and_then(|r| r.split_once('/'))
+                    .map(|(_, f)| f.to_owned())
+                else {
+                    continue;
+                };
+                let group = queue_group(&filter);
+                let mut tasks = Vec::new();
+                for subject in filter_subjects(&plain) {
+                    match shared.queue_subscribe(subject.clone(), group.clone()).await {
+                        Ok(mut sub) => {
+                            let broker = broker.clone();
+                            let stats = stats.clone();
+                            let raw = filter.clone();
+                            tasks.push(tokio::spawn(async move {
+                                while let Some(msg) = sub.next().await {
+                                    let Some(m) = decode(msg.subject.as_str(), &msg, now()) else {
+                                        continue;
+                                    };
+                                    stats.received.fetch_add(1, Ordering::Relaxed);
+                                    broker.route_shared(&raw, &Arc::new(m), now());
+                                }
+                            }));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, %subject, "cluster: NATS queue subscribe failed")
+                        }
+                    }
+                }
+                subs.insert(filter, tasks);
+            }
             Command::Add(filter) => {
-                if filter.starts_with("$share/") || subs.contains_key(&filter) {
+                if subs.contains_key(&filter) {
                     continue;
                 }
                 let mut tasks = Vec::new();
@@ -254,7 +390,7 @@ async fn run(
                             let stats = stats.clone();
                             tasks.push(tokio::spawn(async move {
                                 while let Some(msg) = sub.next().await {
-                                    let Some(m) = decode(&msg, now()) else {
+                                    let Some(m) = decode(msg.subject.as_str(), &msg, now()) else {
                                         continue;
                                     };
                                     let id = msg
@@ -278,6 +414,11 @@ async fn run(
                     }
                 }
                 subs.insert(filter, tasks);
+            }
+            Command::Opened(client_id) => {
+                if let Err(e) = client.publish(OPENED, client_id.into_bytes().into()).await {
+                    tracing::warn!(error = %e, "cluster: takeover not announced");
+                }
             }
             Command::Remove(filter) => {
                 // Dropping a subscription's stream unsubscribes it.
@@ -321,8 +462,8 @@ fn encode(m: &Message, id: &str, now: Time) -> (String, HeaderMap) {
     (topic_subject(&m.topic), h)
 }
 
-fn decode(msg: &async_nats::Message, now: Time) -> Option<Message> {
-    let topic = subject_topic(msg.subject.as_str())?;
+fn decode(subject: &str, msg: &async_nats::Message, now: Time) -> Option<Message> {
+    let topic = subject_topic(subject)?;
     let h = msg.headers.as_ref();
     let get = |k: &str| h.and_then(|h| h.get(k)).map(|v| v.as_str().to_owned());
     let text = |k: &str| {

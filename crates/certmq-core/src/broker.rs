@@ -372,26 +372,56 @@ impl Broker {
         self.route_from(message, now, None)
     }
 
+    /// Queues `message` for one member of the shared subscription
+    /// `raw_filter` (`$share/group/filter`) here: the cluster chose this
+    /// node for it. Returns how many (0 or 1).
+    pub fn route_shared(&self, raw_filter: &str, message: &Arc<Message>, now: Time) -> usize {
+        let Ok(parsed) = parse_filter(raw_filter) else {
+            return 0;
+        };
+        if parsed.share_group.is_none() || message.is_expired(now) {
+            return 0;
+        }
+        self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+        let tree = self.tree.read();
+        let Some(sub) = tree.pick_shared(&parsed) else {
+            return 0;
+        };
+        if let Some(a) = self.authorizer() {
+            if !sub
+                .check
+                .as_ref()
+                .is_none_or(|f| a.may_read(f, &message.topic))
+            {
+                self.stats.delivery_denied.fetch_add(1, Ordering::Relaxed);
+                return 0;
+            }
+        }
+        let found = vec![(sub, true)];
+        self.deliver(message, found, now, None)
+    }
+
     fn route_from(
         &self,
         message: &Arc<Message>,
         now: Time,
-        mut full: Option<&mut Vec<Arc<Mailbox>>>,
+        full: Option<&mut Vec<Arc<Mailbox>>>,
     ) -> usize {
         self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
         if message.is_expired(now) {
             return 0;
         }
-        let mode = crate::mailbox::PushMode {
-            now_ms: self.millis(now),
-            stall_ms: self.config().slow_consumer_timeout_ms,
-            can_wait: full.is_some(),
-        };
         let tree = self.tree.read();
         let mut found: Vec<Match<'_>> = Vec::new();
         let overlapping = tree.matches(&message.topic, &mut found);
+        // Shared groups spread over the cluster get theirs from it.
+        let cluster_shares = self.forwarder.get().is_some_and(|f| f.routes_shared());
         found.retain(|(s, shared)| {
-            *shared || !(s.options.no_local && message.origin == Some(s.session()))
+            if *shared {
+                !cluster_shares
+            } else {
+                !(s.options.no_local && message.origin == Some(s.session()))
+            }
         });
         if let Some(a) = self.authorizer() {
             let before = found.len();
@@ -412,6 +442,23 @@ impl Broker {
             // §3.3.4): highest QoS, every subscription identifier.
             found.sort_by_key(|(s, shared)| (*shared, s.session()));
         }
+        self.deliver(message, found, now, full)
+    }
+
+    /// Pushes `message` to the matches in `found` (sorted by session for
+    /// ordinary subscriptions); returns how many queues took it.
+    fn deliver(
+        &self,
+        message: &Arc<Message>,
+        found: Vec<Match<'_>>,
+        now: Time,
+        mut full: Option<&mut Vec<Arc<Mailbox>>>,
+    ) -> usize {
+        let mode = crate::mailbox::PushMode {
+            now_ms: self.millis(now),
+            stall_ms: self.config().slow_consumer_timeout_ms,
+            can_wait: full.is_some(),
+        };
         let mut delivered = 0;
         let mut i = 0;
         while let Some(&(first, shared)) = found.get(i) {
@@ -641,6 +688,37 @@ impl Broker {
             });
         }
         will
+    }
+
+    /// The installed cluster forwarder, if any.
+    pub(crate) fn forwarder(&self) -> Option<&Arc<dyn crate::Forwarder>> {
+        self.forwarder.get()
+    }
+
+    /// Another node took `client_id` over (SPEC 13): the connection here
+    /// closes with DISCONNECT 0x8E (Session taken over) and the session
+    /// here ends, without a delayed will (the client lives on there).
+    /// Returns whether there was a session.
+    pub fn session_moved(&self, client_id: &str, now: Time) -> bool {
+        let Some(entry) = self.session(client_id) else {
+            return false;
+        };
+        {
+            let mut state = entry.state.lock();
+            if state.ended {
+                return false;
+            }
+            if state.owner != 0 {
+                entry
+                    .mailbox
+                    .kick(state.owner, certmq_codec::ReasonCode::SESSION_TAKEN_OVER);
+            }
+            if state.take_pending_will().is_some() {
+                self.record_will_gone(&entry.client_id, state.last_owner);
+            }
+        }
+        self.end_session(&entry, now);
+        true
     }
 
     /// Closes the live connection of a client, if any (administrative kick).

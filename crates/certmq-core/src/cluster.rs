@@ -20,4 +20,14 @@ pub trait Forwarder: Send + Sync + std::fmt::Debug + 'static {
     fn route_added(&self, filter: &str);
     /// This node has no subscriber of `filter` left.
     fn route_removed(&self, filter: &str);
+    /// A client connected here with `client_id`: a node holding a session
+    /// of that id closes its connection (0x8E) and forgets it, since one
+    /// client id is one session in the cluster.
+    fn session_opened(&self, _client_id: &str) {}
+    /// Whether the forwarder delivers to shared subscriptions now (one
+    /// member in the whole cluster, through [`crate::Broker::route_shared`]):
+    /// the broker's own routing then leaves them out.
+    fn routes_shared(&self) -> bool {
+        false
+    }
 }

@@ -313,6 +313,9 @@ impl Broker {
             }
         };
         entry.mailbox.set_online(true, self.millis(now));
+        if let Some(f) = self.forwarder() {
+            f.session_opened(&client_id);
+        }
         let limit_ms = u64::from(keep_alive) * 1500;
         entry.mailbox.set_keep_alive(limit_ms, self.millis(now));
 

@@ -158,6 +158,17 @@ impl SubscriptionTree {
         }
     }
 
+    /// One member of the shared group `filter` names (round robin, as
+    /// [`Tree::matches`] picks), if the group has members here.
+    pub fn pick_shared(&self, filter: &ParsedFilter<'_>) -> Option<&Subscriber> {
+        let group = filter.share_group?;
+        let mut node = &self.root;
+        for level in filter.filter.split('/') {
+            node = node.children.get(level)?;
+        }
+        node.shared.get(group)?.pick()
+    }
+
     pub fn remove(&mut self, filter: &ParsedFilter<'_>, session: SessionId) -> bool {
         let levels: Vec<&str> = filter.filter.split('/').collect();
         // Down to the filter's node.

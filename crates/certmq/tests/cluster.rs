@@ -8,10 +8,14 @@
 mod access_helpers;
 mod common;
 mod components;
+mod device_helpers;
+mod raw;
+mod tls_client;
 
 use std::process::Command;
 use std::time::Duration;
 
+use certmq_codec::{Packet, Protocol, ReasonCode};
 use common::*;
 use components::Nats;
 
@@ -124,6 +128,146 @@ fn a_publish_crosses_to_every_node_with_subscribers_exactly_once() {
         "node a"
     );
     for ch in [&mut on_a, &mut on_b, &mut on_c] {
+        let _ = ch.kill();
+        let _ = ch.wait();
+    }
+}
+
+/// `mosquitto_pub` on node `n` with extra arguments; asserts it worked.
+fn publish(n: &BrokerProcess, args: &[&str]) {
+    let port = n.port("mqtt-tcp");
+    let mut all = vec!["-h", "127.0.0.1", "-p", &port, "-V", "mqttv5"];
+    all.extend_from_slice(args);
+    let (ok, out) = access_helpers::mosquitto_pub(&all);
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn shared_groups_span_nodes_retained_messages_reach_every_node_and_a_client_id_is_one_session() {
+    let nats = Nats::start();
+    let a = node(&nats, "sa");
+    let b = node(&nats, "sb");
+    let c = node(&nats, "sc");
+
+    // A shared group with a member on b and one on c; an ordinary
+    // subscriber on c.
+    let (mut w_b, rx_wb) = subscriber(&b, "worker-b", &["$share/workers/jobs/#"]);
+    let (mut w_c, rx_wc) = subscriber(&c, "worker-c", &["$share/workers/jobs/#"]);
+    let (mut all_c, rx_all) = subscriber(&c, "audit-c", &["jobs/#"]);
+    // Until the subscriptions have crossed (bounded): markers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        publish(&a, &["-q", "1", "-t", "jobs/marker", "-m", "m"]);
+        let got_all = rx_all.recv_timeout(Duration::from_millis(300)).is_ok();
+        let got_group = rx_wb.try_recv().is_ok() || rx_wc.try_recv().is_ok();
+        if got_all && got_group {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "routes did not cross");
+    }
+    // The markers' second member too: the group is complete once each
+    // has one route in NATS; let both subscriptions settle.
+    std::thread::sleep(Duration::from_millis(500));
+    while rx_wb.try_recv().is_ok() || rx_wc.try_recv().is_ok() || rx_all.try_recv().is_ok() {}
+
+    // 40 jobs, QoS 1 and 2, published on a: the group gets each once in
+    // all, spread over both nodes; the ordinary subscriber gets all.
+    for i in 0..40 {
+        let qos = if i % 2 == 0 { "1" } else { "2" };
+        publish(
+            &a,
+            &[
+                "-q",
+                qos,
+                "-t",
+                &format!("jobs/{i}"),
+                "-m",
+                &format!("job-{i}"),
+            ],
+        );
+    }
+    let wait = Duration::from_secs(2);
+    let on_b = access_helpers::lines_for(&rx_wb, wait);
+    let on_c = access_helpers::lines_for(&rx_wc, Duration::from_millis(300));
+    let mut group: Vec<String> = on_b.iter().chain(on_c.iter()).cloned().collect();
+    group.sort();
+    let mut expected: Vec<String> = (0..40).map(|i| format!("jobs/{i} job-{i}")).collect();
+    expected.sort();
+    assert_eq!(group, expected, "each job once in the group");
+    assert!(
+        !on_b.is_empty() && !on_c.is_empty(),
+        "spread over both nodes: b {} c {}",
+        on_b.len(),
+        on_c.len()
+    );
+    let mut everything = access_helpers::lines_for(&rx_all, Duration::from_millis(300));
+    everything.sort();
+    assert_eq!(
+        everything, expected,
+        "the ordinary subscriber gets every job once"
+    );
+    eprintln!(
+        "shared group over two nodes: b {} c {}",
+        on_b.len(),
+        on_c.len()
+    );
+
+    // A retained message set on a is delivered on c to a new subscriber.
+    publish(
+        &a,
+        &["-q", "1", "-r", "-t", "status/line-1", "-m", "running"],
+    );
+    let mut got = None;
+    for _ in 0..50 {
+        let out = run(
+            Command::new("mosquitto_sub").args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &c.port("mqtt-tcp"),
+                "-t",
+                "status/#",
+                "-v",
+                "-C",
+                "1",
+                "-W",
+                "1",
+            ]),
+            Duration::from_secs(10),
+        );
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !text.is_empty() {
+            got = Some(text);
+            break;
+        }
+    }
+    assert_eq!(got.as_deref(), Some("status/line-1 running"));
+
+    // One client id, one session in the cluster: connecting on b takes the
+    // session over from a (DISCONNECT 0x8E there).
+    let (mut first, _) = raw::Raw::connect(a.addr("mqtt-tcp"), "device-7", Protocol::V5);
+    first.subscribe("cmd/device-7", certmq_codec::QoS::AtLeastOnce);
+    let (mut second, _) = raw::Raw::connect(b.addr("mqtt-tcp"), "device-7", Protocol::V5);
+    match first.recv() {
+        Packet::Disconnect(d) => assert_eq!(d.reason, ReasonCode::SESSION_TAKEN_OVER),
+        other => panic!("expected DISCONNECT 0x8E, got {other:?}"),
+    }
+    // Node a forgot it: a command published there reaches the client on b
+    // only once it subscribes there, and a lists no connection of it.
+    let api_a = device_helpers::Api::of(&a);
+    access_helpers::eventually("node a forgot device-7", Duration::from_secs(5), || {
+        !api_a
+            .ok("GET", "/connections", None)
+            .to_string()
+            .contains("device-7")
+    });
+    assert_eq!(
+        api_a.metric("certmq_sessions"),
+        0.0,
+        "no session of device-7 left on a"
+    );
+    second.subscribe("cmd/device-7", certmq_codec::QoS::AtLeastOnce);
+    for ch in [&mut w_b, &mut w_c, &mut all_c] {
         let _ = ch.kill();
         let _ = ch.wait();
     }
