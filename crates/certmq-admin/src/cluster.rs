@@ -7,7 +7,7 @@ use axum::Json;
 use serde::Serialize;
 
 use crate::error::ApiError;
-use crate::routes::Items;
+use crate::routes::{ConnectionView, Items};
 use crate::AdminState;
 
 /// A listener of a node.
@@ -42,6 +42,8 @@ pub struct ClusterMetric {
     pub value: f64,
 }
 
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
 /// What the cluster knows beyond this node.
 pub trait ClusterView: Send + Sync + 'static {
     /// Every node, given this one as it stands (blocking: it may read the
@@ -49,6 +51,14 @@ pub trait ClusterView: Send + Sync + 'static {
     fn nodes(&self, this: NodeView) -> Result<Vec<NodeView>, ApiError>;
     /// The links' metrics (cheap: counters only).
     fn metrics(&self) -> Vec<ClusterMetric>;
+    /// Live connections of the other nodes (`node`: of that one only).
+    fn connections(&self, _node: Option<String>) -> BoxFuture<Vec<ConnectionView>> {
+        Box::pin(async { Vec::new() })
+    }
+    /// Closes `client_id`'s connection on another node; whether one had it.
+    fn kick(&self, _client_id: String) -> BoxFuture<bool> {
+        Box::pin(async { false })
+    }
 }
 
 /// A node on its own: a cluster of one.

@@ -307,14 +307,17 @@ pub const OPERATIONS: &[Operation] = &[
             J("Rejections"),
         )
     },
-    op(
-        "list_connections",
-        Get,
-        "/connections",
-        "Live MQTT connections with their certificate id",
-        None,
-        J("ConnectionList"),
-    ),
+    Operation {
+        query: &[("node", "string")],
+        ..op(
+            "list_connections",
+            Get,
+            "/connections",
+            "Live MQTT connections of every node (or of `node` only), with their certificate id",
+            None,
+            J("ConnectionList"),
+        )
+    },
     op(
         "list_cluster_nodes",
         Get,
@@ -327,7 +330,7 @@ pub const OPERATIONS: &[Operation] = &[
         "kick_connection",
         Delete,
         "/connections/{client_id}",
-        "Close a live connection (MQTT 5 DISCONNECT 0x98)",
+        "Close a live connection on any node (MQTT 5 DISCONNECT 0x98)",
         None,
         Empty,
     ),
@@ -751,8 +754,8 @@ fn certificate_schemas() -> Value {
             "items": {"type": "array", "items": {"$ref": "#/components/schemas/DeviceCertificate"}},
             "total": {"type": "integer"}, "limit": {"type": "integer"}, "offset": {"type": "integer"},
         })),
-        "Connection": object(&["client_id", "listener", "peer_address", "connected_at"], json!({
-            "client_id": string(), "listener": string(), "peer_address": string(),
+        "Connection": object(&["node", "client_id", "listener", "peer_address", "connected_at"], json!({
+            "node": string(), "client_id": string(), "listener": string(), "peer_address": string(),
             "certificate_id": nullable("string"), "connected_at": time(),
             "username": nullable("string"),
         })),

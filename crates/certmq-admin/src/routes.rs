@@ -189,30 +189,49 @@ pub async fn disable_default(State(s): State<AdminState>) -> Result<Json<ServerC
     )))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Debug, Clone)]
 pub struct ConnectionView {
+    /// The node it is connected to.
+    pub node: String,
     pub client_id: String,
-    pub listener: &'static str,
+    pub listener: String,
     pub peer_address: String,
     pub certificate_id: Option<String>,
     pub connected_at: String,
     pub username: Option<String>,
 }
 
-pub async fn list_connections(State(s): State<AdminState>) -> Json<Items<ConnectionView>> {
-    let items = s
-        .control
-        .connections()
-        .into_iter()
-        .map(|c| ConnectionView {
-            client_id: c.client_id.to_string(),
-            listener: c.listener,
-            peer_address: c.peer.to_string(),
-            certificate_id: c.certificate_id,
-            connected_at: rfc3339(c.connected_at),
-            username: c.username.map(|u| u.to_string()),
-        })
-        .collect();
+#[derive(Deserialize)]
+pub struct NodeQuery {
+    pub node: Option<String>,
+}
+
+/// Live connections of every node, or of `?node=` only.
+pub async fn list_connections(
+    State(s): State<AdminState>,
+    Query(q): Query<NodeQuery>,
+) -> Json<Items<ConnectionView>> {
+    let here = q.node.as_deref().is_none_or(|n| n == &*s.node_id);
+    let mut items: Vec<ConnectionView> = if here {
+        s.control
+            .connections()
+            .into_iter()
+            .map(|c| ConnectionView {
+                node: s.node_id.to_string(),
+                client_id: c.client_id.to_string(),
+                listener: c.listener.to_string(),
+                peer_address: c.peer.to_string(),
+                certificate_id: c.certificate_id,
+                connected_at: rfc3339(c.connected_at),
+                username: c.username.map(|u| u.to_string()),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if q.node.as_deref() != Some(&*s.node_id) {
+        items.extend(s.cluster.connections(q.node).await);
+    }
     Json(Items { items })
 }
 
@@ -224,6 +243,9 @@ pub async fn kick_connection(
         .kick(&client_id, certmq_codec::ReasonCode::ADMINISTRATIVE_ACTION)
     {
         tracing::info!(%client_id, "connection closed by the admin API");
+        Ok(StatusCode::NO_CONTENT)
+    } else if s.cluster.kick(client_id.clone()).await {
+        tracing::info!(%client_id, "connection closed on another node by the admin API");
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::new(

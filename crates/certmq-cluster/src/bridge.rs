@@ -505,3 +505,164 @@ fn decode(subject: &str, msg: &async_nats::Message, now: Time) -> Option<Message
         now,
     ))
 }
+
+/// Requests about connections: every node answers on `CONNECTIONS`, one
+/// node on `certmq_ctl.node.<id>.connections`; `KICK` closes a client's
+/// connection wherever it is.
+pub const CONNECTIONS: &str = "certmq_ctl.connections";
+pub const KICK: &str = "certmq_ctl.kick";
+
+fn node_connections_subject(node: &str) -> String {
+    format!("certmq_ctl.node.{node}.connections")
+}
+
+/// A connection of another node, as it answered.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct RemoteConnection {
+    pub node: String,
+    pub client_id: String,
+    pub listener: String,
+    pub peer_address: String,
+    pub certificate_id: Option<String>,
+    pub ca_id: Option<String>,
+    /// Unix seconds.
+    pub connected_at: i64,
+    pub username: Option<String>,
+}
+
+impl Bridge {
+    /// Answers other nodes' requests about this node's connections (list,
+    /// kick) from `control`, until the process ends.
+    pub async fn serve_control(
+        self: &Arc<Self>,
+        control: Arc<dyn certmq_core::Control>,
+    ) -> Result<(), BridgeError> {
+        let subscribe_err = |e: async_nats::SubscribeError| BridgeError::Connect {
+            url: "NATS".into(),
+            reason: e.to_string(),
+        };
+        let all = self
+            .client
+            .subscribe(CONNECTIONS)
+            .await
+            .map_err(subscribe_err)?;
+        let mine = self
+            .client
+            .subscribe(node_connections_subject(&self.node))
+            .await
+            .map_err(subscribe_err)?;
+        let kicks = self.client.subscribe(KICK).await.map_err(subscribe_err)?;
+        let mut lists = futures_util::stream::select(all, mine);
+        let (client, node, c) = (self.client.clone(), self.node.clone(), control.clone());
+        tokio::spawn(async move {
+            while let Some(msg) = lists.next().await {
+                let Some(reply) = msg.reply else { continue };
+                let items: Vec<RemoteConnection> = c
+                    .connections()
+                    .into_iter()
+                    .map(|x| RemoteConnection {
+                        node: node.to_string(),
+                        client_id: x.client_id.to_string(),
+                        listener: x.listener.to_string(),
+                        peer_address: x.peer.to_string(),
+                        certificate_id: x.certificate_id,
+                        ca_id: x.ca_id,
+                        connected_at: x.connected_at,
+                        username: x.username.map(|u| u.to_string()),
+                    })
+                    .collect();
+                let body = serde_json::to_vec(&items).unwrap_or_default();
+                let _ = client.publish(reply, body.into()).await;
+            }
+        });
+        let (client, mut kicks) = (self.client.clone(), kicks);
+        tokio::spawn(async move {
+            while let Some(msg) = kicks.next().await {
+                let Ok(client_id) = std::str::from_utf8(&msg.payload) else {
+                    continue;
+                };
+                let done = control.kick(client_id, certmq_codec::ReasonCode::ADMINISTRATIVE_ACTION);
+                if done {
+                    tracing::info!(client_id, "connection closed at another node's request");
+                }
+                if let Some(reply) = msg.reply {
+                    let _ = client
+                        .publish(reply, if done { "1" } else { "0" }.into())
+                        .await;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Asks on `subject` and gathers answers until `expect` came or `wait`
+    /// passed.
+    async fn gather(
+        &self,
+        subject: String,
+        payload: bytes::Bytes,
+        expect: Option<usize>,
+        wait: std::time::Duration,
+    ) -> Vec<async_nats::Message> {
+        let inbox = self.client.new_inbox();
+        let Ok(mut sub) = self.client.subscribe(inbox.clone()).await else {
+            return Vec::new();
+        };
+        if self
+            .client
+            .publish_with_reply(subject, inbox, payload)
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        while expect.is_none_or(|n| out.len() < n) {
+            match tokio::time::timeout_at(deadline, sub.next()).await {
+                Ok(Some(m)) => out.push(m),
+                _ => break,
+            }
+        }
+        out
+    }
+
+    /// Connections of the other nodes (`node`: of that one only).
+    /// `others`: how many other nodes are up, when known (the answer is
+    /// then complete as soon as each answered).
+    pub async fn connections(
+        &self,
+        node: Option<&str>,
+        others: Option<usize>,
+    ) -> Vec<RemoteConnection> {
+        let (subject, expect) = match node {
+            Some(n) => (node_connections_subject(n), Some(1)),
+            None => (CONNECTIONS.to_string(), others),
+        };
+        self.gather(
+            subject,
+            bytes::Bytes::new(),
+            expect,
+            std::time::Duration::from_millis(if expect.is_some() { 2000 } else { 500 }),
+        )
+        .await
+        .iter()
+        .filter_map(|m| serde_json::from_slice::<Vec<RemoteConnection>>(&m.payload).ok())
+        .flatten()
+        .collect()
+    }
+
+    /// Closes `client_id`'s connection on whichever other node holds it;
+    /// whether one did.
+    pub async fn kick_elsewhere(&self, client_id: &str, others: Option<usize>) -> bool {
+        let answers = self
+            .gather(
+                KICK.to_string(),
+                bytes::Bytes::copy_from_slice(client_id.as_bytes()),
+                others,
+                std::time::Duration::from_millis(if others.is_some() { 2000 } else { 500 }),
+            )
+            .await;
+        answers.iter().any(|m| m.payload.as_ref() == b"1")
+    }
+}

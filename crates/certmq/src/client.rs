@@ -51,10 +51,15 @@ pub enum ClientCommand {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
-    /// Live MQTT connections.
+    /// Live MQTT connections (of every node in a cluster).
     Connections {
         #[command(subcommand)]
         command: ConnectionsCommand,
+    },
+    /// The cluster (SPEC 13): its nodes.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
     },
     /// MQTT users (user name and password, argon2id hashes).
     User {
@@ -239,12 +244,21 @@ pub enum Toggle {
 }
 
 #[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// The cluster's nodes: id, health, connections, addresses.
+    Nodes,
+}
+
+#[derive(Subcommand)]
 pub enum ConnectionsCommand {
-    List,
-    /// Close a client's connection (MQTT 5 clients get DISCONNECT 0x98).
-    Kick {
-        client_id: String,
+    /// Every node's connections (or one node's).
+    List {
+        /// Only this node's (an id from `certmq cluster nodes`).
+        #[arg(long)]
+        node: Option<String>,
     },
+    /// Close a client's connection (MQTT 5 clients get DISCONNECT 0x98).
+    Kick { client_id: String },
 }
 
 /// A certificate argument: an id as the API shows it, or the path of a PEM
@@ -555,11 +569,13 @@ pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
             }
         },
         ClientCommand::Connections { command } => match command {
-            ConnectionsCommand::List => {
-                let v = api.op("list_connections", &[], &[], None)?;
+            ConnectionsCommand::List { node } => {
+                let query: Vec<(&str, String)> = node.into_iter().map(|n| ("node", n)).collect();
+                let v = api.op("list_connections", &[], &query, None)?;
                 out(&v, &|v| {
                     table(
                         &[
+                            "NODE",
                             "CLIENT ID",
                             "LISTENER",
                             "PEER",
@@ -572,6 +588,7 @@ pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
                             .iter()
                             .map(|c| {
                                 vec![
+                                    s(&c["node"]),
                                     s(&c["client_id"]),
                                     s(&c["listener"]),
                                     s(&c["peer_address"]),
@@ -590,6 +607,41 @@ pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
                 });
             }
         },
+        ClientCommand::Cluster {
+            command: ClusterCommand::Nodes,
+        } => {
+            let v = api.op("list_cluster_nodes", &[], &[], None)?;
+            out(&v, &|v| {
+                table(
+                    &["NODE", "HEALTH", "CONNECTIONS", "ADDRESSES", "LAST SEEN"],
+                    v["items"]
+                        .as_array()
+                        .map_or(&[][..], |a| a)
+                        .iter()
+                        .map(|n| {
+                            let addresses: Vec<String> = n["addresses"]
+                                .as_array()
+                                .map_or(&[][..], |a| a)
+                                .iter()
+                                .map(|a| format!("{}={}", s(&a["protocol"]), s(&a["address"])))
+                                .collect();
+                            let id = if n["this"] == true {
+                                format!("{} (this)", s(&n["id"]))
+                            } else {
+                                s(&n["id"])
+                            };
+                            vec![
+                                id,
+                                s(&n["health"]),
+                                n["connections"].to_string(),
+                                addresses.join(" "),
+                                s(&n["last_seen"]),
+                            ]
+                        })
+                        .collect(),
+                )
+            });
+        }
         ClientCommand::Ca { command } => ca(&api, command, &out)?,
         ClientCommand::Device { command } => device(&api, command, &out)?,
         ClientCommand::User { command } => access::user(&api, command, &out)?,

@@ -5,8 +5,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use certmq_admin::cluster::{Address, ClusterMetric, ClusterView, NodeView};
+use certmq_admin::cluster::{Address, BoxFuture, ClusterMetric, ClusterView, NodeView};
 use certmq_admin::error::{ApiError, Kind};
+use certmq_admin::routes::ConnectionView;
 
 /// How often a node writes its heartbeat, and after how long without one
 /// it shows as down.
@@ -14,12 +15,70 @@ pub const HEARTBEAT: Duration = Duration::from_secs(2);
 const DOWN_AFTER_SECS: i64 = 6;
 
 pub struct Cluster {
+    pub node_id: String,
     pub pg: Option<Arc<certmq_store::PgStore>>,
     pub follow: Option<Arc<certmq_cluster::FollowStats>>,
     pub bridge: Option<Arc<certmq_cluster::Bridge>>,
 }
 
+impl Cluster {
+    /// How many other nodes are up, when the shared store knows.
+    async fn others_up(pg: Option<Arc<certmq_store::PgStore>>, me: String) -> Option<usize> {
+        let pg = pg?;
+        let nodes = tokio::task::spawn_blocking(move || pg.nodes())
+            .await
+            .ok()?
+            .ok()?;
+        let now = certmq_registry::now_unix();
+        Some(
+            nodes
+                .iter()
+                .filter(|n| n.id != me && now - n.seen_at <= DOWN_AFTER_SECS)
+                .count(),
+        )
+    }
+}
+
 impl ClusterView for Cluster {
+    fn connections(&self, node: Option<String>) -> BoxFuture<Vec<ConnectionView>> {
+        let (bridge, pg, me) = (self.bridge.clone(), self.pg.clone(), self.node_id.clone());
+        Box::pin(async move {
+            let Some(bridge) = bridge else {
+                return Vec::new();
+            };
+            let others = if node.is_none() {
+                Self::others_up(pg, me).await
+            } else {
+                None
+            };
+            bridge
+                .connections(node.as_deref(), others)
+                .await
+                .into_iter()
+                .map(|c| ConnectionView {
+                    node: c.node,
+                    client_id: c.client_id,
+                    listener: c.listener,
+                    peer_address: c.peer_address,
+                    certificate_id: c.certificate_id,
+                    connected_at: certmq_registry::rfc3339(c.connected_at),
+                    username: c.username,
+                })
+                .collect()
+        })
+    }
+
+    fn kick(&self, client_id: String) -> BoxFuture<bool> {
+        let (bridge, pg, me) = (self.bridge.clone(), self.pg.clone(), self.node_id.clone());
+        Box::pin(async move {
+            let Some(bridge) = bridge else {
+                return false;
+            };
+            let others = Self::others_up(pg, me).await;
+            bridge.kick_elsewhere(&client_id, others).await
+        })
+    }
+
     fn nodes(&self, this: NodeView) -> Result<Vec<NodeView>, ApiError> {
         let Some(pg) = &self.pg else {
             return Ok(vec![this]);

@@ -467,11 +467,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .into(),
             started_at,
             cluster: Arc::new(cluster::Cluster {
+                node_id: config.cluster.node_id.clone().unwrap_or_default(),
                 pg: shared.as_ref().map(|(pg, _)| pg.clone()),
                 follow: follow_stats,
-                bridge,
+                bridge: bridge.clone(),
             }),
         };
+        if let Some(b) = &bridge {
+            // Other nodes list and close this node's connections.
+            b.serve_control(admin_state.control.clone()).await?;
+        }
         if let Some((pg, _)) = &shared {
             tokio::spawn(cluster::heartbeat(
                 pg.clone(),

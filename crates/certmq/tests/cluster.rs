@@ -272,3 +272,75 @@ fn shared_groups_span_nodes_retained_messages_reach_every_node_and_a_client_id_i
         let _ = ch.wait();
     }
 }
+
+#[test]
+fn nats_restarted_under_load_nothing_crashes_and_routing_resumes() {
+    let nats = Nats::start();
+    let a = node(&nats, "la");
+    let b = node(&nats, "lb");
+    let (mut on_b, rx_b) = subscriber(&b, "far", &["load/#"]);
+    let (mut on_a, rx_a) = subscriber(&a, "near", &["load/#"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        publish(&a, &["-q", "1", "-t", "load/marker", "-m", "m"]);
+        if rx_b.recv_timeout(Duration::from_millis(300)).is_ok() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "routes did not cross");
+    }
+    // A publisher on a: at most 30,000 QoS 0 messages, at most 6 s.
+    let addr = a.addr("mqtt-tcp");
+    let load = std::thread::spawn(move || {
+        let (mut p, _) = raw::Raw::connect(addr, "loader", Protocol::V5);
+        let t0 = std::time::Instant::now();
+        let mut sent = 0u32;
+        while sent < 30_000 && t0.elapsed() < Duration::from_secs(6) {
+            p.publish("load/x", b"tick", certmq_codec::QoS::AtMostOnce, 0, false);
+            sent += 1;
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        sent
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    nats.stop();
+    let api_a = device_helpers::Api::of(&a);
+    access_helpers::eventually("NATS link reported down", Duration::from_secs(10), || {
+        api_a.metric("certmq_cluster_nats_up") == 0.0
+    });
+    // Local clients are served meanwhile.
+    while rx_a.try_recv().is_ok() {}
+    assert!(
+        rx_a.recv_timeout(Duration::from_secs(2)).is_ok(),
+        "the local subscriber still gets the load"
+    );
+    nats.restart();
+    let sent = load.join().unwrap();
+    assert!(sent > 1000, "the publisher kept going: {sent}");
+    access_helpers::eventually("NATS link back", Duration::from_secs(15), || {
+        api_a.metric("certmq_cluster_nats_up") == 1.0
+    });
+    // Routing resumes: the subscriptions are in place again.
+    while rx_b.try_recv().is_ok() {}
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        publish(&a, &["-q", "1", "-t", "load/after", "-m", "back"]);
+        if rx_b
+            .recv_timeout(Duration::from_millis(300))
+            .is_ok_and(|l| l == "load/after back")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "routing did not resume after NATS came back"
+        );
+    }
+    for n in [&a, &b] {
+        let api = device_helpers::Api::of(n);
+        assert_eq!(api.ok("GET", "/health", None)["status"], "ok");
+    }
+    for ch in [&mut on_a, &mut on_b] {
+        let _ = ch.kill();
+        let _ = ch.wait();
+    }
+}

@@ -137,6 +137,32 @@ fn registry_changes_made_on_one_node_take_effect_on_every_node_within_a_second()
         .unwrap()
         .to_string();
 
+    // Any node's API shows every node's connections, and closes one
+    // anywhere.
+    let all = a1.ok("GET", "/connections", None);
+    assert!(
+        all["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["client_id"] == "sensor-1" && c["node"] == "n3"),
+        "{all}"
+    );
+    let only_n2 = a1.ok("GET", "/connections?node=n2", None);
+    assert_eq!(only_n2["items"].as_array().unwrap().len(), 0, "{only_n2}");
+    let only_n3 = a1.ok("GET", "/connections?node=n3", None);
+    assert_eq!(only_n3["items"][0]["client_id"], "sensor-1", "{only_n3}");
+    let mut other = mtls(&n2, Some(&device(&root, "sensor-2")), "sensor-2").expect("second device");
+    let out = cli(&n1, &["connections", "kick", "sensor-2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(other.disconnected(Duration::from_secs(5)).unwrap(), 0x98);
+    let (s, _) = a3.call("DELETE", "/connections/nobody-here", None);
+    assert_eq!(s, 404);
+
     // Revoked through node 2: the connection on node 3 closes with 0x98
     // within a second, and node 1 refuses the certificate.
     let t0 = Instant::now();

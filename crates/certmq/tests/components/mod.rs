@@ -189,30 +189,41 @@ impl Drop for Postgres {
 
 pub struct Nats {
     pub port: u16,
-    child: Child,
+    child: std::sync::Mutex<Child>,
+}
+
+fn spawn_nats(port: u16) -> Child {
+    Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run nats-server ({e}): `apt-get install nats-server` (.ci/run does)")
+        })
 }
 
 impl Nats {
     pub fn start() -> Nats {
         let port = free_port();
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run nats-server ({e}): `apt-get install nats-server` (.ci/run does)")
-            });
-        let n = Nats { port, child };
+        let n = Nats {
+            port,
+            child: std::sync::Mutex::new(spawn_nats(port)),
+        };
+        n.wait_listening();
+        n
+    }
+
+    fn wait_listening(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while n.info().is_none() {
+        while self.info().is_none() {
             assert!(
                 Instant::now() < deadline,
-                "nats-server did not listen on {port}"
+                "nats-server did not listen on {}",
+                self.port
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        n
     }
 
     pub fn url(&self) -> String {
@@ -229,15 +240,25 @@ impl Nats {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.lock().unwrap().id()
+    }
+
+    /// Stops the server by its PID (SIGTERM) and waits for it.
+    pub fn stop(&self) {
+        let mut child = self.child.lock().unwrap();
+        let _ = Command::new("kill").arg(child.id().to_string()).status();
+        let _ = child.wait();
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&self) {
+        *self.child.lock().unwrap() = spawn_nats(self.port);
+        self.wait_listening();
     }
 }
 
 impl Drop for Nats {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
