@@ -49,8 +49,9 @@ enum Command {
     Publish(Arc<Message>),
     Add(String),
     Remove(String),
-    /// A client connected here: other nodes drop their session of it.
-    Opened(String),
+    /// A client connected here (at unix ms): other nodes drop their
+    /// session of it.
+    Opened(String, u64),
 }
 
 /// Where a node announces the clients that connected to it (payload: the
@@ -135,8 +136,10 @@ impl certmq_core::Forwarder for Bridge {
         self.is_connected()
             && self.shared.connection_state() == async_nats::connection::State::Connected
     }
-    fn session_opened(&self, client_id: &str) {
-        let _ = self.routes.send(Command::Opened(client_id.to_owned()));
+    fn session_opened(&self, client_id: &str, at_ms: u64) {
+        let _ = self
+            .routes
+            .send(Command::Opened(client_id.to_owned(), at_ms));
     }
 }
 
@@ -149,6 +152,7 @@ const H_RESPONSE_TOPIC: &str = "certmq-response-topic";
 const H_CORRELATION: &str = "certmq-correlation";
 const H_PFI: &str = "certmq-pfi";
 const H_USER: &str = "certmq-user";
+const H_AT: &str = "certmq-at";
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -270,8 +274,14 @@ async fn run(
             let broker = broker.clone();
             tokio::spawn(async move {
                 while let Some(msg) = sub.next().await {
+                    let at_ms = msg
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(H_AT))
+                        .and_then(|v| v.as_str().parse::<u64>().ok())
+                        .unwrap_or(u64::MAX);
                     if let Ok(client_id) = std::str::from_utf8(&msg.payload) {
-                        if broker.session_moved(client_id, now()) {
+                        if broker.session_moved(client_id, at_ms, now()) {
                             tracing::info!(client_id, "session taken over by another node");
                         }
                     }
@@ -279,6 +289,30 @@ async fn run(
             });
         }
         Err(e) => tracing::error!(error = %e, "cluster: cannot follow takeovers"),
+    }
+    // Sessions handed to another node: the connection here closes, the
+    // session's records are written, then the other node is told.
+    match client.subscribe(RELEASE).await {
+        Ok(mut sub) => {
+            let (broker, client) = (broker.clone(), client.clone());
+            tokio::spawn(async move {
+                while let Some(msg) = sub.next().await {
+                    let Ok(client_id) = std::str::from_utf8(&msg.payload) else {
+                        continue;
+                    };
+                    let released = broker.release_session(client_id, now());
+                    let written = !released || broker.state_written().await;
+                    if released {
+                        tracing::info!(client_id, written, "session handed to another node");
+                    }
+                    if let Some(reply) = msg.reply {
+                        let answer = if released && written { "1" } else { "0" };
+                        let _ = client.publish(reply, answer.into()).await;
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::error!(error = %e, "cluster: cannot hand sessions over"),
     }
     // Retained messages of every node.
     match client.subscribe(format!("{RETAINED}.>")).await {
@@ -415,8 +449,13 @@ async fn run(
                 }
                 subs.insert(filter, tasks);
             }
-            Command::Opened(client_id) => {
-                if let Err(e) = client.publish(OPENED, client_id.into_bytes().into()).await {
+            Command::Opened(client_id, at_ms) => {
+                let mut h = HeaderMap::new();
+                h.insert(H_AT, at_ms.to_string().as_str());
+                if let Err(e) = client
+                    .publish_with_headers(OPENED, h, client_id.into_bytes().into())
+                    .await
+                {
                     tracing::warn!(error = %e, "cluster: takeover not announced");
                 }
             }
@@ -510,6 +549,10 @@ fn decode(subject: &str, msg: &async_nats::Message, now: Time) -> Option<Message
 /// node on `certmq_ctl.node.<id>.connections`; `KICK` closes a client's
 /// connection wherever it is.
 pub const CONNECTIONS: &str = "certmq_ctl.connections";
+/// A node where a client resumes its session asks every other node to
+/// hand it over (payload: the client id); the one that has it answers
+/// `1` once its records are written, the others `0`.
+pub const RELEASE: &str = "certmq_ctl.release";
 pub const KICK: &str = "certmq_ctl.kick";
 
 fn node_connections_subject(node: &str) -> String {
@@ -595,6 +638,25 @@ impl Bridge {
         Ok(())
     }
 
+    /// Asks every other node to hand `client_id`'s session over (its
+    /// connection there closes, its records are written); whether one did.
+    /// Done when one did, when `others` answered, or after 2 s.
+    pub async fn request_release(&self, client_id: &str, others: Option<usize>) -> bool {
+        if others == Some(0) {
+            return false;
+        }
+        let answers = self
+            .gather_until(
+                RELEASE.to_string(),
+                bytes::Bytes::copy_from_slice(client_id.as_bytes()),
+                others,
+                std::time::Duration::from_secs(2),
+                |m| m.payload.as_ref() == b"1",
+            )
+            .await;
+        answers.iter().any(|m| m.payload.as_ref() == b"1")
+    }
+
     /// Asks on `subject` and gathers answers until `expect` came or `wait`
     /// passed.
     async fn gather(
@@ -603,6 +665,19 @@ impl Bridge {
         payload: bytes::Bytes,
         expect: Option<usize>,
         wait: std::time::Duration,
+    ) -> Vec<async_nats::Message> {
+        self.gather_until(subject, payload, expect, wait, |_| false)
+            .await
+    }
+
+    /// [`Self::gather`], done early at the first answer `done` accepts.
+    async fn gather_until(
+        &self,
+        subject: String,
+        payload: bytes::Bytes,
+        expect: Option<usize>,
+        wait: std::time::Duration,
+        done: impl Fn(&async_nats::Message) -> bool,
     ) -> Vec<async_nats::Message> {
         let inbox = self.client.new_inbox();
         let Ok(mut sub) = self.client.subscribe(inbox.clone()).await else {
@@ -620,7 +695,13 @@ impl Bridge {
         let deadline = tokio::time::Instant::now() + wait;
         while expect.is_none_or(|n| out.len() < n) {
             match tokio::time::timeout_at(deadline, sub.next()).await {
-                Ok(Some(m)) => out.push(m),
+                Ok(Some(m)) => {
+                    let finished = done(&m);
+                    out.push(m);
+                    if finished {
+                        break;
+                    }
+                }
                 _ => break,
             }
         }

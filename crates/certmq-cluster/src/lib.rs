@@ -13,8 +13,10 @@
 #![forbid(unsafe_code)]
 
 pub mod bridge;
+pub mod claims;
 pub mod follow;
 pub mod subject;
 
 pub use bridge::{connect, Bridge, BridgeError, BridgeStats};
+pub use claims::Claims;
 pub use follow::{follow, FollowStats, Targets};

@@ -690,22 +690,92 @@ impl Broker {
         will
     }
 
-    /// The installed cluster forwarder, if any.
-    pub(crate) fn forwarder(&self) -> Option<&Arc<dyn crate::Forwarder>> {
-        self.forwarder.get()
+    /// Ids (session ids, connection numbers, delivery keys) go on from
+    /// `base` at least: nodes sharing one store take disjoint ranges.
+    pub fn reserve_ids_from(&self, base: u64) {
+        self.next_id.fetch_max(base.max(1), Ordering::Relaxed);
     }
 
-    /// Another node took `client_id` over (SPEC 13): the connection here
-    /// closes with DISCONNECT 0x8E (Session taken over) and the session
-    /// here ends, without a delayed will (the client lives on there).
-    /// Returns whether there was a session.
-    pub fn session_moved(&self, client_id: &str, now: Time) -> bool {
+    /// Takes in a session another node kept (SPEC 13: a takeover, or its
+    /// node died): offline, with its subscriptions, queue and messages in
+    /// flight, as a restart would bring it back; its delivery keys are
+    /// kept as they are. Refused (false) when a session of that id is here.
+    pub fn adopt_session(&self, s: crate::persist::RestoredSession, now: Time) -> bool {
+        if self
+            .session(&s.client_id)
+            .is_some_and(|e| !e.state.lock().ended)
+        {
+            return false;
+        }
+        let mut report = crate::persist::RestoreReport::default();
+        self.restore_session(s, now, &mut report);
+        report.sessions == 1
+    }
+
+    /// Hands a session over to another node (SPEC 13): its connection here
+    /// closes with DISCONNECT 0x8E and the session leaves this node without
+    /// its records being ended (the other node reads them and carries on).
+    /// Its will does not go out (the client lives on). Wait for
+    /// [`Broker::state_written`] before telling the other node.
+    pub fn release_session(&self, client_id: &str, now: Time) -> bool {
         let Some(entry) = self.session(client_id) else {
             return false;
         };
         {
             let mut state = entry.state.lock();
             if state.ended {
+                return false;
+            }
+            if state.owner != 0 {
+                entry
+                    .mailbox
+                    .kick(state.owner, certmq_codec::ReasonCode::SESSION_TAKEN_OVER);
+                // The closing connection sees a takeover of a resumed
+                // session: a delayed will is cancelled.
+                state.owner = 0;
+            }
+            if state.take_pending_will().is_some() {
+                self.record_will_gone(&entry.client_id, state.last_owner);
+            }
+            state.moved = true;
+            // Not ended in the store: the records stay for the new node.
+            entry.mailbox.set_persistent(false);
+        }
+        self.end_session(&entry, now);
+        true
+    }
+
+    /// Waits until every change recorded so far is written (true) or failed
+    /// (false). Without a store that tells, true at once.
+    pub async fn state_written(&self) -> bool {
+        let Some(p) = self.persist() else {
+            return true;
+        };
+        let Some(d) = p.durability() else {
+            return true;
+        };
+        let to = p.recorded();
+        p.flush_soon();
+        std::future::poll_fn(|cx| d.poll_settled(cx, to.saturating_sub(1), to)).await
+    }
+
+    /// The installed cluster forwarder, if any.
+    pub(crate) fn forwarder(&self) -> Option<&Arc<dyn crate::Forwarder>> {
+        self.forwarder.get()
+    }
+
+    /// Another node took `client_id` over (SPEC 13) with a connection
+    /// made at `at_ms` (unix milliseconds): the connection here closes with
+    /// DISCONNECT 0x8E (Session taken over) and the session here ends,
+    /// without a delayed will (the client lives on there). A connection
+    /// here that came later stays. Returns whether there was a session.
+    pub fn session_moved(&self, client_id: &str, at_ms: u64, now: Time) -> bool {
+        let Some(entry) = self.session(client_id) else {
+            return false;
+        };
+        {
+            let mut state = entry.state.lock();
+            if state.ended || state.since_ms > at_ms {
                 return false;
             }
             if state.owner != 0 {

@@ -23,7 +23,9 @@ pub trait Forwarder: Send + Sync + std::fmt::Debug + 'static {
     /// A client connected here with `client_id`: a node holding a session
     /// of that id closes its connection (0x8E) and forgets it, since one
     /// client id is one session in the cluster.
-    fn session_opened(&self, _client_id: &str) {}
+    /// `at`: when, unix milliseconds (a node that hears of it late keeps
+    /// a connection that came after it).
+    fn session_opened(&self, _client_id: &str, _at_ms: u64) {}
     /// Whether the forwarder delivers to shared subscriptions now (one
     /// member in the whole cluster, through [`crate::Broker::route_shared`]):
     /// the broker's own routing then leaves them out.

@@ -313,8 +313,9 @@ impl Broker {
             }
         };
         entry.mailbox.set_online(true, self.millis(now));
+        entry.state.lock().since_ms = self.millis(now);
         if let Some(f) = self.forwarder() {
-            f.session_opened(&client_id);
+            f.session_opened(&client_id, self.millis(now));
         }
         let limit_ms = u64::from(keep_alive) * 1500;
         entry.mailbox.set_keep_alive(limit_ms, self.millis(now));
@@ -1027,7 +1028,7 @@ impl Conn {
         if state.owner != generation {
             // Taken over: a resumed session cancels a delayed will; otherwise
             // the will goes out now.
-            let resumed = !state.ended;
+            let resumed = !state.ended || state.moved;
             drop(state);
             if let Some(will) = will {
                 if will_delay == 0 || !resumed {

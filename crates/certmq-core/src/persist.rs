@@ -46,6 +46,13 @@ pub trait Persist: Send + Sync + std::fmt::Debug + 'static {
     fn recorded(&self) -> u64;
     /// The writer's counters, for metrics.
     fn stats(&self) -> &PersistStats;
+    /// Asks the writer to commit what it holds now rather than at the end
+    /// of its interval (a session handed to another node).
+    fn flush_soon(&self) {}
+    /// How far writes got, when the store tells.
+    fn durability(&self) -> Option<Arc<Durability>> {
+        None
+    }
 }
 
 /// A store's counters, for metrics.

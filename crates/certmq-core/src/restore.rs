@@ -67,7 +67,12 @@ impl Broker {
         report
     }
 
-    fn restore_session(&self, s: RestoredSession, now: Time, report: &mut RestoreReport) {
+    pub(crate) fn restore_session(
+        &self,
+        s: RestoredSession,
+        now: Time,
+        report: &mut RestoreReport,
+    ) {
         let offline_since = s.offline_since.unwrap_or(now);
         let ends_at = (s.expiry_interval != u32::MAX)
             .then(|| offline_since + Duration::from_secs(u64::from(s.expiry_interval)));

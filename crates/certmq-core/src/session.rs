@@ -23,6 +23,13 @@ pub struct SessionEntry {
     pub(crate) state: Mutex<SessionState>,
 }
 
+impl SessionEntry {
+    /// Whether the session is still in force here (not ended).
+    pub fn is_live(&self) -> bool {
+        !self.state.lock().ended
+    }
+}
+
 /// A QoS 1/2 message sent to the client and not yet acknowledged.
 #[derive(Debug, Clone)]
 pub(crate) struct Inflight {
@@ -41,6 +48,12 @@ pub(crate) struct SessionState {
     pub last_owner: u64,
     /// The session was discarded (clean start, expiry); its entry is dead.
     pub ended: bool,
+    /// Ended here because another node carries it on (SPEC 13): for the
+    /// connection that closes, the session was resumed.
+    pub moved: bool,
+    /// When the connection that owns it (or owned it last) connected,
+    /// unix milliseconds.
+    pub since_ms: u64,
     /// Seconds the session outlives its connection; `u32::MAX` is never expire.
     pub expiry_interval: u32,
     /// Raw filters (with any `$share/group/` prefix) of the session's

@@ -195,6 +195,9 @@ async fn accept<T: Transport>(
         cert: login.cert_facts,
         peer_ip: Some(peer.addr.ip()),
     };
+    if let Some(claims) = shared.claims.get() {
+        claims.claim(&connect.client_id, connect.clean_start).await;
+    }
     let username_given = connect.username.as_deref().map(crate::bounded);
     // Kept (bounded) for the refusal record; CONNECT moves into the core.
     let client_id = crate::bounded(&connect.client_id);

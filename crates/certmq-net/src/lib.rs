@@ -175,6 +175,20 @@ pub(crate) struct Shared {
     /// Each listener's authentication chain, swapped by [`AuthChains`]
     /// (SIGHUP): read at every accept.
     pub chains: AuthChains,
+    /// A cluster's session hand-over, before CONNECT is accepted.
+    pub claims: std::sync::OnceLock<Arc<dyn SessionClaims>>,
+}
+
+/// Brings a client's kept session to this node before its CONNECT is
+/// accepted (a cluster, SPEC 13: the node that has it hands it over, or it
+/// is read from the shared store when that node is gone). Bounded in time
+/// by the implementation; the connection proceeds whatever it finds.
+pub trait SessionClaims: Send + Sync + 'static {
+    fn claim<'a>(
+        &'a self,
+        client_id: &'a str,
+        clean_start: bool,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 }
 
 /// The authentication chain of every listener, changeable while the
@@ -289,6 +303,7 @@ impl Server {
                 live,
                 sync_acks: std::sync::OnceLock::new(),
                 authenticator: std::sync::OnceLock::new(),
+                claims: std::sync::OnceLock::new(),
             }),
             listeners,
         })
@@ -304,6 +319,12 @@ impl Server {
     /// [`Server::run`]; false if already set.
     pub fn set_authenticator(&self, a: Arc<dyn Authenticator>) -> bool {
         self.shared.authenticator.set(a).is_ok()
+    }
+
+    /// Installs a cluster's session hand-over. Call before [`Server::run`];
+    /// false if already set.
+    pub fn set_session_claims(&self, c: Arc<dyn SessionClaims>) -> bool {
+        self.shared.claims.set(c).is_ok()
     }
 
     /// The listeners' authentication chains, to change them while the

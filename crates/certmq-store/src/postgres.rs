@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod access;
+mod state;
 
 use parking_lot::Mutex;
 use postgres::fallible_iterator::FallibleIterator;
@@ -69,7 +70,7 @@ impl From<Error> for StoreError {
 
 /// The driver's error with its cause (the server's message, or why the
 /// connection failed); never the URL, which may hold a password.
-fn describe(e: &postgres::Error) -> String {
+pub(crate) fn describe(e: &postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         return format!("PostgreSQL: {}", db.message());
     }
@@ -213,6 +214,62 @@ const MIGRATIONS: &[&str] = &[
         started_at BIGINT NOT NULL,
         seen_at BIGINT NOT NULL,
         info TEXT NOT NULL
+    );",
+    // 2: the broker state of SPEC 10, shared: retained messages, sessions
+    // (each owned by the node that last wrote it) and what hangs off them.
+    // Keys come from per-incarnation ranges, so nodes never collide.
+    "CREATE SEQUENCE state_incarnations;
+    CREATE TABLE state_retained (
+        topic TEXT PRIMARY KEY,
+        publish BYTEA NOT NULL,
+        expires_at BIGINT
+    );
+    CREATE TABLE state_sessions (
+        client_id TEXT PRIMARY KEY,
+        node TEXT NOT NULL,
+        identity TEXT NOT NULL,
+        expiry_interval BIGINT NOT NULL,
+        offline_since BIGINT
+    );
+    CREATE INDEX state_sessions_by_node ON state_sessions(node);
+    CREATE TABLE state_subscriptions (
+        client_id TEXT NOT NULL,
+        filter TEXT NOT NULL,
+        options BIGINT NOT NULL,
+        subscription_id BIGINT,
+        PRIMARY KEY (client_id, filter)
+    );
+    CREATE TABLE state_messages (
+        id BIGINT PRIMARY KEY,
+        publish BYTEA NOT NULL,
+        expires_at BIGINT
+    );
+    CREATE TABLE state_deliveries (
+        key BIGINT PRIMARY KEY,
+        client_id TEXT NOT NULL,
+        message_id BIGINT NOT NULL,
+        qos BIGINT NOT NULL,
+        retain BOOLEAN NOT NULL,
+        subscription_ids TEXT NOT NULL,
+        packet_id BIGINT,
+        released BOOLEAN NOT NULL
+    );
+    CREATE INDEX state_deliveries_by_client ON state_deliveries(client_id);
+    CREATE INDEX state_deliveries_by_message ON state_deliveries(message_id);
+    CREATE TABLE state_incoming_qos2 (
+        client_id TEXT NOT NULL,
+        packet_id BIGINT NOT NULL,
+        PRIMARY KEY (client_id, packet_id)
+    );
+    CREATE TABLE state_wills (
+        client_id TEXT NOT NULL,
+        generation BIGINT NOT NULL,
+        node TEXT NOT NULL,
+        publish BYTEA NOT NULL,
+        expires_at BIGINT,
+        delay BIGINT NOT NULL,
+        publish_at BIGINT,
+        PRIMARY KEY (client_id, generation)
     );",
 ];
 
@@ -371,7 +428,7 @@ impl std::fmt::Debug for PgStore {
 }
 
 /// Where the URL points, for messages (never its password).
-fn target(c: &postgres::Config) -> String {
+pub(crate) fn target(c: &postgres::Config) -> String {
     let host = c
         .get_hosts()
         .first()

@@ -263,9 +263,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(SIGXFSZ))
         })
         .context("cannot handle SIGXFSZ")?;
-    let (state, restored) = match open_state(&config)? {
-        Some((store, restored)) => (Some(store), Some(restored)),
-        None => (None, None),
+    let (state, restored, id_base) = match open_state(&config, shared.as_ref().map(|(pg, _)| pg))? {
+        Some((store, restored, base)) => (Some(store), Some(restored), base),
+        None => (None, None, 0),
     };
 
     runtime.block_on(async move {
@@ -274,6 +274,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let shutdown = shutdown_signal()?;
         let started_at = certmq_registry::now_unix();
         let broker = certmq_core::Broker::new(config.broker_config());
+        // Nodes sharing a store take disjoint ranges of ids.
+        broker.reserve_ids_from(id_base);
         broker.set_authorizer(access.clone());
         // The cluster bridge first: restored subscriptions are routes too.
         let bridge = match (&config.cluster.nats, &config.cluster.node_id) {
@@ -359,6 +361,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             certmq_net::Server::bind_with(broker.clone(), config.net_config(), Some(tls), live)
                 .await?;
         server.set_authenticator(access.clone());
+        if let (Some((pg, _)), Some(b)) = (&shared, &bridge) {
+            if state.is_some() {
+                server.set_session_claims(Arc::new(certmq_cluster::Claims {
+                    broker: broker.clone(),
+                    store: pg.clone(),
+                    bridge: b.clone(),
+                    node: config.cluster.node_id.clone().unwrap_or_default(),
+                    now: certmq_net::clock::now,
+                }));
+            }
+        }
         reload::spawn(
             args.clone(),
             config.clone(),
@@ -529,13 +542,21 @@ const SIGXFSZ: i32 = 25;
 #[allow(clippy::type_complexity)]
 fn open_state(
     config: &Config,
-) -> anyhow::Result<Option<(Arc<certmq_store::StateStore>, certmq_core::Restored)>> {
+    shared: Option<&Arc<certmq_store::PgStore>>,
+) -> anyhow::Result<Option<(Arc<certmq_store::StateStore>, certmq_core::Restored, u64)>> {
     let p = &config.persistence;
     if p.mode == certmq_store::PersistenceMode::Off {
         tracing::info!("persistence off: retained messages and sessions live in memory only");
         return Ok(None);
     }
-    let (store, restored, report) = certmq_store::StateStore::open(&config.data_dir, p)?;
+    // A cluster's state is in its PostgreSQL: sessions move between nodes.
+    let (store, restored, report, base) = match shared {
+        Some(pg) => pg.open_state(p)?,
+        None => {
+            let (store, restored, report) = certmq_store::StateStore::open(&config.data_dir, p)?;
+            (store, restored, report, 0)
+        }
+    };
     if report.dropped > 0 {
         tracing::warn!(
             records = report.dropped,
@@ -546,9 +567,10 @@ fn open_state(
         mode = p.mode.as_str(),
         flush_interval_ms = p.flush_interval_ms,
         load_ms = report.elapsed.as_millis() as u64,
+        shared = shared.is_some(),
         "broker state opened"
     );
-    Ok(Some((store, restored)))
+    Ok(Some((store, restored, base)))
 }
 
 /// Registers the SIGINT and SIGTERM handlers now and returns a future that

@@ -257,7 +257,7 @@ fn shared_groups_span_nodes_retained_messages_reach_every_node_and_a_client_id_i
     let api_a = device_helpers::Api::of(&a);
     access_helpers::eventually("node a forgot device-7", Duration::from_secs(5), || {
         !api_a
-            .ok("GET", "/connections", None)
+            .ok("GET", "/connections?node=sa", None)
             .to_string()
             .contains("device-7")
     });

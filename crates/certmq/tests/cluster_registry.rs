@@ -10,6 +10,7 @@
 mod common;
 mod components;
 mod device_helpers;
+mod raw;
 mod tls_client;
 
 use std::path::Path;
@@ -425,4 +426,135 @@ fn users_and_policies_are_shared_and_postgres_loss_refuses_changes_but_serves_cl
     within(Duration::from_secs(2), "alice gone on node 1", || {
         !pub_as(&n1, "alice", "correct horse battery")
     });
+}
+
+/// `mosquitto_pub` of one QoS 1 message on node `n`.
+fn pub1(n: &BrokerProcess, topic: &str, msg: &str) {
+    let out = run(
+        std::process::Command::new("mosquitto_pub").args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &n.port("mqtt-tcp"),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-m",
+            msg,
+            "-V",
+            "mqttv5",
+        ]),
+        LIMIT,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits until node `n` has written every state change it recorded.
+fn state_written(n: &BrokerProcess) {
+    let api = Api::of(n);
+    within(Duration::from_secs(10), "state written", || {
+        api.metric("certmq_persistence_pending_changes") == 0.0
+            && api.metric("certmq_persistence_changes_written_total")
+                >= api.metric("certmq_persistence_changes_recorded_total")
+    });
+}
+
+#[test]
+fn a_session_moves_with_its_client_and_outlives_its_node() {
+    use certmq_codec::{Packet, Protocol, QoS, ReasonCode};
+    let pg = Postgres::start();
+    let nats = Nats::start();
+    let n1 = node(&pg, &nats, "s1", &[]);
+    let n2 = node(&pg, &nats, "s2", &[]);
+    let n3 = node(&pg, &nats, "s3", &[]);
+
+    // A persistent session on node 1, subscribed; a marker from node 2
+    // shows the route is in place.
+    let (mut c, present) = raw::Raw::connect(n1.addr("mqtt-tcp"), "dev-1", Protocol::V5);
+    assert!(!present);
+    c.subscribe("cmd/dev-1/#", QoS::AtLeastOnce);
+    c.set_read_timeout(Duration::from_millis(300));
+    let mut crossed = false;
+    for _ in 0..50 {
+        pub1(&n2, "cmd/dev-1/marker", "m");
+        if let Some(Packet::Publish(p)) = c.try_recv() {
+            if p.qos == QoS::AtLeastOnce {
+                c.send(Packet::PubAck(certmq_codec::PubResponse::new(
+                    p.packet_id,
+                    ReasonCode::SUCCESS,
+                )));
+            }
+            crossed = true;
+            break;
+        }
+    }
+    assert!(crossed, "route from node 2 to node 1");
+    // Drain the other markers, then leave (no DISCONNECT: the session stays).
+    while let Some(Packet::Publish(p)) = c.try_recv() {
+        c.send(Packet::PubAck(certmq_codec::PubResponse::new(
+            p.packet_id,
+            ReasonCode::SUCCESS,
+        )));
+    }
+    drop(c);
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 1..=3 {
+        pub1(&n2, "cmd/dev-1/set", &format!("q{i}"));
+    }
+    state_written(&n1);
+
+    // The client comes back on node 3: its session, subscription and the
+    // three messages queued on node 1 are there.
+    let (mut c, present) = raw::Raw::connect(n3.addr("mqtt-tcp"), "dev-1", Protocol::V5);
+    assert!(present, "the session moved with the client");
+    let got: Vec<String> = (0..3)
+        .map(|_| String::from_utf8(c.next_message().1).unwrap())
+        .collect();
+    assert_eq!(got, ["q1", "q2", "q3"]);
+    drop(c);
+
+    // Live takeover: connected on node 1, connecting on node 2 closes the
+    // first with 0x8E; the subscription works on node 2.
+    let (mut first, _) = raw::Raw::connect(n1.addr("mqtt-tcp"), "dev-2", Protocol::V5);
+    first.subscribe("cmd/dev-2/#", QoS::AtLeastOnce);
+    let (mut second, present) = raw::Raw::connect(n2.addr("mqtt-tcp"), "dev-2", Protocol::V5);
+    assert!(present);
+    match first.recv() {
+        Packet::Disconnect(d) => assert_eq!(d.reason, ReasonCode::SESSION_TAKEN_OVER),
+        other => panic!("expected DISCONNECT 0x8E, got {other:?}"),
+    }
+    second.set_read_timeout(Duration::from_millis(300));
+    let mut delivered = false;
+    for _ in 0..50 {
+        pub1(&n3, "cmd/dev-2/x", "to-dev-2");
+        if let Some(Packet::Publish(p)) = second.try_recv() {
+            assert_eq!(&p.payload[..], b"to-dev-2");
+            delivered = true;
+            break;
+        }
+    }
+    assert!(delivered, "the moved subscription receives on node 2");
+
+    // Node death: dev-1's session is on node 3 with two messages queued;
+    // kill -9 node 3, and the client resumes on node 2.
+    std::thread::sleep(Duration::from_millis(200));
+    pub1(&n1, "cmd/dev-1/set", "after-1");
+    pub1(&n1, "cmd/dev-1/set", "after-2");
+    let api3 = Api::of(&n3);
+    within(Duration::from_secs(10), "queued on node 3", || {
+        api3.metric("certmq_cluster_messages_received_total") >= 2.0
+    });
+    state_written(&n3);
+    let _ = n3.kill9_keep_dir();
+    let (mut c, present) = raw::Raw::connect(n2.addr("mqtt-tcp"), "dev-1", Protocol::V5);
+    assert!(present, "resumed from what node 3 wrote");
+    let got: Vec<String> = (0..2)
+        .map(|_| String::from_utf8(c.next_message().1).unwrap())
+        .collect();
+    assert_eq!(got, ["after-1", "after-2"]);
 }

@@ -157,22 +157,184 @@ fn each_row<T>(
 /// Reads everything kept. Rows that do not decode or refer to nothing are
 /// left out and counted (logged by the caller); a database that cannot be
 /// read is `Corrupt`.
-pub(super) fn read(conn: &Connection, path: &Path) -> Result<(Restored, usize), StateError> {
-    let mut dropped = 0usize;
-    let mut restored = Restored::default();
+/// Builds a [`Restored`] from rows, one table at a time in the order
+/// below (sessions before what hangs off them, messages before the
+/// deliveries that use them): the same for every engine. Rows that do not
+/// decode or refer to nothing are counted as dropped.
+#[derive(Default)]
+pub(crate) struct Assembler {
+    restored: Restored,
+    sessions: HashMap<Arc<str>, RestoredSession>,
+    messages: HashMap<i64, Arc<Message>>,
+    dropped: usize,
+}
 
+impl Assembler {
+    pub(crate) fn retained(&mut self, topic: String, publish: &[u8], expires_at: Option<i64>) {
+        match decode_message(publish, time(expires_at)) {
+            Some(m) if *m.topic == *topic => self.restored.retained.push(Arc::new(m)),
+            _ => self.dropped += 1,
+        }
+    }
+
+    pub(crate) fn session(
+        &mut self,
+        client_id: String,
+        identity: &str,
+        expiry: i64,
+        offline_since: Option<i64>,
+    ) {
+        let (Some(identity), Ok(expiry_interval)) =
+            (decode_identity(identity), u32::try_from(expiry))
+        else {
+            self.dropped += 1;
+            return;
+        };
+        let client_id: Arc<str> = client_id.into();
+        self.sessions.insert(
+            client_id.clone(),
+            RestoredSession {
+                client_id,
+                identity,
+                expiry_interval,
+                offline_since: time(offline_since),
+                subscriptions: Vec::new(),
+                deliveries: Vec::new(),
+                incoming_qos2: Vec::new(),
+            },
+        );
+    }
+
+    pub(crate) fn subscription(
+        &mut self,
+        client_id: &str,
+        filter: String,
+        options: i64,
+        id: Option<i64>,
+    ) {
+        let options = u8::try_from(options).ok().and_then(decode_options);
+        let id = id.map(u32::try_from);
+        match (self.sessions.get_mut(client_id), options, id) {
+            (Some(s), Some(o), None) => s.subscriptions.push((filter.into(), o, None)),
+            (Some(s), Some(o), Some(Ok(id))) => s.subscriptions.push((filter.into(), o, Some(id))),
+            _ => self.dropped += 1,
+        }
+    }
+
+    pub(crate) fn message(&mut self, id: i64, publish: &[u8], expires_at: Option<i64>) {
+        match decode_message(publish, time(expires_at)) {
+            Some(m) => {
+                self.messages.insert(id, Arc::new(m));
+            }
+            None => self.dropped += 1,
+        }
+    }
+
+    /// In key order.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn delivery(
+        &mut self,
+        key: i64,
+        client_id: &str,
+        message_id: i64,
+        q: i64,
+        retain: bool,
+        ids: &str,
+        packet_id: Option<i64>,
+        released: bool,
+    ) {
+        let ids: Option<Vec<u32>> = if ids.is_empty() {
+            Some(Vec::new())
+        } else {
+            ids.split(',').map(|n| n.parse().ok()).collect()
+        };
+        let state = match packet_id.map(u16::try_from) {
+            None => Some(DeliveryState::Queued),
+            Some(Ok(p)) if p != 0 && released => Some(DeliveryState::Released(p)),
+            Some(Ok(p)) if p != 0 => Some(DeliveryState::Sent(p)),
+            Some(_) => None,
+        };
+        let found = (
+            self.sessions.get_mut(client_id),
+            self.messages.get(&message_id),
+            qos(q),
+            ids,
+            state,
+            u64::try_from(key).ok().filter(|k| *k != 0),
+        );
+        let (Some(s), Some(message), Some(qos), Some(subscription_ids), Some(state), Some(key)) =
+            found
+        else {
+            self.dropped += 1;
+            return;
+        };
+        s.deliveries.push(RestoredDelivery {
+            key,
+            delivery: Delivery {
+                message: message.clone(),
+                qos,
+                retain,
+                subscription_ids,
+                key,
+            },
+            state,
+        });
+    }
+
+    pub(crate) fn incoming_qos2(&mut self, client_id: &str, packet_id: i64) {
+        match (self.sessions.get_mut(client_id), u16::try_from(packet_id)) {
+            (Some(s), Ok(p)) if p != 0 => s.incoming_qos2.push(p),
+            _ => self.dropped += 1,
+        }
+    }
+
+    pub(crate) fn will(
+        &mut self,
+        client_id: String,
+        generation: i64,
+        publish: &[u8],
+        expires_at: Option<i64>,
+        delay: i64,
+        publish_at: Option<i64>,
+    ) {
+        let found = (
+            decode_message(publish, time(expires_at)),
+            u64::try_from(generation),
+            u32::try_from(delay),
+        );
+        let (Some(message), Ok(generation), Ok(delay)) = found else {
+            self.dropped += 1;
+            return;
+        };
+        self.restored.wills.push(RestoredWill {
+            client_id: client_id.into(),
+            generation,
+            will: WillRecord {
+                message: Arc::new(message),
+                delay,
+                publish_at: time(publish_at),
+            },
+        });
+    }
+
+    pub(crate) fn finish(self) -> (Restored, usize) {
+        let mut restored = self.restored;
+        let mut sessions: Vec<RestoredSession> = self.sessions.into_values().collect();
+        sessions.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        restored.sessions = sessions;
+        (restored, self.dropped)
+    }
+}
+
+pub(super) fn read(conn: &Connection, path: &Path) -> Result<(Restored, usize), StateError> {
+    let mut a = Assembler::default();
     each_row(
         conn,
         path,
         "SELECT topic, publish, expires_at FROM retained",
         |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?, r.get(2)?)),
-        |(topic, publish, expires_at)| match decode_message(&publish, time(expires_at)) {
-            Some(m) if *m.topic == *topic => restored.retained.push(Arc::new(m)),
-            _ => dropped += 1,
-        },
+        |(topic, publish, expires_at)| a.retained(topic, &publish, expires_at),
     )?;
-
-    let mut sessions: HashMap<Arc<str>, RestoredSession> = HashMap::new();
     each_row(
         conn,
         path,
@@ -186,28 +348,9 @@ pub(super) fn read(conn: &Connection, path: &Path) -> Result<(Restored, usize), 
             ))
         },
         |(client_id, identity, expiry, offline_since)| {
-            let (Some(identity), Ok(expiry_interval)) =
-                (decode_identity(&identity), u32::try_from(expiry))
-            else {
-                dropped += 1;
-                return;
-            };
-            let client_id: Arc<str> = client_id.into();
-            sessions.insert(
-                client_id.clone(),
-                RestoredSession {
-                    client_id,
-                    identity,
-                    expiry_interval,
-                    offline_since: time(offline_since),
-                    subscriptions: Vec::new(),
-                    deliveries: Vec::new(),
-                    incoming_qos2: Vec::new(),
-                },
-            );
+            a.session(client_id, &identity, expiry, offline_since)
         },
     )?;
-
     each_row(
         conn,
         path,
@@ -220,33 +363,15 @@ pub(super) fn read(conn: &Connection, path: &Path) -> Result<(Restored, usize), 
                 r.get::<_, Option<i64>>(3)?,
             ))
         },
-        |(client_id, filter, options, id)| {
-            let options = u8::try_from(options).ok().and_then(decode_options);
-            let id = id.map(u32::try_from);
-            match (sessions.get_mut(client_id.as_str()), options, id) {
-                (Some(s), Some(o), None) => s.subscriptions.push((filter.into(), o, None)),
-                (Some(s), Some(o), Some(Ok(id))) => {
-                    s.subscriptions.push((filter.into(), o, Some(id)))
-                }
-                _ => dropped += 1,
-            }
-        },
+        |(client_id, filter, options, id)| a.subscription(&client_id, filter, options, id),
     )?;
-
-    let mut messages: HashMap<i64, Arc<Message>> = HashMap::new();
     each_row(
         conn,
         path,
         "SELECT id, publish, expires_at FROM messages",
         |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get(2)?)),
-        |(id, publish, expires_at)| match decode_message(&publish, time(expires_at)) {
-            Some(m) => {
-                messages.insert(id, Arc::new(m));
-            }
-            None => dropped += 1,
-        },
+        |(id, publish, expires_at)| a.message(id, &publish, expires_at),
     )?;
-
     each_row(
         conn,
         path,
@@ -265,59 +390,18 @@ pub(super) fn read(conn: &Connection, path: &Path) -> Result<(Restored, usize), 
             ))
         },
         |(key, client_id, message_id, q, retain, ids, packet_id, released)| {
-            let ids: Option<Vec<u32>> = if ids.is_empty() {
-                Some(Vec::new())
-            } else {
-                ids.split(',').map(|n| n.parse().ok()).collect()
-            };
-            let state = match packet_id.map(u16::try_from) {
-                None => Some(DeliveryState::Queued),
-                Some(Ok(p)) if p != 0 && released => Some(DeliveryState::Released(p)),
-                Some(Ok(p)) if p != 0 => Some(DeliveryState::Sent(p)),
-                Some(_) => None,
-            };
-            let found = (
-                sessions.get_mut(client_id.as_str()),
-                messages.get(&message_id),
-                qos(q),
-                ids,
-                state,
-                u64::try_from(key).ok().filter(|k| *k != 0),
-            );
-            let (Some(s), Some(message), Some(qos), Some(subscription_ids), Some(state), Some(key)) =
-                found
-            else {
-                dropped += 1;
-                return;
-            };
-            s.deliveries.push(RestoredDelivery {
-                key,
-                delivery: Delivery {
-                    message: message.clone(),
-                    qos,
-                    retain,
-                    subscription_ids,
-                    key,
-                },
-                state,
-            });
+            a.delivery(
+                key, &client_id, message_id, q, retain, &ids, packet_id, released,
+            )
         },
     )?;
-
     each_row(
         conn,
         path,
         "SELECT client_id, packet_id FROM incoming_qos2",
         |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
-        |(client_id, packet_id)| match (
-            sessions.get_mut(client_id.as_str()),
-            u16::try_from(packet_id),
-        ) {
-            (Some(s), Ok(p)) if p != 0 => s.incoming_qos2.push(p),
-            _ => dropped += 1,
-        },
+        |(client_id, packet_id)| a.incoming_qos2(&client_id, packet_id),
     )?;
-
     each_row(
         conn,
         path,
@@ -333,29 +417,10 @@ pub(super) fn read(conn: &Connection, path: &Path) -> Result<(Restored, usize), 
             ))
         },
         |(client_id, generation, publish, expires_at, delay, publish_at)| {
-            let found = (
-                decode_message(&publish, time(expires_at)),
-                u64::try_from(generation),
-                u32::try_from(delay),
-            );
-            let (Some(message), Ok(generation), Ok(delay)) = found else {
-                dropped += 1;
-                return;
-            };
-            restored.wills.push(RestoredWill {
-                client_id: client_id.into(),
-                generation,
-                will: WillRecord {
-                    message: Arc::new(message),
-                    delay,
-                    publish_at: time(publish_at),
-                },
-            });
+            a.will(
+                client_id, generation, &publish, expires_at, delay, publish_at,
+            )
         },
     )?;
-
-    let mut sessions: Vec<RestoredSession> = sessions.into_values().collect();
-    sessions.sort_by(|a, b| a.client_id.cmp(&b.client_id));
-    restored.sessions = sessions;
-    Ok((restored, dropped))
+    Ok(a.finish())
 }

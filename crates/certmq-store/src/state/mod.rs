@@ -18,7 +18,7 @@
 //! to be written again with the next batch.
 
 mod apply;
-mod load;
+pub(crate) mod load;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -117,6 +117,8 @@ struct Queue {
     seq: u64,
     batch: Batch,
     stopping: bool,
+    /// Commit now rather than at the end of the interval.
+    flush: bool,
 }
 
 /// The changes gathered for one commit. A delivery queued in this batch
@@ -218,8 +220,34 @@ impl Batch {
     }
 }
 
-struct Shared {
+/// Where batches are committed: `state.db`, or the cluster's PostgreSQL.
+pub(crate) trait Backend: Send + 'static {
+    /// Writes `batches` in order, in one transaction.
+    fn commit(&mut self, batches: &[Batch]) -> Result<(), String>;
+    /// Bytes the kept state takes (0 when unknown).
+    fn bytes(&self) -> u64;
+    /// Where, for messages.
+    fn describe(&self) -> String;
+}
+
+struct SqliteBackend {
+    conn: rusqlite::Connection,
     path: PathBuf,
+}
+
+impl Backend for SqliteBackend {
+    fn commit(&mut self, batches: &[Batch]) -> Result<(), String> {
+        apply::commit(&mut self.conn, batches).map_err(|e| e.to_string())
+    }
+    fn bytes(&self) -> u64 {
+        size_of(&self.path)
+    }
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
     recorded: AtomicU64,
@@ -267,12 +295,31 @@ impl StateStore {
             dropped,
             elapsed: started.elapsed(),
         };
+        let store = Self::start(
+            Box::new(SqliteBackend {
+                conn,
+                path: path.clone(),
+            }),
+            config,
+        )
+        .map_err(|e| StateError::Open {
+            path,
+            reason: e.to_string(),
+        })?;
+        Ok((store, restored, report))
+    }
+
+    /// Starts the writer over `backend`.
+    pub(crate) fn start(
+        backend: Box<dyn Backend>,
+        config: &PersistenceConfig,
+    ) -> std::io::Result<Arc<StateStore>> {
         let shared = Arc::new(Shared {
-            path: path.clone(),
             queue: Mutex::new(Queue {
                 seq: 0,
                 batch: Batch::default(),
                 stopping: false,
+                flush: false,
             }),
             wake: Condvar::new(),
             recorded: AtomicU64::new(0),
@@ -284,23 +331,15 @@ impl StateStore {
         shared
             .stats
             .state_bytes
-            .store(size_of(&path), Ordering::Relaxed);
+            .store(backend.bytes(), Ordering::Relaxed);
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
             .name("certmq-state".into())
-            .spawn(move || writer(conn, &writer_shared))
-            .map_err(|e| StateError::Open {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-        Ok((
-            Arc::new(StateStore {
-                shared,
-                writer: Mutex::new(Some(writer)),
-            }),
-            restored,
-            report,
-        ))
+            .spawn(move || writer(backend, &writer_shared))?;
+        Ok(Arc::new(StateStore {
+            shared,
+            writer: Mutex::new(Some(writer)),
+        }))
     }
 
     pub fn mode(&self) -> PersistenceMode {
@@ -364,6 +403,15 @@ impl Persist for StateStore {
     fn stats(&self) -> &PersistStats {
         &self.shared.stats
     }
+
+    fn flush_soon(&self) {
+        self.shared.queue.lock().flush = true;
+        self.shared.wake.notify_one();
+    }
+
+    fn durability(&self) -> Option<Arc<Durability>> {
+        Some(self.shared.durability.clone())
+    }
 }
 
 /// Bytes of the database and its write-ahead log.
@@ -377,7 +425,7 @@ fn size_of(db: &Path) -> u64 {
 }
 
 /// The writer thread: takes the queue in batches and commits them.
-fn writer(mut conn: rusqlite::Connection, shared: &Shared) {
+fn writer(mut backend: Box<dyn Backend>, shared: &Shared) {
     // Batches that failed, written again (first, in order) with the next.
     let mut retry: Vec<Batch> = Vec::new();
     let mut written_to = 0u64;
@@ -403,7 +451,7 @@ fn writer(mut conn: rusqlite::Connection, shared: &Shared) {
                     if !q.stopping {
                         // Changes gather for one interval; a stop ends it.
                         let deadline = Instant::now() + shared.flush_interval;
-                        while !q.stopping {
+                        while !q.stopping && !q.flush {
                             if shared.wake.wait_until(&mut q, deadline).timed_out() {
                                 break;
                             }
@@ -411,6 +459,7 @@ fn writer(mut conn: rusqlite::Connection, shared: &Shared) {
                     }
                 }
             }
+            q.flush = false;
             (std::mem::take(&mut q.batch), q.seq, q.stopping)
         };
         if !batch.is_empty() {
@@ -420,7 +469,7 @@ fn writer(mut conn: rusqlite::Connection, shared: &Shared) {
         shared.stats.pending.store(n as u64, Ordering::Relaxed);
         if n > 0 {
             let started = Instant::now();
-            match apply::commit(&mut conn, &retry) {
+            match backend.commit(&retry) {
                 Ok(()) => {
                     retry.clear();
                     let stats = &shared.stats;
@@ -431,16 +480,14 @@ fn writer(mut conn: rusqlite::Connection, shared: &Shared) {
                     stats.batches.fetch_add(1, Ordering::Relaxed);
                     // Every change recorded up to `seq` is on disk.
                     stats.changes_written.fetch_max(seq, Ordering::Relaxed);
-                    stats
-                        .state_bytes
-                        .store(size_of(&shared.path), Ordering::Relaxed);
+                    stats.state_bytes.store(backend.bytes(), Ordering::Relaxed);
                     shared.durability.settle(written_to, seq, true);
                 }
                 Err(e) => {
                     shared.stats.write_errors.fetch_add(1, Ordering::Relaxed);
                     shared.durability.settle(written_to, seq, false);
                     if last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                        tracing::error!(error = %e, changes = n, "broker state not written; will try again");
+                        tracing::error!(error = %e, changes = n, at = %backend.describe(), "broker state not written; will try again");
                         last_error_log = Some(Instant::now());
                     }
                     if n > RETRY_LIMIT || stopping {

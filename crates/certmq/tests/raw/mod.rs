@@ -106,6 +106,22 @@ impl Raw {
         }
     }
 
+    /// The next PUBLISH (acknowledged when QoS 1): (topic, payload).
+    pub fn next_message(&mut self) -> (String, Vec<u8>) {
+        loop {
+            if let Packet::Publish(p) = self.recv() {
+                if p.qos == QoS::AtLeastOnce {
+                    self.send(Packet::PubAck(PubResponse {
+                        packet_id: p.packet_id,
+                        reason: ReasonCode::SUCCESS,
+                        properties: Properties::default(),
+                    }));
+                }
+                return (p.topic.to_string(), p.payload.to_vec());
+            }
+        }
+    }
+
     pub fn publish(&mut self, topic: &str, payload: &[u8], qos: QoS, packet_id: u16, dup: bool) {
         self.send(publish(topic, payload, qos, packet_id, dup));
     }
