@@ -51,6 +51,10 @@ pub trait ClusterView: Send + Sync + 'static {
     fn nodes(&self, this: NodeView) -> Result<Vec<NodeView>, ApiError>;
     /// The links' metrics (cheap: counters only).
     fn metrics(&self) -> Vec<ClusterMetric>;
+    /// The links' state for `GET /health` (`None`: a node on its own).
+    fn health(&self) -> Option<serde_json::Value> {
+        None
+    }
     /// Live connections of the other nodes (`node`: of that one only).
     fn connections(&self, _node: Option<String>) -> BoxFuture<Vec<ConnectionView>> {
         Box::pin(async { Vec::new() })

@@ -698,7 +698,14 @@ fn certificate_schemas() -> Value {
     json!({
         "Any": {},
         "Error": object(&["error"], json!({"error": object(&["code", "message"], json!({"code": string(), "message": string()}))})),
-        "Health": object(&["status"], json!({"status": string()})),
+        "Health": object(&["status"], json!({
+            "status": string(),
+            "cluster": object(&["node"], json!({
+                "node": string(),
+                "registry": {"type": "string", "enum": ["up", "down"]},
+                "nats": {"type": "string", "enum": ["up", "down"]},
+            })),
+        })),
         "BindServerCertificate": object(&["certificate_chain", "private_key"], json!({
             "name": nullable("string"), "certificate_chain": string(), "private_key": string()
         })),

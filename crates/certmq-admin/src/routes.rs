@@ -81,8 +81,14 @@ pub struct Items<T> {
     pub items: Vec<T>,
 }
 
-pub async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok"}))
+/// Liveness: `ok` while the node serves; in a cluster also the state of
+/// its links (`up`/`down`), which do not stop it serving.
+pub async fn health(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    let mut v = serde_json::json!({"status": "ok"});
+    if let Some(c) = s.cluster.health() {
+        v["cluster"] = c;
+    }
+    Json(v)
 }
 
 /// A client-supplied string cut for a log line.

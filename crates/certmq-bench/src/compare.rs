@@ -103,7 +103,7 @@ pub struct Brokers {
 pub struct Bins {
     /// The certmq binary (default: `certmq` next to this program).
     #[arg(long)]
-    certmq_bin: Option<PathBuf>,
+    pub(crate) certmq_bin: Option<PathBuf>,
     #[arg(long, default_value = "mosquitto")]
     mosquitto_bin: PathBuf,
     #[arg(long, default_value = "rumqttd")]
@@ -206,7 +206,7 @@ fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
@@ -221,7 +221,7 @@ pub(crate) fn scratch(tag: &str) -> anyhow::Result<ScratchDir> {
     Ok(ScratchDir(dir))
 }
 
-fn default_certmq_bin() -> PathBuf {
+pub(crate) fn default_certmq_bin() -> PathBuf {
     std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(|d| d.join("certmq")))
@@ -565,7 +565,16 @@ fn import_users(mut r: Running, prefix: &str, password: &str, n: usize) -> anyho
 /// admin API), so its client certificates pass mutual TLS.
 fn register_bench_ca(r: &Running, admin: SocketAddr, files: &TlsFiles) -> anyhow::Result<String> {
     let token = std::fs::read_to_string(r._dir.0.join("data/admin.token"))?;
-    let auth = format!("Bearer {}", token.trim());
+    register_ca_at(admin, token.trim(), files)
+}
+
+/// Registers the minted CA through the admin API at `admin`.
+pub(crate) fn register_ca_at(
+    admin: SocketAddr,
+    token: &str,
+    files: &TlsFiles,
+) -> anyhow::Result<String> {
+    let auth = format!("Bearer {token}");
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()

@@ -7,6 +7,7 @@
 //! percentiles, and the broker's CPU time per unit read from /proc.
 
 mod client;
+mod cluster;
 mod compare;
 mod enforce;
 mod plot;
@@ -62,6 +63,10 @@ enum Command {
     /// SIGTERM, start again; time to listen, to CONNACK, and until every
     /// retained message is back (certmq and mosquitto with persistence).
     Restart(restart::RestartArgs),
+    /// Three certmq nodes on PostgreSQL and NATS against one node, in the
+    /// same run: p2p across nodes, connect rate, revocation over 10,000
+    /// connections spread over the nodes.
+    Cluster(cluster::ClusterArgs),
 }
 
 #[derive(Args, Clone)]
@@ -97,6 +102,9 @@ pub struct LoadArgs {
     /// 1 hour), so a broker that persists state persists their messages.
     #[arg(long)]
     persistent_sessions: bool,
+    /// Subscribers connect here instead (another node of a cluster).
+    #[arg(long)]
+    sub_addr: Option<SocketAddr>,
     /// MQTT version: 3 (3.1.1) or 5.
     #[arg(long, default_value_t = 5)]
     mqtt: u8,
@@ -184,6 +192,8 @@ impl LoadArgs {
             tls_mode: self.tls,
             tls_resume: self.tls_resume,
             addr,
+            sub_addr: self.sub_addr,
+            spread: Vec::new(),
             protocol,
             qos: QoS::from_u8(self.qos).unwrap_or_default(),
             payload: self.payload,
@@ -232,6 +242,7 @@ fn main() -> ExitCode {
             Command::Sweep(args) => sweep::run(args).await,
             Command::Enforce(args) => enforce::run(args).await,
             Command::Restart(args) => restart::run(args).await,
+            Command::Cluster(args) => cluster::run(args).await,
         }
     });
     match result {

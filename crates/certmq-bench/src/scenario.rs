@@ -43,6 +43,12 @@ pub enum Scenario {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub addr: SocketAddr,
+    /// Where subscribers connect (another node of a cluster); `addr` when
+    /// unset.
+    pub sub_addr: Option<SocketAddr>,
+    /// connect-rate: workers spread over these addresses (a cluster's
+    /// nodes); `addr` alone when empty.
+    pub spread: Vec<SocketAddr>,
     pub protocol: Protocol,
     pub qos: QoS,
     pub payload: usize,
@@ -245,10 +251,15 @@ async fn messaging(scenario: Scenario, opts: Options) -> anyhow::Result<Report> 
                     opts2.tls.is_none(),
                     "--persistent-sessions runs over plain TCP"
                 );
-                Client::connect_persistent(opts2.addr, opts2.protocol, &id).await?
+                Client::connect_persistent(
+                    opts2.sub_addr.unwrap_or(opts2.addr),
+                    opts2.protocol,
+                    &id,
+                )
+                .await?
             } else {
                 Client::connect(
-                    opts2.addr,
+                    opts2.sub_addr.unwrap_or(opts2.addr),
                     source(&opts2, i),
                     opts2.protocol,
                     &id,
@@ -707,7 +718,12 @@ async fn connect_rate(opts: Options) -> anyhow::Result<Report> {
                     (format!("{}-{k}", c.prefix), c.password.clone())
                 });
                 let src = source(&o, w + i as usize);
-                match Client::connect_as(o.addr, src, o.protocol, &id, 60, tls, login).await {
+                let addr = o
+                    .spread
+                    .get(w % o.spread.len().max(1))
+                    .copied()
+                    .unwrap_or(o.addr);
+                match Client::connect_as(addr, src, o.protocol, &id, 60, tls, login).await {
                     Ok(c) => {
                         let _ = c.disconnect().await;
                         if shared.measuring.load(Ordering::Relaxed) {

@@ -34,10 +34,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use certmq_codec::{Properties, QoS};
 use certmq_core::{Broker, Message, Time};
 
-use crate::subject::{filter_subjects, subject_topic, topic_subject};
+use crate::subject::{filter_subjects, topic_subject};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
@@ -71,8 +70,8 @@ pub struct Bridge {
     node: Arc<str>,
     publishes: mpsc::Sender<Command>,
     routes: mpsc::UnboundedSender<Command>,
-    /// Set while publishes are being dropped (to log the first only).
-    dropping: std::sync::atomic::AtomicBool,
+    /// When the full queue was last logged (unix seconds).
+    warned_at: AtomicU64,
     /// Messages forwarded, received from NATS, and dropped as duplicates.
     pub stats: Arc<BridgeStats>,
     client: async_nats::Client,
@@ -109,16 +108,24 @@ impl std::fmt::Debug for Bridge {
 impl certmq_core::Forwarder for Bridge {
     fn forward(&self, message: &Arc<Message>) {
         match self.publishes.try_send(Command::Publish(message.clone())) {
-            Ok(()) => {
-                if self.dropping.swap(false, Ordering::Relaxed) {
-                    tracing::info!("cluster: forwarding to NATS again");
-                }
-            }
+            Ok(()) => {}
             Err(_) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                if !self.dropping.swap(true, Ordering::Relaxed) {
+                let dropped = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                // At most one line per 10 s, however the queue flaps.
+                let now_s = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let last = self.warned_at.load(Ordering::Relaxed);
+                if now_s >= last + 10
+                    && self
+                        .warned_at
+                        .compare_exchange(last, now_s, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
                     tracing::warn!(
                         queue = QUEUE,
+                        not_forwarded_total = dropped,
                         "cluster: the queue to NATS is full; publishes are not forwarded to other nodes until it drains"
                     );
                 }
@@ -143,26 +150,10 @@ impl certmq_core::Forwarder for Bridge {
     }
 }
 
-const H_QOS: &str = "certmq-qos";
-const H_RETAIN: &str = "certmq-retain";
-const H_EXPIRY: &str = "certmq-expiry";
-const H_ID: &str = "certmq-id";
-const H_CONTENT_TYPE: &str = "certmq-content-type";
-const H_RESPONSE_TOPIC: &str = "certmq-response-topic";
-const H_CORRELATION: &str = "certmq-correlation";
-const H_PFI: &str = "certmq-pfi";
-const H_USER: &str = "certmq-user";
 const H_AT: &str = "certmq-at";
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-        .collect()
 }
 
 /// Connects to NATS and starts the bridge task; install the result with
@@ -211,7 +202,7 @@ pub async fn connect(
         node,
         publishes,
         routes,
-        dropping: std::sync::atomic::AtomicBool::new(false),
+        warned_at: AtomicU64::new(0),
         stats,
         client,
         shared,
@@ -221,13 +212,13 @@ pub async fn connect(
 /// Message ids routed lately (a message matched by several subscriptions
 /// of this node arrives once per subscription).
 struct Seen {
-    set: HashSet<String>,
-    order: VecDeque<String>,
+    set: HashSet<u128>,
+    order: VecDeque<u128>,
 }
 
 impl Seen {
-    fn first(&mut self, id: &str) -> bool {
-        if self.set.contains(id) {
+    fn first(&mut self, id: u128) -> bool {
+        if !self.set.insert(id) {
             return false;
         }
         if self.order.len() >= 16_384 {
@@ -235,10 +226,24 @@ impl Seen {
                 self.set.remove(&old);
             }
         }
-        self.set.insert(id.to_owned());
-        self.order.push_back(id.to_owned());
+        self.order.push_back(id);
         true
     }
+}
+
+/// The high half of this process's message ids: differs between nodes
+/// and between starts of one node.
+fn id_prefix(node: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    node.hash(&mut h);
+    std::process::id().hash(&mut h);
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+        .hash(&mut h);
+    h.finish()
 }
 
 /// The NATS queue group of a shared subscription (`$share/group/filter`):
@@ -263,6 +268,7 @@ async fn run(
     now: fn() -> Time,
 ) {
     let seq = AtomicU64::new(0);
+    let prefix = id_prefix(&node);
     let seen = Arc::new(parking_lot::Mutex::new(Seen {
         set: HashSet::new(),
         order: VecDeque::new(),
@@ -320,15 +326,7 @@ async fn run(
             let broker = broker.clone();
             tokio::spawn(async move {
                 while let Some(msg) = sub.next().await {
-                    let Some(subject) = msg
-                        .subject
-                        .as_str()
-                        .strip_prefix(RETAINED)
-                        .and_then(|s| s.strip_prefix('.'))
-                    else {
-                        continue;
-                    };
-                    let Some(m) = decode(subject, &msg, now()) else {
+                    let Some((_, m)) = decode(&msg.payload, now()) else {
                         continue;
                     };
                     if broker.config().retain_available {
@@ -350,25 +348,20 @@ async fn run(
         let Some(cmd) = cmd else { break };
         match cmd {
             Command::Publish(m) => {
-                let id = format!("{node}:{}", seq.fetch_add(1, Ordering::Relaxed));
-                let (subject, headers) = encode(&m, &id, now());
+                let id =
+                    (u128::from(prefix) << 64) | u128::from(seq.fetch_add(1, Ordering::Relaxed));
+                let subject = topic_subject(&m.topic);
+                let bytes = encode(&m, id, now());
                 if m.retain {
                     // Kept by every node (routed through the plain subject).
                     if let Err(e) = client
-                        .publish_with_headers(
-                            format!("{RETAINED}.{subject}"),
-                            headers.clone(),
-                            m.payload.clone(),
-                        )
+                        .publish(format!("{RETAINED}.{subject}"), bytes.clone())
                         .await
                     {
                         tracing::warn!(error = %e, "cluster: retained message not sent to NATS");
                     }
                 }
-                match client
-                    .publish_with_headers(subject, headers, m.payload.clone())
-                    .await
-                {
+                match client.publish(subject, bytes).await {
                     Ok(()) => {
                         stats.forwarded.fetch_add(1, Ordering::Relaxed);
                     }
@@ -396,7 +389,7 @@ async fn run(
                             let raw = filter.clone();
                             tasks.push(tokio::spawn(async move {
                                 while let Some(msg) = sub.next().await {
-                                    let Some(m) = decode(msg.subject.as_str(), &msg, now()) else {
+                                    let Some((_, m)) = decode(&msg.payload, now()) else {
                                         continue;
                                     };
                                     stats.received.fetch_add(1, Ordering::Relaxed);
@@ -424,16 +417,10 @@ async fn run(
                             let stats = stats.clone();
                             tasks.push(tokio::spawn(async move {
                                 while let Some(msg) = sub.next().await {
-                                    let Some(m) = decode(msg.subject.as_str(), &msg, now()) else {
+                                    let Some((id, m)) = decode(&msg.payload, now()) else {
                                         continue;
                                     };
-                                    let id = msg
-                                        .headers
-                                        .as_ref()
-                                        .and_then(|h| h.get(H_ID))
-                                        .map(|v| v.as_str().to_owned())
-                                        .unwrap_or_default();
-                                    if !id.is_empty() && !seen.lock().first(&id) {
+                                    if !seen.lock().first(id) {
                                         stats.duplicates.fetch_add(1, Ordering::Relaxed);
                                         continue;
                                     }
@@ -469,80 +456,32 @@ async fn run(
     }
 }
 
-fn encode(m: &Message, id: &str, now: Time) -> (String, HeaderMap) {
-    let mut h = HeaderMap::new();
-    h.insert(H_ID, id);
-    h.insert(H_QOS, (m.qos as u8).to_string().as_str());
-    if m.retain {
-        h.insert(H_RETAIN, "1");
-    }
-    if let Some(left) = m.remaining_expiry(now) {
-        h.insert(H_EXPIRY, left.to_string().as_str());
-    }
-    let p = &m.properties;
-    if let Some(v) = &p.content_type {
-        h.insert(H_CONTENT_TYPE, hex(v.as_bytes()).as_str());
-    }
-    if let Some(v) = &p.response_topic {
-        h.insert(H_RESPONSE_TOPIC, hex(v.as_bytes()).as_str());
-    }
-    if let Some(v) = &p.correlation_data {
-        h.insert(H_CORRELATION, hex(v).as_str());
-    }
-    if let Some(v) = p.payload_format_indicator {
-        h.insert(H_PFI, v.to_string().as_str());
-    }
-    for (k, v) in &p.user_properties {
-        h.append(
-            H_USER,
-            format!("{}.{}", hex(k.as_bytes()), hex(v.as_bytes())).as_str(),
-        );
-    }
-    (topic_subject(&m.topic), h)
+/// The bytes a message crosses NATS as: a tag, the id, the seconds of
+/// expiry left (`u32::MAX`: none), then the MQTT 5 PUBLISH the durable
+/// state uses (`persist::encode_message`: topic, QoS, retain flag,
+/// properties, payload; the codec's own, fuzzed format). No NATS headers:
+/// each costs an allocation on both ends.
+const WIRE_TAG: &[u8; 3] = b"CQ1";
+
+fn encode(m: &Message, id: u128, now: Time) -> Bytes {
+    let publish = certmq_core::persist::encode_message(m);
+    let mut out = Vec::with_capacity(3 + 16 + 4 + publish.len());
+    out.extend_from_slice(WIRE_TAG);
+    out.extend_from_slice(&id.to_be_bytes());
+    let left = m.remaining_expiry(now).unwrap_or(u32::MAX);
+    out.extend_from_slice(&left.to_be_bytes());
+    out.extend_from_slice(&publish);
+    Bytes::from(out)
 }
 
-fn decode(subject: &str, msg: &async_nats::Message, now: Time) -> Option<Message> {
-    let topic = subject_topic(subject)?;
-    let h = msg.headers.as_ref();
-    let get = |k: &str| h.and_then(|h| h.get(k)).map(|v| v.as_str().to_owned());
-    let text = |k: &str| {
-        get(k)
-            .and_then(|v| unhex(&v))
-            .and_then(|b| String::from_utf8(b).ok())
-    };
-    let qos = get(H_QOS)
-        .and_then(|q| q.parse::<u8>().ok())
-        .and_then(QoS::from_u8)
-        .unwrap_or(QoS::AtMostOnce);
-    let mut props = Properties {
-        content_type: text(H_CONTENT_TYPE),
-        response_topic: text(H_RESPONSE_TOPIC),
-        correlation_data: get(H_CORRELATION).and_then(|v| unhex(&v)).map(Bytes::from),
-        payload_format_indicator: get(H_PFI).and_then(|v| v.parse().ok()),
-        message_expiry_interval: get(H_EXPIRY).and_then(|v| v.parse().ok()),
-        ..Properties::default()
-    };
-    if let Some(h) = h {
-        for v in h.get_all(H_USER) {
-            let Some((k, val)) = v.as_str().split_once('.') else {
-                continue;
-            };
-            if let (Some(k), Some(val)) = (unhex(k), unhex(val)) {
-                if let (Ok(k), Ok(val)) = (String::from_utf8(k), String::from_utf8(val)) {
-                    props.user_properties.push((k, val));
-                }
-            }
-        }
-    }
-    Some(certmq_core::message_from(
-        topic.into(),
-        msg.payload.clone(),
-        qos,
-        get(H_RETAIN).is_some(),
-        &props,
-        None,
-        now,
-    ))
+fn decode(bytes: &[u8], now: Time) -> Option<(u128, Message)> {
+    let rest = bytes.strip_prefix(WIRE_TAG)?;
+    let id = u128::from_be_bytes(rest.get(..16)?.try_into().ok()?);
+    let left = u32::from_be_bytes(rest.get(16..20)?.try_into().ok()?);
+    let expires_at =
+        (left != u32::MAX).then(|| now + std::time::Duration::from_secs(u64::from(left)));
+    let m = certmq_core::persist::decode_message(rest.get(20..)?, expires_at)?;
+    Some((id, m))
 }
 
 /// Requests about connections: every node answers on `CONNECTIONS`, one

@@ -113,6 +113,21 @@ impl ClusterView for Cluster {
         Ok(out)
     }
 
+    fn health(&self) -> Option<serde_json::Value> {
+        if self.follow.is_none() && self.bridge.is_none() {
+            return None;
+        }
+        let state = |up: bool| if up { "up" } else { "down" };
+        let mut v = serde_json::json!({"node": self.node_id});
+        if let Some(f) = &self.follow {
+            v["registry"] = state(f.up.load(Ordering::Relaxed)).into();
+        }
+        if let Some(b) = &self.bridge {
+            v["nats"] = state(b.is_connected()).into();
+        }
+        Some(v)
+    }
+
     fn metrics(&self) -> Vec<ClusterMetric> {
         let mut m = Vec::new();
         let mut one = |name, kind, help, value: f64| {

@@ -407,6 +407,8 @@ fn users_and_policies_are_shared_and_postgres_loss_refuses_changes_but_serves_cl
     let _ = sub.wait();
     let health = a1.ok("GET", "/health", None);
     assert_eq!(health["status"], "ok");
+    assert_eq!(health["cluster"]["registry"], "down", "{health}");
+    assert_eq!(health["cluster"]["nats"], "up", "{health}");
 
     // Back: node 2 made no change meanwhile (it could not); a change made
     // after the restart reaches node 1, which caught up.
