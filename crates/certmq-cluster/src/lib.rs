@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod adopt;
 pub mod bridge;
 pub mod claims;
 pub mod follow;

@@ -27,7 +27,6 @@ impl Broker {
     /// recorded (a session's offline time, wills under their new
     /// connection numbers, messages the published wills queue).
     pub fn restore(&self, restored: Restored, now: Time) -> RestoreReport {
-        let mut report = RestoreReport::default();
         // Ids go on above every kept one, so that no key or connection
         // number is reused.
         let kept = restored
@@ -39,6 +38,25 @@ impl Broker {
             .unwrap_or(0);
         self.next_id
             .fetch_max(kept.saturating_add(1), Ordering::Relaxed);
+        self.restore_kept(restored, now)
+    }
+
+    /// Takes in what another node kept (SPEC 13: a node that died and
+    /// whose clients have not come back): as [`Broker::restore`], while
+    /// running, keeping this node's ids in their own range (the kept keys
+    /// are from another node's range), and leaving out sessions this node
+    /// has already.
+    pub fn adopt(&self, mut restored: Restored, now: Time) -> RestoreReport {
+        restored.sessions.retain(|s| {
+            !self
+                .session(&s.client_id)
+                .is_some_and(|e| !e.state.lock().ended)
+        });
+        self.restore_kept(restored, now)
+    }
+
+    fn restore_kept(&self, restored: Restored, now: Time) -> RestoreReport {
+        let mut report = RestoreReport::default();
         let mut expired = Vec::new();
         {
             let mut retained = self.retained.write();

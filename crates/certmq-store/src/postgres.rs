@@ -107,7 +107,7 @@ fn typed<T>(row: &Row, idx: usize, parse: fn(&str) -> Option<T>) -> Result<T, Er
 }
 
 /// The lock every write takes (any constant; `certmq` in ASCII).
-const WRITE_LOCK: i64 = 0x6365_7274_6d71;
+pub(crate) const WRITE_LOCK: i64 = 0x6365_7274_6d71;
 
 /// The channel changes are announced on.
 pub const CHANNEL: &str = "certmq_changes";
@@ -367,7 +367,7 @@ fn revoke_in(tx: &mut Transaction<'_>, rec: &DeviceRecord, at: i64) -> Result<()
     Ok(())
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

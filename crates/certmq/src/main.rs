@@ -220,6 +220,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let version = pg
                 .version()
                 .context("cannot read the cluster's PostgreSQL store")?;
+            // Listed before anything is restored: a node taking in the
+            // sessions of gone nodes must not take this one's.
+            pg.heartbeat(
+                certmq_registry::now_unix(),
+                &serde_json::json!({"addresses": [], "connections": 0}),
+            )
+            .context("cannot write to the cluster's PostgreSQL store")?;
             tracing::info!(node = %node, version, "joined the cluster's shared registry (PostgreSQL)");
             Some((pg, version))
         }
@@ -489,6 +496,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(b) = &bridge {
             // Other nodes list and close this node's connections.
             b.serve_control(admin_state.control.clone()).await?;
+        }
+        if let (Some((pg, _)), Some(_)) = (&shared, &state) {
+            tokio::spawn(certmq_cluster::adopt::adopt_orphans(
+                admin_state.broker.clone(),
+                pg.clone(),
+                config.cluster.node_id.clone().unwrap_or_default(),
+                certmq_net::clock::now,
+                std::time::Duration::from_secs(5),
+            ));
         }
         if let Some((pg, _)) = &shared {
             tokio::spawn(cluster::heartbeat(

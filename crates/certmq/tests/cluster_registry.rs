@@ -560,3 +560,43 @@ fn a_session_moves_with_its_client_and_outlives_its_node() {
         .collect();
     assert_eq!(got, ["after-1", "after-2"]);
 }
+
+#[test]
+fn sessions_of_a_dead_node_are_taken_in_and_keep_queueing_until_their_client_returns() {
+    use certmq_codec::{Protocol, QoS};
+    let pg = Postgres::start();
+    let nats = Nats::start();
+    let n1 = node(&pg, &nats, "o1", &[]);
+    let n2 = node(&pg, &nats, "o2", &[]);
+    let n3 = node(&pg, &nats, "o3", &[]);
+    // A persistent session on node 3, offline.
+    let (mut c, _) = raw::Raw::connect(n3.addr("mqtt-tcp"), "dev-3", Protocol::V5);
+    c.subscribe("cmd/dev-3/#", QoS::AtLeastOnce);
+    drop(c);
+    state_written(&n3);
+    let _ = n3.kill9_keep_dir();
+    // Node 1 (the first by id of those up) takes it in once node 3 has been
+    // silent for 15 s: its subscription is live again.
+    let a1 = Api::of(&n1);
+    let took = within(Duration::from_secs(40), "dev-3 taken in by node 1", || {
+        a1.metric("certmq_sessions") >= 1.0
+    });
+    eprintln!("kill -9 -> sessions taken in: {took:?}");
+    // A command published on node 2 while dev-3 is away is kept for it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while a1.metric("certmq_cluster_messages_received_total") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the adopted subscription did not cross"
+        );
+        pub1(&n2, "cmd/dev-3/reboot", "now");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (mut c, present) = raw::Raw::connect(n2.addr("mqtt-tcp"), "dev-3", Protocol::V5);
+    assert!(present, "dev-3 resumes on node 2");
+    let (topic, payload) = c.next_message();
+    assert_eq!(
+        (topic.as_str(), &payload[..]),
+        ("cmd/dev-3/reboot", &b"now"[..])
+    );
+}

@@ -18,7 +18,7 @@ use std::time::Instant;
 use certmq_core::persist::RestoredSession;
 use certmq_core::persist::{encode_identity, encode_message, encode_options, Change};
 use certmq_core::{Message, Restored, Time};
-use postgres::{Client, NoTls, Statement, Transaction};
+use postgres::{Client, GenericClient, NoTls, Statement, Transaction};
 
 use super::{describe, PgStore};
 use crate::state::load::Assembler;
@@ -381,13 +381,18 @@ impl Backend for PgBackend {
 enum Scope<'a> {
     /// Those a node owns, with the retained messages and its wills.
     Node(&'a str),
+    /// Those a node that is gone owned, with its wills.
+    Orphans(&'a str),
     /// One client's.
     Client(&'a str),
 }
 
-fn load(c: &mut Client, scope: Scope<'_>) -> Result<(Restored, usize), postgres::Error> {
+fn load(
+    c: &mut impl GenericClient,
+    scope: Scope<'_>,
+) -> Result<(Restored, usize), postgres::Error> {
     let (col, arg) = match scope {
-        Scope::Node(n) => ("node", n),
+        Scope::Node(n) | Scope::Orphans(n) => ("node", n),
         Scope::Client(id) => ("client_id", id),
     };
     let mut a = Assembler::default();
@@ -443,7 +448,7 @@ fn load(c: &mut Client, scope: Scope<'_>) -> Result<(Restored, usize), postgres:
         let client_id: String = r.try_get(0)?;
         a.incoming_qos2(&client_id, r.try_get(1)?);
     }
-    if let Scope::Node(n) = scope {
+    if let Scope::Node(n) | Scope::Orphans(n) = scope {
         for r in c.query(
             "SELECT client_id, generation, publish, expires_at, delay, publish_at FROM state_wills WHERE node = $1",
             &[&n],
@@ -501,6 +506,49 @@ impl PgStore {
             reason: e.to_string(),
         })?;
         Ok((store, restored, report, base))
+    }
+
+    /// Nodes other than this one that own sessions or wills and are gone:
+    /// no heartbeat for `stale_secs`, or not listed at all.
+    pub fn orphan_owners(&self, stale_secs: i64) -> Result<Vec<String>, StoreError> {
+        let me = self.node.as_str();
+        let before = super::now() - stale_secs;
+        Ok(self.read(|c| {
+            let rows = c.query(
+                "SELECT owner FROM (SELECT DISTINCT node AS owner FROM state_sessions
+                   UNION SELECT DISTINCT node FROM state_wills) o
+                 LEFT JOIN nodes n ON n.id = o.owner
+                 WHERE o.owner <> $1 AND (n.id IS NULL OR n.seen_at < $2)",
+                &[&me, &before],
+            )?;
+            rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+        })?)
+    }
+
+    /// Takes over what `gone` kept: its sessions (now this node's) and its
+    /// wills, read in one transaction that also moves their ownership here
+    /// (so no other node takes them too). Give the result to
+    /// `Broker::adopt`.
+    pub fn adopt_node(&self, gone: &str) -> Result<(Restored, usize), StoreError> {
+        let me = self.node.as_str();
+        Ok(self.with(move |c| {
+            let mut tx = c.transaction()?;
+            tx.execute(
+                "SELECT pg_advisory_xact_lock($1)",
+                &[&(super::WRITE_LOCK + 1)],
+            )?;
+            let out = load(&mut tx, Scope::Orphans(gone))?;
+            tx.execute(
+                "UPDATE state_sessions SET node = $1 WHERE node = $2",
+                &[&me, &gone],
+            )?;
+            tx.execute(
+                "UPDATE state_wills SET node = $1 WHERE node = $2",
+                &[&me, &gone],
+            )?;
+            tx.commit()?;
+            Ok(out)
+        })?)
     }
 
     /// The node that owns `client_id`'s persistent session, if one is kept.
