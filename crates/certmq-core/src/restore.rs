@@ -48,9 +48,8 @@ impl Broker {
     /// has already.
     pub fn adopt(&self, mut restored: Restored, now: Time) -> RestoreReport {
         restored.sessions.retain(|s| {
-            !self
-                .session(&s.client_id)
-                .is_some_and(|e| !e.state.lock().ended)
+            self.session(&s.client_id)
+                .is_none_or(|e| e.state.lock().ended)
         });
         self.restore_kept(restored, now)
     }
