@@ -465,12 +465,12 @@ impl PgStore {
             next: AtomicUsize::new(0),
             up: AtomicBool::new(false),
         });
-        store.migrate().map_err(|e| match StoreError::from(e) {
-            StoreError::Backend(reason) => StoreError::Open {
+        store.migrate().map_err(|e| match e {
+            Error::Db(e) => StoreError::Open {
                 path: target(&store.config),
-                reason,
+                reason: describe(&e),
             },
-            other => other,
+            Error::Domain(d) => d,
         })?;
         Ok(store)
     }

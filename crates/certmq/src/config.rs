@@ -37,7 +37,8 @@ pub struct Config {
 }
 
 /// `[cluster]`: joining other nodes (SPEC 13). Unset: a single node.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+/// `Debug` leaves the PostgreSQL URL out (it may hold a password).
+#[derive(Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterSection {
     /// This node's name in the cluster (required to join one).
@@ -182,6 +183,16 @@ impl Default for Config {
             authorization: certmq_access::AuthorizationConfig::default(),
             cluster: ClusterSection::default(),
         }
+    }
+}
+
+impl std::fmt::Debug for ClusterSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSection")
+            .field("node_id", &self.node_id)
+            .field("nats", &self.nats)
+            .field("postgres", &self.postgres.as_ref().map(|_| "<set>"))
+            .finish()
     }
 }
 
@@ -399,6 +410,9 @@ impl Config {
             .validate()
             .map_err(|e| anyhow::anyhow!(e))?;
         let c = &self.cluster;
+        if c.postgres.is_some() && c.nats.is_none() {
+            bail!("cluster.postgres (--cluster-postgres) needs cluster.nats (--cluster-nats): messages, sessions and takeovers move between nodes over NATS");
+        }
         if c.nats.is_some() || c.postgres.is_some() {
             match &c.node_id {
                 None => {
