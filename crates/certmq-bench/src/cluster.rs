@@ -299,6 +299,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
         load.qos = qos;
         let base = load.options(single.tcp, Some(single.pid()))?;
         let (mut one, mut many, mut one_p99, mut many_p99) = (vec![], vec![], vec![], vec![]);
+        let mut lost = 0u64;
         for round in 0..args.rounds.max(1) {
             let r = scenario::run(Scenario::P2p, base.clone()).await?;
             one.push(r.units_per_s);
@@ -308,13 +309,16 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
             let r = scenario::run(Scenario::P2p, o).await?;
             many.push(r.units_per_s);
             many_p99.push(r.latency.as_ref().map_or(f64::NAN, |l| l.p99_us));
+            lost += r.lost.unwrap_or(0);
             eprintln!(
-                "p2p QoS {qos} round {}: one node {:.0}/s, across nodes {:.0}/s",
+                "p2p QoS {qos} round {}: one node {:.0}/s, across nodes {:.0}/s ({} lost across nodes)",
                 round + 1,
                 one.last().copied().unwrap_or_default(),
-                many.last().copied().unwrap_or_default()
+                many.last().copied().unwrap_or_default(),
+                r.lost.unwrap_or(0)
             );
         }
+        println!("p2p QoS {qos}: {lost} deliveries lost across nodes in all rounds");
         for (what, a, b) in [
             (format!("p2p QoS {qos} deliveries/s"), one, many),
             (format!("p2p QoS {qos} p99 latency (us)"), one_p99, many_p99),

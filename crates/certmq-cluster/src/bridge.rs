@@ -34,7 +34,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use certmq_core::{Broker, Message, Time};
+use certmq_core::{Broker, Delivery, Mailbox, Message, PushMode, Pushed, Time};
 
 use crate::subject::{filter_subjects, topic_subject};
 
@@ -45,7 +45,8 @@ pub enum BridgeError {
 }
 
 enum Command {
-    Publish(Arc<Message>),
+    /// Local publishes wait in the queue.
+    Drain,
     Add(String),
     Remove(String),
     /// A client connected here (at unix ms): other nodes drop their
@@ -62,16 +63,17 @@ pub const OPENED: &str = "certmq_ctl.opened";
 /// their plain subject like any other message.
 pub const RETAINED: &str = "certmq_retained";
 
-/// Publishes waiting for NATS, at most.
-pub const QUEUE: usize = 65_536;
+/// Publishes waiting for NATS: publishers that can wait do beyond it (as
+/// for a subscriber's queue), others have a reserve of as many again.
+pub const QUEUE: usize = 8_192;
 
 /// The `Forwarder` the broker holds.
 pub struct Bridge {
     node: Arc<str>,
-    publishes: mpsc::Sender<Command>,
+    /// Local publishes on their way to NATS: a core queue, so the broker's
+    /// flow control holds publishers while NATS takes less than they send.
+    queue: Arc<Mailbox>,
     routes: mpsc::UnboundedSender<Command>,
-    /// When the full queue was last logged (unix seconds).
-    warned_at: AtomicU64,
     /// Messages forwarded, received from NATS, and dropped as duplicates.
     pub stats: Arc<BridgeStats>,
     client: async_nats::Client,
@@ -106,29 +108,22 @@ impl std::fmt::Debug for Bridge {
 }
 
 impl certmq_core::Forwarder for Bridge {
-    fn forward(&self, message: &Arc<Message>) {
-        match self.publishes.try_send(Command::Publish(message.clone())) {
-            Ok(()) => {}
+    fn forward(&self, message: &Arc<Message>, mode: PushMode) -> Option<Arc<Mailbox>> {
+        let delivery = Delivery {
+            message: message.clone(),
+            qos: message.qos,
+            retain: message.retain,
+            subscription_ids: Vec::new(),
+            key: 0,
+        };
+        match self.queue.push(delivery, mode) {
+            Ok(Pushed::Queued) => None,
+            // Full: a publisher that can wait waits for NATS to take more.
+            Ok(_) => Some(self.queue.clone()),
             Err(_) => {
-                let dropped = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                // At most one line per 10 s, however the queue flaps.
-                let now_s = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
-                let last = self.warned_at.load(Ordering::Relaxed);
-                if now_s >= last + 10
-                    && self
-                        .warned_at
-                        .compare_exchange(last, now_s, Ordering::Relaxed, Ordering::Relaxed)
-                        .is_ok()
-                {
-                    tracing::warn!(
-                        queue = QUEUE,
-                        not_forwarded_total = dropped,
-                        "cluster: the queue to NATS is full; publishes are not forwarded to other nodes until it drains"
-                    );
-                }
+                // The queue logs the first of an episode.
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                None
             }
         }
     }
@@ -186,13 +181,13 @@ pub async fn connect(
             url: url.to_owned(),
             reason: e.to_string(),
         })?;
-    let (publishes, publish_rx) = mpsc::channel(QUEUE);
+    let queue = Arc::new(Mailbox::channel("cluster:nats", QUEUE));
     let (routes, route_rx) = mpsc::unbounded_channel();
     let stats = Arc::new(BridgeStats::default());
     let node: Arc<str> = node.into();
     tokio::spawn(run(
         (client.clone(), shared.clone()),
-        (publish_rx, route_rx),
+        (queue.clone(), route_rx),
         broker,
         node.clone(),
         stats.clone(),
@@ -200,9 +195,8 @@ pub async fn connect(
     ));
     Ok(Arc::new(Bridge {
         node,
-        publishes,
+        queue,
         routes,
-        warned_at: AtomicU64::new(0),
         stats,
         client,
         shared,
@@ -261,7 +255,7 @@ fn queue_group(raw_filter: &str) -> String {
 
 async fn run(
     (client, shared): (async_nats::Client, async_nats::Client),
-    (mut publish_rx, mut route_rx): (mpsc::Receiver<Command>, mpsc::UnboundedReceiver<Command>),
+    (queue, mut route_rx): (Arc<Mailbox>, mpsc::UnboundedReceiver<Command>),
     broker: Arc<Broker>,
     node: Arc<str>,
     stats: Arc<BridgeStats>,
@@ -269,6 +263,7 @@ async fn run(
 ) {
     let seq = AtomicU64::new(0);
     let prefix = id_prefix(&node);
+    let mut batch: Vec<Delivery> = Vec::with_capacity(256);
     let seen = Arc::new(parking_lot::Mutex::new(Seen {
         set: HashSet::new(),
         order: VecDeque::new(),
@@ -343,30 +338,36 @@ async fn run(
         let cmd = tokio::select! {
             biased;
             c = route_rx.recv() => c,
-            c = publish_rx.recv() => c,
+            _ = std::future::poll_fn(|cx| queue.poll_ready(cx, u64::MAX, true)) => Some(Command::Drain),
         };
         let Some(cmd) = cmd else { break };
         match cmd {
-            Command::Publish(m) => {
-                let id =
-                    (u128::from(prefix) << 64) | u128::from(seq.fetch_add(1, Ordering::Relaxed));
-                let subject = topic_subject(&m.topic);
-                let bytes = encode(&m, id, now());
-                if m.retain {
-                    // Kept by every node (routed through the plain subject).
-                    if let Err(e) = client
-                        .publish(format!("{RETAINED}.{subject}"), bytes.clone())
-                        .await
-                    {
-                        tracing::warn!(error = %e, "cluster: retained message not sent to NATS");
+            Command::Drain => {
+                queue.take(256, &mut batch);
+                for d in batch.drain(..) {
+                    let m = d.message;
+                    let id = (u128::from(prefix) << 64)
+                        | u128::from(seq.fetch_add(1, Ordering::Relaxed));
+                    let subject = topic_subject(&m.topic);
+                    let bytes = encode(&m, id, now());
+                    if m.retain {
+                        // Kept by every node (routed through the plain subject).
+                        if let Err(e) = client
+                            .publish(format!("{RETAINED}.{subject}"), bytes.clone())
+                            .await
+                        {
+                            tracing::warn!(error = %e, "cluster: retained message not sent to NATS");
+                        }
+                    }
+                    match client.publish(subject, bytes).await {
+                        Ok(()) => {
+                            stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cluster: publish to NATS failed"),
                     }
                 }
-                match client.publish(subject, bytes).await {
-                    Ok(()) => {
-                        stats.forwarded.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cluster: publish to NATS failed"),
-                }
+                // Taken by NATS: publishers waiting for room may go on.
+                queue.progress(now().unix_millis());
             }
             Command::Add(filter) if filter.starts_with("$share/") => {
                 if subs.contains_key(&filter) {
@@ -416,6 +417,7 @@ async fn run(
                             let seen = seen.clone();
                             let stats = stats.clone();
                             tasks.push(tokio::spawn(async move {
+                                let mut full = Vec::new();
                                 while let Some(msg) = sub.next().await {
                                     let Some((id, m)) = decode(&msg.payload, now()) else {
                                         continue;
@@ -425,7 +427,17 @@ async fn run(
                                         continue;
                                     }
                                     stats.received.fetch_add(1, Ordering::Relaxed);
-                                    broker.route(&Arc::new(m), now());
+                                    // A subscriber's full queue holds this
+                                    // subscription (NATS buffers meanwhile)
+                                    // rather than dropping: flow control
+                                    // across the node boundary.
+                                    broker.route_or_wait(&Arc::new(m), now(), &mut full);
+                                    for q in full.drain(..) {
+                                        std::future::poll_fn(|cx| {
+                                            q.poll_room(cx, now().unix_millis())
+                                        })
+                                        .await;
+                                    }
                                 }
                             }));
                         }

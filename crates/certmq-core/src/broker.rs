@@ -355,14 +355,23 @@ impl Broker {
         &self,
         message: Arc<Message>,
         now: Time,
-        full: Option<&mut Vec<Arc<Mailbox>>>,
+        mut full: Option<&mut Vec<Arc<Mailbox>>>,
     ) -> usize {
         if message.retain && self.config().retain_available {
             self.retain(&message);
         }
-        let delivered = self.route_from(&message, now, full);
+        let delivered = self.route_from(&message, now, full.as_deref_mut());
         if let Some(f) = self.forwarder.get() {
-            f.forward(&message);
+            let mode = crate::mailbox::PushMode {
+                now_ms: self.millis(now),
+                stall_ms: self.config().slow_consumer_timeout_ms,
+                can_wait: full.is_some(),
+            };
+            // The queue to other nodes is a queue like a subscriber's: a
+            // publisher that can wait waits for it.
+            if let (Some(queue), Some(full)) = (f.forward(&message, mode), full) {
+                full.push(queue);
+            }
         }
         delivered
     }
@@ -370,6 +379,23 @@ impl Broker {
     /// Queues `message` for every matching session; returns how many.
     pub fn route(&self, message: &Arc<Message>, now: Time) -> usize {
         self.route_from(message, now, None)
+    }
+
+    /// [`Broker::route`] by a caller that can wait (a cluster's receiving
+    /// end): the queues it filled to their limit are appended to `full`
+    /// and watched; wait for each with [`Mailbox::poll_room`] before
+    /// routing more.
+    pub fn route_or_wait(
+        &self,
+        message: &Arc<Message>,
+        now: Time,
+        full: &mut Vec<Arc<Mailbox>>,
+    ) -> usize {
+        let n = self.route_from(message, now, Some(full));
+        if !full.is_empty() {
+            self.watch_congested(full);
+        }
+        n
     }
 
     /// Queues `message` for one member of the shared subscription

@@ -8,13 +8,16 @@
 
 use std::sync::Arc;
 
-use crate::Message;
+use crate::{Mailbox, Message, PushMode};
 
 /// Receives what other nodes need to know. Must not block: it runs on
 /// the publish and subscribe paths (queue and return).
 pub trait Forwarder: Send + Sync + std::fmt::Debug + 'static {
-    /// A message published on this node (after local routing).
-    fn forward(&self, message: &Arc<Message>);
+    /// A message published on this node (after local routing), queued
+    /// under `mode` as a delivery would be. Returns the queue when it is
+    /// full and a publisher that can wait should (the broker's flow
+    /// control then treats it as a subscriber's queue).
+    fn forward(&self, message: &Arc<Message>, mode: PushMode) -> Option<Arc<Mailbox>>;
     /// This node now has a subscriber of `filter` (raw, `$share/...`
     /// included).
     fn route_added(&self, filter: &str);

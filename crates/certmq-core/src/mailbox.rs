@@ -165,6 +165,17 @@ impl Mailbox {
         }
     }
 
+    /// A queue read by something other than a connection (the cluster's
+    /// queue to NATS): always online, with the same limits, flow control
+    /// and drop policy as a subscriber's. Its reader takes with
+    /// [`Mailbox::take`] after [`Mailbox::poll_ready`], and reports
+    /// [`Mailbox::progress`].
+    pub fn channel(name: &str, limit: usize) -> Self {
+        let m = Self::new(SessionId(0), name.into(), limit);
+        m.set_online(true, 0);
+        m
+    }
+
     pub fn id(&self) -> SessionId {
         self.id
     }
@@ -491,7 +502,7 @@ impl Mailbox {
     /// itself: a connection takes whenever its output buffer has room, and
     /// a client that stopped reading still frees a few bytes of it now and
     /// then; the connection reports progress, see [`Mailbox::progress`].)
-    pub(crate) fn take(&self, max: usize, out: &mut Vec<Delivery>) {
+    pub fn take(&self, max: usize, out: &mut Vec<Delivery>) {
         let waiters = {
             let mut inner = self.inner.lock();
             let n = max.min(inner.queue.len());

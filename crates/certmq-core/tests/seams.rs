@@ -214,8 +214,13 @@ fn a_policy_change_removes_live_subscriptions_it_no_longer_allows() {
 struct Recorder(Mutex<Vec<String>>);
 
 impl Forwarder for Recorder {
-    fn forward(&self, m: &Arc<Message>) {
+    fn forward(
+        &self,
+        m: &Arc<Message>,
+        _mode: certmq_core::PushMode,
+    ) -> Option<Arc<certmq_core::Mailbox>> {
         self.0.lock().unwrap().push(format!("forward {}", m.topic));
+        None
     }
     fn route_added(&self, f: &str) {
         self.0.lock().unwrap().push(format!("+{f}"));
