@@ -138,6 +138,10 @@ try {
     await page.getByRole('link', { name: 'Overview' }).click();
     await page.getByRole('link', { name: 'Connections' }).click();
   }
+  if (!(await page.getByRole('cell', { name: 'console-device-1' }).count())) {
+    await shot(page, '99-connections-failure');
+    console.log(`the Connections page reads:\n${await page.locator('body').innerText()}`);
+  }
   check(await page.getByRole('cell', { name: 'console-device-1' }).isVisible(), 'the device\'s live connection is listed');
   await shot(page, '04-connections');
   await page.getByRole('link', { name: 'CA certificates' }).click();
