@@ -5,8 +5,10 @@
 //!
 //! Order (SPEC section 4): SAN DNS names, exact beats wildcard `*.x.y`
 //! (one label); then subject CNs; then the default certificate while it is
-//! enabled. Where two certificates claim the same name, the one bound last
-//! wins, so a renewed certificate takes over as soon as it is bound.
+//! enabled, or else the custom certificate bound last (so clients that
+//! connect by IP address, without SNI, keep working when the default is
+//! disabled). Where two certificates claim the same name, the one bound
+//! last wins, so a renewed certificate takes over as soon as it is bound.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,7 +29,8 @@ pub struct SniSnapshot {
 }
 
 impl SniSnapshot {
-    /// `custom` in bind order, oldest first.
+    /// `custom` in bind order, oldest first. Without a default, the
+    /// fallback is the last of `custom`.
     pub fn build<'a>(
         default: Option<Arc<CertifiedKey>>,
         custom: impl IntoIterator<Item = (&'a CertInfo, Arc<CertifiedKey>)>,
@@ -36,7 +39,9 @@ impl SniSnapshot {
             default,
             ..Default::default()
         };
+        let mut last = None;
         for (info, key) in custom {
+            last = Some(key.clone());
             for name in &info.dns_names {
                 let name = name.trim_end_matches('.').to_ascii_lowercase();
                 match name.strip_prefix("*.") {
@@ -47,6 +52,9 @@ impl SniSnapshot {
             if let Some(cn) = &info.subject_cn {
                 s.cn.insert(cn.trim_end_matches('.').to_ascii_lowercase(), key.clone());
             }
+        }
+        if s.default.is_none() {
+            s.default = last;
         }
         s
     }

@@ -185,6 +185,33 @@ fn manual_page_flow_sni_selection_and_clients() {
             "no SNI gets the default: {s}"
         );
     }
+    // SPEC 4: with the default disabled, a client that connects by IP
+    // address (no SNI) or names nothing bound gets the certificate bound
+    // last, on TLS and WSS.
+    ok(
+        admin.cli(&["server-cert", "default", "disable"]),
+        "disable the default",
+    );
+    for port in [&tls, &wss] {
+        let (s, _) = served(port, None, &ca);
+        assert!(
+            s.contains("CN = cn-only.example.org"),
+            "no SNI, default disabled: the last bound: {s}"
+        );
+        let (s, _) = served(port, Some("nothing.example.invalid"), &ca);
+        assert!(
+            s.contains("CN = cn-only.example.org"),
+            "unmatched SNI, default disabled: the last bound: {s}"
+        );
+        let (s, verified) = served(port, Some("mqtt.example.com"), &ca);
+        assert!(s.contains("CN = mqtt.example.com") && verified, "{s}");
+    }
+    ok(
+        admin.cli(&["server-cert", "default", "enable"]),
+        "enable the default",
+    );
+    let (s, _) = served(&tls, None, &ca);
+    assert!(s.contains("CN = localhost"), "default again: {s}");
 
     // mosquitto_pub with the operator's CA file, by name.
     let mut sub = spawn_piped(
