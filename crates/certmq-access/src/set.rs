@@ -291,13 +291,19 @@ impl PolicySet {
     }
 
     fn decided(&self, rule: Option<u32>) -> Decision {
+        self.decided_on(rule, false)
+    }
+
+    /// `system`: the topic is the broker's own (`$SYS/...`), which only a
+    /// policy opens: `no_match` does not allow it (SPEC 14).
+    fn decided_on(&self, rule: Option<u32>, system: bool) -> Decision {
         match rule.and_then(|i| self.rules.get(i as usize)) {
             Some(r) => Decision {
                 allow: r.policy.effect == Effect::Allow,
                 policy: Some(r.policy.clone()),
             },
             None => Decision {
-                allow: self.default_allows(),
+                allow: self.default_allows() && !system,
                 policy: None,
             },
         }
@@ -317,8 +323,9 @@ impl PolicySet {
             Action::Publish => (&self.publish, &self.publish_any),
             _ => (&self.subscribe, &self.subscribe_any),
         };
+        let system = is_system(topic);
         if self.rules.is_empty() {
-            return self.decided(None);
+            return self.decided_on(None, system);
         }
         let levels: Vec<&str> = topic.split('/').collect();
         let mut best: Option<u32> = None;
@@ -336,7 +343,7 @@ impl PolicySet {
         };
         any.iter().for_each(|i| consider(*i));
         trie.walk(&levels, 0, c, &mut consider);
-        self.decided(best)
+        self.decided_on(best, system)
     }
 
     /// The same decision by a scan of every rule in order (the oracle).
@@ -352,7 +359,7 @@ impl PolicySet {
             r.applies(action, c, qos, retain)
                 && (r.any_topic() || r.filters(c).iter().any(|f| filters::matches(f, topic)))
         });
-        self.decided(found.map(|i| i as u32))
+        self.decided_on(found.map(|i| i as u32), is_system(topic))
     }
 
     pub fn decide_connect(&self, c: &ClientFacts) -> Decision {
@@ -390,6 +397,7 @@ impl PolicySet {
             }
         }
         let verdict = match (self.no_match, partial_deny) {
+            _ if is_system(filter) => SubscribeVerdict::Deny,
             (NoMatch::Deny, _) => SubscribeVerdict::Deny,
             (NoMatch::Allow, false) => SubscribeVerdict::Allow,
             (NoMatch::Allow, true) => SubscribeVerdict::Checked,
@@ -444,4 +452,10 @@ impl PolicySet {
     pub fn deny_action(&self) -> DenyAction {
         self.deny_action
     }
+}
+
+/// The broker's own topics (`$SYS/...`, where lifecycle events are
+/// published): readable and writable only where a policy says so.
+pub fn is_system(topic: &str) -> bool {
+    topic.starts_with("$SYS/") || topic == "$SYS"
 }

@@ -10,7 +10,7 @@ use certmq_pki::DeviceStatus;
 use crate::error::Kind;
 use serde::{Deserialize, Serialize};
 
-use crate::dto::{CaDto, DeviceDto};
+use crate::dto::{CaDto, CrlDto, DeviceDto};
 use crate::error::ApiError;
 use crate::routes::{blocking, ApiJson, ApiQuery, Items};
 use crate::AdminState;
@@ -79,7 +79,13 @@ pub async fn register_ca(
     })
     .await?;
     tracing::info!(id = %view.id, "CA certificate registered");
-    Ok((StatusCode::CREATED, Json(CaDto::of(&view))))
+    Ok((
+        StatusCode::CREATED,
+        Json(CaDto {
+            warnings: Some(certmq_registry::Devices::ca_findings(&view)),
+            ..CaDto::of(&view)
+        }),
+    ))
 }
 
 pub async fn activate_ca(
@@ -109,6 +115,9 @@ pub async fn deactivate_ca(
 pub struct PatchCa {
     device_provisioning: Option<String>,
     automatic_activation: Option<bool>,
+    /// A URL sets where the CRL is fetched from; null clears it.
+    #[serde(default)]
+    crl_url: Option<serde_json::Value>,
 }
 
 pub async fn patch_ca(
@@ -118,12 +127,34 @@ pub async fn patch_ca(
 ) -> Result<Json<CaDto>, ApiError> {
     let id = CaId::parse(&id)?;
     let d = s.devices.clone();
+    let crl_url = match p.crl_url {
+        None => None,
+        Some(serde_json::Value::Null) => Some(None),
+        Some(serde_json::Value::String(u)) => Some(Some(u)),
+        Some(_) => {
+            return Err(ApiError::new(
+                Kind::BadRequest,
+                "InvalidCrlUrl",
+                "crl_url must be a string or null",
+            ))
+        }
+    };
     let ca = blocking(move || {
-        d.update_ca_provisioning(
-            &id,
-            p.device_provisioning.as_deref(),
-            p.automatic_activation,
-        )
+        let mut ca = None;
+        if p.device_provisioning.is_some() || p.automatic_activation.is_some() {
+            ca = Some(d.update_ca_provisioning(
+                &id,
+                p.device_provisioning.as_deref(),
+                p.automatic_activation,
+            )?);
+        }
+        if let Some(url) = crl_url {
+            ca = Some(d.set_crl_url(&id, url.as_deref())?);
+        }
+        match ca {
+            Some(ca) => Ok(ca),
+            None => d.get_ca(&id).map(|(ca, _)| ca),
+        }
     })
     .await?;
     Ok(Json(CaDto::of(&ca)))
@@ -223,7 +254,13 @@ pub async fn register_device(
         d.register_device(&r.device_certificate, r.client_id, r.status.as_deref())
     })
     .await?;
-    Ok((StatusCode::CREATED, Json(DeviceDto::of(&view))))
+    Ok((
+        StatusCode::CREATED,
+        Json(DeviceDto {
+            warnings: Some(certmq_registry::Devices::device_findings(&view)),
+            ..DeviceDto::of(&view)
+        }),
+    ))
 }
 
 pub async fn get_device(
@@ -355,6 +392,76 @@ pub async fn rejections(
                 reason: r.reason,
                 source: r.source,
                 count: r.count,
+            })
+            .collect(),
+    })
+}
+
+/// `GET /ca-certificates/{id}/crl`.
+pub async fn get_crl(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<CrlDto>, ApiError> {
+    let id = CaId::parse(&id)?;
+    let d = s.devices.clone();
+    let crl = blocking(move || d.crl(&id)).await?;
+    match crl {
+        Some(v) => Ok(Json(CrlDto::of(&v.record, v.issuer_cn))),
+        None => Err(ApiError::new(
+            Kind::NotFound,
+            "NoCrl",
+            "this CA has no CRL; upload one with PUT (PEM or DER)",
+        )),
+    }
+}
+
+/// `PUT /ca-certificates/{id}/crl`: the body is the CRL itself, PEM
+/// (`application/x-pem-file`) or DER (`application/pkix-crl`).
+pub async fn put_crl(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<CrlDto>, ApiError> {
+    let id = CaId::parse(&id)?;
+    let d = s.devices.clone();
+    let (v, changed) = blocking(move || d.put_crl(&id, &body, "API")).await?;
+    if changed {
+        tracing::info!(ca_id = %v.record.ca_id, revoked = v.record.revoked_count, "CRL updated");
+    }
+    Ok(Json(CrlDto::of(&v.record, v.issuer_cn)))
+}
+
+#[derive(Serialize)]
+pub struct AlarmList {
+    items: Vec<AlarmDto>,
+}
+
+#[derive(Serialize)]
+pub struct AlarmDto {
+    id: String,
+    kind: &'static str,
+    severity: &'static str,
+    subject: String,
+    message: String,
+    raised_at: String,
+    details: serde_json::Value,
+}
+
+/// `GET /alarms`.
+pub async fn list_alarms(State(s): State<AdminState>) -> Json<AlarmList> {
+    Json(AlarmList {
+        items: s
+            .alarms
+            .list()
+            .into_iter()
+            .map(|a| AlarmDto {
+                id: a.id,
+                kind: a.kind,
+                severity: a.severity.as_str(),
+                subject: a.subject,
+                message: a.message,
+                raised_at: rfc3339(a.raised_at),
+                details: a.details,
             })
             .collect(),
     })

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use certmq_pki::{rfc3339, DeviceStatus};
-use certmq_registry::store::{CaRecord, DeviceRecord};
+use certmq_registry::store::{CaRecord, CrlRecord, DeviceRecord};
 use certmq_registry::{now_unix, ServerCert};
 use serde::Serialize;
 
@@ -26,8 +26,13 @@ pub struct CaDto {
     pub last_activated_at: Option<String>,
     pub last_deactivated_at: Option<String>,
     pub verification_certificate: String,
+    /// Where its CRL is fetched from, when set.
+    pub crl_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_certificate_counts: Option<HashMap<&'static str, u64>>,
+    /// Findings about the certificate (registration only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warnings: Option<Vec<certmq_pki::Finding>>,
 }
 
 impl CaDto {
@@ -47,7 +52,9 @@ impl CaDto {
             last_activated_at: r.last_activated_at.map(rfc3339),
             last_deactivated_at: r.last_deactivated_at.map(rfc3339),
             verification_certificate: r.verification_pem.clone(),
+            crl_url: r.crl_url.clone(),
             device_certificate_counts: None,
+            warnings: None,
         }
     }
 
@@ -75,6 +82,18 @@ pub struct DeviceDto {
     pub created_at: String,
     pub updated_at: String,
     pub last_connected_at: Option<String>,
+    /// The intermediates between it and its CA, nearest first.
+    pub intermediates: Vec<IntermediateDto>,
+    /// Findings about the certificate (registration only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warnings: Option<Vec<certmq_pki::Finding>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IntermediateDto {
+    pub subject_cn: Option<String>,
+    pub serial_number: String,
+    pub not_after: String,
 }
 
 impl DeviceDto {
@@ -93,6 +112,56 @@ impl DeviceDto {
             created_at: rfc3339(r.created_at),
             updated_at: rfc3339(r.updated_at),
             last_connected_at: r.last_connected_at.map(rfc3339),
+            intermediates: intermediates(&r.chain_pem),
+            warnings: None,
+        }
+    }
+}
+
+fn intermediates(chain_pem: &str) -> Vec<IntermediateDto> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    if chain_pem.is_empty() {
+        return Vec::new();
+    }
+    CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .filter_map(Result::ok)
+        .filter_map(|d| certmq_pki::subject_facts(&d))
+        .map(|f| IntermediateDto {
+            subject_cn: f.info.subject_cn,
+            serial_number: f.info.serial,
+            not_after: rfc3339(f.info.not_after),
+        })
+        .collect()
+}
+
+/// A CA's CRL as the API shows it (never the whole list).
+#[derive(Debug, Serialize)]
+pub struct CrlDto {
+    pub ca_id: String,
+    pub issuer_cn: Option<String>,
+    pub this_update: String,
+    pub next_update: Option<String>,
+    /// Past its next update.
+    pub stale: bool,
+    pub revoked_count: u64,
+    pub crl_number: Option<String>,
+    /// `API` or the URL it was fetched from.
+    pub source: String,
+    pub updated_at: String,
+}
+
+impl CrlDto {
+    pub fn of(r: &CrlRecord, issuer_cn: Option<String>) -> Self {
+        CrlDto {
+            ca_id: r.ca_id.clone(),
+            issuer_cn,
+            this_update: rfc3339(r.this_update),
+            next_update: r.next_update.map(rfc3339),
+            stale: r.next_update.is_some_and(|n| now_unix() >= n),
+            revoked_count: r.revoked_count,
+            crl_number: r.number.clone(),
+            source: r.source.clone(),
+            updated_at: rfc3339(r.updated_at),
         }
     }
 }
@@ -114,6 +183,9 @@ pub struct ServerCertDto {
     pub seconds_to_expiry: i64,
     pub chain_length: usize,
     pub created_at: Option<String>,
+    /// Findings about the certificate (bind only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warnings: Option<Vec<certmq_pki::Finding>>,
 }
 
 impl ServerCertDto {
@@ -133,6 +205,7 @@ impl ServerCertDto {
             seconds_to_expiry: c.info.not_after - now_unix(),
             chain_length: c.chain_length,
             created_at: c.created_at.map(rfc3339),
+            warnings: None,
         }
     }
 }

@@ -63,6 +63,10 @@ pub struct AdminState {
     pub started_at: i64,
     /// The other nodes (SPEC 13); [`cluster::SingleNode`] on its own.
     pub cluster: Arc<dyn cluster::ClusterView>,
+    /// Active alarms (SPEC 14).
+    pub alarms: Arc<certmq_registry::Alarms>,
+    /// More metrics from the binary's parts (webhook deliveries).
+    pub extra_metrics: Vec<Arc<dyn Fn() -> Vec<cluster::ClusterMetric> + Send + Sync>>,
 }
 
 /// The handler of the operation named `id` in [`openapi::OPERATIONS`].
@@ -88,6 +92,9 @@ fn handler(id: &str) -> Option<axum::routing::MethodRouter<AdminState>> {
         "delete_ca_certificate" => delete(c::delete_ca),
         "activate_ca_certificate" => post(c::activate_ca),
         "deactivate_ca_certificate" => post(c::deactivate_ca),
+        "get_ca_crl" => get(c::get_crl),
+        "put_ca_crl" => put(c::put_crl).layer(DefaultBodyLimit::max(certmq_pki::MAX_CRL_BYTES)),
+        "list_alarms" => get(c::list_alarms),
         "list_device_certificates" => get(c::list_devices),
         "register_device_certificate" => post(c::register_device),
         "get_device_certificate" => get(c::get_device),

@@ -293,8 +293,49 @@ pub async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
             .into_iter()
             .map(|(st, n)| (vec![("status", st.to_string())], n as f64)),
     );
-    // The cluster's links (SPEC 13), one family per name.
+    // Alarms (SPEC 14): active ones by kind and severity; every kind
+    // certmq raises is listed (0 when none is active).
+    let mut active: std::collections::BTreeMap<(&str, &str), f64> = [
+        "certificate_expiring",
+        "certificate_expired",
+        "certificates_expiring",
+        "crl_stale",
+        "crl_fetch_failed",
+        "persistence_error",
+        "cluster_link_down",
+    ]
+    .into_iter()
+    .map(|k| ((k, "any"), 0.0))
+    .collect();
+    for a in s.alarms.list() {
+        *active.entry((a.kind, "any")).or_insert(0.0) += 1.0;
+    }
+    m.family(
+        "alarms_active",
+        "gauge",
+        "Active alarms by kind (GET /api/v1/alarms lists them)",
+        active
+            .into_iter()
+            .map(|((kind, _), n)| (vec![("kind", kind.to_string())], n)),
+    );
+    let crls = s.devices.snapshot();
+    m.family(
+        "crl_next_update_seconds",
+        "gauge",
+        "Seconds until each CA's CRL is due for renewal (negative: stale)",
+        crls.crls().filter_map(|(ca, c)| {
+            Some((
+                vec![("ca_id", ca.clone())],
+                (c.next_update? - now) as f64,
+            ))
+        }),
+    );
+    // The cluster's links (SPEC 13) and the binary's parts (webhooks), one
+    // family per name.
     let mut cluster = s.cluster.metrics();
+    for extra in &s.extra_metrics {
+        cluster.extend(extra());
+    }
     cluster.sort_by_key(|c| c.name);
     for group in cluster.chunk_by(|a, b| a.name == b.name) {
         if let Some(first) = group.first() {

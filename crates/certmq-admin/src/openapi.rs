@@ -65,6 +65,8 @@ pub struct Operation {
     pub answer: Answer,
     /// Query parameters: (name, JSON type).
     pub query: &'static [(&'static str, &'static str)],
+    /// Media types of a raw (non-JSON) body, if it takes one.
+    pub raw_body: &'static [&'static str],
 }
 
 const fn op(
@@ -84,6 +86,7 @@ const fn op(
         request,
         answer,
         query: &[],
+        raw_body: &[],
     }
 }
 
@@ -217,6 +220,33 @@ pub const OPERATIONS: &[Operation] = &[
         "Deactivate a CA (its devices' live connections are closed)",
         None,
         J("CaCertificate"),
+    ),
+    op(
+        "get_ca_crl",
+        Get,
+        "/ca-certificates/{id}/crl",
+        "The CA's CRL: issuer, this and next update, how many it revokes",
+        None,
+        J("Crl"),
+    ),
+    Operation {
+        raw_body: &["application/x-pem-file", "application/pkix-crl"],
+        ..op(
+            "put_ca_crl",
+            Put,
+            "/ca-certificates/{id}/crl",
+            "Upload the CA's CRL (the body is the CRL, PEM or DER, signed by the CA); live connections of the certificates it lists close",
+            None,
+            J("Crl"),
+        )
+    },
+    op(
+        "list_alarms",
+        Get,
+        "/alarms",
+        "Active alarms: certificates expiring, stale CRLs, persistence errors, cluster links down",
+        None,
+        J("AlarmList"),
     ),
     Operation {
         query: &[
@@ -564,6 +594,14 @@ pub fn build() -> Value {
                 "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}
             });
         }
+        if !o.raw_body.is_empty() {
+            let content: serde_json::Map<String, Value> = o
+                .raw_body
+                .iter()
+                .map(|m| (m.to_string(), json!({"schema": {"type": "string", "format": "binary"}})))
+                .collect();
+            operation["requestBody"] = json!({"required": true, "content": content});
+        }
         if !o.auth {
             operation["security"] = json!([]);
         }
@@ -718,6 +756,7 @@ fn certificate_schemas() -> Value {
             "not_before": time(), "not_after": time(),
             "seconds_to_expiry": {"type": "integer"}, "chain_length": {"type": "integer"},
             "created_at": nullable("string"),
+            "warnings": {"type": "array", "items": {"$ref": "#/components/schemas/Finding"}},
         })),
         "ServerCertificateList": list_of("ServerCertificate"),
         "RegistrationCode": object(&["registration_code", "expires_at"], json!({
@@ -732,7 +771,21 @@ fn certificate_schemas() -> Value {
         "UpdateCaCertificate": object(&[], json!({
             "device_provisioning": {"type": ["string", "null"], "enum": ["API", "JITP", null]},
             "automatic_activation": nullable("boolean"),
+            "crl_url": nullable("string"),
         })),
+        "Finding": object(&["code", "message"], json!({"code": string(), "message": string()})),
+        "Crl": object(&["ca_id", "this_update", "stale", "revoked_count", "source", "updated_at"], json!({
+            "ca_id": string(), "issuer_cn": nullable("string"), "this_update": time(),
+            "next_update": nullable("string"), "stale": {"type": "boolean"},
+            "revoked_count": {"type": "integer"}, "crl_number": nullable("string"),
+            "source": string(), "updated_at": time(),
+        })),
+        "Alarm": object(&["id", "kind", "severity", "subject", "message", "raised_at"], json!({
+            "id": string(), "kind": string(),
+            "severity": {"type": "string", "enum": ["critical", "major", "warning"]},
+            "subject": string(), "message": string(), "raised_at": time(), "details": {},
+        })),
+        "AlarmList": list_of("Alarm"),
         "CaCertificate": object(&["id", "serial_number", "status", "device_provisioning"], json!({
             "id": string(), "serial_number": string(), "subject_cn": nullable("string"),
             "issuer_cn": nullable("string"), "not_before": time(), "not_after": time(),
@@ -742,11 +795,14 @@ fn certificate_schemas() -> Value {
             "automatic_activation": {"type": "boolean"}, "registered_at": time(),
             "last_activated_at": nullable("string"), "last_deactivated_at": nullable("string"),
             "verification_certificate": string(),
+            "crl_url": nullable("string"),
             "device_certificate_counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "warnings": {"type": "array", "items": {"$ref": "#/components/schemas/Finding"}},
         })),
         "CaCertificateList": list_of("CaCertificate"),
         "RegisterDeviceCertificate": object(&["device_certificate"], json!({
-            "device_certificate": string(), "client_id": nullable("string"),
+            "device_certificate": {"type": "string", "description": "PEM: the device certificate, then the intermediates to its CA, if any"},
+            "client_id": nullable("string"),
             "status": {"type": ["string", "null"], "enum": ["ACTIVE", "INACTIVE", "PENDING_ACTIVATION", null]},
         })),
         "DeviceCertificate": object(&["id", "ca_id", "serial_number", "status", "source"], json!({
@@ -756,6 +812,10 @@ fn certificate_schemas() -> Value {
             "status": {"type": "string", "enum": ["ACTIVE", "INACTIVE", "REVOKED", "PENDING_ACTIVATION"]},
             "source": {"type": "string", "enum": ["API", "JITP"]},
             "created_at": time(), "updated_at": time(), "last_connected_at": nullable("string"),
+            "intermediates": {"type": "array", "items": object(&["serial_number", "not_after"], json!({
+                "subject_cn": nullable("string"), "serial_number": string(), "not_after": time(),
+            }))},
+            "warnings": {"type": "array", "items": {"$ref": "#/components/schemas/Finding"}},
         })),
         "DeviceCertificatePage": object(&["items", "total", "limit", "offset"], json!({
             "items": {"type": "array", "items": {"$ref": "#/components/schemas/DeviceCertificate"}},

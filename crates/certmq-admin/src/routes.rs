@@ -155,7 +155,7 @@ pub async fn bind_server_cert(
         ));
     }
     let certs = s.server_certs.clone();
-    let view = blocking(move || {
+    let (view, warnings) = blocking(move || {
         certs.bind(
             req.name,
             &req.certificate_chain,
@@ -164,8 +164,14 @@ pub async fn bind_server_cert(
         )
     })
     .await?;
-    tracing::info!(id = %view.id, "server certificate bound");
-    Ok((StatusCode::CREATED, Json(ServerCertDto::of(&view))))
+    tracing::info!(id = %view.id, warnings = warnings.len(), "server certificate bound");
+    Ok((
+        StatusCode::CREATED,
+        Json(ServerCertDto {
+            warnings: Some(warnings),
+            ..ServerCertDto::of(&view)
+        }),
+    ))
 }
 
 pub async fn unbind_server_cert(

@@ -420,6 +420,7 @@ fn import_devices(mut r: Running, n: usize) -> anyhow::Result<Running> {
                 created_at: now,
                 updated_at: now,
                 last_connected_at: None,
+                chain_pem: String::new(),
             }
         })
         .collect();

@@ -13,6 +13,24 @@ use certmq_store::PgStore;
 /// A node without a heartbeat for this long has its sessions taken over.
 pub const GONE_AFTER_SECS: i64 = 15;
 
+/// Whether `me` is the first by id of the nodes up (this one counts as
+/// up): the one node that does what only one should (adopting the
+/// sessions of gone nodes, announcing certificate expiry).
+pub fn is_first_up(store: &PgStore, me: &str) -> Result<bool, String> {
+    let nodes = store.nodes().map_err(|e| e.to_string())?;
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let first_up = nodes
+        .iter()
+        .filter(|n| n.id == me || wall - n.seen_at <= crate::claims::UP_WITHIN_SECS)
+        .map(|n| n.id.as_str())
+        .chain(std::iter::once(me))
+        .min();
+    Ok(first_up == Some(me))
+}
+
 /// Looks for sessions of gone nodes every `every`, until the process ends.
 pub async fn adopt_orphans(
     broker: Arc<Broker>,
@@ -27,21 +45,7 @@ pub async fn adopt_orphans(
         let s = store.clone();
         let me = node.clone();
         let found = tokio::task::spawn_blocking(move || -> Result<Vec<String>, String> {
-            let nodes = s.nodes().map_err(|e| e.to_string())?;
-            let wall = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
-            // One adopter: the first by id of the nodes up (this one
-            // counts as up).
-            let first_up = nodes
-                .iter()
-                .filter(|n| n.id == me || wall - n.seen_at <= crate::claims::UP_WITHIN_SECS)
-                .map(|n| n.id.as_str())
-                .chain(std::iter::once(me.as_str()))
-                .min()
-                .map(str::to_owned);
-            if first_up.as_deref() != Some(me.as_str()) {
+            if !is_first_up(&s, &me)? {
                 return Ok(Vec::new());
             }
             s.orphan_owners(GONE_AFTER_SECS).map_err(|e| e.to_string())

@@ -117,6 +117,12 @@ impl Targets {
                     .map_err(|x| x.message),
             },
             "devices" => self.devices.reload().map_err(|x| x.message),
+            "crl" => {
+                let ca_id = CaId::parse(key).map_err(|x| x.message)?;
+                self.devices
+                    .apply(Change::Crl { ca_id })
+                    .map_err(|x| x.message)
+            }
             "server_cert" => self.server_certs.reload().map_err(|x| x.message),
             "user" => {
                 self.access.users.reload().map_err(|x| x.message)?;

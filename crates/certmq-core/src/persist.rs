@@ -74,6 +74,8 @@ pub struct PersistStats {
     pub batch_changes: Histogram,
     /// Bytes the kept state takes on disk (database and its log).
     pub state_bytes: AtomicU64,
+    /// The last batch failed (cleared by the next that commits): an alarm.
+    pub failing: std::sync::atomic::AtomicBool,
 }
 
 impl Default for PersistStats {
@@ -97,6 +99,7 @@ impl Default for PersistStats {
                 1_000_000.0,
             ]),
             state_bytes: AtomicU64::new(0),
+            failing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }

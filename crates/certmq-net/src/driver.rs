@@ -320,7 +320,8 @@ async fn authenticate(
                 else {
                     continue;
                 };
-                return certificate_login(authz.as_ref(), leaf, &connect.client_id);
+                let chain: Vec<&[u8]> = peer.certificates.iter().map(|c| c.as_ref()).collect();
+                return certificate_login(authz.as_ref(), leaf, &chain, &connect.client_id);
             }
             crate::AuthMethod::Password => {
                 let (Some(user), Some(pass), Some(a)) = (&connect.username, password, authn) else {
@@ -360,9 +361,10 @@ async fn authenticate(
 fn certificate_login(
     authz: &dyn crate::ConnectAuthorizer,
     leaf: &[u8],
+    chain: &[&[u8]],
     client_id: &str,
 ) -> Result<Login, AuthRefusal> {
-    let ids = match authz.authorize(leaf, client_id) {
+    let ids = match authz.authorize(chain, client_id) {
         Decision::Allow {
             device_id,
             ca_id,
@@ -374,6 +376,7 @@ fn certificate_login(
         },
         Decision::Provision { chained, activate } => {
             // The authorizer registered it; only activated ones get in.
+            let expires_at = chained.expires_at();
             let (d, c) = (chained.device_id, chained.ca_id);
             if !activate {
                 return Err(AuthRefusal {
@@ -385,7 +388,7 @@ fn certificate_login(
             crate::CertIds {
                 certificate_id: d,
                 ca_id: c,
-                not_after: chained.not_after,
+                not_after: expires_at,
             }
         }
         Decision::Reject {

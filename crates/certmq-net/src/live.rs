@@ -67,6 +67,8 @@ pub struct Live {
     pub packets_out: AtomicU64,
     tls_failures: Mutex<BTreeMap<&'static str, u64>>,
     rejections: Mutex<Rejections>,
+    /// `connection.refused` events go here (as many a second as are logged).
+    events: certmq_core::Events,
 }
 
 /// A refused handshake or CONNECT.
@@ -131,6 +133,11 @@ fn slot(p: Protocol) -> usize {
 }
 
 impl Live {
+    /// The handle `connection.refused` events are emitted through.
+    pub fn events(&self) -> &certmq_core::Events {
+        &self.events
+    }
+
     pub(crate) fn register(&self, info: ConnInfo) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(at) = info.expires_at() {
@@ -198,7 +205,8 @@ impl Live {
             g.logged = 0;
             g.unlogged = 0;
         }
-        if g.logged < LOGGED_PER_SECOND {
+        let emit = g.logged < LOGGED_PER_SECOND;
+        if emit {
             g.logged += 1;
             tracing::info!(
                 reason,
@@ -228,11 +236,26 @@ impl Live {
         let e = g.by_source.entry(key).or_insert((0, 0));
         e.0 += 1;
         e.1 = seq;
+        let event = (emit && self.events.is_on()).then(|| {
+            serde_json::json!({
+                "reason": reason,
+                "protocol": r.protocol.name(),
+                "peer": r.peer.to_string(),
+                "client_id": r.client_id,
+                "certificate_id": r.certificate_id,
+                "ca_id": r.ca_id,
+                "username": r.username,
+            })
+        });
         let q = g.recent.entry(reason).or_default();
         if q.len() >= KEPT_PER_REASON {
             q.pop_front();
         }
         q.push_back((seq, r));
+        drop(g);
+        if let Some(data) = event {
+            self.events.emit("connection.refused", data);
+        }
     }
 
     /// The newest refusals, newest first: the newest of every reason, so

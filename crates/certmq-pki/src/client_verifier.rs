@@ -1,9 +1,9 @@
 //! The client-certificate verifier of the TLS and WSS listeners. It asks
 //! for a client certificate and verifies it against the `ACTIVE` registered
 //! CAs of the current registry snapshot (signature with the CA's key,
-//! validity of both). Written here rather than taken from rustls's WebPki
-//! verifier, which refuses X.509 v1 certificates. Device certificates are
-//! issued directly by a registered CA; intermediates are not followed.
+//! validity of both, through up to four intermediates the client sends,
+//! and the CA's CRL). Written here rather than taken from rustls's WebPki
+//! verifier, which refuses X.509 v1 certificates.
 //!
 //! A refusal carries its [`Rejection`] inside the rustls error
 //! ([`rejection_of`] gets it back), so the listener can record it with the
@@ -85,11 +85,16 @@ impl ClientCertVerifier for RegistryVerifier {
     fn verify_client_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
+        intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
         let now = now.as_secs() as i64;
-        match self.registry.load().verify_handshake(end_entity, now) {
+        let intermediates: Vec<&[u8]> = intermediates.iter().map(|c| c.as_ref()).collect();
+        match self
+            .registry
+            .load()
+            .verify_handshake(end_entity, &intermediates, now)
+        {
             Ok(_) => Ok(ClientCertVerified::assertion()),
             Err(r) => Err(Error::InvalidCertificate(CertificateError::Other(
                 OtherError(Arc::new(Refused(r))),

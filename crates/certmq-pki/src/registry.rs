@@ -92,7 +92,71 @@ pub struct DeviceEntry {
     pub subject_cn: Option<String>,
     pub not_before: i64,
     pub not_after: i64,
+    /// The intermediates between it and its CA, when it has any.
+    pub chain: Option<Arc<ChainFacts>>,
 }
+
+/// What the connect path keeps of a device's intermediates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainFacts {
+    /// The serial of the intermediate the registered CA signed: the CA's
+    /// CRL speaks of it.
+    pub top_serial: String,
+    /// The latest not-before and earliest not-after of the intermediates.
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+impl ChainFacts {
+    /// The facts of intermediates (DER, nearest the device first), when
+    /// they parse.
+    pub fn of(intermediates: &[Vec<u8>]) -> Option<Self> {
+        let mut facts: Option<Self> = None;
+        for der in intermediates {
+            let (_, c) = X509Certificate::from_der(der).ok()?;
+            let v = c.validity();
+            let (nb, na) = (v.not_before.timestamp(), v.not_after.timestamp());
+            let serial = hex_serial(&c);
+            facts = Some(match facts {
+                None => Self {
+                    top_serial: serial,
+                    not_before: nb,
+                    not_after: na,
+                },
+                Some(f) => Self {
+                    top_serial: serial,
+                    not_before: f.not_before.max(nb),
+                    not_after: f.not_after.min(na),
+                },
+            });
+        }
+        facts
+    }
+}
+
+fn hex_serial(c: &X509Certificate<'_>) -> String {
+    c.raw_serial_as_string()
+        .replace(':', "")
+        .to_ascii_lowercase()
+}
+
+/// A CA's current CRL, as the connect path needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CrlEntry {
+    pub serials: HashSet<String>,
+    pub this_update: i64,
+    pub next_update: Option<i64>,
+}
+
+impl CrlEntry {
+    /// Past its next update at `now`.
+    pub fn is_stale(&self, now: i64) -> bool {
+        self.next_update.is_some_and(|n| now >= n)
+    }
+}
+
+/// Certificates a device may send: itself and up to four intermediates.
+pub const MAX_DEVICE_CHAIN: usize = 5;
 
 /// A revoked certificate, remembered for ever.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +193,19 @@ pub enum Rejection {
     /// A live or persisted session with this client id belongs to another
     /// identity (certificate, user or anonymous).
     ClientIdInUseByAnotherIdentity,
+    /// The CA's CRL lists the certificate (or the intermediate it came
+    /// through).
+    CertificateRevokedByCrl,
+    /// The CA's CRL is past its next update and `[crl] stale` is
+    /// `fail-closed`.
+    CrlStale,
+    /// An intermediate is not a CA, may not sign certificates, or its path
+    /// length constraint is exceeded.
+    IntermediateInvalid,
+    IntermediateExpired,
+    IntermediateNotYetValid,
+    /// More than [`MAX_DEVICE_CHAIN`] certificates.
+    ChainTooLong,
 }
 
 names!(Rejection {
@@ -148,6 +225,12 @@ names!(Rejection {
     CertificateEncoding => "CERTIFICATE_ENCODING",
     CertificateSerialInUse => "CERTIFICATE_SERIAL_IN_USE",
     ClientIdInUseByAnotherIdentity => "CLIENT_ID_IN_USE_BY_ANOTHER_IDENTITY",
+    CertificateRevokedByCrl => "CERTIFICATE_REVOKED_BY_CRL",
+    CrlStale => "CRL_STALE",
+    IntermediateInvalid => "INTERMEDIATE_INVALID",
+    IntermediateExpired => "INTERMEDIATE_EXPIRED",
+    IntermediateNotYetValid => "INTERMEDIATE_NOT_YET_VALID",
+    ChainTooLong => "CHAIN_TOO_LONG",
 });
 
 /// A device certificate that chains to a registered CA, with what the
@@ -165,6 +248,29 @@ pub struct Chained {
     pub subject_ou: Option<String>,
     pub not_before: i64,
     pub not_after: i64,
+    /// The intermediates it chained through (DER, nearest the device
+    /// first); empty when its CA signed it.
+    pub intermediates: Vec<Vec<u8>>,
+    pub chain: Option<Arc<ChainFacts>>,
+}
+
+impl Chained {
+    /// When a connection that used it must close: the earliest not-after
+    /// of the device and its intermediates.
+    pub fn expires_at(&self) -> i64 {
+        self.chain
+            .as_ref()
+            .map_or(self.not_after, |c| c.not_after.min(self.not_after))
+    }
+}
+
+impl DeviceEntry {
+    /// The earliest not-after of the device and its intermediates.
+    pub fn expires_at(&self) -> i64 {
+        self.chain
+            .as_ref()
+            .map_or(self.not_after, |c| c.not_after.min(self.not_after))
+    }
 }
 
 /// What CONNECT does with a certificate.
@@ -191,8 +297,9 @@ pub enum Decision {
 /// registry): the seam between the connection driver and the certificate
 /// plane. Must not block: it runs on the connect path.
 pub trait ConnectAuthorizer: Send + Sync + 'static {
-    /// `leaf` is the client certificate (DER); `client_id` as in CONNECT.
-    fn authorize(&self, leaf: &[u8], client_id: &str) -> Decision;
+    /// `chain` is what the client sent (DER, its certificate first, then
+    /// intermediates); `client_id` as in CONNECT.
+    fn authorize(&self, chain: &[&[u8]], client_id: &str) -> Decision;
 }
 
 #[derive(Debug, Default, Clone)]
@@ -210,8 +317,13 @@ pub struct RegistrySnapshot {
     /// Revoked signed ids, and revoked (CA key id, serial) pairs.
     revoked_signed: Arc<HashSet<String>>,
     revoked_serials: Arc<HashSet<(String, String)>>,
+    /// CRLs by CA id.
+    crls: Arc<HashMap<String, Arc<CrlEntry>>>,
     /// Policy: the client id must equal the certificate's CN.
     pub client_id_is_cn: bool,
+    /// `[crl] stale = "fail-closed"`: a CA whose CRL is past its next
+    /// update admits none of its certificates.
+    pub crl_fail_closed: bool,
 }
 
 /// A map split into [`SHARDS`] copy-on-write parts.
@@ -313,7 +425,9 @@ impl RegistrySnapshot {
             serials: Arc::new(serials.into_iter().map(Arc::new).collect()),
             revoked_signed: Default::default(),
             revoked_serials: Default::default(),
+            crls: Default::default(),
             client_id_is_cn,
+            crl_fail_closed: false,
         };
         let signed = Arc::make_mut(&mut this.revoked_signed);
         let by_serial = Arc::make_mut(&mut this.revoked_serials);
@@ -369,6 +483,88 @@ impl RegistrySnapshot {
         self.cas.get(id)
     }
 
+    /// Every registered CA.
+    pub fn cas(&self) -> impl Iterator<Item = &Arc<CaEntry>> {
+        self.cas.values()
+    }
+
+    /// A copy with these CRLs (by CA id) and stale mode.
+    pub fn with_crls(mut self, crls: HashMap<String, Arc<CrlEntry>>, fail_closed: bool) -> Self {
+        self.crls = Arc::new(crls);
+        self.crl_fail_closed = fail_closed;
+        self
+    }
+
+    /// A copy with CA `ca_id`'s CRL replaced (None removes it).
+    pub fn with_crl(&self, ca_id: &str, crl: Option<Arc<CrlEntry>>) -> Self {
+        let mut next = self.clone();
+        let map = Arc::make_mut(&mut next.crls);
+        match crl {
+            Some(c) => map.insert(ca_id.to_string(), c),
+            None => map.remove(ca_id),
+        };
+        next
+    }
+
+    pub fn crl(&self, ca_id: &str) -> Option<&Arc<CrlEntry>> {
+        self.crls.get(ca_id)
+    }
+
+    /// Every CRL, by CA id.
+    pub fn crls(&self) -> impl Iterator<Item = (&String, &Arc<CrlEntry>)> {
+        self.crls.iter()
+    }
+
+    /// Every device (any status).
+    pub fn devices(&self) -> impl Iterator<Item = &DeviceEntry> {
+        self.devices.iter().flat_map(|m| m.values())
+    }
+
+    /// Ids of the devices of CA `ca_id` that its CRL lists (themselves, or
+    /// the intermediate they came through).
+    pub fn crl_listed(&self, ca_id: &str) -> Vec<String> {
+        let Some(crl) = self.crls.get(ca_id) else {
+            return Vec::new();
+        };
+        self.devices()
+            .filter(|d| d.ca_id == ca_id)
+            .filter(|d| {
+                let serial = d.chain.as_ref().map_or(&d.serial, |c| &c.top_serial);
+                crl.serials.contains(serial)
+            })
+            .map(|d| d.id.clone())
+            .collect()
+    }
+
+    /// The CRL's verdict on a certificate of CA `ca_id` whose CA-signed
+    /// serial is `serial` (its own, or its top intermediate's).
+    fn crl_check(&self, ca_id: &str, serial: &str, now: i64) -> Result<(), Rejection> {
+        let Some(crl) = self.crls.get(ca_id) else {
+            return Ok(());
+        };
+        if crl.serials.contains(serial) {
+            return Err(Rejection::CertificateRevokedByCrl);
+        }
+        if self.crl_fail_closed && crl.is_stale(now) {
+            return Err(Rejection::CrlStale);
+        }
+        Ok(())
+    }
+
+    /// A registered CA whose subject is `cert`'s issuer and whose key
+    /// signed it.
+    fn registered_issuer(&self, cert: &X509Certificate<'_>) -> Option<&Arc<CaEntry>> {
+        self.by_subject
+            .get(cert.issuer().as_raw())?
+            .iter()
+            .filter_map(|id| self.cas.get(id))
+            .find(|ca| {
+                SubjectPublicKeyInfo::from_der(&ca.spki)
+                    .ok()
+                    .is_some_and(|(_, spki)| verify_with_spki(cert, &spki).is_ok())
+            })
+    }
+
     /// The device registered under signed id `key`.
     pub fn device(&self, key: &str) -> Option<&DeviceEntry> {
         self.device_map(key)?.get(key)
@@ -408,31 +604,47 @@ impl RegistrySnapshot {
         .collect()
     }
 
-    /// Which registered CA signed `leaf` (any state), with the leaf's
-    /// encoding, purpose and the validity of both checked at `now`.
+    /// Which registered CA `leaf` chains to (any state), directly or
+    /// through `intermediates` (in any order; the first registered CA met
+    /// going up ends the path), with the leaf's encoding and purpose, the
+    /// intermediates' CA rights, and the validity of all checked at `now`.
     /// Revocation is registry state, decided at CONNECT
     /// ([`RegistrySnapshot::authorize`]).
-    pub fn chain(&self, leaf: &[u8], now: i64) -> Result<(Chained, Arc<CaEntry>), Rejection> {
+    pub fn chain(
+        &self,
+        leaf: &[u8],
+        intermediates: &[&[u8]],
+        now: i64,
+    ) -> Result<(Chained, Arc<CaEntry>), Rejection> {
+        if intermediates.len() >= MAX_DEVICE_CHAIN {
+            return Err(Rejection::ChainTooLong);
+        }
         let signed_id = signed_id_of(leaf)?;
         let (_, cert) = X509Certificate::from_der(leaf).map_err(|_| Rejection::BadCertificate)?;
         check_client_purpose(&cert)?;
-        let candidates = self
-            .by_subject
-            .get(cert.issuer().as_raw())
-            .ok_or(Rejection::UnknownCa)?;
-        let ca = candidates
+        let parsed: Vec<X509Certificate<'_>> = intermediates
             .iter()
-            .filter_map(|id| self.cas.get(id))
-            .find(|ca| {
-                SubjectPublicKeyInfo::from_der(&ca.spki)
-                    .ok()
-                    .is_some_and(|(_, spki)| verify_with_spki(&cert, &spki).is_ok())
-            })
-            .ok_or(Rejection::UnknownCa)?;
-        let serial = cert
-            .raw_serial_as_string()
-            .replace(':', "")
-            .to_ascii_lowercase();
+            .filter_map(|der| X509Certificate::from_der(der).ok().map(|(_, c)| c))
+            .collect();
+        let mut path: Vec<usize> = Vec::new();
+        let mut current = &cert;
+        let ca = loop {
+            if let Some(ca) = self.registered_issuer(current) {
+                break ca;
+            }
+            let next = parsed.iter().enumerate().find(|(i, c)| {
+                !path.contains(i)
+                    && c.subject().as_raw() == current.issuer().as_raw()
+                    && verify_with_spki(current, c.public_key()).is_ok()
+            });
+            let Some((i, issuer)) = next else {
+                return Err(Rejection::UnknownCa);
+            };
+            check_intermediate(issuer, path.len(), now)?;
+            path.push(i);
+            current = issuer;
+        };
+        let serial = hex_serial(&cert);
         if now > ca.not_after || now < ca.not_before {
             return Err(Rejection::CaExpired);
         }
@@ -449,6 +661,11 @@ impl RegistrySnapshot {
             .next()
             .and_then(|a| a.as_str().ok())
             .map(str::to_owned);
+        let intermediates: Vec<Vec<u8>> = path
+            .iter()
+            .filter_map(|&i| intermediates.get(i).map(|d| d.to_vec()))
+            .collect();
+        let chain = ChainFacts::of(&intermediates).map(Arc::new);
         Ok((
             Chained {
                 device_id: fingerprint(leaf),
@@ -460,18 +677,26 @@ impl RegistrySnapshot {
                 subject_ou: ou,
                 not_before: v.not_before.timestamp(),
                 not_after: v.not_after.timestamp(),
+                intermediates,
+                chain,
             },
             ca.clone(),
         ))
     }
 
-    /// The TLS handshake's check: chains to an `ACTIVE` registered CA
-    /// (registry states, revocation included, are CONNECT's: the client
-    /// then gets CONNACK "not authorized"). A certificate the registry already holds (any
-    /// encoding of what its CA signed) was chain-verified when it was
-    /// registered (by the API or JITP), and its record names its CA and
-    /// validity: only those are checked, without a signature verification.
-    pub fn verify_handshake(&self, leaf: &[u8], now: i64) -> Result<(), Rejection> {
+    /// The TLS handshake's check: chains to an `ACTIVE` registered CA and
+    /// the CA's CRL does not list it (registry states, revocation included,
+    /// are CONNECT's: the client then gets CONNACK "not authorized"). A
+    /// certificate the registry already holds (any encoding of what its CA
+    /// signed) was chain-verified when it was registered (by the API or
+    /// JITP), and its record names its CA, intermediates and validity:
+    /// only those are checked, without a signature verification.
+    pub fn verify_handshake(
+        &self,
+        leaf: &[u8],
+        intermediates: &[&[u8]],
+        now: i64,
+    ) -> Result<(), Rejection> {
         let key = signed_id_of(leaf)?;
         if let Some(d) = self.device(&key) {
             let ca = self.cas.get(&d.ca_id).ok_or(Rejection::UnknownCa)?;
@@ -487,20 +712,37 @@ impl RegistrySnapshot {
             if now < d.not_before {
                 return Err(Rejection::CertificateNotYetValid);
             }
-            return Ok(());
+            if let Some(c) = &d.chain {
+                if now >= c.not_after {
+                    return Err(Rejection::IntermediateExpired);
+                }
+                if now < c.not_before {
+                    return Err(Rejection::IntermediateNotYetValid);
+                }
+            }
+            let serial = d.chain.as_ref().map_or(&d.serial, |c| &c.top_serial);
+            return self.crl_check(&d.ca_id, serial, now);
         }
-        let (_, ca) = self.chain(leaf, now)?;
+        let (chained, ca) = self.chain(leaf, intermediates, now)?;
         if ca.status != CaStatus::Active {
             return Err(Rejection::CaInactive);
         }
-        Ok(())
+        let serial = chained
+            .chain
+            .as_ref()
+            .map_or(&chained.serial, |c| &c.top_serial);
+        self.crl_check(&chained.ca_id, serial, now)
     }
 
-    /// CONNECT's decision for a client that presented `leaf` and asks for
-    /// `client_id`. Registered devices are decided from the registry alone
-    /// (their chain was verified when they were registered); unknown ones
-    /// are chained and provisioned per their CA's settings.
-    pub fn authorize(&self, leaf: &[u8], client_id: &str, now: i64) -> Decision {
+    /// CONNECT's decision for a client that presented `chain` (its
+    /// certificate first) and asks for `client_id`. Registered devices are
+    /// decided from the registry alone (their chain was verified when they
+    /// were registered); unknown ones are chained and provisioned per their
+    /// CA's settings.
+    pub fn authorize(&self, chain: &[&[u8]], client_id: &str, now: i64) -> Decision {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return reject(Rejection::NoCertificate);
+        };
         let key = match signed_id_of(leaf) {
             Ok(k) => k,
             Err(r) => return reject(r),
@@ -534,6 +776,18 @@ impl RegistrySnapshot {
             if now < d.not_before {
                 return with(Rejection::CertificateNotYetValid);
             }
+            if let Some(c) = &d.chain {
+                if now >= c.not_after {
+                    return with(Rejection::IntermediateExpired);
+                }
+                if now < c.not_before {
+                    return with(Rejection::IntermediateNotYetValid);
+                }
+            }
+            let serial = d.chain.as_ref().map_or(&d.serial, |c| &c.top_serial);
+            if let Err(r) = self.crl_check(&d.ca_id, serial, now) {
+                return with(r);
+            }
             if d.client_id.as_deref().is_some_and(|c| c != client_id)
                 || (self.client_id_is_cn && d.subject_cn.as_deref() != Some(client_id))
             {
@@ -542,10 +796,10 @@ impl RegistrySnapshot {
             return Decision::Allow {
                 device_id: d.id.clone(),
                 ca_id: d.ca_id.clone(),
-                not_after: d.not_after,
+                not_after: d.expires_at(),
             };
         }
-        let (chained, ca) = match self.chain(leaf, now) {
+        let (chained, ca) = match self.chain(leaf, intermediates, now) {
             Ok(c) => c,
             Err(r) => return reject(r),
         };
@@ -559,6 +813,13 @@ impl RegistrySnapshot {
         }
         if ca.status != CaStatus::Active {
             return with(Rejection::CaInactive);
+        }
+        let serial = chained
+            .chain
+            .as_ref()
+            .map_or(&chained.serial, |c| &c.top_serial);
+        if let Err(r) = self.crl_check(&chained.ca_id, serial, now) {
+            return with(r);
         }
         if let Some(other) = self.device_by_serial(&chained.ca_id, &chained.serial) {
             let revoked = self
@@ -581,6 +842,41 @@ impl RegistrySnapshot {
             chained,
         }
     }
+}
+
+/// An intermediate on a device's path: a CA (basicConstraints CA:TRUE)
+/// allowed to sign certificates (keyUsage keyCertSign when present), with
+/// no more intermediates below it than its path length constraint allows
+/// (`below`), valid at `now`.
+fn check_intermediate(c: &X509Certificate<'_>, below: usize, now: i64) -> Result<(), Rejection> {
+    let bad = |_| Rejection::IntermediateInvalid;
+    let Some(bc) = c.basic_constraints().map_err(bad)? else {
+        return Err(Rejection::IntermediateInvalid);
+    };
+    if !bc.value.ca {
+        return Err(Rejection::IntermediateInvalid);
+    }
+    if bc
+        .value
+        .path_len_constraint
+        .is_some_and(|n| usize::try_from(n).is_ok_and(|n| below > n))
+    {
+        return Err(Rejection::IntermediateInvalid);
+    }
+    if c.key_usage()
+        .map_err(bad)?
+        .is_some_and(|k| !k.value.key_cert_sign())
+    {
+        return Err(Rejection::IntermediateInvalid);
+    }
+    let v = c.validity();
+    if now >= v.not_after.timestamp() {
+        return Err(Rejection::IntermediateExpired);
+    }
+    if now < v.not_before.timestamp() {
+        return Err(Rejection::IntermediateNotYetValid);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

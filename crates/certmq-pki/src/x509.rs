@@ -123,10 +123,26 @@ pub(crate) fn verify_with_spki(
     cert: &X509Certificate<'_>,
     spki: &SubjectPublicKeyInfo<'_>,
 ) -> Result<(), SignatureError> {
-    let sig_oid = cert.signature_algorithm.algorithm.to_id_string();
+    verify_signed(
+        spki,
+        &cert.signature_algorithm.algorithm.to_id_string(),
+        cert.tbs_certificate.as_ref(),
+        &cert.signature_value.data,
+    )
+}
+
+/// Checks that `signature` over `signed` (a certificate's or CRL's
+/// to-be-signed bytes) was made with the key in `spki`, by the algorithm
+/// of dotted OID `sig_oid`.
+pub(crate) fn verify_signed(
+    spki: &SubjectPublicKeyInfo<'_>,
+    sig_oid: &str,
+    signed: &[u8],
+    signature: &[u8],
+) -> Result<(), SignatureError> {
     let key_oid = spki.algorithm.algorithm.to_id_string();
     let curve = curve_of(spki);
-    let alg: &'static dyn VerificationAlgorithm = match (key_oid.as_str(), sig_oid.as_str()) {
+    let alg: &'static dyn VerificationAlgorithm = match (key_oid.as_str(), sig_oid) {
         (RSA_KEY, "1.2.840.113549.1.1.11") => &signature::RSA_PKCS1_2048_8192_SHA256,
         (RSA_KEY, "1.2.840.113549.1.1.12") => &signature::RSA_PKCS1_2048_8192_SHA384,
         (RSA_KEY, "1.2.840.113549.1.1.13") => &signature::RSA_PKCS1_2048_8192_SHA512,
@@ -146,7 +162,7 @@ pub(crate) fn verify_with_spki(
         _ => return Err(SignatureError::UnsupportedKey),
     };
     UnparsedPublicKey::new(alg, &spki.subject_public_key.data)
-        .verify(cert.tbs_certificate.as_ref(), &cert.signature_value.data)
+        .verify(signed, signature)
         .map_err(|_| SignatureError::BadSignature)
 }
 

@@ -7,11 +7,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::store::{AuditEntry, CaRecord, DeviceFilter, DeviceRecord, Store};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::store::{AuditEntry, CaRecord, CrlRecord, DeviceFilter, DeviceRecord, Store};
 use certmq_codec::ReasonCode;
+use certmq_core::Events;
 use certmq_pki::{
-    CaEntry, CaStatus, Decision, DeviceEntry, DeviceStatus, Provisioning, RegistrySnapshot,
-    RevokedEntry, SharedRegistry,
+    CaEntry, CaStatus, ChainFacts, CrlEntry, Decision, DeviceEntry, DeviceStatus, Provisioning,
+    RegistrySnapshot, RevokedEntry, SharedRegistry,
 };
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -60,6 +63,9 @@ pub enum Change {
     /// A device record with this id was deleted elsewhere (its record is
     /// gone from the store): the snapshot is rebuilt from the store.
     DeviceGone { id: String },
+    /// CA `ca_id` has a new CRL: the connections of the certificates it
+    /// lists close.
+    Crl { ca_id: CaId },
 }
 
 /// Connections a change closes.
@@ -67,6 +73,42 @@ enum Kick {
     None,
     Ca(String),
     Device(String),
+    Devices(Vec<String>),
+}
+
+/// What `[crl]` in the configuration file says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CrlConfig {
+    /// What a CRL past its next update does: `fail-open` (its CA's
+    /// certificates keep connecting; an alarm is raised) or `fail-closed`
+    /// (they are refused, `CRL_STALE`).
+    pub stale: CrlStale,
+    /// Seconds between fetches of CRLs from their distribution URLs.
+    pub refresh_interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CrlStale {
+    FailOpen,
+    FailClosed,
+}
+
+impl Default for CrlConfig {
+    fn default() -> Self {
+        Self {
+            stale: CrlStale::FailOpen,
+            refresh_interval_secs: 300,
+        }
+    }
+}
+
+/// A CRL as the API shows it.
+#[derive(Debug, Clone)]
+pub struct CrlView {
+    pub record: CrlRecord,
+    pub issuer_cn: Option<String>,
 }
 
 pub struct Devices {
@@ -80,6 +122,9 @@ pub struct Devices {
     /// (readers never wait).
     update: Mutex<()>,
     jitp: Mutex<Option<std::sync::mpsc::Sender<DeviceRecord>>>,
+    /// `[crl] stale = "fail-closed"`.
+    crl_fail_closed: AtomicBool,
+    events: Events,
 }
 
 /// What the audit log keeps of a CA.
@@ -124,6 +169,15 @@ fn audit(
     }
 }
 
+/// DER of every certificate in a PEM text.
+fn pem_certs(pem: &str) -> Vec<Vec<u8>> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .filter_map(Result::ok)
+        .map(|c| c.as_ref().to_vec())
+        .collect()
+}
+
 /// A record as the connect path sees it, under its signed id.
 fn device_entry(r: &DeviceRecord) -> Option<(String, DeviceEntry)> {
     Some((
@@ -137,6 +191,9 @@ fn device_entry(r: &DeviceRecord) -> Option<(String, DeviceEntry)> {
             subject_cn: r.subject_cn.clone(),
             not_before: r.not_before,
             not_after: r.not_after,
+            chain: (!r.chain_pem.is_empty())
+                .then(|| ChainFacts::of(&pem_certs(&r.chain_pem)).map(Arc::new))
+                .flatten(),
         },
     ))
     .filter(|(k, _)| !k.is_empty())
@@ -177,7 +234,22 @@ fn device_record(
         last_connected_at,
         signed_id: chained.signed_id.clone(),
         issuer_key: chained.issuer_key.clone(),
+        chain_pem: chained
+            .intermediates
+            .iter()
+            .map(|d| certmq_pki::pem_encode("CERTIFICATE", d))
+            .collect(),
     }
+}
+
+/// What the connect path keeps of a stored CRL.
+fn crl_entry(r: &CrlRecord) -> Option<CrlEntry> {
+    let crl = certmq_pki::parse_crl(&r.der).ok()?;
+    Some(CrlEntry {
+        serials: crl.serials.into_iter().collect(),
+        this_update: crl.this_update,
+        next_update: crl.next_update,
+    })
 }
 
 fn ca_entry(r: &CaRecord) -> Option<CaEntry> {
@@ -252,6 +324,8 @@ impl Devices {
             config,
             update: Mutex::new(()),
             jitp: Mutex::new(None),
+            crl_fail_closed: AtomicBool::new(false),
+            events: Events::default(),
         });
         this.backfill()?;
         this.reload()?;
@@ -328,13 +402,34 @@ impl Devices {
                 serial: r.serial,
             })
             .collect();
-        self.snapshot.store(Arc::new(RegistrySnapshot::new(
-            cas,
-            devices,
-            revoked,
-            self.config.client_id_must_match_cn,
-        )));
+        let crls = self
+            .store
+            .crls()?
+            .iter()
+            .filter_map(|r| Some((r.ca_id.clone(), Arc::new(crl_entry(r)?))))
+            .collect();
+        self.snapshot.store(Arc::new(
+            RegistrySnapshot::new(cas, devices, revoked, self.config.client_id_must_match_cn)
+                .with_crls(crls, self.crl_fail_closed.load(Ordering::Relaxed)),
+        ));
         Ok(())
+    }
+
+    /// `[crl] stale = "fail-closed"` is in force.
+    pub fn crl_fail_closed(&self) -> bool {
+        self.crl_fail_closed.load(Ordering::Relaxed)
+    }
+
+    /// The handle events are emitted through (the binary installs the sink).
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// `[crl] stale`: whether a stale CRL refuses its CA's certificates.
+    pub fn set_crl_stale(&self, stale: CrlStale) -> Result<(), RegistryError> {
+        self.crl_fail_closed
+            .store(stale == CrlStale::FailClosed, Ordering::Relaxed);
+        self.reload()
     }
 
     /// Applies a change that is already in the store (made here, or by
@@ -387,6 +482,18 @@ impl Devices {
                 self.reload_locked(held)?;
                 Kick::Device(id)
             }
+            Change::Crl { ca_id } => {
+                let rec = self
+                    .store
+                    .crls()?
+                    .into_iter()
+                    .find(|r| r.ca_id == ca_id.as_str());
+                let entry = rec.as_ref().and_then(crl_entry).map(Arc::new);
+                let next = self.snapshot.load().with_crl(ca_id.as_str(), entry);
+                let listed = next.crl_listed(ca_id.as_str());
+                self.snapshot.store(Arc::new(next));
+                Kick::Devices(listed)
+            }
         })
     }
 
@@ -408,6 +515,10 @@ impl Devices {
             .collect();
         let snapshot = self.snapshot.load_full();
         drop(g);
+        let listed: std::collections::HashSet<String> = snapshot
+            .crls()
+            .flat_map(|(ca, _)| snapshot.crl_listed(ca))
+            .collect();
         let mut n = 0;
         for c in self.control.connections() {
             let Some(cert) = c.certificate_id.as_deref() else {
@@ -422,6 +533,7 @@ impl Devices {
                 Some(d) => {
                     d.status == DeviceStatus::Active
                         && !snapshot.is_revoked(&d.signed_id, &d.issuer_key, &d.serial)
+                        && !listed.contains(&d.id)
                 }
                 None => now - c.connected_at < grace_secs,
             };
@@ -450,6 +562,25 @@ impl Devices {
             }
             Kick::Device(id) => {
                 self.kick(Some(&id), None);
+            }
+            Kick::Devices(ids) => {
+                if ids.is_empty() {
+                    return;
+                }
+                let ids: std::collections::HashSet<String> = ids.into_iter().collect();
+                let mut n = 0;
+                for c in self.control.connections() {
+                    if c.certificate_id.as_ref().is_some_and(|d| ids.contains(d))
+                        && self
+                            .control
+                            .kick(&c.client_id, ReasonCode::ADMINISTRATIVE_ACTION)
+                    {
+                        n += 1;
+                    }
+                }
+                if n > 0 {
+                    tracing::info!(connections = n, "live connections closed by a CRL");
+                }
             }
         }
     }
@@ -616,6 +747,7 @@ impl Devices {
             registered_at: now,
             last_activated_at: (status == CaStatus::Active).then_some(now),
             last_deactivated_at: None,
+            crl_url: None,
         };
         let Some((code, _)) = code else {
             return Err(RegistryError::new(
@@ -643,6 +775,7 @@ impl Devices {
         )?;
         drop(g);
         self.run(kick);
+        self.events.emit("ca.registered", ca_audit(&rec));
         Ok(rec)
     }
 
@@ -679,6 +812,14 @@ impl Devices {
         let kick = self.apply_locked(&g, Change::Ca { id: ca.clone() })?;
         drop(g);
         self.run(kick);
+        self.events.emit(
+            if active {
+                "ca.activated"
+            } else {
+                "ca.deactivated"
+            },
+            ca_audit(&rec),
+        );
         Ok(rec)
     }
 
@@ -745,6 +886,7 @@ impl Devices {
         let kick = self.apply_locked(&g, Change::Ca { id: ca.clone() })?;
         drop(g);
         self.run(kick);
+        self.events.emit("ca.deleted", ca_audit(&rec));
         Ok(())
     }
 
@@ -787,11 +929,44 @@ impl Devices {
                 "client_id must be 1 to 65535 bytes",
             ));
         }
-        let der = certmq_pki::single_cert_der(pem.as_bytes())
-            .map_err(|e| RegistryError::new(ErrorKind::Invalid, "InvalidCertificatePem", e))?;
-        let (chained, _) = self.snapshot.load().chain(&der, now_unix()).map_err(|r| {
+        // The device's certificate, then the intermediates to its CA (as a
+        // device sends them), if any.
+        let certs = pem_certs(pem);
+        let Some((der, intermediates)) = certs.split_first() else {
+            return Err(RegistryError::new(
+                ErrorKind::Invalid,
+                "InvalidCertificatePem",
+                "no CERTIFICATE block found",
+            ));
+        };
+        let intermediates: Vec<&[u8]> = intermediates.iter().map(Vec::as_slice).collect();
+        let (chained, _) = self
+            .snapshot
+            .load()
+            .chain(der, &intermediates, now_unix())
+            .map_err(|r| {
             use certmq_pki::Rejection as R;
             match r {
+                R::ChainTooLong => RegistryError::new(
+                    ErrorKind::Invalid,
+                    "ChainTooLong",
+                    format!(
+                        "at most {} certificates: the device's and up to {} intermediates",
+                        certmq_pki::MAX_DEVICE_CHAIN,
+                        certmq_pki::MAX_DEVICE_CHAIN - 1
+                    ),
+                ),
+                R::IntermediateInvalid | R::IntermediateExpired | R::IntermediateNotYetValid => {
+                    RegistryError::new(
+                        ErrorKind::Invalid,
+                        "IntermediateNotAccepted",
+                        format!(
+                            "an intermediate is not a CA allowed to sign certificates within \
+                             its path length, or is not valid now ({})",
+                            r.as_str()
+                        ),
+                    )
+                }
                 R::CertificatePurpose => RegistryError::new(
                     ErrorKind::Invalid,
                     "CertificatePurpose",
@@ -829,7 +1004,7 @@ impl Devices {
         let now = now_unix();
         let rec = device_record(
             &chained,
-            &der,
+            der,
             client_id,
             status,
             Provisioning::Api,
@@ -858,6 +1033,7 @@ impl Devices {
         let kick = self.apply_locked(&g, Change::DeviceStored(rec.clone()))?;
         drop(g);
         self.run(kick);
+        self.events.emit("device.registered", device_audit(&rec));
         Ok(rec)
     }
 
@@ -886,6 +1062,13 @@ impl Devices {
         let kick = self.apply_locked(&g, Change::DeviceStored(after.clone()))?;
         drop(g);
         self.run(kick);
+        let kind = match status {
+            DeviceStatus::Active => "device.activated",
+            DeviceStatus::Inactive => "device.deactivated",
+            DeviceStatus::Revoked => "device.revoked",
+            DeviceStatus::PendingActivation => "device.deactivated",
+        };
+        self.events.emit(kind, device_audit(&after));
         Ok(after)
     }
 
@@ -896,16 +1079,197 @@ impl Devices {
         let before = Some(device_audit(&rec));
         self.store
             .delete_device(id, &audit("device_certificate.delete", id, before, None))?;
+        let data = device_audit(&rec);
         let kick = self.apply_locked(&g, Change::DeviceRemoved(rec))?;
         drop(g);
         self.run(kick);
+        self.events.emit("device.deleted", data);
         Ok(())
+    }
+
+    // ---- findings ----
+
+    /// What is worth an operator's attention about a registered CA
+    /// (SPEC 14: weak keys, SHA-1 signatures).
+    pub fn ca_findings(rec: &CaRecord) -> Vec<certmq_pki::Finding> {
+        pem_certs(&rec.pem)
+            .first()
+            .map(|der| certmq_pki::findings(der, certmq_pki::Role::Ca, "the CA certificate"))
+            .unwrap_or_default()
+    }
+
+    /// The same about a device certificate and its intermediates.
+    pub fn device_findings(rec: &DeviceRecord) -> Vec<certmq_pki::Finding> {
+        let mut out: Vec<certmq_pki::Finding> = pem_certs(&rec.pem)
+            .first()
+            .map(|der| {
+                certmq_pki::findings(der, certmq_pki::Role::Device, "the device certificate")
+            })
+            .unwrap_or_default();
+        for (i, der) in pem_certs(&rec.chain_pem).iter().enumerate() {
+            out.extend(certmq_pki::findings(
+                der,
+                certmq_pki::Role::Ca,
+                &format!("intermediate {}", i + 1),
+            ));
+        }
+        out
+    }
+
+    // ---- CRLs ----
+
+    /// CA `ca`'s CRL, if it has one.
+    pub fn crl(&self, ca: &CaId) -> Result<Option<CrlView>, RegistryError> {
+        self.ca_record(ca.as_str())?;
+        Ok(self
+            .store
+            .crls()?
+            .into_iter()
+            .find(|r| r.ca_id == ca.as_str())
+            .map(|record| CrlView {
+                issuer_cn: certmq_pki::parse_crl(&record.der)
+                    .ok()
+                    .and_then(|c| c.issuer_cn),
+                record,
+            }))
+    }
+
+    /// Every CA's CRL.
+    pub fn crls(&self) -> Result<Vec<CrlRecord>, RegistryError> {
+        Ok(self.store.crls()?)
+    }
+
+    /// Takes a CRL for CA `ca` (PEM or DER), issued and signed by it, not
+    /// older than the one it has; `source` is `API` or the URL it was
+    /// fetched from. Live connections of certificates it lists close.
+    /// Returns the CRL and whether it changed anything (the same CRL again
+    /// does not).
+    pub fn put_crl(
+        &self,
+        ca: &CaId,
+        body: &[u8],
+        source: &str,
+    ) -> Result<(CrlView, bool), RegistryError> {
+        let crl = certmq_pki::parse_crl(body)
+            .map_err(|e| RegistryError::new(ErrorKind::Invalid, e.code(), e.to_string()))?;
+        let g = self.update.lock();
+        let ca_rec = self.ca_record(ca.as_str())?;
+        let entry = ca_entry(&ca_rec).ok_or_else(|| {
+            RegistryError::new(
+                ErrorKind::Internal,
+                "Internal",
+                "the stored CA certificate does not parse",
+            )
+        })?;
+        certmq_pki::verify_crl(&crl, &entry.spki, &entry.subject_raw)
+            .map_err(|e| RegistryError::new(ErrorKind::Invalid, e.code(), e.to_string()))?;
+        let current = self
+            .store
+            .crls()?
+            .into_iter()
+            .find(|r| r.ca_id == ca.as_str());
+        if let Some(cur) = &current {
+            if cur.der == crl.der {
+                return Ok((
+                    CrlView {
+                        record: cur.clone(),
+                        issuer_cn: crl.issuer_cn,
+                    },
+                    false,
+                ));
+            }
+            if crl.this_update < cur.this_update {
+                return Err(RegistryError::new(
+                    ErrorKind::Conflict,
+                    "CrlOlder",
+                    format!(
+                        "this CRL was issued at {}, before the one in use ({}); a CRL is never \
+                         replaced by an older one",
+                        rfc3339(crl.this_update),
+                        rfc3339(cur.this_update)
+                    ),
+                ));
+            }
+        }
+        let rec = CrlRecord {
+            ca_id: ca.to_string(),
+            der: crl.der.clone(),
+            this_update: crl.this_update,
+            next_update: crl.next_update,
+            revoked_count: crl.serials.len() as u64,
+            number: crl.number.clone(),
+            source: source.to_string(),
+            updated_at: now_unix(),
+        };
+        let summary = serde_json::json!({
+            "ca_id": rec.ca_id,
+            "this_update": rfc3339(rec.this_update),
+            "next_update": rec.next_update.map(rfc3339),
+            "revoked_count": rec.revoked_count,
+            "crl_number": rec.number,
+            "source": rec.source,
+        });
+        self.store.put_crl(
+            &rec,
+            &audit(
+                "ca_certificate.crl",
+                ca.as_str(),
+                current.as_ref().map(|c| {
+                    serde_json::json!({"this_update": rfc3339(c.this_update), "revoked_count": c.revoked_count})
+                }),
+                Some(summary.clone()),
+            ),
+        )?;
+        let kick = self.apply_locked(&g, Change::Crl { ca_id: ca.clone() })?;
+        drop(g);
+        self.run(kick);
+        self.events.emit("ca.crl_updated", summary);
+        Ok((
+            CrlView {
+                record: rec,
+                issuer_cn: crl.issuer_cn,
+            },
+            true,
+        ))
+    }
+
+    /// Sets (or clears) the URL CA `ca`'s CRL is fetched from.
+    pub fn set_crl_url(&self, ca: &CaId, url: Option<&str>) -> Result<CaRecord, RegistryError> {
+        if let Some(u) = url {
+            let ok = (u.starts_with("http://") || u.starts_with("https://"))
+                && u.len() <= 2048
+                && !u.chars().any(char::is_whitespace);
+            if !ok {
+                return Err(RegistryError::new(
+                    ErrorKind::BadRequest,
+                    "InvalidCrlUrl",
+                    "crl_url must be an http:// or https:// URL of at most 2048 characters",
+                ));
+            }
+        }
+        let id = ca.as_str();
+        let g = self.update.lock();
+        let mut rec = self.ca_record(id)?;
+        let before = serde_json::json!({ "crl_url": rec.crl_url });
+        rec.crl_url = url.map(str::to_owned);
+        let after = serde_json::json!({ "crl_url": rec.crl_url });
+        self.store.update_ca(
+            &rec,
+            &audit("ca_certificate.update", id, Some(before), Some(after)),
+        )?;
+        let kick = self.apply_locked(&g, Change::Ca { id: ca.clone() })?;
+        drop(g);
+        self.run(kick);
+        Ok(rec)
     }
 }
 
 impl certmq_pki::ConnectAuthorizer for Devices {
-    fn authorize(&self, leaf: &[u8], client_id: &str) -> Decision {
-        let decision = self.snapshot.load().authorize(leaf, client_id, now_unix());
+    fn authorize(&self, chain: &[&[u8]], client_id: &str) -> Decision {
+        let Some(leaf) = chain.first() else {
+            return self.snapshot.load().authorize(chain, client_id, now_unix());
+        };
+        let decision = self.snapshot.load().authorize(chain, client_id, now_unix());
         let Decision::Provision { .. } = &decision else {
             return decision;
         };
@@ -913,7 +1277,7 @@ impl certmq_pki::ConnectAuthorizer for Devices {
         // of one certificate (or of two with one serial), or a revocation
         // in between, cannot both provision.
         let g = self.update.lock();
-        let decision = self.snapshot.load().authorize(leaf, client_id, now_unix());
+        let decision = self.snapshot.load().authorize(chain, client_id, now_unix());
         if let Decision::Provision { chained, activate } = &decision {
             let now = now_unix();
             let status = if *activate {
@@ -936,6 +1300,7 @@ impl certmq_pki::ConnectAuthorizer for Devices {
             let _ = self.apply_locked(&g, Change::DeviceStored(rec.clone()));
             drop(g);
             tracing::info!(id = %rec.id, ca_id = %rec.ca_id, status = rec.status.as_str(), "device certificate provisioned (JITP)");
+            self.events.emit("device.registered", device_audit(&rec));
             if let Some(tx) = self.jitp.lock().as_ref() {
                 let _ = tx.send(rec);
             }

@@ -19,10 +19,12 @@ mod devices;
 mod error;
 mod ids;
 mod server_certs;
+pub mod alarms;
 pub mod store;
 
+pub use crate::alarms::{Alarm, AlarmConfig, AlarmInput, Alarms, Severity};
 pub use crate::store::{AuditRecord, DeviceFilter};
-pub use devices::{Change, Devices, RegistryConfig};
+pub use devices::{Change, CrlConfig, CrlStale, CrlView, Devices, RegistryConfig};
 pub use error::{ErrorKind, RegistryError};
 pub use ids::{CaId, CertId};
 pub use server_certs::{now_unix, rfc3339, ServerCert, ServerCerts, DEFAULT_ID};

@@ -47,6 +47,10 @@ pub struct ServerCerts {
     default_info: CertInfo,
     default_key: Arc<CertifiedKey>,
     view: Mutex<View>,
+    events: certmq_core::Events,
+    /// The host names the broker serves (`[tls] server_names`), for the
+    /// SAN-coverage finding.
+    server_names: Mutex<Vec<String>>,
 }
 
 /// A served server certificate: a bound one or the default (never the
@@ -106,6 +110,8 @@ impl ServerCerts {
                 bound: Vec::new(),
                 default_enabled: true,
             }),
+            events: certmq_core::Events::default(),
+            server_names: Mutex::new(Vec::new()),
         });
         this.reload()?;
         Ok(this)
@@ -171,16 +177,42 @@ impl ServerCerts {
         self.list().into_iter().find(|c| c.id == id)
     }
 
-    /// Validates and binds; durable before it returns.
+    /// The handle events are emitted through.
+    pub fn events(&self) -> &certmq_core::Events {
+        &self.events
+    }
+
+    /// The host names the broker is configured to serve.
+    pub fn set_server_names(&self, names: Vec<String>) {
+        *self.server_names.lock() = names;
+    }
+
+    /// Validates and binds; durable before it returns. Returns what was
+    /// bound and the findings about it (SPEC 14).
     pub fn bind(
         &self,
         name: Option<String>,
         chain_pem: &str,
         key_pem: &str,
         actor: &str,
-    ) -> Result<ServerCert, RegistryError> {
+    ) -> Result<(ServerCert, Vec<certmq_pki::Finding>), RegistryError> {
         let cert =
             certmq_pki::validate_server_cert(chain_pem.as_bytes(), key_pem.as_bytes(), now_unix())?;
+        let hosts = self.server_names.lock().clone();
+        let mut warnings = Vec::new();
+        for (i, der) in cert.chain.iter().enumerate() {
+            let label = if i == 0 {
+                "the server certificate".to_string()
+            } else {
+                format!("chain certificate {}", i + 1)
+            };
+            let role = if i == 0 {
+                certmq_pki::Role::Server { hosts: &hosts }
+            } else {
+                certmq_pki::Role::Ca
+            };
+            warnings.extend(certmq_pki::findings(der.as_ref(), role, &label));
+        }
         let id = cert.info.id.clone();
         if self.view.lock().bound.iter().any(|b| b.record.id == id) {
             return Err(RegistryError::new(
@@ -214,7 +246,9 @@ impl ServerCerts {
         };
         self.store.insert_server_cert(&record, &audit)?;
         self.reload()?;
-        Ok(shown)
+        self.events
+            .emit("server_certificate.bound", shown.audit());
+        Ok((shown, warnings))
     }
 
     pub fn unbind(&self, id: &str, actor: &str) -> Result<(), RegistryError> {
@@ -252,7 +286,10 @@ impl ServerCerts {
             after: None,
         };
         self.store.delete_server_cert(id, &audit)?;
-        self.reload()
+        self.reload()?;
+        self.events
+            .emit("server_certificate.unbound", before.audit());
+        Ok(())
     }
 
     pub fn set_default_enabled(
@@ -286,6 +323,10 @@ impl ServerCerts {
             };
             self.store.set_default_cert_enabled(enabled, &audit)?;
             self.reload()?;
+            self.events.emit(
+                "server_certificate.default_toggled",
+                serde_json::json!({"id": DEFAULT_ID, "enabled": enabled}),
+            );
         }
         Ok(self.default_view(enabled))
     }

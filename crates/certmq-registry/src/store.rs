@@ -48,6 +48,24 @@ pub struct CaRecord {
     pub registered_at: i64,
     pub last_activated_at: Option<i64>,
     pub last_deactivated_at: Option<i64>,
+    /// Where its CRL is fetched from (SPEC 14), when set.
+    pub crl_url: Option<String>,
+}
+
+/// A CA's current CRL as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlRecord {
+    pub ca_id: String,
+    /// The CRL as issued (DER).
+    pub der: Vec<u8>,
+    pub this_update: i64,
+    pub next_update: Option<i64>,
+    pub revoked_count: u64,
+    /// The CRL number extension, lower-case hex.
+    pub number: Option<String>,
+    /// `API` (uploaded) or the URL it was fetched from.
+    pub source: String,
+    pub updated_at: i64,
 }
 
 /// A device (client) certificate under a CA.
@@ -73,6 +91,9 @@ pub struct DeviceRecord {
     pub signed_id: String,
     /// SHA-256 of the issuing CA's public key, for the revocation list.
     pub issuer_key: String,
+    /// The intermediates it chained through to its CA (PEM, nearest the
+    /// device first); empty when its CA signed it.
+    pub chain_pem: String,
 }
 
 /// A revoked certificate. Kept for ever: deleting its device record or its
@@ -240,6 +261,11 @@ pub trait Store: Send + Sync + 'static {
         identity: &dyn Fn(&DeviceRecord) -> Option<(String, String)>,
     ) -> Result<usize, StoreError>;
     fn delete_device(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError>;
-    /// Every device, for the connect path's snapshot (without PEMs).
+    /// Every device, for the connect path's snapshot (without their own
+    /// PEMs; with their intermediates).
     fn all_devices(&self) -> Result<Vec<DeviceRecord>, StoreError>;
+    /// Every CA's current CRL.
+    fn crls(&self) -> Result<Vec<CrlRecord>, StoreError>;
+    /// Stores a CA's CRL, replacing the one it had.
+    fn put_crl(&self, rec: &CrlRecord, audit: &AuditEntry) -> Result<(), StoreError>;
 }

@@ -29,7 +29,7 @@ use postgres::{Client, NoTls, Row, Transaction};
 
 use certmq_pki::{CaStatus, DeviceStatus, Provisioning};
 use certmq_registry::store::{
-    AuditEntry, AuditRecord, CaRecord, DeviceFilter, DeviceRecord, RevokedRecord, ServerCertRecord,
+    AuditEntry, AuditRecord, CaRecord, CrlRecord, DeviceFilter, DeviceRecord, RevokedRecord, ServerCertRecord,
     Store, StoreError,
 };
 
@@ -271,11 +271,24 @@ const MIGRATIONS: &[&str] = &[
         publish_at BIGINT,
         PRIMARY KEY (client_id, generation)
     );",
+    // 3: intermediates of device certificates, CRLs and where to fetch them.
+    "ALTER TABLE device_certificates ADD COLUMN chain_pem TEXT;
+    ALTER TABLE ca_certificates ADD COLUMN crl_url TEXT;
+    CREATE TABLE crls (
+        ca_id TEXT PRIMARY KEY REFERENCES ca_certificates(id) ON DELETE CASCADE,
+        der BYTEA NOT NULL,
+        this_update BIGINT NOT NULL,
+        next_update BIGINT,
+        revoked_count BIGINT NOT NULL,
+        number TEXT,
+        source TEXT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );",
 ];
 
-const CA_COLS: &str = "id, serial, subject_cn, issuer_cn, not_before, not_after, status, pem, verification_pem, provisioning, automatic_activation, registered_at, last_activated_at, last_deactivated_at";
-const DEVICE_COLS: &str = "id, ca_id, serial, subject_cn, subject_ou, client_id, not_before, not_after, status, source, pem, created_at, updated_at, last_connected_at, signed_id, issuer_key";
-const DEVICE_VALUES: &str = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16";
+const CA_COLS: &str = "id, serial, subject_cn, issuer_cn, not_before, not_after, status, pem, verification_pem, provisioning, automatic_activation, registered_at, last_activated_at, last_deactivated_at, crl_url";
+const DEVICE_COLS: &str = "id, ca_id, serial, subject_cn, subject_ou, client_id, not_before, not_after, status, source, pem, created_at, updated_at, last_connected_at, signed_id, issuer_key, chain_pem";
+const DEVICE_VALUES: &str = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17";
 
 fn ca_row(r: &Row) -> Result<CaRecord, Error> {
     Ok(CaRecord {
@@ -293,6 +306,7 @@ fn ca_row(r: &Row) -> Result<CaRecord, Error> {
         registered_at: r.try_get(11)?,
         last_activated_at: r.try_get(12)?,
         last_deactivated_at: r.try_get(13)?,
+        crl_url: r.try_get(14)?,
     })
 }
 
@@ -314,6 +328,7 @@ fn device_row(r: &Row) -> Result<DeviceRecord, Error> {
         last_connected_at: r.try_get(13)?,
         signed_id: r.try_get::<_, Option<String>>(14)?.unwrap_or_default(),
         issuer_key: r.try_get::<_, Option<String>>(15)?.unwrap_or_default(),
+        chain_pem: r.try_get::<_, Option<String>>(16)?.unwrap_or_default(),
     })
 }
 
@@ -328,6 +343,7 @@ fn insert_device_in(
 ) -> Result<u64, Error> {
     let status = rec.status.as_str();
     let source = rec.source.as_str();
+    let chain = Some(rec.chain_pem.as_str()).filter(|c| !c.is_empty());
     let conflict = if or_ignore {
         " ON CONFLICT DO NOTHING"
     } else {
@@ -354,6 +370,7 @@ fn insert_device_in(
             &rec.last_connected_at,
             &rec.signed_id,
             &rec.issuer_key,
+            &chain,
         ],
     )?)
 }
@@ -976,11 +993,11 @@ impl Store for PgStore {
             let status = rec.status.as_str();
             let provisioning = rec.provisioning.as_str();
             tx.execute(
-                &format!("INSERT INTO ca_certificates ({CA_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"),
+                &format!("INSERT INTO ca_certificates ({CA_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"),
                 &[
                     &rec.id, &rec.serial, &rec.subject_cn, &rec.issuer_cn, &rec.not_before, &rec.not_after,
                     &status, &rec.pem, &rec.verification_pem, &provisioning, &rec.automatic_activation,
-                    &rec.registered_at, &rec.last_activated_at, &rec.last_deactivated_at,
+                    &rec.registered_at, &rec.last_activated_at, &rec.last_deactivated_at, &rec.crl_url,
                 ],
             )?;
             tx.execute("DELETE FROM settings WHERE key = 'registration_code'", &[])?;
@@ -994,10 +1011,10 @@ impl Store for PgStore {
         Ok(self.write(Some(audit), Some(("ca", &rec.id)), |tx| {
             let n = tx.execute(
                 "UPDATE ca_certificates SET status = $2, provisioning = $3, automatic_activation = $4,
-                 last_activated_at = $5, last_deactivated_at = $6 WHERE id = $1",
+                 last_activated_at = $5, last_deactivated_at = $6, crl_url = $7 WHERE id = $1",
                 &[
                     &rec.id, &status, &provisioning, &rec.automatic_activation,
-                    &rec.last_activated_at, &rec.last_deactivated_at,
+                    &rec.last_activated_at, &rec.last_deactivated_at, &rec.crl_url,
                 ],
             )?;
             if n == 0 {
@@ -1010,6 +1027,7 @@ impl Store for PgStore {
     fn delete_ca(&self, id: &str, audit: &AuditEntry) -> Result<(), StoreError> {
         Ok(self.write(Some(audit), Some(("ca", id)), |tx| {
             tx.execute("DELETE FROM device_certificates WHERE ca_id = $1", &[&id])?;
+            tx.execute("DELETE FROM crls WHERE ca_id = $1", &[&id])?;
             let n = tx.execute("DELETE FROM ca_certificates WHERE id = $1", &[&id])?;
             if n == 0 {
                 return fail(StoreError::NotFound(format!("CA certificate {id}")));
@@ -1277,11 +1295,57 @@ impl Store for PgStore {
         Ok(self.read(|c| {
             rows(
                 c.query(
-                    "SELECT id, ca_id, serial, subject_cn, subject_ou, client_id, not_before, not_after, status, source, '' AS pem, created_at, updated_at, last_connected_at, signed_id, issuer_key FROM device_certificates",
+                    "SELECT id, ca_id, serial, subject_cn, subject_ou, client_id, not_before, not_after, status, source, '' AS pem, created_at, updated_at, last_connected_at, signed_id, issuer_key, chain_pem FROM device_certificates",
                     &[],
                 )?,
                 device_row,
             )
+        })?)
+    }
+
+    fn crls(&self) -> Result<Vec<CrlRecord>, StoreError> {
+        Ok(self.read(|c| {
+            c.query(
+                "SELECT ca_id, der, this_update, next_update, revoked_count, number, source, updated_at FROM crls",
+                &[],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(CrlRecord {
+                    ca_id: r.try_get(0)?,
+                    der: r.try_get(1)?,
+                    this_update: r.try_get(2)?,
+                    next_update: r.try_get(3)?,
+                    revoked_count: r.try_get::<_, i64>(4)?.max(0) as u64,
+                    number: r.try_get(5)?,
+                    source: r.try_get(6)?,
+                    updated_at: r.try_get(7)?,
+                })
+            })
+            .collect()
+        })?)
+    }
+
+    fn put_crl(&self, rec: &CrlRecord, audit: &AuditEntry) -> Result<(), StoreError> {
+        let count = i64::try_from(rec.revoked_count).unwrap_or(i64::MAX);
+        Ok(self.write(Some(audit), Some(("crl", &rec.ca_id)), |tx| {
+            if tx
+                .query_opt("SELECT id FROM ca_certificates WHERE id = $1", &[&rec.ca_id])?
+                .is_none()
+            {
+                return fail(StoreError::NotFound(format!("CA certificate {}", rec.ca_id)));
+            }
+            tx.execute(
+                "INSERT INTO crls (ca_id, der, this_update, next_update, revoked_count, number, source, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (ca_id) DO UPDATE SET der = $2, this_update = $3, next_update = $4,
+                 revoked_count = $5, number = $6, source = $7, updated_at = $8",
+                &[
+                    &rec.ca_id, &rec.der, &rec.this_update, &rec.next_update, &count,
+                    &rec.number, &rec.source, &rec.updated_at,
+                ],
+            )?;
+            Ok(())
         })?)
     }
 }

@@ -11,7 +11,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use certmq_pki::{CaStatus, DeviceStatus, Provisioning};
 use certmq_registry::store::{
-    AuditEntry, AuditRecord, CaRecord, DeviceFilter, DeviceRecord, RevokedRecord, ServerCertRecord,
+    AuditEntry, AuditRecord, CaRecord, CrlRecord, DeviceFilter, DeviceRecord, RevokedRecord, ServerCertRecord,
     Store, StoreError,
 };
 
@@ -159,11 +159,24 @@ const MIGRATIONS: &[&str] = &[
         role TEXT NOT NULL,
         created_at INTEGER NOT NULL
     );",
+    // 6: intermediates of device certificates, CRLs and where to fetch them.
+    "ALTER TABLE device_certificates ADD COLUMN chain_pem TEXT;
+    ALTER TABLE ca_certificates ADD COLUMN crl_url TEXT;
+    CREATE TABLE crls (
+        ca_id TEXT PRIMARY KEY REFERENCES ca_certificates(id) ON DELETE CASCADE,
+        der BLOB NOT NULL,
+        this_update INTEGER NOT NULL,
+        next_update INTEGER,
+        revoked_count INTEGER NOT NULL,
+        number TEXT,
+        source TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+    );",
 ];
 
-const CA_COLS: &str = "id, serial, subject_cn, issuer_cn, not_before, not_after, status, pem, verification_pem, provisioning, automatic_activation, registered_at, last_activated_at, last_deactivated_at";
-const DEVICE_COLS: &str = "id, ca_id, serial, subject_cn, subject_ou, client_id, not_before, not_after, status, source, pem, created_at, updated_at, last_connected_at, signed_id, issuer_key";
-const DEVICE_VALUES: &str = "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16";
+const CA_COLS: &str = "id, serial, subject_cn, issuer_cn, not_before, not_after, status, pem, verification_pem, provisioning, automatic_activation, registered_at, last_activated_at, last_deactivated_at, crl_url";
+const DEVICE_COLS: &str = "id, ca_id, serial, subject_cn, subject_ou, client_id, not_before, not_after, status, source, pem, created_at, updated_at, last_connected_at, signed_id, issuer_key, chain_pem";
+const DEVICE_VALUES: &str = "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17";
 
 fn ca_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CaRecord> {
     Ok(CaRecord {
@@ -181,6 +194,7 @@ fn ca_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CaRecord> {
         registered_at: r.get(11)?,
         last_activated_at: r.get(12)?,
         last_deactivated_at: r.get(13)?,
+        crl_url: r.get(14)?,
     })
 }
 
@@ -202,10 +216,11 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
         last_connected_at: r.get(13)?,
         signed_id: r.get::<_, Option<String>>(14)?.unwrap_or_default(),
         issuer_key: r.get::<_, Option<String>>(15)?.unwrap_or_default(),
+        chain_pem: r.get::<_, Option<String>>(16)?.unwrap_or_default(),
     })
 }
 
-fn device_params(rec: &DeviceRecord) -> rusqlite::ParamsFromIter<[rusqlite::types::Value; 16]> {
+fn device_params(rec: &DeviceRecord) -> rusqlite::ParamsFromIter<[rusqlite::types::Value; 17]> {
     use rusqlite::types::Value;
     let text = |s: &Option<String>| s.clone().map_or(Value::Null, Value::Text);
     rusqlite::params_from_iter([
@@ -225,6 +240,11 @@ fn device_params(rec: &DeviceRecord) -> rusqlite::ParamsFromIter<[rusqlite::type
         rec.last_connected_at.map_or(Value::Null, Value::Integer),
         Value::Text(rec.signed_id.clone()),
         Value::Text(rec.issuer_key.clone()),
+        if rec.chain_pem.is_empty() {
+            Value::Null
+        } else {
+            Value::Text(rec.chain_pem.clone())
+        },
     ])
 }
 
@@ -489,11 +509,11 @@ impl Db {
                 )));
             }
             tx.execute(
-                &format!("INSERT INTO ca_certificates ({CA_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
+                &format!("INSERT INTO ca_certificates ({CA_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
                 params![
                     rec.id, rec.serial, rec.subject_cn, rec.issuer_cn, rec.not_before, rec.not_after,
                     rec.status.as_str(), rec.pem, rec.verification_pem, rec.provisioning.as_str(), rec.automatic_activation,
-                    rec.registered_at, rec.last_activated_at, rec.last_deactivated_at
+                    rec.registered_at, rec.last_activated_at, rec.last_deactivated_at, rec.crl_url
                 ],
             )?;
             // Single use: the code that proved possession is spent.
@@ -506,10 +526,10 @@ impl Db {
         self.write(audit, |tx| {
             let n = tx.execute(
                 "UPDATE ca_certificates SET status = ?2, provisioning = ?3, automatic_activation = ?4,
-                 last_activated_at = ?5, last_deactivated_at = ?6 WHERE id = ?1",
+                 last_activated_at = ?5, last_deactivated_at = ?6, crl_url = ?7 WHERE id = ?1",
                 params![
                     rec.id, rec.status.as_str(), rec.provisioning.as_str(), rec.automatic_activation,
-                    rec.last_activated_at, rec.last_deactivated_at
+                    rec.last_activated_at, rec.last_deactivated_at, rec.crl_url
                 ],
             )?;
             if n == 0 {
@@ -522,6 +542,7 @@ impl Db {
     fn delete_ca(&self, id: &str, audit: &AuditEntry) -> Result<(), Error> {
         self.write(audit, |tx| {
             tx.execute("DELETE FROM device_certificates WHERE ca_id = ?1", [id])?;
+            tx.execute("DELETE FROM crls WHERE ca_id = ?1", [id])?;
             let n = tx.execute("DELETE FROM ca_certificates WHERE id = ?1", [id])?;
             if n == 0 {
                 return fail(StoreError::NotFound(format!("CA certificate {id}")));
@@ -778,10 +799,50 @@ impl Db {
     fn all_devices(&self) -> Result<Vec<DeviceRecord>, Error> {
         let conn = self.conn.lock();
         let mut stmt = conn.prepare(
-            "SELECT id, ca_id, serial, subject_cn, subject_ou, client_id, not_before, not_after, status, source, '' AS pem, created_at, updated_at, last_connected_at, signed_id, issuer_key FROM device_certificates",
+            "SELECT id, ca_id, serial, subject_cn, subject_ou, client_id, not_before, not_after, status, source, '' AS pem, created_at, updated_at, last_connected_at, signed_id, issuer_key, chain_pem FROM device_certificates",
         )?;
         let rows = stmt.query_map([], device_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn crls(&self) -> Result<Vec<CrlRecord>, Error> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare(
+            "SELECT ca_id, der, this_update, next_update, revoked_count, number, source, updated_at FROM crls",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(CrlRecord {
+                ca_id: r.get(0)?,
+                der: r.get(1)?,
+                this_update: r.get(2)?,
+                next_update: r.get(3)?,
+                revoked_count: r.get::<_, i64>(4)?.max(0) as u64,
+                number: r.get(5)?,
+                source: r.get(6)?,
+                updated_at: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn put_crl(&self, rec: &CrlRecord, audit: &AuditEntry) -> Result<(), Error> {
+        self.write(audit, |tx| {
+            let ca: Option<String> = tx
+                .query_row("SELECT id FROM ca_certificates WHERE id = ?1", [&rec.ca_id], |r| r.get(0))
+                .optional()?;
+            if ca.is_none() {
+                return fail(StoreError::NotFound(format!("CA certificate {}", rec.ca_id)));
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO crls (ca_id, der, this_update, next_update, revoked_count, number, source, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    rec.ca_id, rec.der, rec.this_update, rec.next_update,
+                    i64::try_from(rec.revoked_count).unwrap_or(i64::MAX), rec.number, rec.source, rec.updated_at
+                ],
+            )?;
+            Ok(())
+        })
     }
 }
 
@@ -885,6 +946,12 @@ impl Store for SqliteStore {
     }
     fn all_devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
         Ok(self.0.all_devices()?)
+    }
+    fn crls(&self) -> Result<Vec<CrlRecord>, StoreError> {
+        Ok(self.0.crls()?)
+    }
+    fn put_crl(&self, rec: &CrlRecord, audit: &AuditEntry) -> Result<(), StoreError> {
+        Ok(self.0.put_crl(rec, audit)?)
     }
 }
 

@@ -34,6 +34,13 @@ pub struct Config {
     /// live in the data directory, managed through the API).
     pub authorization: certmq_access::AuthorizationConfig,
     pub cluster: ClusterSection,
+    /// `[crl]`: what a stale CRL does, how often CRLs are fetched.
+    pub crl: certmq_registry::CrlConfig,
+    /// `[alarms]`: certificate expiry windows.
+    pub alarms: certmq_registry::AlarmConfig,
+    /// `[[webhooks]]`: where lifecycle events are POSTed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<crate::lifecycle::WebhookConfig>,
 }
 
 /// `[cluster]`: joining other nodes (SPEC 13). Unset: a single node.
@@ -182,6 +189,9 @@ impl Default for Config {
             authentication: certmq_access::AuthenticationConfig::default(),
             authorization: certmq_access::AuthorizationConfig::default(),
             cluster: ClusterSection::default(),
+            crl: certmq_registry::CrlConfig::default(),
+            alarms: certmq_registry::AlarmConfig::default(),
+            webhooks: Vec::new(),
         }
     }
 }
@@ -409,6 +419,21 @@ impl Config {
             .password_hash
             .validate()
             .map_err(|e| anyhow::anyhow!(e))?;
+        if self.crl.refresh_interval_secs < 10 {
+            bail!("crl.refresh_interval_secs must be at least 10");
+        }
+        if self.alarms.expiry_windows_days.is_empty()
+            || self
+                .alarms
+                .expiry_windows_days
+                .iter()
+                .any(|d| *d == 0 || *d > 3650)
+        {
+            bail!("alarms.expiry_windows_days must list days between 1 and 3650");
+        }
+        for w in &self.webhooks {
+            w.validate()?;
+        }
         let c = &self.cluster;
         if c.postgres.is_some() && c.nats.is_none() {
             bail!("cluster.postgres (--cluster-postgres) needs cluster.nats (--cluster-nats): messages, sessions and takeovers move between nodes over NATS");

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod client;
 mod cluster;
 mod config;
+mod lifecycle;
 mod lock;
 mod reload;
 mod tls;
@@ -336,6 +337,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )
         .map_err(|e| anyhow::anyhow!("cannot load server certificates: {}", e.message))?;
         let live = Arc::new(certmq_net::Live::default());
+        let live_events = live.clone();
         // This node's connections, as the registry and the admin API see them.
         let control: Arc<dyn certmq_core::Control> = Arc::new(certmq_net::LocalControl {
             broker: broker.clone(),
@@ -349,6 +351,25 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             config.registry.clone(),
         )
         .map_err(|e| anyhow::anyhow!("cannot load the device registry: {}", e.message))?;
+        devices
+            .set_crl_stale(config.crl.stale)
+            .map_err(|e| anyhow::anyhow!("cannot load the device registry: {}", e.message))?;
+        server_certs.set_server_names(config.tls.server_names.clone());
+        // Lifecycle events (SPEC 14): `$SYS/certmq/events/<kind>` and webhooks.
+        let node_name = config
+            .cluster
+            .node_id
+            .clone()
+            .unwrap_or_else(|| "local".to_string());
+        let hub = lifecycle::Hub::start(broker.clone(), node_name.clone(), &config.webhooks)?;
+        let alarm_events = certmq_core::Events::default();
+        for e in [devices.events(), server_certs.events(), live_events.events(), &alarm_events] {
+            e.install(hub.clone());
+        }
+        let alarms = Arc::new(certmq_registry::Alarms::new(alarm_events));
+        for w in &config.webhooks {
+            tracing::info!(url = %w.url, events = %w.events.join(","), "webhook");
+        }
         let provider = certmq_pki::provider();
         // The admin listener over HTTPS: the same certificates and SNI as
         // MQTT/TLS, no client certificates.
@@ -492,7 +513,33 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 follow: follow_stats,
                 bridge: bridge.clone(),
             }),
+            alarms: alarms.clone(),
+            extra_metrics: vec![{
+                let hub = hub.clone();
+                Arc::new(move || lifecycle::webhook_metrics(&hub))
+            }],
         };
+        tokio::spawn(lifecycle::alarm_task(
+            lifecycle::AlarmSources {
+                alarms: alarms.clone(),
+                config: config.alarms.clone(),
+                devices: admin_state.devices.clone(),
+                server_certs: admin_state.server_certs.clone(),
+                persist: admin_state.broker.persist().cloned(),
+                cluster: admin_state.cluster.clone(),
+                expiring_leader: shared.as_ref().map(|(pg, _)| {
+                    let (pg, me) = (pg.clone(), node_name.clone());
+                    Arc::new(move || certmq_cluster::adopt::is_first_up(&pg, &me).unwrap_or(false))
+                        as Arc<dyn Fn() -> bool + Send + Sync>
+                }),
+            },
+            std::time::Duration::from_secs(2),
+        ));
+        tokio::spawn(lifecycle::crl_fetch_task(
+            admin_state.devices.clone(),
+            alarms,
+            std::time::Duration::from_secs(config.crl.refresh_interval_secs),
+        ));
         if let Some(b) = &bridge {
             // Other nodes list and close this node's connections.
             b.serve_control(admin_state.control.clone()).await?;

@@ -481,10 +481,12 @@ fn writer(mut backend: Box<dyn Backend>, shared: &Shared) {
                     // Every change recorded up to `seq` is on disk.
                     stats.changes_written.fetch_max(seq, Ordering::Relaxed);
                     stats.state_bytes.store(backend.bytes(), Ordering::Relaxed);
+                    stats.failing.store(false, Ordering::Relaxed);
                     shared.durability.settle(written_to, seq, true);
                 }
                 Err(e) => {
                     shared.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                    shared.stats.failing.store(true, Ordering::Relaxed);
                     shared.durability.settle(written_to, seq, false);
                     if last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                         tracing::error!(error = %e, changes = n, at = %backend.describe(), "broker state not written; will try again");
