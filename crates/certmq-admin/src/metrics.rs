@@ -324,10 +324,7 @@ pub async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
         "gauge",
         "Seconds until each CA's CRL is due for renewal (negative: stale)",
         crls.crls().filter_map(|(ca, c)| {
-            Some((
-                vec![("ca_id", ca.clone())],
-                (c.next_update? - now) as f64,
-            ))
+            Some((vec![("ca_id", ca.clone())], (c.next_update? - now) as f64))
         }),
     );
     // The cluster's links (SPEC 13) and the binary's parts (webhooks), one

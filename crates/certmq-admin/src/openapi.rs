@@ -598,7 +598,12 @@ pub fn build() -> Value {
             let content: serde_json::Map<String, Value> = o
                 .raw_body
                 .iter()
-                .map(|m| (m.to_string(), json!({"schema": {"type": "string", "format": "binary"}})))
+                .map(|m| {
+                    (
+                        m.to_string(),
+                        json!({"schema": {"type": "string", "format": "binary"}}),
+                    )
+                })
                 .collect();
             operation["requestBody"] = json!({"required": true, "content": content});
         }

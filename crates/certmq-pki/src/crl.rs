@@ -69,8 +69,8 @@ pub fn parse_crl(bytes: &[u8]) -> Result<Crl, CrlError> {
     } else {
         bytes.to_vec()
     };
-    let (rest, crl) = CertificateRevocationList::from_der(&der)
-        .map_err(|e| CrlError::NotACrl(e.to_string()))?;
+    let (rest, crl) =
+        CertificateRevocationList::from_der(&der).map_err(|e| CrlError::NotACrl(e.to_string()))?;
     if !rest.is_empty() {
         return Err(CrlError::NotACrl("bytes after the CRL".into()));
     }

@@ -20,7 +20,9 @@ pub enum Role<'a> {
     Device,
     /// A server certificate, with the host names the broker is configured
     /// to serve (`[tls] server_names`).
-    Server { hosts: &'a [String] },
+    Server {
+        hosts: &'a [String],
+    },
 }
 
 /// The CA/Browser Forum's longest validity for server certificates (days).

@@ -27,12 +27,12 @@ mod x509;
 pub use ca::{
     parse_ca, single_cert_der, spki_and_subject, verify_ca_registration, CaCert, CaError,
 };
-pub use crl::{parse_crl, verify_crl, Crl, CrlError, MAX_CRL_BYTES};
-pub use findings::{findings, Finding, Role, MAX_SERVER_VALIDITY_DAYS};
 pub use client_verifier::{rejection_of, Refused, RegistryVerifier, SharedRegistry};
+pub use crl::{parse_crl, verify_crl, Crl, CrlError, MAX_CRL_BYTES};
 pub use default_cert::{mint_default, DefaultCert, MintError};
 pub use der::{split_certificate, CertParts, EncodingError};
 pub use encode::{pem_encode, pem_of_file, random_hex, FileKind};
+pub use findings::{findings, Finding, Role, MAX_SERVER_VALIDITY_DAYS};
 pub use registry::{
     check_client_purpose, signed_id_of, CaEntry, CaStatus, ChainFacts, Chained, ConnectAuthorizer,
     CrlEntry, Decision, DeviceEntry, DeviceStatus, Provisioning, RegistrySnapshot, Rejection,

@@ -169,9 +169,7 @@ impl Alarms {
             .values()
             .flat_map(|s| s.values().cloned())
             .collect();
-        out.sort_by(|a, b| {
-            (a.severity, a.raised_at, &a.id).cmp(&(b.severity, b.raised_at, &b.id))
-        });
+        out.sort_by(|a, b| (a.severity, a.raised_at, &a.id).cmp(&(b.severity, b.raised_at, &b.id)));
         out
     }
 }
@@ -270,6 +268,13 @@ pub fn certificate_alarms(
     let mut devices: Vec<(i64, &certmq_pki::DeviceEntry)> = snapshot
         .devices()
         .filter(|d| d.status == DeviceStatus::Active)
+        .filter(|d| {
+            // A certificate its CA's CRL revokes is refused anyway.
+            let serial = d.chain.as_ref().map_or(&d.serial, |c| &c.top_serial);
+            snapshot
+                .crl(&d.ca_id)
+                .is_none_or(|crl| !crl.serials.contains(serial))
+        })
         .map(|d| (d.expires_at(), d))
         .filter(|(at, _)| *at > now && window_of(w, *at - now).is_some())
         .collect();
@@ -354,7 +359,10 @@ mod tests {
         alarms.sync("t", 20, vec![a("one"), a("two")]);
         let l = alarms.list();
         assert_eq!(l.len(), 2);
-        assert_eq!(l.iter().find(|x| x.id == "one").map(|x| x.raised_at), Some(10));
+        assert_eq!(
+            l.iter().find(|x| x.id == "one").map(|x| x.raised_at),
+            Some(10)
+        );
         alarms.sync("t", 30, vec![]);
         assert!(alarms.list().is_empty());
     }

@@ -945,19 +945,20 @@ impl Devices {
             .load()
             .chain(der, &intermediates, now_unix())
             .map_err(|r| {
-            use certmq_pki::Rejection as R;
-            match r {
-                R::ChainTooLong => RegistryError::new(
-                    ErrorKind::Invalid,
-                    "ChainTooLong",
-                    format!(
-                        "at most {} certificates: the device's and up to {} intermediates",
-                        certmq_pki::MAX_DEVICE_CHAIN,
-                        certmq_pki::MAX_DEVICE_CHAIN - 1
+                use certmq_pki::Rejection as R;
+                match r {
+                    R::ChainTooLong => RegistryError::new(
+                        ErrorKind::Invalid,
+                        "ChainTooLong",
+                        format!(
+                            "at most {} certificates: the device's and up to {} intermediates",
+                            certmq_pki::MAX_DEVICE_CHAIN,
+                            certmq_pki::MAX_DEVICE_CHAIN - 1
+                        ),
                     ),
-                ),
-                R::IntermediateInvalid | R::IntermediateExpired | R::IntermediateNotYetValid => {
-                    RegistryError::new(
+                    R::IntermediateInvalid
+                    | R::IntermediateExpired
+                    | R::IntermediateNotYetValid => RegistryError::new(
                         ErrorKind::Invalid,
                         "IntermediateNotAccepted",
                         format!(
@@ -965,31 +966,30 @@ impl Devices {
                              its path length, or is not valid now ({})",
                             r.as_str()
                         ),
-                    )
-                }
-                R::CertificatePurpose => RegistryError::new(
-                    ErrorKind::Invalid,
-                    "CertificatePurpose",
-                    "the certificate is not fit for client authentication: it is a CA \
+                    ),
+                    R::CertificatePurpose => RegistryError::new(
+                        ErrorKind::Invalid,
+                        "CertificatePurpose",
+                        "the certificate is not fit for client authentication: it is a CA \
                          (basicConstraints CA:TRUE), its Extended Key Usage lacks clientAuth, \
                          or its keyUsage lacks digitalSignature",
-                ),
-                R::CertificateEncoding => RegistryError::new(
-                    ErrorKind::Invalid,
-                    "CertificateEncoding",
-                    "the certificate is not DER, or its outer signature algorithm differs \
+                    ),
+                    R::CertificateEncoding => RegistryError::new(
+                        ErrorKind::Invalid,
+                        "CertificateEncoding",
+                        "the certificate is not DER, or its outer signature algorithm differs \
                          from the signed one",
-                ),
-                r => RegistryError::new(
-                    ErrorKind::Invalid,
-                    "CertificateNotAccepted",
-                    format!(
+                    ),
+                    r => RegistryError::new(
+                        ErrorKind::Invalid,
+                        "CertificateNotAccepted",
+                        format!(
                         "the certificate does not chain to a registered CA within validity ({})",
                         r.as_str()
                     ),
-                ),
-            }
-        })?;
+                    ),
+                }
+            })?;
         if self
             .snapshot
             .load()

@@ -15,11 +15,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod alarms;
 mod devices;
 mod error;
 mod ids;
 mod server_certs;
-pub mod alarms;
 pub mod store;
 
 pub use crate::alarms::{Alarm, AlarmConfig, AlarmInput, Alarms, Severity};

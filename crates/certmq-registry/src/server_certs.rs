@@ -246,8 +246,7 @@ impl ServerCerts {
         };
         self.store.insert_server_cert(&record, &audit)?;
         self.reload()?;
-        self.events
-            .emit("server_certificate.bound", shown.audit());
+        self.events.emit("server_certificate.bound", shown.audit());
         Ok((shown, warnings))
     }
 

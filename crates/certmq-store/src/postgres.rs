@@ -29,8 +29,8 @@ use postgres::{Client, NoTls, Row, Transaction};
 
 use certmq_pki::{CaStatus, DeviceStatus, Provisioning};
 use certmq_registry::store::{
-    AuditEntry, AuditRecord, CaRecord, CrlRecord, DeviceFilter, DeviceRecord, RevokedRecord, ServerCertRecord,
-    Store, StoreError,
+    AuditEntry, AuditRecord, CaRecord, CrlRecord, DeviceFilter, DeviceRecord, RevokedRecord,
+    ServerCertRecord, Store, StoreError,
 };
 
 #[derive(Debug)]
@@ -288,7 +288,8 @@ const MIGRATIONS: &[&str] = &[
 
 const CA_COLS: &str = "id, serial, subject_cn, issuer_cn, not_before, not_after, status, pem, verification_pem, provisioning, automatic_activation, registered_at, last_activated_at, last_deactivated_at, crl_url";
 const DEVICE_COLS: &str = "id, ca_id, serial, subject_cn, subject_ou, client_id, not_before, not_after, status, source, pem, created_at, updated_at, last_connected_at, signed_id, issuer_key, chain_pem";
-const DEVICE_VALUES: &str = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17";
+const DEVICE_VALUES: &str =
+    "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17";
 
 fn ca_row(r: &Row) -> Result<CaRecord, Error> {
     Ok(CaRecord {

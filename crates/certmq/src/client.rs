@@ -77,6 +77,9 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: access::PolicyCommand,
     },
+    /// Active alarms: certificates expiring, stale CRLs, persistence
+    /// errors, cluster links down.
+    Alarms,
     /// The newest audit-log records.
     Audit {
         #[arg(long, default_value_t = 20)]
@@ -170,6 +173,21 @@ pub enum CaCommand {
         provisioning: Option<String>,
         #[arg(long)]
         automatic_activation: Option<bool>,
+        /// Fetch the CA's CRL from this URL (http:// or https://),
+        /// periodically.
+        #[arg(long, value_name = "URL", conflicts_with = "no_crl_url")]
+        crl_url: Option<String>,
+        /// Stop fetching the CA's CRL.
+        #[arg(long)]
+        no_crl_url: bool,
+    },
+    /// Show the CA's CRL, or upload one with --file (PEM or DER, as
+    /// `openssl ca -gencrl` writes it).
+    Crl {
+        /// The certificate's id (its SHA-256 fingerprint), or a PEM file holding it.
+        id: String,
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
     },
 }
 
@@ -363,6 +381,39 @@ impl Api {
         self.send(op.method, &path, body)
     }
 
+    /// Calls operation `id` with a raw body (a CRL).
+    fn op_raw(
+        &self,
+        id: &str,
+        params: &[(&str, &str)],
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<Value> {
+        use certmq_admin::openapi::{operation, path_for};
+        let op = operation(id).with_context(|| format!("no API operation {id}"))?;
+        let path =
+            path_for(op, params).with_context(|| format!("{id}: a path parameter is missing"))?;
+        let url = format!("{}{path}", self.base);
+        let auth = format!("Bearer {}", self.token);
+        let req = self
+            .agent
+            .put(&url)
+            .header("authorization", &auth)
+            .content_type(content_type);
+        let mut resp = req
+            .send(&body[..])
+            .with_context(|| format!("cannot reach the admin API at {url}"))?;
+        let status = resp.status();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if !status.is_success() {
+            let code = v["error"]["code"].as_str().unwrap_or("Error");
+            let message = v["error"]["message"].as_str().unwrap_or("");
+            bail!("{code} (HTTP {}): {message}", status.as_u16());
+        }
+        Ok(v)
+    }
+
     /// One request; a non-2xx answer becomes an error with the API's code
     /// and message.
     fn send(
@@ -543,6 +594,7 @@ pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
                 out(&v, &|v| {
                     println!("bound {}", s(&v["id"]));
                     cert_rows(std::slice::from_ref(v));
+                    warnings(v);
                 });
             }
             ServerCertCommand::Unbind { id } => {
@@ -682,6 +734,31 @@ pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
                 )
             });
         }
+        ClientCommand::Alarms => {
+            let v = api.op("list_alarms", &[], &[], None)?;
+            out(&v, &|v| {
+                let items = v["items"].as_array().map_or(&[][..], |a| a);
+                if items.is_empty() {
+                    println!("no active alarms");
+                    return;
+                }
+                table(
+                    &["SEVERITY", "KIND", "SUBJECT", "SINCE", "MESSAGE"],
+                    items
+                        .iter()
+                        .map(|a| {
+                            vec![
+                                s(&a["severity"]),
+                                s(&a["kind"]),
+                                s(&a["subject"]),
+                                s(&a["raised_at"]),
+                                s(&a["message"]),
+                            ]
+                        })
+                        .collect(),
+                )
+            });
+        }
         ClientCommand::Audit { limit } => {
             let v = api.op("audit_log", &[], &[("limit", limit.to_string())], None)?;
             out(&v, &|v| {
@@ -715,6 +792,13 @@ fn items(v: &Value) -> &[Value] {
 }
 
 /// A certificate file, PEM or DER, as PEM text.
+/// Prints a registration's findings (SPEC 14), if any, to stderr.
+fn warnings(v: &Value) {
+    for w in v["warnings"].as_array().map_or(&[][..], |a| a) {
+        eprintln!("warning: {}: {}", s(&w["code"]), s(&w["message"]));
+    }
+}
+
 fn read(path: &PathBuf) -> anyhow::Result<String> {
     read_as(path, certmq_pki::FileKind::Certificates)
 }
@@ -808,6 +892,7 @@ fn ca(api: &Api, cmd: CaCommand, out: &Out<'_>) -> anyhow::Result<()> {
             out(&v, &|v| {
                 println!("registered {}", s(&v["id"]));
                 ca_rows(std::slice::from_ref(v));
+                warnings(v);
             });
         }
         CaCommand::List => {
@@ -854,14 +939,63 @@ fn ca(api: &Api, cmd: CaCommand, out: &Out<'_>) -> anyhow::Result<()> {
             id,
             provisioning,
             automatic_activation,
+            crl_url,
+            no_crl_url,
         } => {
             let id = cert_id(&id)?;
-            let body = serde_json::json!({
+            let mut body = serde_json::json!({
                 "device_provisioning": provisioning,
                 "automatic_activation": automatic_activation,
             });
+            if let Some(u) = crl_url {
+                body["crl_url"] = Value::String(u);
+            } else if no_crl_url {
+                body["crl_url"] = Value::Null;
+            }
             let v = api.op("update_ca_certificate", &[("id", &id)], &[], Some(body))?;
-            out(&v, &|v| ca_rows(std::slice::from_ref(v)));
+            out(&v, &|v| {
+                ca_rows(std::slice::from_ref(v));
+                if !v["crl_url"].is_null() {
+                    println!("CRL fetched from {}", s(&v["crl_url"]));
+                }
+            });
+        }
+        CaCommand::Crl { id, file } => {
+            let id = cert_id(&id)?;
+            let v = match file {
+                Some(path) => {
+                    let bytes = std::fs::read(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    let pem = bytes.trim_ascii_start().starts_with(b"-----BEGIN");
+                    let ct = if pem {
+                        "application/x-pem-file"
+                    } else {
+                        "application/pkix-crl"
+                    };
+                    api.op_raw("put_ca_crl", &[("id", &id)], ct, bytes)?
+                }
+                None => api.op("get_ca_crl", &[("id", &id)], &[], None)?,
+            };
+            out(&v, &|v| {
+                table(
+                    &[
+                        "ISSUER",
+                        "THIS UPDATE",
+                        "NEXT UPDATE",
+                        "REVOKED",
+                        "STALE",
+                        "SOURCE",
+                    ],
+                    vec![vec![
+                        s(&v["issuer_cn"]),
+                        s(&v["this_update"]),
+                        s(&v["next_update"]),
+                        s(&v["revoked_count"]),
+                        s(&v["stale"]),
+                        s(&v["source"]),
+                    ]],
+                )
+            });
         }
     }
     Ok(())
@@ -883,6 +1017,7 @@ fn device(api: &Api, cmd: DeviceCommand, out: &Out<'_>) -> anyhow::Result<()> {
             out(&v, &|v| {
                 println!("registered {}", s(&v["id"]));
                 device_rows(std::slice::from_ref(v));
+                warnings(v);
             });
         }
         DeviceCommand::List {

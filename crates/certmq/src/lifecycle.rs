@@ -269,11 +269,7 @@ fn agent_for(c: &WebhookConfig) -> anyhow::Result<ureq::Agent> {
             .clone()
             .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into());
         let pem = std::fs::read(&path).with_context(|| {
-            format!(
-                "webhook {}: cannot read CA file {}",
-                c.url,
-                path.display()
-            )
+            format!("webhook {}: cannot read CA file {}", c.url, path.display())
         })?;
         let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
             .filter_map(|item| match item {
@@ -563,7 +559,10 @@ pub async fn crl_fetch_task(
                             kind: "crl_fetch_failed",
                             severity: Severity::Major,
                             subject: format!("ca:{}", ca.id),
-                            message: format!("the CRL of CA {} cannot be fetched from {url}: {e}", ca.id),
+                            message: format!(
+                                "the CRL of CA {} cannot be fetched from {url}: {e}",
+                                ca.id
+                            ),
                             details: serde_json::json!({"ca_id": ca.id, "url": url, "error": e}),
                         },
                     );
