@@ -149,6 +149,8 @@ try {
   const row = page.getByRole('row', { name: /console-device-1/ });
   await row.waitFor();
   check(await row.isVisible(), 'the device certificate is listed under its CA (detail page)');
+  check(await page.getByRole('heading', { name: 'Certificate revocation list' }).isVisible()
+    && await page.getByRole('button', { name: 'Upload CRL' }).isVisible(), 'the CA detail shows its CRL and the upload');
   await shot(page, '05-ca-detail');
   const revokedAt = Date.now();
   await row.getByRole('button', { name: 'Revoke' }).click();
@@ -198,13 +200,13 @@ try {
   // Every other page renders, in English and Chinese, at 1280x800.
   let rendered = 0;
   for (const [name, file] of [['Device certificates', '08-devices'], ['Rejections', '09-rejections'], ['Audit log', '10-audit'],
-    ['Users', '11-users'], ['Policies', '12-policies']]) {
+    ['Users', '11-users'], ['Policies', '12-policies'], ['Alarms', '13-alarms']]) {
     await page.getByRole('link', { name }).click();
     await page.getByRole('heading', { name }).waitFor();
     await shot(page, file);
     rendered += 1;
   }
-  check(rendered === 5, 'Device certificates, Rejections, Audit log, Users and Policies render');
+  check(rendered === 6, 'Device certificates, Rejections, Audit log, Users, Policies and Alarms render');
   await page.getByRole('link', { name: 'Audit log' }).click();
   await page.getByRole('cell', { name: 'device_certificate.revoke' }).first().waitFor();
   ok('the audit log page lists the revocation');

@@ -9,7 +9,7 @@ const PAGES = [
   ['overview', 'Overview'], ['server-certificates', 'Server certificates'],
   ['ca-certificates', 'CA certificates'], ['device-certificates', 'Device certificates'],
   ['connections', 'Connections'], ['rejections', 'Rejections'], ['audit-log', 'Audit log'],
-  ['users', 'Users'], ['policies', 'Policies'],
+  ['users', 'Users'], ['policies', 'Policies'], ['alarms', 'Alarms'],
 ];
 
 class ApiError extends Error {
@@ -85,6 +85,17 @@ function confirmDialog(message) {
   });
 }
 
+// A registration's findings (SPEC 14), shown in the open pop-up; resolves
+// when it is dismissed. Nothing to show: closes the pop-up.
+function showWarnings(result) {
+  const warnings = result?.warnings ?? [];
+  if (!warnings.length) { closeDialog('done'); return; }
+  const d = dialog();
+  d.replaceChildren(h('h2', { id: 'dialog-title' }, t('Done, with warnings')),
+    h('ul', { class: 'warnings', role: 'list' }, warnings.map((w) => h('li', {}, h('strong', {}, w.code), ' ', w.message))),
+    h('div', { class: 'actions' }, h('button', { type: 'button', class: 'primary', onclick: () => closeDialog('done') }, t('OK'))));
+}
+
 // A file as PEM text (DER is wrapped as `kind`).
 async function pemOf(file, kind) {
   const bytes = new Uint8Array(await file.arrayBuffer());
@@ -133,6 +144,7 @@ function chart(history) {
 async function overview(view) {
   const render = async () => {
     const o = await api('GET', '/overview');
+    const active = (await api('GET', '/alarms')).items;
     const last = o.history[o.history.length - 1] ?? { received_per_s: 0, delivered_per_s: 0 };
     const card = (n, l, id) => h('div', { class: 'card' }, h('div', { class: 'n', id }, n), h('div', { class: 'l' }, t(l)));
     view.replaceChildren(...page('Overview',
@@ -140,7 +152,8 @@ async function overview(view) {
         card(o.connections, 'Connections', 'stat-connections'), card(o.sessions, 'Sessions', 'stat-sessions'),
         card(Math.round(last.received_per_s), 'Messages in / s', 'stat-in'),
         card(Math.round(last.delivered_per_s), 'Messages out / s', 'stat-out'),
-        card(o.refusals_total, 'Refusals', 'stat-refusals')),
+        card(o.refusals_total, 'Refusals', 'stat-refusals'),
+        h('a', { href: '#/alarms', class: 'card' }, h('div', { class: 'n', id: 'stat-alarms' }, active.length), h('div', { class: 'l' }, t('Alarms')))),
       h('h2', {}, t('Messages per second, last 10 minutes')), chart(o.history),
       h('div', { class: 'legend' }, h('span', { class: 'rx' }, t('received')), h('span', { class: 'tx' }, t('delivered'))),
       h('h2', {}, t('Listeners')),
@@ -176,12 +189,12 @@ async function serverCertificates(view) {
         const chain = document.getElementById('bind-chain').files[0];
         const key = document.getElementById('bind-key').files[0];
         if (!chain || !key) throw new Error(t('Certificate chain') + ' / ' + t('Private key'));
-        await api('POST', '/server-certificates', {
+        const bound = await api('POST', '/server-certificates', {
           name: name.value || null,
           certificate_chain: await pemOf(chain, 'CERTIFICATE'),
           private_key: await pemOf(key, 'PRIVATE KEY'),
         });
-        closeDialog('done'); route();
+        showWarnings(bound); route();
       } catch (e) { showError(err, e); }
     };
     await openDialog(t('Bind custom certificate'),
@@ -230,11 +243,11 @@ async function registerCa() {
       const ca = document.getElementById('ca-file').files[0];
       const ver = document.getElementById('verification-file').files[0];
       if (!ca || !ver) throw new Error(`${t('CA certificate')} / ${t('Verification certificate')}`);
-      await api('POST', '/ca-certificates', {
+      const registered = await api('POST', '/ca-certificates', {
         ca_certificate: await pemOf(ca, 'CERTIFICATE'),
         verification_certificate: await pemOf(ver, 'CERTIFICATE'),
       });
-      closeDialog('done'); route();
+      showWarnings(registered); route();
     } catch (e) { showError(err, e); }
   };
   await openDialog(t('Register CA certificate'),
@@ -286,17 +299,48 @@ async function caDetail(view, id) {
   const box = alertBox();
   const c = await api('GET', `/ca-certificates/${id}`);
   const devices = (await api('GET', `/device-certificates?ca_id=${encodeURIComponent(id)}&limit=200`)).items;
+  let crl = null;
+  try { crl = await api('GET', `/ca-certificates/${id}/crl`); } catch (e) { if (e.status !== 404) throw e; }
   const row = (k, v) => [h('dt', {}, t(k)), h('dd', {}, v)];
+  const upload = async () => {
+    const file = document.getElementById('crl-file').files[0];
+    if (!file) { showError(box, new Error(t('CRL file'))); return; }
+    const bytes = new Uint8Array(await file.arrayBuffer());
+    const pem = new TextDecoder().decode(bytes.slice(0, 32)).includes('-----BEGIN');
+    const r = await fetch(`/api/v1/ca-certificates/${id}/crl`, {
+      method: 'PUT', credentials: 'same-origin', body: bytes,
+      headers: { 'x-csrf-token': session.csrf_token, 'content-type': pem ? 'application/x-pem-file' : 'application/pkix-crl' },
+    });
+    if (r.ok) { route(); return; }
+    const data = await r.json().catch(() => null);
+    showError(box, new ApiError(data?.error?.code ?? 'Error', data?.error?.message ?? r.statusText, r.status));
+  };
   view.replaceChildren(...page('CA certificates',
     h('h2', {}, t('Basic information')),
     h('dl', {}, row('Status', c.status), row('Common name', c.subject_cn ?? '-'), row('Serial number', c.serial_number),
       row('Issuer', c.issuer_cn ?? '-'), row('Not after', when(c.not_after)), row('Registered', when(c.registered_at)),
       row('Provisioning', c.device_provisioning), row('Automatic activation', String(c.automatic_activation)),
       row('Certificate', c.id)),
+    h('h2', {}, t('Certificate revocation list')),
+    crl ? h('dl', { id: 'crl' }, row('This update', when(crl.this_update)), row('Next update', when(crl.next_update)),
+      row('Revoked', String(crl.revoked_count)), row('Stale', crl.stale ? t('Yes') : t('No')), row('Source', crl.source))
+      : h('p', { class: 'muted' }, t('No CRL.')),
+    canChange() ? h('div', { class: 'toolbar' }, ...fileField('crl-file', 'CRL file'), button('Upload CRL', upload)) : null,
     h('h2', {}, t('Device certificates of this CA')), box,
-    table(['Common name', 'Serial number', 'Status', 'Client ID', 'Not after', 'Actions'], devices.map((d) => [
+    table(['Common name', 'Serial number', 'Status', 'Client ID', 'Via', 'Not after', 'Actions'], devices.map((d) => [
       d.subject_cn ?? '-', d.serial_number, h('span', { class: `status-${d.status}` }, d.status), d.client_id ?? '-',
+      (d.intermediates ?? []).map((i) => i.subject_cn ?? i.serial_number).join(' ← ') || '-',
       when(d.not_after), deviceActions(d, box)]))));
+}
+
+// --- Alarms ---------------------------------------------------------------------
+
+async function alarms(view) {
+  const items = (await api('GET', '/alarms')).items;
+  view.replaceChildren(...page('Alarms',
+    table(['Severity', 'Kind', 'Subject', 'Since', 'Message'], items.map((a) => [
+      h('span', { class: `severity-${a.severity}` }, t(a.severity)), a.kind, a.subject, when(a.raised_at), a.message,
+    ]), 'No active alarms.')));
 }
 
 // --- Device certificates --------------------------------------------------------
@@ -447,7 +491,7 @@ async function route() {
   const pages = {
     'overview': overview, 'server-certificates': serverCertificates, 'ca-certificates': id ? (v) => caDetail(v, id) : caCertificates,
     'device-certificates': deviceCertificates, 'connections': connections, 'rejections': rejections,
-    'audit-log': auditLog, 'users': users, 'policies': policies,
+    'audit-log': auditLog, 'users': users, 'policies': policies, 'alarms': alarms,
   };
   try {
     await (pages[slug] ?? overview)(view);

@@ -35,6 +35,12 @@ const zh = {
   'Delete?': '确认删除?', 'Close this connection?': '断开该连接?',
   'Read only: your role is viewer.': '只读:您的角色是查看者。', 'Loading…': '加载中…',
   'Device certificates of this CA': '该 CA 的设备证书',
+  'Alarms': '告警', 'Severity': '级别', 'Kind': '类型', 'Subject': '对象', 'Since': '开始时间', 'Message': '说明',
+  'No active alarms.': '当前没有告警。', 'critical': '严重', 'major': '重要', 'warning': '警告',
+  'Done, with warnings': '已完成,但有警告', 'OK': '确定',
+  'Certificate revocation list': '证书吊销列表 (CRL)', 'This update': '本次更新', 'Next update': '下次更新',
+  'Revoked': '已吊销', 'Stale': '已过期', 'Source': '来源', 'Yes': '是', 'No': '否', 'No CRL.': '没有 CRL。',
+  'CRL file': 'CRL 文件', 'Upload CRL': '上传 CRL', 'Via': '中间证书',
 };
 
 export function lang() {
