@@ -115,9 +115,17 @@ pub async fn deactivate_ca(
 pub struct PatchCa {
     device_provisioning: Option<String>,
     automatic_activation: Option<bool>,
-    /// A URL sets where the CRL is fetched from; null clears it.
-    #[serde(default)]
-    crl_url: Option<serde_json::Value>,
+    /// A URL sets where the CRL is fetched from; null clears it (absent:
+    /// unchanged).
+    #[serde(default, deserialize_with = "present")]
+    crl_url: Option<Option<String>>,
+}
+
+/// A field that is present (null included) is `Some`.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 pub async fn patch_ca(
@@ -127,18 +135,7 @@ pub async fn patch_ca(
 ) -> Result<Json<CaDto>, ApiError> {
     let id = CaId::parse(&id)?;
     let d = s.devices.clone();
-    let crl_url = match p.crl_url {
-        None => None,
-        Some(serde_json::Value::Null) => Some(None),
-        Some(serde_json::Value::String(u)) => Some(Some(u)),
-        Some(_) => {
-            return Err(ApiError::new(
-                Kind::BadRequest,
-                "InvalidCrlUrl",
-                "crl_url must be a string or null",
-            ))
-        }
-    };
+    let crl_url = p.crl_url;
     let ca = blocking(move || {
         let mut ca = None;
         if p.device_provisioning.is_some() || p.automatic_activation.is_some() {

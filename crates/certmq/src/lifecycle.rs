@@ -570,7 +570,7 @@ pub async fn crl_fetch_task(
             }
         }
         alarms.sync("crl_fetch", now, failures.values().cloned().collect());
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 

@@ -1107,3 +1107,215 @@ fn events_reach_mqtt_subscribers_and_signed_webhooks_and_alarms_warn_of_expiry()
         )) >= 1.0
     );
 }
+
+#[test]
+fn binding_reports_findings_long_validity_and_uncovered_host_names() {
+    let w = TempDir::new("lc-findings");
+    let d = &w.0;
+    let config = d.join("certmq.toml");
+    std::fs::write(
+        &config,
+        "[tls]\nserver_names = [\"mqtt.example.com\", \"broker.example.net\"]\n",
+    )
+    .unwrap();
+    let broker = BrokerProcess::start(&["--config", config.to_str().unwrap()]);
+    seed_ca(d, "/O=Lifecycle/CN=Findings Root");
+    let dir = make_server(d, "long", &server_conf(|c| c), Key::Ec);
+    // Valid for 1000 days: more than the 825 clients accept.
+    openssl(
+        &dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "CA.crt",
+            "-CAkey",
+            "CA.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "1000",
+            "-sha256",
+            "-extensions",
+            "v3_req",
+            "-extfile",
+            "server.conf",
+        ],
+    );
+    let out = cli(
+        &broker,
+        &[
+            "server-cert",
+            "bind",
+            "--chain",
+            dir.join("server.crt").to_str().unwrap(),
+            "--key",
+            dir.join("server.key").to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let codes: Vec<&str> = v["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["LONG_VALIDITY", "SAN_DOES_NOT_COVER_HOST"], "{v}");
+    let san = &v["warnings"][1]["message"];
+    assert!(
+        san.as_str().unwrap().contains("broker.example.net")
+            && !san.as_str().unwrap().contains("mqtt.example.com"),
+        "{san}"
+    );
+    // The human output says so too (stderr, one line each).
+    let dir2 = make_server(d, "fine", &server_conf(|c| c), Key::Ec);
+    let out = cli(
+        &broker,
+        &[
+            "server-cert",
+            "bind",
+            "--chain",
+            dir2.join("server.chain.crt").to_str().unwrap(),
+            "--key",
+            dir2.join("server.key").to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: SAN_DOES_NOT_COVER_HOST") && !err.contains("LONG_VALIDITY"),
+        "{err}"
+    );
+}
+
+/// Serves whatever `body` holds to every GET, on loopback.
+fn crl_server(body: std::sync::Arc<std::sync::Mutex<Vec<u8>>>) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                line.clear();
+            }
+            let b = body.lock().unwrap().clone();
+            let _ = s.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/pkix-crl\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    b.len()
+                )
+                .as_bytes(),
+            );
+            let _ = s.write_all(&b);
+        }
+    });
+    port
+}
+
+#[test]
+fn a_crl_distribution_url_is_fetched_and_enforced() {
+    let broker = BrokerProcess::start(&[]);
+    let api = Api::of(&broker);
+    let w = TempDir::new("lc-crl-url");
+    let d = &w.0;
+    let ca_id = register_root(&broker, d, "/O=Lifecycle/CN=Fetched CRL Root");
+    issue(
+        d,
+        "dev",
+        "fetched-device",
+        "CA",
+        "6001",
+        "90",
+        Some("device"),
+    );
+    let mut c = mtls(
+        &broker,
+        Some(&pem_pair(d, "dev.crt", "dev.key")),
+        "fetched-device",
+    )
+    .unwrap();
+    // Where the CA publishes its CRL (DER, as CDP URLs usually serve it).
+    openssl(d, &["ca", "-config", "ca.cnf", "-revoke", "dev.crt"]);
+    openssl(
+        d,
+        &["ca", "-config", "ca.cnf", "-gencrl", "-out", "crl.pem"],
+    );
+    openssl(
+        d,
+        &[
+            "crl", "-in", "crl.pem", "-outform", "DER", "-out", "crl.der",
+        ],
+    );
+    let body = std::sync::Arc::new(std::sync::Mutex::new(
+        std::fs::read(d.join("crl.der")).unwrap(),
+    ));
+    let port = crl_server(body);
+    let url = format!("http://127.0.0.1:{port}/root.crl");
+    let out = cli(
+        &broker,
+        &["ca", "update", &ca_id, "--crl-url", &url, "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["crl_url"], url.as_str());
+    // Fetched within the fetcher's round (2 s), and enforced on the live
+    // connection.
+    let (reason, _) = c.disconnect_packet(Duration::from_secs(10)).unwrap();
+    assert_eq!(reason, 0x98);
+    let v = api.ok("GET", &format!("/ca-certificates/{ca_id}/crl"), None);
+    assert_eq!(v["source"], url.as_str());
+    assert_eq!(v["revoked_count"], 1);
+    // A URL that answers nothing raises an alarm; clearing it ends the alarm.
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!(
+        "http://127.0.0.1:{}/gone.crl",
+        dead.local_addr().unwrap().port()
+    );
+    drop(dead);
+    let out = cli(&broker, &["ca", "update", &ca_id, "--crl-url", &dead_url]);
+    assert!(out.status.success());
+    let has_alarm = |api: &Api| {
+        api.ok("GET", "/alarms", None)["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["kind"] == "crl_fetch_failed")
+    };
+    assert!(
+        (0..100).any(|_| {
+            let found = has_alarm(&api);
+            if !found {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            found
+        }),
+        "a crl_fetch_failed alarm"
+    );
+    let out = cli(&broker, &["ca", "update", &ca_id, "--no-crl-url"]);
+    assert!(out.status.success());
+    assert!(
+        (0..100).any(|_| {
+            let gone = !has_alarm(&api);
+            if !gone {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            gone
+        }),
+        "the alarm clears once the URL is removed"
+    );
+}
