@@ -50,6 +50,8 @@ fn state(dir: &std::path::Path) -> AdminState {
         node_id: "local".into(),
         started_at: 0,
         cluster: Arc::new(certmq_admin::cluster::SingleNode),
+        alarms: Arc::new(certmq_registry::Alarms::default()),
+        extra_metrics: Vec::new(),
     }
 }
 

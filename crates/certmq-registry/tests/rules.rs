@@ -89,7 +89,7 @@ fn revocation_is_final_across_record_and_ca_deletion() {
     let dev = leaf(&ca, "dev");
     let id = register_device(&d, &dev.pem());
     assert!(matches!(
-        d.authorize(dev.der(), "dev"),
+        d.authorize(&[dev.der().as_ref()], "dev"),
         Decision::Allow { .. }
     ));
     d.set_device_status(&id, DeviceStatus::Revoked).unwrap();
@@ -99,7 +99,7 @@ fn revocation_is_final_across_record_and_ca_deletion() {
         (ErrorKind::Conflict, "CertificateRevoked")
     );
     d.delete_device(&id).unwrap();
-    let reject = |d: &Devices| match d.authorize(dev.der(), "dev") {
+    let reject = |d: &Devices| match d.authorize(&[dev.der().as_ref()], "dev") {
         Decision::Reject { reason, .. } => reason,
         other => panic!("{other:?}"),
     };
@@ -122,17 +122,17 @@ fn jitp_provisions_once_and_a_ca_is_never_a_device() {
     register(&d, &ca);
     let dev = leaf(&ca, "dev");
     assert!(matches!(
-        d.authorize(dev.der(), "dev"),
+        d.authorize(&[dev.der().as_ref()], "dev"),
         Decision::Provision { activate: true, .. }
     ));
     // The snapshot has it at once: the next CONNECT is allowed, not
     // provisioned again.
     assert!(matches!(
-        d.authorize(dev.der(), "dev"),
+        d.authorize(&[dev.der().as_ref()], "dev"),
         Decision::Allow { .. }
     ));
     // A CA certificate is never a device.
-    match d.authorize(ca.cert.der(), "ca") {
+    match d.authorize(&[ca.cert.der().as_ref()], "ca") {
         Decision::Reject { reason, .. } => assert_eq!(reason, Rejection::CertificatePurpose),
         other => panic!("{other:?}"),
     }
@@ -148,7 +148,7 @@ fn a_change_written_by_another_node_reaches_this_snapshot_through_apply() {
     let id = register_device(&a, &dev.pem());
     // B loaded before either write: it knows neither the CA nor the device.
     assert!(matches!(
-        b.authorize(dev.der(), "dev"),
+        b.authorize(&[dev.der().as_ref()], "dev"),
         Decision::Reject { .. }
     ));
     b.apply(certmq_registry::Change::Ca { id: ca_id.clone() })
@@ -158,7 +158,7 @@ fn a_change_written_by_another_node_reaches_this_snapshot_through_apply() {
     ))
     .unwrap();
     assert!(matches!(
-        b.authorize(dev.der(), "dev"),
+        b.authorize(&[dev.der().as_ref()], "dev"),
         Decision::Allow { .. }
     ));
     // A revokes; B hears of it and refuses the certificate too.
@@ -167,7 +167,7 @@ fn a_change_written_by_another_node_reaches_this_snapshot_through_apply() {
         a.device(&id).unwrap(),
     ))
     .unwrap();
-    match b.authorize(dev.der(), "dev") {
+    match b.authorize(&[dev.der().as_ref()], "dev") {
         Decision::Reject { reason, .. } => assert_eq!(reason, Rejection::CertificateRevoked),
         other => panic!("{other:?}"),
     }

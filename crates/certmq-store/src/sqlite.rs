@@ -991,6 +991,7 @@ mod tests {
             registered_at: 0,
             last_activated_at: None,
             last_deactivated_at: None,
+            crl_url: None,
         };
         s.set_registration_code("c1", i64::MAX, &audit("code"))
             .unwrap();

@@ -834,7 +834,10 @@ fn a_stale_crl_fails_closed_when_configured() {
 
 /// A webhook receiver on loopback: answers 500 to the first request and
 /// 200 to the rest; hands over (headers, body) of each.
-fn webhook_receiver() -> (u16, mpsc::Receiver<(Vec<(String, String)>, Vec<u8>)>) {
+/// One request a webhook receiver got: its headers (lower-case names) and body.
+type Hooked = (Vec<(String, String)>, Vec<u8>);
+
+fn webhook_receiver() -> (u16, mpsc::Receiver<Hooked>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let (tx, rx) = mpsc::channel();
@@ -957,7 +960,7 @@ fn events_reach_mqtt_subscribers_and_signed_webhooks_and_alarms_warn_of_expiry()
     ));
     // MQTT: every kind, with its data.
     let mut seen: Vec<(String, Value)> = Vec::new();
-    let mut wait_for = |wanted: &[&str], seen: &mut Vec<(String, Value)>| {
+    let wait_for = |wanted: &[&str], seen: &mut Vec<(String, Value)>| {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !wanted
             .iter()
@@ -1061,7 +1064,7 @@ fn events_reach_mqtt_subscribers_and_signed_webhooks_and_alarms_warn_of_expiry()
     assert!(api.metric("certmq_alarms_active{kind=\"certificate_expiring\"}") >= 1.0);
 
     // Webhooks: signed, the first answer (500) retried, filtered by kind.
-    let mut got: Vec<(Vec<(String, String)>, Vec<u8>)> = Vec::new();
+    let mut got: Vec<Hooked> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !["ca.registered", "device.revoked", "certificate.expiring"]
         .iter()
