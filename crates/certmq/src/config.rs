@@ -555,6 +555,17 @@ impl Config {
                 );
             }
         }
+        out.push_str(
+            "\n# Lifecycle events POSTed to webhooks (none by default; repeat the section for more):\n\
+             # [[webhooks]]\n\
+             # url = \"https://ops.example.com/certmq\"\n\
+             # secret = \"at least 16 characters\"  # X-Certmq-Signature: sha256=<HMAC-SHA256 of the body>\n\
+             # events = [\"*\"]  # kinds (\"device.revoked\") or families (\"device.*\")\n\
+             # queue_size = 10000\n\
+             # max_attempts = 6\n\
+             # retry_initial_ms = 1000\n\
+             # timeout_ms = 5000\n",
+        );
         Ok(out)
     }
 }

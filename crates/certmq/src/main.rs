@@ -187,6 +187,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
         )
         .init();
+    if let Some(path) = args
+        .config
+        .as_deref()
+        .filter(|_| !config.webhooks.is_empty())
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o077);
+        if mode.is_ok_and(|m| m != 0) {
+            tracing::warn!(
+                file = %path.display(),
+                "the configuration file holds webhook secrets and others can read it; chmod 600 it"
+            );
+        }
+    }
 
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(

@@ -367,8 +367,8 @@ async function deviceCertificates(view) {
       try {
         const f = document.getElementById('device-file').files[0];
         if (!f) throw new Error(t('Device certificate'));
-        await api('POST', '/device-certificates', { device_certificate: await pemOf(f, 'CERTIFICATE'), client_id: clientId.value || null });
-        closeDialog('done'); route();
+        const registered = await api('POST', '/device-certificates', { device_certificate: await pemOf(f, 'CERTIFICATE'), client_id: clientId.value || null });
+        showWarnings(registered); route();
       } catch (e) { showError(err, e); }
     };
     await openDialog(t('Register device certificate'), ...fileField('device-file', 'Device certificate'),
