@@ -1,6 +1,7 @@
 //! `certmq-bench enforce`: live enforcement at scale. Starts certmq with
 //! mutual TLS, registers a minted CA, holds N device connections (one
-//! certificate, N client ids), deactivates the CA through the admin API and
+//! certificate, N client ids), deactivates the CA through the admin API (or,
+//! `--by crl`, uploads a CRL of the CA that lists the certificate) and
 //! measures, per connection, the time from the API call to the broker's
 //! DISCONNECT (or close). certmq only: it is certmq's registry being measured.
 
@@ -31,10 +32,21 @@ pub struct EnforceArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// What closes the connections: deactivating the CA, or a CRL.
+    #[arg(long, value_enum, default_value_t = By::Ca)]
+    by: By,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum By {
+    Ca,
+    Crl,
 }
 
 #[derive(serde::Serialize)]
 struct Report {
+    by: By,
     connections: usize,
     connected: usize,
     closed: usize,
@@ -102,7 +114,18 @@ pub async fn run(args: EnforceArgs) -> anyhow::Result<()> {
     }
     let setup_s = t0.elapsed().as_secs_f64();
     let connected = clients.len();
-    eprintln!("{connected} connections held ({setup_s:.1} s); deactivating the CA");
+    let crl = match args.by {
+        By::Crl => Some(crate::tls::client_crl(&files)?),
+        By::Ca => None,
+    };
+    eprintln!(
+        "{connected} connections held ({setup_s:.1} s); {}",
+        if crl.is_some() {
+            "uploading a CRL that lists their certificate"
+        } else {
+            "deactivating the CA"
+        }
+    );
     let start_at = Instant::now();
     let mut waiting = JoinSet::new();
     for mut c in clients {
@@ -119,22 +142,31 @@ pub async fn run(args: EnforceArgs) -> anyhow::Result<()> {
             }
         });
     }
-    let url = format!("http://{admin}/api/v1/ca-certificates/{ca_id}/deactivate");
-    let called = Instant::now();
     let status = tokio::task::spawn_blocking(move || {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .build()
             .into();
-        agent
-            .post(&url)
-            .header("authorization", &format!("Bearer {token}"))
-            .send_empty()
-            .map(|r| r.status().as_u16())
+        let auth = format!("Bearer {token}");
+        match crl {
+            Some(der) => agent
+                .put(&format!(
+                    "http://{admin}/api/v1/ca-certificates/{ca_id}/crl"
+                ))
+                .header("authorization", &auth)
+                .content_type("application/pkix-crl")
+                .send(&der[..]),
+            None => agent
+                .post(&format!(
+                    "http://{admin}/api/v1/ca-certificates/{ca_id}/deactivate"
+                ))
+                .header("authorization", &auth)
+                .send_empty(),
+        }
+        .map(|r| r.status().as_u16())
     })
     .await??;
-    anyhow::ensure!(status == 200, "deactivation answered {status}");
-    let _ = called;
+    anyhow::ensure!(status == 200, "the change answered {status}");
     let mut times = Vec::with_capacity(connected);
     let mut with_reason = 0;
     while let Some(r) = waiting.join_next().await {
@@ -151,6 +183,7 @@ pub async fn run(args: EnforceArgs) -> anyhow::Result<()> {
             .unwrap_or(f64::NAN)
     };
     let report = Report {
+        by: args.by,
         connections: args.connections,
         connected,
         closed: times.len(),
@@ -165,8 +198,10 @@ pub async fn run(args: EnforceArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "{} of {} connections held; after CA deactivation {} closed ({} with DISCONNECT 0x98): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-            report.connected, report.connections, report.closed, report.disconnect_0x98, report.p50_ms, report.p99_ms, report.max_ms
+            "{} of {} connections held; after {} {} closed ({} with DISCONNECT 0x98): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            report.connected, report.connections,
+            if args.by == By::Crl { "the CRL upload" } else { "CA deactivation" },
+            report.closed, report.disconnect_0x98, report.p50_ms, report.p99_ms, report.max_ms
         );
     }
     Ok(())

@@ -206,6 +206,44 @@ fn ca_params() -> anyhow::Result<rcgen::CertificateParams> {
     Ok(ca)
 }
 
+/// A CRL (DER) of the minted CA that lists the minted client certificate.
+pub fn client_crl(files: &TlsFiles) -> anyhow::Result<Vec<u8>> {
+    let key_path = files.ca_key.as_ref().context("no CA key")?;
+    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(key_path)?)?;
+    let ca_cert = ca_params()?.self_signed(&ca_key)?;
+    let client = files
+        .client_cert
+        .as_ref()
+        .context("no client certificate")?;
+    let pem = std::fs::read(client)?;
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(&pem)
+        .map(|c: rustls::pki_types::CertificateDer<'static>| c.as_ref().to_vec())
+        .map_err(|e| anyhow::anyhow!("client certificate: {e}"))?;
+    let hex = certmq_pki::subject_facts(&der)
+        .context("client certificate does not parse")?
+        .info
+        .serial;
+    let serial: Vec<u8> = (0..hex.len() / 2)
+        .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect();
+    let now = time::OffsetDateTime::now_utc();
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: now,
+        next_update: now + time::Duration::days(7),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: vec![rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from_slice(&serial),
+            revocation_time: now,
+            reason_code: None,
+            invalidity_date: None,
+        }],
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&ca_cert, &ca_key)?;
+    Ok(crl.der().to_vec())
+}
+
 /// A verification certificate (CN = `code`) signed by the minted CA, for
 /// certmq's CA registration.
 pub fn verification_cert(files: &TlsFiles, code: &str) -> anyhow::Result<String> {

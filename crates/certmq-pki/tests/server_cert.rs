@@ -214,9 +214,23 @@ fn sni_prefers_exact_san_then_wildcard_then_cn_then_default() {
         Some(wild.info.id.clone())
     );
     assert_eq!(pick(None), Some(default.info.id.clone()));
-    // Default disabled: no match means no certificate (the handshake fails).
-    let snap = SniSnapshot::build(None, [(&exact.info, exact.certified.clone())]);
-    assert!(snap.select(Some("other.org")).is_none());
-    assert!(snap.select(None).is_none());
-    assert!(snap.select(Some("mqtt.example.com")).is_some());
+    // Default disabled: no match (or no SNI) gets the certificate bound
+    // last (SPEC 4), a match still its own.
+    let snap = SniSnapshot::build(
+        None,
+        [
+            (&exact.info, exact.certified.clone()),
+            (&wild.info, wild.certified.clone()),
+        ],
+    );
+    let pick = |name: Option<&str>| {
+        snap.select(name)
+            .map(|k| certmq_pki::fingerprint(k.cert[0].as_ref()))
+    };
+    assert_eq!(pick(Some("other.org")), Some(wild.info.id.clone()));
+    assert_eq!(pick(None), Some(wild.info.id.clone()));
+    assert_eq!(pick(Some("mqtt.example.com")), Some(exact.info.id.clone()));
+    // Nothing bound and no default: no certificate (the handshake fails).
+    let empty = SniSnapshot::build(None, []);
+    assert!(empty.select(None).is_none());
 }

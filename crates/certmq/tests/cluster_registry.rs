@@ -178,6 +178,49 @@ fn registry_changes_made_on_one_node_take_effect_on_every_node_within_a_second()
     eprintln!("revoke on n2 -> DISCONNECT 0x98 on n3: {took:?}");
     expect_refused(&n1, &dev, "sensor-1", "CERTIFICATE_REVOKED");
 
+    // A CRL given to node 1 closes a listed device's connection on node 3
+    // within a second, and node 2 refuses it at the handshake (SPEC 14).
+    let listed = device(&root, "sensor-3");
+    let mut on_n3 = mtls(&n3, Some(&listed), "sensor-3").expect("sensor-3 connects on node 3");
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(listed.0.as_bytes())
+        .map(|c: rustls::pki_types::CertificateDer<'static>| c.as_ref().to_vec())
+        .unwrap();
+    let serial_hex = certmq_pki::subject_facts(&der).unwrap().info.serial;
+    let serial: Vec<u8> = (0..serial_hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&serial_hex[i..i + 2], 16).unwrap())
+        .collect();
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: days(0),
+        next_update: days(7),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: vec![rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from_slice(&serial),
+            revocation_time: days(0),
+            reason_code: None,
+            invalidity_date: None,
+        }],
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&root.cert, &root.key)
+    .unwrap();
+    let t0 = Instant::now();
+    let r = ureq::put(format!("{}/ca-certificates/{ca_id}/crl", a1.url))
+        .header("authorization", format!("Bearer {}", a1.token))
+        .content_type("application/pkix-crl")
+        .send(crl.der().as_ref())
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(on_n3.disconnected(Duration::from_secs(5)).unwrap(), 0x98);
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "CRL on n1 -> n3 closed after {took:?}"
+    );
+    eprintln!("CRL on n1 -> DISCONNECT 0x98 on n3: {took:?}");
+    expect_handshake_refused(&n2, &listed, "CERTIFICATE_REVOKED_BY_CRL");
+
     // A server certificate bound on node 1 is served by node 2's next
     // handshake within a second.
     let sc = ca("Server Root");

@@ -359,6 +359,21 @@ fn a_failing_write_in_sync_mode_is_not_acknowledged() {
     assert_eq!(codes.first(), Some(&0x10), "{codes:?}");
     assert_eq!(codes.last(), Some(&0x80), "{codes:?}");
     assert!(metric(&api, "certmq_persistence_write_errors_total") > 0.0);
+    // ... and an alarm while writes fail (SPEC 14).
+    let alarm = (0..100).find_map(|_| {
+        let found = api.ok("GET", "/alarms", None)["items"]
+            .as_array()
+            .and_then(|a| a.iter().find(|a| a["kind"] == "persistence_error").cloned());
+        if found.is_none() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        found
+    });
+    assert_eq!(
+        alarm.map(|a| a["severity"].clone()),
+        Some(serde_json::json!("critical")),
+        "a persistence_error alarm"
+    );
     // MQTT 3.1.1 has no negative PUBACK: the connection is closed instead.
     let big = b.dir.0.join("big.bin");
     std::fs::write(&big, vec![b'x'; 65536]).unwrap();
