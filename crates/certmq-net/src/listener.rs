@@ -87,16 +87,17 @@ pub(crate) async fn accept_loop(
     }
 }
 
-/// Records a client refused before CONNECT (no client id yet).
-fn refused_at_handshake(guard: &ConnectionGuard, peer: &PeerInfo, reason: certmq_pki::Rejection) {
+/// Records a client refused before CONNECT (no client id yet), with the
+/// certificate it presented when there was one.
+fn refused_at_handshake(guard: &ConnectionGuard, peer: &PeerInfo, refused: certmq_pki::Refused) {
     guard.shared.live.reject(crate::RejectionRecord {
         at: crate::live::now_unix(),
-        reason: reason.as_str(),
+        reason: refused.reason.as_str(),
         protocol: peer.protocol,
         peer: peer.addr,
         client_id: None,
-        certificate_id: None,
-        ca_id: None,
+        certificate_id: refused.certificate_id,
+        ca_id: refused.ca_id,
         username: None,
     });
 }
@@ -142,7 +143,15 @@ async fn serve_tls(
     if cert_required && peer.certificates.is_empty() {
         // rustls enforces this during the handshake; a resumed session must
         // carry the certificate too, or the client is not let through.
-        refused_at_handshake(&guard, &peer, certmq_pki::Rejection::NoCertificate);
+        refused_at_handshake(
+            &guard,
+            &peer,
+            certmq_pki::Refused {
+                reason: certmq_pki::Rejection::NoCertificate,
+                certificate_id: None,
+                ca_id: None,
+            },
+        );
         return;
     }
     if ws {

@@ -46,25 +46,35 @@ impl RegistryVerifier {
     }
 }
 
-/// A verifier refusal, carried inside `rustls::Error`.
-#[derive(Debug)]
-pub struct Refused(pub Rejection);
+/// A verifier refusal, carried inside `rustls::Error`: the reason, and
+/// which certificate (its id, the SHA-256 of its DER) of which CA, when
+/// known, so that the refusal is recorded with the certificate's identity.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub reason: Rejection,
+    pub certificate_id: Option<String>,
+    pub ca_id: Option<String>,
+}
 
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "client certificate refused: {}", self.0.as_str())
+        write!(f, "client certificate refused: {}", self.reason.as_str())
     }
 }
 
 impl std::error::Error for Refused {}
 
-/// The registry's reason inside a handshake error, if it is one.
-pub fn rejection_of(e: &Error) -> Option<Rejection> {
+/// The registry's refusal inside a handshake error, if it is one.
+pub fn rejection_of(e: &Error) -> Option<Refused> {
     match e {
         Error::InvalidCertificate(CertificateError::Other(OtherError(inner))) => {
-            inner.downcast_ref::<Refused>().map(|r| r.0)
+            inner.downcast_ref::<Refused>().cloned()
         }
-        Error::NoCertificatesPresented => Some(Rejection::NoCertificate),
+        Error::NoCertificatesPresented => Some(Refused {
+            reason: Rejection::NoCertificate,
+            certificate_id: None,
+            ca_id: None,
+        }),
         _ => None,
     }
 }
@@ -96,8 +106,12 @@ impl ClientCertVerifier for RegistryVerifier {
             .verify_handshake(end_entity, &intermediates, now)
         {
             Ok(_) => Ok(ClientCertVerified::assertion()),
-            Err(r) => Err(Error::InvalidCertificate(CertificateError::Other(
-                OtherError(Arc::new(Refused(r))),
+            Err((reason, ca_id)) => Err(Error::InvalidCertificate(CertificateError::Other(
+                OtherError(Arc::new(Refused {
+                    reason,
+                    certificate_id: Some(crate::x509::fingerprint(end_entity)),
+                    ca_id,
+                })),
             ))),
         }
     }

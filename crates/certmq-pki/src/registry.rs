@@ -696,42 +696,49 @@ impl RegistrySnapshot {
         leaf: &[u8],
         intermediates: &[&[u8]],
         now: i64,
-    ) -> Result<(), Rejection> {
-        let key = signed_id_of(leaf)?;
+    ) -> Result<(), (Rejection, Option<String>)> {
+        let key = signed_id_of(leaf).map_err(|r| (r, None))?;
         if let Some(d) = self.device(&key) {
-            let ca = self.cas.get(&d.ca_id).ok_or(Rejection::UnknownCa)?;
+            let with = |r| (r, Some(d.ca_id.clone()));
+            let ca = self
+                .cas
+                .get(&d.ca_id)
+                .ok_or_else(|| with(Rejection::UnknownCa))?;
             if ca.status != CaStatus::Active {
-                return Err(Rejection::CaInactive);
+                return Err(with(Rejection::CaInactive));
             }
             if now > ca.not_after || now < ca.not_before {
-                return Err(Rejection::CaExpired);
+                return Err(with(Rejection::CaExpired));
             }
             if now >= d.not_after {
-                return Err(Rejection::CertificateExpired);
+                return Err(with(Rejection::CertificateExpired));
             }
             if now < d.not_before {
-                return Err(Rejection::CertificateNotYetValid);
+                return Err(with(Rejection::CertificateNotYetValid));
             }
             if let Some(c) = &d.chain {
                 if now >= c.not_after {
-                    return Err(Rejection::IntermediateExpired);
+                    return Err(with(Rejection::IntermediateExpired));
                 }
                 if now < c.not_before {
-                    return Err(Rejection::IntermediateNotYetValid);
+                    return Err(with(Rejection::IntermediateNotYetValid));
                 }
             }
             let serial = d.chain.as_ref().map_or(&d.serial, |c| &c.top_serial);
-            return self.crl_check(&d.ca_id, serial, now);
+            return self.crl_check(&d.ca_id, serial, now).map_err(with);
         }
-        let (chained, ca) = self.chain(leaf, intermediates, now)?;
+        let (chained, ca) = self
+            .chain(leaf, intermediates, now)
+            .map_err(|r| (r, None))?;
+        let with = |r| (r, Some(chained.ca_id.clone()));
         if ca.status != CaStatus::Active {
-            return Err(Rejection::CaInactive);
+            return Err(with(Rejection::CaInactive));
         }
         let serial = chained
             .chain
             .as_ref()
             .map_or(&chained.serial, |c| &c.top_serial);
-        self.crl_check(&chained.ca_id, serial, now)
+        self.crl_check(&chained.ca_id, serial, now).map_err(with)
     }
 
     /// CONNECT's decision for a client that presented `chain` (its

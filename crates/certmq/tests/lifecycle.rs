@@ -588,7 +588,13 @@ fn crls_close_live_connections_and_refuse_on_tls_and_wss() {
         &d.join("direct.key"),
         "direct-device"
     ));
-    refused_with(&api, "mqtt-tls", "CERTIFICATE_REVOKED_BY_CRL");
+    let r = refused_with(&api, "mqtt-tls", "CERTIFICATE_REVOKED_BY_CRL");
+    assert_eq!(r["ca_id"], ca_id.as_str(), "recorded with its CA: {r}");
+    assert_eq!(
+        r["certificate_id"].as_str().map(str::len),
+        Some(64),
+        "recorded with the certificate's id: {r}"
+    );
     // ... and on WSS (MQTT.js).
     let js = repo_root().join("tests/interop/mqttjs");
     assert!(
@@ -950,6 +956,35 @@ fn events_reach_mqtt_subscribers_and_signed_webhooks_and_alarms_warn_of_expiry()
         std::thread::sleep(Duration::from_millis(20));
     }
 
+    // Nobody may publish there without a policy: no forged events.
+    let forged = run(
+        Command::new("mosquitto_pub")
+            .args([
+                "-V",
+                "mqttv5",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &tcp,
+                "-i",
+                "forger",
+                "-q",
+                "1",
+            ])
+            .args([
+                "-t",
+                "$SYS/certmq/events/ca.registered",
+                "-m",
+                "forged",
+                "-d",
+            ]),
+        LIMIT,
+    );
+    assert!(
+        String::from_utf8_lossy(&forged.stdout).contains("RC:135"),
+        "a forged event is refused (PUBACK 0x87): {}",
+        String::from_utf8_lossy(&forged.stdout)
+    );
     let ca_id = register_root(&broker, d, "/O=Lifecycle/CN=Events Root");
     issue(d, "soon", "expires-soon", "CA", "5001", "2", Some("device"));
     assert!(mosquitto_pub(
