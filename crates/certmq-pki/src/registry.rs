@@ -108,6 +108,17 @@ pub struct ChainFacts {
 }
 
 impl ChainFacts {
+    /// The intermediates' validity at `now`.
+    pub fn check(&self, now: i64) -> Result<(), Rejection> {
+        if now >= self.not_after {
+            return Err(Rejection::IntermediateExpired);
+        }
+        if now < self.not_before {
+            return Err(Rejection::IntermediateNotYetValid);
+        }
+        Ok(())
+    }
+
     /// The facts of intermediates (DER, nearest the device first), when
     /// they parse.
     pub fn of(intermediates: &[Vec<u8>]) -> Option<Self> {
@@ -717,12 +728,7 @@ impl RegistrySnapshot {
                 return Err(with(Rejection::CertificateNotYetValid));
             }
             if let Some(c) = &d.chain {
-                if now >= c.not_after {
-                    return Err(with(Rejection::IntermediateExpired));
-                }
-                if now < c.not_before {
-                    return Err(with(Rejection::IntermediateNotYetValid));
-                }
+                c.check(now).map_err(with)?;
             }
             let serial = d.chain.as_ref().map_or(&d.serial, |c| &c.top_serial);
             return self.crl_check(&d.ca_id, serial, now).map_err(with);
@@ -783,13 +789,8 @@ impl RegistrySnapshot {
             if now < d.not_before {
                 return with(Rejection::CertificateNotYetValid);
             }
-            if let Some(c) = &d.chain {
-                if now >= c.not_after {
-                    return with(Rejection::IntermediateExpired);
-                }
-                if now < c.not_before {
-                    return with(Rejection::IntermediateNotYetValid);
-                }
+            if let Some(Err(r)) = d.chain.as_ref().map(|c| c.check(now)) {
+                return with(r);
             }
             let serial = d.chain.as_ref().map_or(&d.serial, |c| &c.top_serial);
             if let Err(r) = self.crl_check(&d.ca_id, serial, now) {

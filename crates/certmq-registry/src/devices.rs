@@ -829,26 +829,40 @@ impl Devices {
         provisioning: Option<&str>,
         automatic_activation: Option<bool>,
     ) -> Result<CaRecord, RegistryError> {
+        let shown = |r: &CaRecord| serde_json::json!({"device_provisioning": r.provisioning.as_str(), "automatic_activation": r.automatic_activation});
+        self.edit_ca(ca, shown, |rec| {
+            if let Some(p) = provisioning {
+                rec.provisioning = one_of(
+                    p,
+                    Provisioning::parse,
+                    PROVISIONINGS,
+                    "device_provisioning",
+                    "InvalidProvisioning",
+                )?;
+            }
+            if let Some(a) = automatic_activation {
+                rec.automatic_activation = a;
+            }
+            Ok(())
+        })
+    }
+
+    /// Changes CA `ca`'s settings with `edit`, audited as
+    /// `ca_certificate.update` with what `shown` shows before and after.
+    fn edit_ca(
+        &self,
+        ca: &CaId,
+        shown: impl Fn(&CaRecord) -> serde_json::Value,
+        edit: impl FnOnce(&mut CaRecord) -> Result<(), RegistryError>,
+    ) -> Result<CaRecord, RegistryError> {
         let id = ca.as_str();
         let g = self.update.lock();
         let mut rec = self.ca_record(id)?;
-        let before = serde_json::json!({"device_provisioning": rec.provisioning.as_str(), "automatic_activation": rec.automatic_activation});
-        if let Some(p) = provisioning {
-            rec.provisioning = one_of(
-                p,
-                Provisioning::parse,
-                PROVISIONINGS,
-                "device_provisioning",
-                "InvalidProvisioning",
-            )?;
-        }
-        if let Some(a) = automatic_activation {
-            rec.automatic_activation = a;
-        }
-        let after = serde_json::json!({"device_provisioning": rec.provisioning.as_str(), "automatic_activation": rec.automatic_activation});
+        let before = shown(&rec);
+        edit(&mut rec)?;
         self.store.update_ca(
             &rec,
-            &audit("ca_certificate.update", id, Some(before), Some(after)),
+            &audit("ca_certificate.update", id, Some(before), Some(shown(&rec))),
         )?;
         let kick = self.apply_locked(&g, Change::Ca { id: ca.clone() })?;
         drop(g);
@@ -1247,20 +1261,14 @@ impl Devices {
                 ));
             }
         }
-        let id = ca.as_str();
-        let g = self.update.lock();
-        let mut rec = self.ca_record(id)?;
-        let before = serde_json::json!({ "crl_url": rec.crl_url });
-        rec.crl_url = url.map(str::to_owned);
-        let after = serde_json::json!({ "crl_url": rec.crl_url });
-        self.store.update_ca(
-            &rec,
-            &audit("ca_certificate.update", id, Some(before), Some(after)),
-        )?;
-        let kick = self.apply_locked(&g, Change::Ca { id: ca.clone() })?;
-        drop(g);
-        self.run(kick);
-        Ok(rec)
+        self.edit_ca(
+            ca,
+            |r| serde_json::json!({ "crl_url": r.crl_url }),
+            |rec| {
+                rec.crl_url = url.map(str::to_owned);
+                Ok(())
+            },
+        )
     }
 }
 

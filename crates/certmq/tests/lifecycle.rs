@@ -213,6 +213,52 @@ fn refused_with(api: &Api, listener: &str, reason: &str) -> Value {
     panic!("no {reason} refusal on {listener}: {:?}", api.rejections());
 }
 
+/// The first active alarm `pick` accepts, waiting up to 10 s for it (the
+/// alarm task runs every 2 s).
+fn alarm_eventually(api: &Api, pick: impl Fn(&Value) -> bool) -> Option<Value> {
+    (0..100).find_map(|_| {
+        let found = api.ok("GET", "/alarms", None)["items"]
+            .as_array()
+            .and_then(|a| a.iter().find(|a| pick(a)).cloned());
+        if found.is_none() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        found
+    })
+}
+
+/// MQTT.js over WSS with a device certificate (`tests/interop/mqttjs/wss.mjs`).
+fn mqttjs_wss(broker: &BrokerProcess, cert: &Path, key: &Path) -> std::process::Output {
+    let js = repo_root().join("tests/interop/mqttjs");
+    assert!(
+        js.join("node_modules/mqtt").exists(),
+        "MQTT.js is not installed: run scripts/test"
+    );
+    run(
+        Command::new("node")
+            .arg(js.join("wss.mjs"))
+            .arg(format!("wss://localhost:{}/mqtt", broker.port("mqtt-wss")))
+            .arg(broker.dir.0.join("tls/default-ca.pem"))
+            .arg(cert)
+            .arg(key),
+        LIMIT,
+    )
+}
+
+/// `certmq ca crl CA --file FILE [--json]`.
+fn upload_crl(
+    broker: &BrokerProcess,
+    ca_id: &str,
+    file: &Path,
+    json: bool,
+) -> std::process::Output {
+    let mut args = vec!["ca", "crl", ca_id, "--file", file.to_str().unwrap()];
+    if json {
+        args.push("--json");
+    }
+    cli(broker, &args)
+}
+
 #[test]
 fn device_chains_through_intermediates_with_mosquitto_and_paho() {
     let broker = BrokerProcess::start(&[]);
@@ -548,17 +594,7 @@ fn crls_close_live_connections_and_refuse_on_tls_and_wss() {
         &["ca", "-config", "ca.cnf", "-gencrl", "-out", "crl.pem"],
     );
     let t0 = Instant::now();
-    let out = cli(
-        &broker,
-        &[
-            "ca",
-            "crl",
-            &ca_id,
-            "--file",
-            d.join("crl.pem").to_str().unwrap(),
-            "--json",
-        ],
-    );
+    let out = upload_crl(&broker, &ca_id, &d.join("crl.pem"), true);
     assert!(
         out.status.success(),
         "{}",
@@ -596,20 +632,7 @@ fn crls_close_live_connections_and_refuse_on_tls_and_wss() {
         "recorded with the certificate's id: {r}"
     );
     // ... and on WSS (MQTT.js).
-    let js = repo_root().join("tests/interop/mqttjs");
-    assert!(
-        js.join("node_modules/mqtt").exists(),
-        "MQTT.js is not installed: run scripts/test"
-    );
-    let out = run(
-        Command::new("node")
-            .arg(js.join("wss.mjs"))
-            .arg(format!("wss://localhost:{}/mqtt", broker.port("mqtt-wss")))
-            .arg(broker.dir.0.join("tls/default-ca.pem"))
-            .arg(d.join("via-chain.crt"))
-            .arg(d.join("via.key")),
-        LIMIT,
-    );
+    let out = mqttjs_wss(&broker, &d.join("via-chain.crt"), &d.join("via.key"));
     assert!(
         !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("error"),
         "MQTT.js over WSS must be refused: {}",
@@ -617,15 +640,7 @@ fn crls_close_live_connections_and_refuse_on_tls_and_wss() {
     );
     refused_with(&api, "mqtt-wss", "CERTIFICATE_REVOKED_BY_CRL");
     // A device the CRL does not list still connects over WSS.
-    let out = run(
-        Command::new("node")
-            .arg(js.join("wss.mjs"))
-            .arg(format!("wss://localhost:{}/mqtt", broker.port("mqtt-wss")))
-            .arg(broker.dir.0.join("tls/default-ca.pem"))
-            .arg(d.join("keep.crt"))
-            .arg(d.join("keep.key")),
-        LIMIT,
-    );
+    let out = mqttjs_wss(&broker, &d.join("keep.crt"), &d.join("keep.key"));
     assert!(
         out.status.success(),
         "{}",
@@ -639,16 +654,7 @@ fn crls_close_live_connections_and_refuse_on_tls_and_wss() {
             "crl", "-in", "crl.pem", "-outform", "DER", "-out", "crl.der",
         ],
     );
-    let out = cli(
-        &broker,
-        &[
-            "ca",
-            "crl",
-            &ca_id,
-            "--file",
-            d.join("crl.der").to_str().unwrap(),
-        ],
-    );
+    let out = upload_crl(&broker, &ca_id, &d.join("crl.der"), false);
     assert!(
         out.status.success(),
         "{}",
@@ -673,16 +679,7 @@ fn crls_close_live_connections_and_refuse_on_tls_and_wss() {
             "old.pem",
         ],
     );
-    let out = cli(
-        &broker,
-        &[
-            "ca",
-            "crl",
-            &ca_id,
-            "--file",
-            d.join("old.pem").to_str().unwrap(),
-        ],
-    );
+    let out = upload_crl(&broker, &ca_id, &d.join("old.pem"), false);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("CrlOlder"));
     // A CRL another CA signed is refused; so is garbage.
@@ -695,32 +692,14 @@ fn crls_close_live_connections_and_refuse_on_tls_and_wss() {
         &other.0,
         &["ca", "-config", "ca.cnf", "-gencrl", "-out", "crl.pem"],
     );
-    let out = cli(
-        &broker,
-        &[
-            "ca",
-            "crl",
-            &ca_id,
-            "--file",
-            other.0.join("crl.pem").to_str().unwrap(),
-        ],
-    );
+    let out = upload_crl(&broker, &ca_id, &other.0.join("crl.pem"), false);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("CrlBadSignature"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = cli(
-        &broker,
-        &[
-            "ca",
-            "crl",
-            &ca_id,
-            "--file",
-            d.join("CA.crt").to_str().unwrap(),
-        ],
-    );
+    let out = upload_crl(&broker, &ca_id, &d.join("CA.crt"), false);
     assert!(String::from_utf8_lossy(&out.stderr).contains("InvalidCrl"));
     // A newer CRL without the direct device lets it in again.
     // (openssl ca keeps revocations; a CRL without them is made from a
@@ -730,16 +709,7 @@ fn crls_close_live_connections_and_refuse_on_tls_and_wss() {
         d,
         &["ca", "-config", "ca.cnf", "-gencrl", "-out", "crl2.pem"],
     );
-    let out = cli(
-        &broker,
-        &[
-            "ca",
-            "crl",
-            &ca_id,
-            "--file",
-            d.join("crl2.pem").to_str().unwrap(),
-        ],
-    );
+    let out = upload_crl(&broker, &ca_id, &d.join("crl2.pem"), false);
     assert!(
         out.status.success(),
         "{}",
@@ -778,17 +748,7 @@ fn stale_crl(mode: &str) {
             "stale.pem",
         ],
     );
-    let out = cli(
-        &broker,
-        &[
-            "ca",
-            "crl",
-            &ca_id,
-            "--file",
-            d.join("stale.pem").to_str().unwrap(),
-            "--json",
-        ],
-    );
+    let out = upload_crl(&broker, &ca_id, &d.join("stale.pem"), true);
     assert!(
         out.status.success(),
         "{}",
@@ -802,20 +762,7 @@ fn stale_crl(mode: &str) {
         &d.join("dev.key"),
         "stale-device",
     );
-    let alarm = (0..100)
-        .find_map(|_| {
-            let a = api.ok("GET", "/alarms", None)["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|a| a["kind"] == "crl_stale")
-                .cloned();
-            if a.is_none() {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            a
-        })
-        .expect("a crl_stale alarm");
+    let alarm = alarm_eventually(&api, |a| a["kind"] == "crl_stale").expect("a crl_stale alarm");
     assert_eq!(alarm["subject"], format!("ca:{ca_id}"));
     if mode == "fail-open" {
         assert!(connected, "fail-open admits the CA's devices");
@@ -1067,23 +1014,10 @@ fn events_reach_mqtt_subscribers_and_signed_webhooks_and_alarms_warn_of_expiry()
         &d.join("soon2.key"),
         "expires-soon-too"
     ));
-    let alarm = (0..100)
-        .find_map(|_| {
-            let a = api.ok("GET", "/alarms", None)["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|a| {
-                    a["kind"] == "certificate_expiring"
-                        && a["details"]["name"] == "expires-soon-too"
-                })
-                .cloned();
-            if a.is_none() {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            a
-        })
-        .expect("an alarm for the certificate expiring in 2 days");
+    let alarm = alarm_eventually(&api, |a| {
+        a["kind"] == "certificate_expiring" && a["details"]["name"] == "expires-soon-too"
+    })
+    .expect("an alarm for the certificate expiring in 2 days");
     assert_eq!(alarm["severity"], "major");
     assert_eq!(alarm["details"]["window_days"], 7);
     assert!(
@@ -1327,33 +1261,21 @@ fn a_crl_distribution_url_is_fetched_and_enforced() {
     drop(dead);
     let out = cli(&broker, &["ca", "update", &ca_id, "--crl-url", &dead_url]);
     assert!(out.status.success());
-    let has_alarm = |api: &Api| {
-        api.ok("GET", "/alarms", None)["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|a| a["kind"] == "crl_fetch_failed")
-    };
     assert!(
-        (0..100).any(|_| {
-            let found = has_alarm(&api);
-            if !found {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            found
-        }),
+        alarm_eventually(&api, |a| a["kind"] == "crl_fetch_failed").is_some(),
         "a crl_fetch_failed alarm"
     );
     let out = cli(&broker, &["ca", "update", &ca_id, "--no-crl-url"]);
     assert!(out.status.success());
-    assert!(
-        (0..100).any(|_| {
-            let gone = !has_alarm(&api);
-            if !gone {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            gone
-        }),
-        "the alarm clears once the URL is removed"
-    );
+    let cleared = (0..100).any(|_| {
+        let fetch_failed = |a: &Value| a["kind"] == "crl_fetch_failed";
+        let active = api.ok("GET", "/alarms", None)["items"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(fetch_failed));
+        if active {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        !active
+    });
+    assert!(cleared, "the alarm clears once the URL is removed");
 }
