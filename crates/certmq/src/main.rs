@@ -422,6 +422,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 log: log_handle,
                 access: access.clone(),
                 chains: server.auth_chains(),
+                devices: devices.clone(),
             },
         )?;
         for l in config.net_config().listeners {

@@ -4,8 +4,9 @@
 //! (`[broker]`: from the next packet on; a session's queue limit and a
 //! connection's maximum packet size and in-flight window are taken when
 //! they start), anonymous access and the listeners' authentication chains
-//! (for new connections), and `[authorization]` (`no_match`,
-//! `deny_action`: live subscriptions are asked again). Every other
+//! (for new connections), `[authorization]` (`no_match`,
+//! `deny_action`: live subscriptions are asked again) and `[crl] stale`
+//! (the next handshake and CONNECT follow it). Every other
 //! changed key is logged as needing a restart. No connection is dropped; a
 //! configuration that does not load or validate changes nothing and is
 //! logged as an error.
@@ -26,6 +27,7 @@ pub struct Live {
     pub log: reload::Handle<EnvFilter, Registry>,
     pub access: Arc<certmq_access::Access>,
     pub chains: certmq_net::AuthChains,
+    pub devices: Arc<certmq_admin::Devices>,
 }
 
 pub fn spawn(args: ServeArgs, running: Config, live: Live) -> anyhow::Result<()> {
@@ -53,6 +55,7 @@ fn applies_now(key: &str) -> bool {
         || key.starts_with("broker.")
         || key.starts_with("authorization.")
         || key == "authentication.allow_anonymous"
+        || key == "crl.stale"
         || (key.starts_with("listeners.")
             && (key.ends_with(".allow_anonymous") || key.ends_with(".authentication")))
 }
@@ -92,6 +95,15 @@ fn apply(running: &mut Config, next: Config, live: &Live) {
                 );
             }
             Err(e) => tracing::error!("SIGHUP: [authorization] was not applied: {e}"),
+        }
+    }
+    if now.iter().any(|k| k == "crl.stale") {
+        match live.devices.set_crl_stale(next.crl.stale) {
+            Ok(()) => {
+                running.crl.stale = next.crl.stale;
+                applied.push("crl.stale".to_string());
+            }
+            Err(e) => tracing::error!("SIGHUP: [crl] stale was not applied: {}", e.message),
         }
     }
     let chain_keys: Vec<String> = now

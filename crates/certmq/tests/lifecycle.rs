@@ -767,6 +767,30 @@ fn stale_crl(mode: &str) {
     if mode == "fail-open" {
         assert!(connected, "fail-open admits the CA's devices");
         assert_eq!(alarm["severity"], "major");
+        // SIGHUP switches the mode without a restart.
+        std::fs::write(&config, "[crl]\nstale = \"fail-closed\"\n").unwrap();
+        let ok = Command::new("kill")
+            .args(["-HUP", &broker.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let reloaded = (0..200).any(|_| {
+            while let Ok(line) = broker.log.recv_timeout(Duration::from_millis(50)) {
+                if line.contains("SIGHUP: configuration reloaded") && line.contains("crl.stale") {
+                    return true;
+                }
+            }
+            false
+        });
+        assert!(reloaded, "SIGHUP applies crl.stale");
+        assert!(!mosquitto_pub(
+            &broker,
+            &d.join("dev.crt"),
+            &d.join("dev.key"),
+            "stale-device"
+        ));
+        refused_with(&api, "mqtt-tls", "CRL_STALE");
     } else {
         assert!(!connected, "fail-closed refuses them");
         refused_with(&api, "mqtt-tls", "CRL_STALE");
