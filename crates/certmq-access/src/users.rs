@@ -89,6 +89,10 @@ pub struct Users {
     gate: tokio::sync::Semaphore,
     cache: Mutex<HashMap<String, (u64, [u8; 32])>>,
     cache_key: aws_lc_rs::hmac::Key,
+    /// A hash checked for unknown user names, so that they cost what a
+    /// known name with a wrong password costs (no user enumeration by
+    /// timing).
+    dummy: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for Users {
@@ -151,6 +155,7 @@ impl Users {
             gate: tokio::sync::Semaphore::new(slots),
             cache: Mutex::new(HashMap::new()),
             cache_key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key),
+            dummy: std::sync::OnceLock::new(),
         });
         users.reload()?;
         Ok(users)
@@ -328,6 +333,32 @@ impl Users {
     /// The password check of the `password` method.
     pub async fn verify(&self, username: &str, password: &[u8]) -> CredentialCheck {
         let Some(entry) = self.snapshot.load().get(username).cloned() else {
+            // As long as a wrong password of a known user takes.
+            let Ok(Ok(_permit)) = tokio::time::timeout(HASH_WAIT, self.gate.acquire()).await
+            else {
+                return CredentialCheck::Refused("AUTHENTICATION_BUSY");
+            };
+            let dummy = match self.dummy.get() {
+                Some(d) => d.clone(),
+                None => {
+                    let params = self.params;
+                    let made = tokio::task::spawn_blocking(move || {
+                        hash_password("certmq-unknown-user", params).ok()
+                    })
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                    self.dummy.get_or_init(|| made).clone()
+                }
+            };
+            let pw = password.to_vec();
+            let _ = tokio::task::spawn_blocking(move || {
+                PasswordHash::new(&dummy)
+                    .map(|parsed| Argon2::default().verify_password(&pw, &parsed).is_ok())
+                    .unwrap_or(false)
+            })
+            .await;
             return CredentialCheck::Pass(Some("UNKNOWN_USER"));
         };
         let accepted = || CredentialCheck::Accepted {
