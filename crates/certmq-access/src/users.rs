@@ -334,8 +334,7 @@ impl Users {
     pub async fn verify(&self, username: &str, password: &[u8]) -> CredentialCheck {
         let Some(entry) = self.snapshot.load().get(username).cloned() else {
             // As long as a wrong password of a known user takes.
-            let Ok(Ok(_permit)) = tokio::time::timeout(HASH_WAIT, self.gate.acquire()).await
-            else {
+            let Ok(Ok(_permit)) = tokio::time::timeout(HASH_WAIT, self.gate.acquire()).await else {
                 return CredentialCheck::Refused("AUTHENTICATION_BUSY");
             };
             let dummy = match self.dummy.get() {

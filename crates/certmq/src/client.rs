@@ -3,6 +3,17 @@
 
 use std::path::PathBuf;
 
+/// `println!` for command output: a reader that went away (`| head`) ends
+/// the command quietly instead of a panic.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($t)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 mod access;
 
 use anyhow::{bail, Context};
@@ -504,7 +515,7 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
             .enumerate()
             .map(|(i, c)| format!("{c:<w$}", w = width.get(i).copied().unwrap_or(0)))
             .collect();
-        println!("{}", parts.join("  ").trim_end());
+        outln!("{}", parts.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
     for r in rows {
@@ -546,7 +557,7 @@ fn cert_rows(items: &[Value]) {
 pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
     let out = |v: &Value, human: &dyn Fn(&Value)| {
         if g.json {
-            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+            outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
         } else {
             human(v);
         }
@@ -564,7 +575,7 @@ pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
             }
         };
-        out(&v, &|v| println!("{}", s(&v["status"])));
+        out(&v, &|v| outln!("{}", s(&v["status"])));
         return Ok(());
     }
     let api = Api::new(g)?;
@@ -592,7 +603,7 @@ pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
                 });
                 let v = api.op("bind_server_certificate", &[], &[], Some(body))?;
                 out(&v, &|v| {
-                    println!("bound {}", s(&v["id"]));
+                    outln!("bound {}", s(&v["id"]));
                     cert_rows(std::slice::from_ref(v));
                     warnings(v);
                 });
@@ -601,7 +612,7 @@ pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
                 let id = cert_id(&id)?;
                 api.op("unbind_server_certificate", &[("id", &id)], &[], None)?;
                 out(&serde_json::json!({"unbound": id}), &|_| {
-                    println!("unbound {id}")
+                    outln!("unbound {id}")
                 });
             }
             ServerCertCommand::Default { action } => {
@@ -616,7 +627,7 @@ pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
                     } else {
                         "disabled"
                     };
-                    println!("default server certificate {state}");
+                    outln!("default server certificate {state}");
                 });
             }
         },
@@ -655,7 +666,7 @@ pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
             ConnectionsCommand::Kick { client_id } => {
                 api.op("kick_connection", &[("client_id", &client_id)], &[], None)?;
                 out(&serde_json::json!({"kicked": client_id}), &|_| {
-                    println!("closed the connection of {client_id}")
+                    outln!("closed the connection of {client_id}")
                 });
             }
         },
@@ -739,7 +750,7 @@ pub fn run(cmd: ClientCommand, g: &Global) -> anyhow::Result<()> {
             out(&v, &|v| {
                 let items = v["items"].as_array().map_or(&[][..], |a| a);
                 if items.is_empty() {
-                    println!("no active alarms");
+                    outln!("no active alarms");
                     return;
                 }
                 table(
@@ -867,7 +878,7 @@ fn ca(api: &Api, cmd: CaCommand, out: &Out<'_>) -> anyhow::Result<()> {
         CaCommand::RegistrationCode => {
             let v = api.op("new_registration_code", &[], &[], None)?;
             out(&v, &|v| {
-                println!("{}", s(&v["registration_code"]));
+                outln!("{}", s(&v["registration_code"]));
                 eprintln!(
                     "(valid until {}; use it as the verification certificate's Common Name)",
                     s(&v["expires_at"])
@@ -890,7 +901,7 @@ fn ca(api: &Api, cmd: CaCommand, out: &Out<'_>) -> anyhow::Result<()> {
             });
             let v = api.op("register_ca_certificate", &[], &[], Some(body))?;
             out(&v, &|v| {
-                println!("registered {}", s(&v["id"]));
+                outln!("registered {}", s(&v["id"]));
                 ca_rows(std::slice::from_ref(v));
                 warnings(v);
             });
@@ -907,7 +918,7 @@ fn ca(api: &Api, cmd: CaCommand, out: &Out<'_>) -> anyhow::Result<()> {
                 if let Some(counts) = v["device_certificate_counts"].as_object() {
                     let text: Vec<String> =
                         counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
-                    println!(
+                    outln!(
                         "device certificates: {}",
                         if text.is_empty() {
                             "none".into()
@@ -932,7 +943,7 @@ fn ca(api: &Api, cmd: CaCommand, out: &Out<'_>) -> anyhow::Result<()> {
             let id = cert_id(&id)?;
             api.op("delete_ca_certificate", &[("id", &id)], &[], None)?;
             out(&serde_json::json!({"deleted": id}), &|_| {
-                println!("deleted {id}")
+                outln!("deleted {id}")
             });
         }
         CaCommand::Update {
@@ -956,7 +967,7 @@ fn ca(api: &Api, cmd: CaCommand, out: &Out<'_>) -> anyhow::Result<()> {
             out(&v, &|v| {
                 ca_rows(std::slice::from_ref(v));
                 if !v["crl_url"].is_null() {
-                    println!("CRL fetched from {}", s(&v["crl_url"]));
+                    outln!("CRL fetched from {}", s(&v["crl_url"]));
                 }
             });
         }
@@ -1015,7 +1026,7 @@ fn device(api: &Api, cmd: DeviceCommand, out: &Out<'_>) -> anyhow::Result<()> {
             });
             let v = api.op("register_device_certificate", &[], &[], Some(body))?;
             out(&v, &|v| {
-                println!("registered {}", s(&v["id"]));
+                outln!("registered {}", s(&v["id"]));
                 device_rows(std::slice::from_ref(v));
                 warnings(v);
             });
@@ -1054,7 +1065,7 @@ fn device(api: &Api, cmd: DeviceCommand, out: &Out<'_>) -> anyhow::Result<()> {
             let v = api.op("list_device_certificates", &[], &q, None)?;
             out(&v, &|v| {
                 device_rows(items(v));
-                println!("({} of {})", items(v).len(), s(&v["total"]));
+                outln!("({} of {})", items(v).len(), s(&v["total"]));
             });
         }
         DeviceCommand::Get { id } => {
@@ -1064,10 +1075,8 @@ fn device(api: &Api, cmd: DeviceCommand, out: &Out<'_>) -> anyhow::Result<()> {
         }
         DeviceCommand::Pem { id } => {
             let id = cert_id(&id)?;
-            print!(
-                "{}",
-                api.op_text("download_device_certificate", &[("id", &id)], &[], None)?
-            );
+            let pem = api.op_text("download_device_certificate", &[("id", &id)], &[], None)?;
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), pem.as_bytes());
         }
         DeviceCommand::Activate { id } => state(api, &cert_id(&id)?, "activate", out)?,
         DeviceCommand::Deactivate { id } => state(api, &cert_id(&id)?, "deactivate", out)?,
@@ -1076,7 +1085,7 @@ fn device(api: &Api, cmd: DeviceCommand, out: &Out<'_>) -> anyhow::Result<()> {
             let id = cert_id(&id)?;
             api.op("delete_device_certificate", &[("id", &id)], &[], None)?;
             out(&serde_json::json!({"deleted": id}), &|_| {
-                println!("deleted {id}")
+                outln!("deleted {id}")
             });
         }
     }

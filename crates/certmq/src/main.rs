@@ -112,7 +112,9 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(*args),
         Command::Config {
             command: ConfigCommand::Default,
-        } => Config::default_toml().map(|t| print!("{t}")),
+        } => Config::default_toml().map(|t| {
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), t.as_bytes());
+        }),
         Command::Client(c) => client::run(c, &cli.global),
     };
     match result {

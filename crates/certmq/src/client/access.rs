@@ -242,7 +242,7 @@ pub(super) fn user(api: &Api, cmd: UserCommand, out: &Out<'_>) -> anyhow::Result
             let password = read_password("Password: ")?;
             let body = json!({"username": username, "password": password});
             let v = api.op("add_user", &[], &[], Some(body))?;
-            out(&v, &|v| println!("added user {}", s(&v["username"])));
+            out(&v, &|v| outln!("added user {}", s(&v["username"])));
         }
         UserCommand::List => {
             let v = api.op("list_users", &[], &[], None)?;
@@ -251,7 +251,7 @@ pub(super) fn user(api: &Api, cmd: UserCommand, out: &Out<'_>) -> anyhow::Result
         UserCommand::Delete { username } => {
             api.op("delete_user", &[("username", &username)], &[], None)?;
             out(&json!({"deleted": username}), &|_| {
-                println!("deleted user {username}")
+                outln!("deleted user {username}")
             });
         }
         UserCommand::Passwd { username } => {
@@ -262,9 +262,7 @@ pub(super) fn user(api: &Api, cmd: UserCommand, out: &Out<'_>) -> anyhow::Result
                 &[],
                 Some(json!({"password": password})),
             )?;
-            out(&v, &|v| {
-                println!("password of {} changed", s(&v["username"]))
-            });
+            out(&v, &|v| outln!("password of {} changed", s(&v["username"])));
         }
     }
     Ok(())
@@ -281,7 +279,7 @@ pub(super) fn console_user(
             let body = json!({"username": username, "password": password, "role": role});
             let v = api.op("put_console_user", &[], &[], Some(body))?;
             out(&v, &|v| {
-                println!("console user {} ({})", s(&v["username"]), s(&v["role"]))
+                outln!("console user {} ({})", s(&v["username"]), s(&v["role"]))
             });
         }
         ConsoleUserCommand::List => {
@@ -299,7 +297,7 @@ pub(super) fn console_user(
         ConsoleUserCommand::Delete { username } => {
             api.op("delete_console_user", &[("username", &username)], &[], None)?;
             out(&json!({"deleted": username}), &|_| {
-                println!("deleted console user {username}")
+                outln!("deleted console user {username}")
             });
         }
     }
@@ -311,7 +309,7 @@ pub(super) fn policy(api: &Api, cmd: PolicyCommand, out: &Out<'_>) -> anyhow::Re
         PolicyCommand::Add(args) => {
             let v = api.op("add_policy", &[], &[], Some(args.body()?))?;
             out(&v, &|v| {
-                println!("added policy {}", s(&v["id"]));
+                outln!("added policy {}", s(&v["id"]));
                 policy_rows(std::slice::from_ref(v));
             });
         }
@@ -322,7 +320,7 @@ pub(super) fn policy(api: &Api, cmd: PolicyCommand, out: &Out<'_>) -> anyhow::Re
         PolicyCommand::Get { id } => {
             let v = api.op("get_policy", &[("id", &id)], &[], None)?;
             out(&v, &|v| {
-                println!("{}", serde_json::to_string_pretty(v).unwrap_or_default())
+                outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default())
             });
         }
         PolicyCommand::Replace { id, args } => {
@@ -331,9 +329,7 @@ pub(super) fn policy(api: &Api, cmd: PolicyCommand, out: &Out<'_>) -> anyhow::Re
         }
         PolicyCommand::Delete { id } => {
             api.op("delete_policy", &[("id", &id)], &[], None)?;
-            out(&json!({"deleted": id}), &|_| {
-                println!("deleted policy {id}")
-            });
+            out(&json!({"deleted": id}), &|_| outln!("deleted policy {id}"));
         }
         PolicyCommand::Evaluate {
             client_id,
@@ -358,11 +354,11 @@ pub(super) fn policy(api: &Api, cmd: PolicyCommand, out: &Out<'_>) -> anyhow::Re
                     None => "no_match".into(),
                 };
                 match v["subscription"].as_str() {
-                    Some(sub) => println!(
+                    Some(sub) => outln!(
                         "{} (subscription: {sub}), decided by {by}",
                         s(&v["decision"])
                     ),
-                    None => println!("{}, decided by {by}", s(&v["decision"])),
+                    None => outln!("{}, decided by {by}", s(&v["decision"])),
                 }
             });
         }
