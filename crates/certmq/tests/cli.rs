@@ -205,3 +205,35 @@ fn kick_works_for_any_client_id() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    // `certmq config default | head -1`, and a client command the same way:
+    // the reader goes away before the output is written.
+    let broker = BrokerProcess::start(&[]);
+    let token = std::fs::read_to_string(broker.dir.0.join("admin.token")).unwrap();
+    let url = format!("http://{}", broker.addr("admin-http"));
+    for args in [
+        vec!["config", "default"],
+        vec![
+            "server-cert",
+            "list",
+            "--url",
+            &url,
+            "--token",
+            token.trim(),
+        ],
+    ] {
+        let mut child = Command::new(bin())
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(out.status.success(), "{args:?}: {err}");
+    }
+}
