@@ -417,8 +417,19 @@ pub async fn get_crl(
 pub async fn put_crl(
     State(s): State<AdminState>,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<CrlDto>, ApiError> {
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                Kind::TooLarge,
+                "CrlTooLarge",
+                format!("a CRL may be at most {} bytes", certmq_pki::MAX_CRL_BYTES),
+            )
+        } else {
+            ApiError::new(Kind::BadRequest, "InvalidRequest", r.body_text())
+        }
+    })?;
     let id = CaId::parse(&id)?;
     let d = s.devices.clone();
     let (v, changed) = blocking(move || d.put_crl(&id, &body, "API")).await?;

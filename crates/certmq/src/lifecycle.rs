@@ -68,7 +68,7 @@ fn default_timeout_ms() -> u64 {
 impl std::fmt::Debug for WebhookConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookConfig")
-            .field("url", &self.url)
+            .field("url", &shown_url(&self.url))
             .field("secret", &"<set>")
             .field("events", &self.events)
             .field("queue_size", &self.queue_size)
@@ -82,13 +82,13 @@ impl WebhookConfig {
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             bail!(
                 "webhook url {:?} must start with http:// or https://",
-                self.url
+                shown_url(&self.url)
             );
         }
         if self.secret.len() < 16 {
             bail!(
                 "webhook {}: secret must be at least 16 characters",
-                self.url
+                shown_url(&self.url)
             );
         }
         for e in &self.events {
@@ -103,7 +103,7 @@ impl WebhookConfig {
             if !known {
                 bail!(
                     "webhook {}: unknown event {e:?}; known: *, {}",
-                    self.url,
+                    shown_url(&self.url),
                     certmq_core::EVENT_KINDS.join(", ")
                 );
             }
@@ -111,7 +111,7 @@ impl WebhookConfig {
         if self.queue_size == 0 || self.max_attempts == 0 {
             bail!(
                 "webhook {}: queue_size and max_attempts must be at least 1",
-                self.url
+                shown_url(&self.url)
             );
         }
         Ok(())
@@ -125,6 +125,17 @@ impl WebhookConfig {
                     .is_some_and(|f| kind.split('.').next() == Some(f))
         })
     }
+}
+
+/// A URL as logs and metrics show it: without user information, query or
+/// fragment (they may hold credentials).
+pub fn shown_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let host = authority.rsplit('@').next().unwrap_or(authority);
+    let path = tail.split(['?', '#']).next().unwrap_or("");
+    format!("{scheme}://{host}{path}")
 }
 
 /// Delivery counters of one webhook.
@@ -207,7 +218,7 @@ impl Hub {
     pub fn stats(&self) -> Vec<(String, Arc<WebhookStats>)> {
         self.webhooks
             .iter()
-            .map(|w| (w.config.url.clone(), w.stats.clone()))
+            .map(|w| (shown_url(&w.config.url), w.stats.clone()))
             .collect()
     }
 }
@@ -269,7 +280,11 @@ fn agent_for(c: &WebhookConfig) -> anyhow::Result<ureq::Agent> {
             .clone()
             .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into());
         let pem = std::fs::read(&path).with_context(|| {
-            format!("webhook {}: cannot read CA file {}", c.url, path.display())
+            format!(
+                "webhook {}: cannot read CA file {}",
+                shown_url(&c.url),
+                path.display()
+            )
         })?;
         let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
             .filter_map(|item| match item {
@@ -280,7 +295,7 @@ fn agent_for(c: &WebhookConfig) -> anyhow::Result<ureq::Agent> {
         if certs.is_empty() {
             bail!(
                 "webhook {}: {} holds no certificates",
-                c.url,
+                shown_url(&c.url),
                 path.display()
             );
         }
@@ -322,10 +337,10 @@ fn deliver_loop(
                     break;
                 }
                 Ok(r) => {
-                    tracing::warn!(url = %c.url, status = r.status().as_u16(), attempt, kind = d.kind, "webhook delivery refused");
+                    tracing::warn!(url = %shown_url(&c.url), status = r.status().as_u16(), attempt, kind = d.kind, "webhook delivery refused");
                 }
                 Err(e) => {
-                    tracing::warn!(url = %c.url, error = %e, attempt, kind = d.kind, "webhook delivery failed");
+                    tracing::warn!(url = %shown_url(&c.url), error = %e, attempt, kind = d.kind, "webhook delivery failed");
                 }
             }
             stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
@@ -338,7 +353,7 @@ fn deliver_loop(
             stats.delivered.fetch_add(1, Ordering::Relaxed);
         } else {
             stats.given_up.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(url = %c.url, kind = d.kind, id = %d.id, "webhook delivery given up");
+            tracing::error!(url = %shown_url(&c.url), kind = d.kind, id = %d.id, "webhook delivery given up");
         }
     }
 }
@@ -547,11 +562,11 @@ pub async fn crl_fetch_task(
                 Ok(changed) => {
                     failures.remove(&ca.id);
                     if changed {
-                        tracing::info!(ca_id = %ca.id, url = %url, "CRL fetched");
+                        tracing::info!(ca_id = %ca.id, url = %shown_url(&url), "CRL fetched");
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(ca_id = %ca.id, url = %url, error = %e, "CRL fetch failed");
+                    tracing::warn!(ca_id = %ca.id, url = %shown_url(&url), error = %e, "CRL fetch failed");
                     failures.insert(
                         ca.id.clone(),
                         AlarmInput {
@@ -599,6 +614,16 @@ mod tests {
             ..w.clone()
         };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn urls_are_shown_without_credentials() {
+        assert_eq!(
+            shown_url("https://user:pw@ops.example.com:8443/hook?token=x#f"),
+            "https://ops.example.com:8443/hook"
+        );
+        assert_eq!(shown_url("http://127.0.0.1:9/h"), "http://127.0.0.1:9/h");
+        assert_eq!(shown_url("http://h?k=v"), "http://h");
     }
 
     #[test]

@@ -384,7 +384,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         let alarms = Arc::new(certmq_registry::Alarms::new(alarm_events));
         for w in &config.webhooks {
-            tracing::info!(url = %w.url, events = %w.events.join(","), "webhook");
+            tracing::info!(url = %lifecycle::shown_url(&w.url), events = %w.events.join(","), "webhook");
         }
         let provider = certmq_pki::provider();
         // The admin listener over HTTPS: the same certificates and SNI as

@@ -701,6 +701,18 @@ fn crls_close_live_connections_and_refuse_on_tls_and_wss() {
     );
     let out = upload_crl(&broker, &ca_id, &d.join("CA.crt"), false);
     assert!(String::from_utf8_lossy(&out.stderr).contains("InvalidCrl"));
+    // Too large: refused in the API's error format.
+    let mut r = ureq::put(format!("{}/ca-certificates/{ca_id}/crl", api.url))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .header("authorization", format!("Bearer {}", api.token))
+        .content_type("application/pkix-crl")
+        .send(&vec![0u8; 5 * 1024 * 1024][..])
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(v["error"]["code"], "CrlTooLarge", "{v}");
     // A newer CRL without the direct device lets it in again.
     // (openssl ca keeps revocations; a CRL without them is made from a
     // fresh database.)
