@@ -575,10 +575,11 @@ pub async fn crl_fetch_task(
                             severity: Severity::Major,
                             subject: format!("ca:{}", ca.id),
                             message: format!(
-                                "the CRL of CA {} cannot be fetched from {url}: {e}",
-                                ca.id
+                                "the CRL of CA {} cannot be fetched from {}: {e}",
+                                ca.id,
+                                shown_url(&url)
                             ),
-                            details: serde_json::json!({"ca_id": ca.id, "url": url, "error": e}),
+                            details: serde_json::json!({"ca_id": ca.id, "url": shown_url(&url), "error": e}),
                         },
                     );
                 }
