@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use certmq_codec::{Packet, Protocol};
+use certmq_codec::Protocol;
 use clap::Args;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -436,21 +436,7 @@ async fn revocation(nodes: &[Node], n: usize) -> anyhow::Result<String> {
         .context("no device record (JITP)")?
         .to_string();
     let start_at = Instant::now();
-    let mut waiting = JoinSet::new();
-    for mut c in clients {
-        waiting.spawn(async move {
-            let deadline = start_at + Duration::from_secs(30);
-            loop {
-                if let Ok(Some(Packet::Disconnect(d))) = c.try_decode() {
-                    return (start_at.elapsed(), d.reason.0 == 0x98);
-                }
-                match tokio::time::timeout_at(deadline.into(), c.read_more()).await {
-                    Ok(Ok(())) => continue,
-                    _ => return (start_at.elapsed(), false),
-                }
-            }
-        });
-    }
+    let waiting = crate::enforce::watch_closes(clients, start_at);
     let node2 = (nodes[1].admin, nodes[1].token()?);
     let path = format!("/device-certificates/{id}/revoke");
     tokio::task::spawn_blocking(move || {
@@ -465,27 +451,14 @@ async fn revocation(nodes: &[Node], n: usize) -> anyhow::Result<String> {
             .map(|r| r.status().as_u16())
     })
     .await??;
-    let mut times = Vec::with_capacity(connected);
-    let mut with_reason = 0;
-    while let Some(r) = waiting.join_next().await {
-        if let Ok((t, ok)) = r {
-            times.push(t.as_secs_f64() * 1000.0);
-            with_reason += usize::from(ok);
-        }
-    }
-    times.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| {
-        times
-            .get(((times.len() as f64 * p) as usize).min(times.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let closes = crate::enforce::Closes::gather(waiting).await;
     Ok(format!(
-        "revocation through node 2: {connected} of {n} connections over {} nodes; {} closed ({with_reason} with DISCONNECT 0x98): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "revocation through node 2: {connected} of {n} connections over {} nodes; {} closed ({} with DISCONNECT 0x98): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         nodes.len(),
-        times.len(),
-        pct(0.5),
-        pct(0.99),
-        times.last().copied().unwrap_or(f64::NAN)
+        closes.times.len(),
+        closes.with_reason,
+        closes.pct(0.5),
+        closes.pct(0.99),
+        closes.max()
     ))
 }

@@ -127,21 +127,7 @@ pub async fn run(args: EnforceArgs) -> anyhow::Result<()> {
         }
     );
     let start_at = Instant::now();
-    let mut waiting = JoinSet::new();
-    for mut c in clients {
-        waiting.spawn(async move {
-            let deadline = start_at + Duration::from_secs(30);
-            loop {
-                if let Ok(Some(Packet::Disconnect(d))) = c.try_decode() {
-                    return (start_at.elapsed(), d.reason.0 == 0x98);
-                }
-                match tokio::time::timeout_at(deadline.into(), c.read_more()).await {
-                    Ok(Ok(())) => continue,
-                    _ => return (start_at.elapsed(), false),
-                }
-            }
-        });
-    }
+    let waiting = watch_closes(clients, start_at);
     let status = tokio::task::spawn_blocking(move || {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -167,31 +153,17 @@ pub async fn run(args: EnforceArgs) -> anyhow::Result<()> {
     })
     .await??;
     anyhow::ensure!(status == 200, "the change answered {status}");
-    let mut times = Vec::with_capacity(connected);
-    let mut with_reason = 0;
-    while let Some(r) = waiting.join_next().await {
-        if let Ok((t, ok)) = r {
-            times.push(t.as_secs_f64() * 1000.0);
-            with_reason += usize::from(ok);
-        }
-    }
-    times.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| {
-        times
-            .get(((times.len() as f64 * p) as usize).min(times.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let closes = Closes::gather(waiting).await;
     let report = Report {
         by: args.by,
         connections: args.connections,
         connected,
-        closed: times.len(),
-        disconnect_0x98: with_reason,
+        closed: closes.times.len(),
+        disconnect_0x98: closes.with_reason,
         setup_s,
-        p50_ms: pct(0.5),
-        p99_ms: pct(0.99),
-        max_ms: times.last().copied().unwrap_or(f64::NAN),
+        p50_ms: closes.pct(0.5),
+        p99_ms: closes.pct(0.99),
+        max_ms: closes.max(),
     };
     drop(running);
     if args.json {
@@ -205,4 +177,59 @@ pub async fn run(args: EnforceArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Watches each client for the broker's DISCONNECT (or close), from
+/// `start_at`, for 30 s at most: (time, whether it was 0x98) each.
+pub(crate) fn watch_closes(clients: Vec<Client>, start_at: Instant) -> JoinSet<(Duration, bool)> {
+    let mut waiting = JoinSet::new();
+    for mut c in clients {
+        waiting.spawn(async move {
+            let deadline = start_at + Duration::from_secs(30);
+            loop {
+                if let Ok(Some(Packet::Disconnect(d))) = c.try_decode() {
+                    return (start_at.elapsed(), d.reason.0 == 0x98);
+                }
+                match tokio::time::timeout_at(deadline.into(), c.read_more()).await {
+                    Ok(Ok(())) => continue,
+                    _ => return (start_at.elapsed(), false),
+                }
+            }
+        });
+    }
+    waiting
+}
+
+/// What [`watch_closes`] saw: close times (ms, ascending) and how many
+/// closes carried DISCONNECT 0x98.
+pub(crate) struct Closes {
+    pub times: Vec<f64>,
+    pub with_reason: usize,
+}
+
+impl Closes {
+    pub async fn gather(mut waiting: JoinSet<(Duration, bool)>) -> Self {
+        let mut times = Vec::with_capacity(waiting.len());
+        let mut with_reason = 0;
+        while let Some(r) = waiting.join_next().await {
+            if let Ok((t, ok)) = r {
+                times.push(t.as_secs_f64() * 1000.0);
+                with_reason += usize::from(ok);
+            }
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        Self { times, with_reason }
+    }
+
+    /// The `p` quantile (0..1) in ms; NaN when nothing closed.
+    pub fn pct(&self, p: f64) -> f64 {
+        let t = &self.times;
+        t.get(((t.len() as f64 * p) as usize).min(t.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    }
+
+    pub fn max(&self) -> f64 {
+        self.times.last().copied().unwrap_or(f64::NAN)
+    }
 }
