@@ -7,7 +7,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateRevocationListDer;
 use x509_parser::prelude::*;
 
-use crate::x509::{common_name, verify_signed, SignatureError};
+use crate::x509::{common_name, hex_serial, verify_signed, SignatureError};
 
 /// The largest CRL certmq takes (a CRL listing about 100,000 serials).
 pub const MAX_CRL_BYTES: usize = 4 * 1024 * 1024;
@@ -52,10 +52,6 @@ impl CrlError {
     }
 }
 
-fn hex_serial(s: String) -> String {
-    s.replace(':', "").to_ascii_lowercase()
-}
-
 /// Reads a CRL from PEM or DER (nothing after it).
 pub fn parse_crl(bytes: &[u8]) -> Result<Crl, CrlError> {
     if bytes.len() > MAX_CRL_BYTES {
@@ -76,7 +72,7 @@ pub fn parse_crl(bytes: &[u8]) -> Result<Crl, CrlError> {
     }
     let serials = crl
         .iter_revoked_certificates()
-        .map(|r| hex_serial(r.raw_serial_as_string()))
+        .map(|r| hex_serial(&r.raw_serial_as_string()))
         .collect();
     Ok(Crl {
         issuer_raw: crl.issuer().as_raw().to_vec(),

@@ -146,9 +146,7 @@ impl ChainFacts {
 }
 
 fn hex_serial(c: &X509Certificate<'_>) -> String {
-    c.raw_serial_as_string()
-        .replace(':', "")
-        .to_ascii_lowercase()
+    crate::x509::hex_serial(&c.raw_serial_as_string())
 }
 
 /// A CA's current CRL, as the connect path needs it.
@@ -266,6 +264,11 @@ pub struct Chained {
 }
 
 impl Chained {
+    /// The serial its CA signed (see [`DeviceEntry::ca_signed_serial`]).
+    pub fn ca_signed_serial(&self) -> &str {
+        self.chain.as_ref().map_or(&self.serial, |c| &c.top_serial)
+    }
+
     /// When a connection that used it must close: the earliest not-after
     /// of the device and its intermediates.
     pub fn expires_at(&self) -> i64 {
@@ -276,6 +279,12 @@ impl Chained {
 }
 
 impl DeviceEntry {
+    /// The serial its CA signed and that CA's CRL speaks of: its own, or
+    /// its top intermediate's.
+    pub fn ca_signed_serial(&self) -> &str {
+        self.chain.as_ref().map_or(&self.serial, |c| &c.top_serial)
+    }
+
     /// The earliest not-after of the device and its intermediates.
     pub fn expires_at(&self) -> i64 {
         self.chain
@@ -540,7 +549,7 @@ impl RegistrySnapshot {
         self.devices()
             .filter(|d| d.ca_id == ca_id)
             .filter(|d| {
-                let serial = d.chain.as_ref().map_or(&d.serial, |c| &c.top_serial);
+                let serial = d.ca_signed_serial();
                 crl.serials.contains(serial)
             })
             .map(|d| d.id.clone())
@@ -730,7 +739,7 @@ impl RegistrySnapshot {
             if let Some(c) = &d.chain {
                 c.check(now).map_err(with)?;
             }
-            let serial = d.chain.as_ref().map_or(&d.serial, |c| &c.top_serial);
+            let serial = d.ca_signed_serial();
             return self.crl_check(&d.ca_id, serial, now).map_err(with);
         }
         let (chained, ca) = self
@@ -740,10 +749,7 @@ impl RegistrySnapshot {
         if ca.status != CaStatus::Active {
             return Err(with(Rejection::CaInactive));
         }
-        let serial = chained
-            .chain
-            .as_ref()
-            .map_or(&chained.serial, |c| &c.top_serial);
+        let serial = chained.ca_signed_serial();
         self.crl_check(&chained.ca_id, serial, now).map_err(with)
     }
 
@@ -792,7 +798,7 @@ impl RegistrySnapshot {
             if let Some(Err(r)) = d.chain.as_ref().map(|c| c.check(now)) {
                 return with(r);
             }
-            let serial = d.chain.as_ref().map_or(&d.serial, |c| &c.top_serial);
+            let serial = d.ca_signed_serial();
             if let Err(r) = self.crl_check(&d.ca_id, serial, now) {
                 return with(r);
             }
@@ -822,10 +828,7 @@ impl RegistrySnapshot {
         if ca.status != CaStatus::Active {
             return with(Rejection::CaInactive);
         }
-        let serial = chained
-            .chain
-            .as_ref()
-            .map_or(&chained.serial, |c| &c.top_serial);
+        let serial = chained.ca_signed_serial();
         if let Err(r) = self.crl_check(&chained.ca_id, serial, now) {
             return with(r);
         }

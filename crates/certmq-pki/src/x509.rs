@@ -34,6 +34,12 @@ pub fn hex_sha256(bytes: &[u8]) -> String {
     out
 }
 
+/// A serial number as certmq writes it: lower-case hex without
+/// separators (x509-parser's `raw_serial_as_string` has `aa:bb:...`).
+pub(crate) fn hex_serial(raw: &str) -> String {
+    raw.replace(':', "").to_ascii_lowercase()
+}
+
 /// What the registry records of a certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
@@ -69,10 +75,7 @@ impl CertInfo {
         }
         Self {
             id: fingerprint(der),
-            serial: cert
-                .raw_serial_as_string()
-                .replace(':', "")
-                .to_ascii_lowercase(),
+            serial: hex_serial(&cert.raw_serial_as_string()),
             subject_cn: common_name(cert.subject()),
             issuer_cn: common_name(cert.issuer()),
             not_before: cert.validity().not_before.timestamp(),

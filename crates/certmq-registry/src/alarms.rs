@@ -270,10 +270,9 @@ pub fn certificate_alarms(
         .filter(|d| d.status == DeviceStatus::Active)
         .filter(|d| {
             // A certificate its CA's CRL revokes is refused anyway.
-            let serial = d.chain.as_ref().map_or(&d.serial, |c| &c.top_serial);
             snapshot
                 .crl(&d.ca_id)
-                .is_none_or(|crl| !crl.serials.contains(serial))
+                .is_none_or(|crl| !crl.serials.contains(d.ca_signed_serial()))
         })
         .map(|d| (d.expires_at(), d))
         .filter(|(at, _)| *at > now && window_of(w, *at - now).is_some())
