@@ -483,11 +483,7 @@ impl Devices {
                 Kick::Device(id)
             }
             Change::Crl { ca_id } => {
-                let rec = self
-                    .store
-                    .crls()?
-                    .into_iter()
-                    .find(|r| r.ca_id == ca_id.as_str());
+                let rec = self.store.crl(ca_id.as_str())?;
                 let entry = rec.as_ref().and_then(crl_entry).map(Arc::new);
                 let next = self.snapshot.load().with_crl(ca_id.as_str(), entry);
                 let listed = next.crl_listed(ca_id.as_str());
@@ -1135,17 +1131,12 @@ impl Devices {
     /// CA `ca`'s CRL, if it has one.
     pub fn crl(&self, ca: &CaId) -> Result<Option<CrlView>, RegistryError> {
         self.ca_record(ca.as_str())?;
-        Ok(self
-            .store
-            .crls()?
-            .into_iter()
-            .find(|r| r.ca_id == ca.as_str())
-            .map(|record| CrlView {
-                issuer_cn: certmq_pki::parse_crl(&record.der)
-                    .ok()
-                    .and_then(|c| c.issuer_cn),
-                record,
-            }))
+        Ok(self.store.crl(ca.as_str())?.map(|record| CrlView {
+            issuer_cn: certmq_pki::parse_crl(&record.der)
+                .ok()
+                .and_then(|c| c.issuer_cn),
+            record,
+        }))
     }
 
     /// Every CA's CRL.
@@ -1177,11 +1168,7 @@ impl Devices {
         })?;
         certmq_pki::verify_crl(&crl, &entry.spki, &entry.subject_raw)
             .map_err(|e| RegistryError::new(ErrorKind::Invalid, e.code(), e.to_string()))?;
-        let current = self
-            .store
-            .crls()?
-            .into_iter()
-            .find(|r| r.ca_id == ca.as_str());
+        let current = self.store.crl(ca.as_str())?;
         if let Some(cur) = &current {
             if cur.der == crl.der {
                 return Ok((

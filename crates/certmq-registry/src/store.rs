@@ -266,6 +266,8 @@ pub trait Store: Send + Sync + 'static {
     fn all_devices(&self) -> Result<Vec<DeviceRecord>, StoreError>;
     /// Every CA's current CRL.
     fn crls(&self) -> Result<Vec<CrlRecord>, StoreError>;
+    /// CA `ca_id`'s current CRL.
+    fn crl(&self, ca_id: &str) -> Result<Option<CrlRecord>, StoreError>;
     /// Stores a CA's CRL, replacing the one it had.
     fn put_crl(&self, rec: &CrlRecord, audit: &AuditEntry) -> Result<(), StoreError>;
 }

@@ -311,6 +311,22 @@ fn ca_row(r: &Row) -> Result<CaRecord, Error> {
     })
 }
 
+const CRL_COLS: &str =
+    "ca_id, der, this_update, next_update, revoked_count, number, source, updated_at";
+
+fn crl_row(r: &Row) -> Result<CrlRecord, Error> {
+    Ok(CrlRecord {
+        ca_id: r.try_get(0)?,
+        der: r.try_get(1)?,
+        this_update: r.try_get(2)?,
+        next_update: r.try_get(3)?,
+        revoked_count: r.try_get::<_, i64>(4)?.max(0) as u64,
+        number: r.try_get(5)?,
+        source: r.try_get(6)?,
+        updated_at: r.try_get(7)?,
+    })
+}
+
 fn device_row(r: &Row) -> Result<DeviceRecord, Error> {
     Ok(DeviceRecord {
         id: r.try_get(0)?,
@@ -1306,24 +1322,22 @@ impl Store for PgStore {
 
     fn crls(&self) -> Result<Vec<CrlRecord>, StoreError> {
         Ok(self.read(|c| {
-            c.query(
-                "SELECT ca_id, der, this_update, next_update, revoked_count, number, source, updated_at FROM crls",
-                &[],
+            rows(
+                c.query(&format!("SELECT {CRL_COLS} FROM crls"), &[])?,
+                crl_row,
+            )
+        })?)
+    }
+
+    fn crl(&self, ca_id: &str) -> Result<Option<CrlRecord>, StoreError> {
+        Ok(self.read(|c| {
+            c.query_opt(
+                &format!("SELECT {CRL_COLS} FROM crls WHERE ca_id = $1"),
+                &[&ca_id],
             )?
-            .iter()
-            .map(|r| {
-                Ok(CrlRecord {
-                    ca_id: r.try_get(0)?,
-                    der: r.try_get(1)?,
-                    this_update: r.try_get(2)?,
-                    next_update: r.try_get(3)?,
-                    revoked_count: r.try_get::<_, i64>(4)?.max(0) as u64,
-                    number: r.try_get(5)?,
-                    source: r.try_get(6)?,
-                    updated_at: r.try_get(7)?,
-                })
-            })
-            .collect()
+            .as_ref()
+            .map(crl_row)
+            .transpose()
         })?)
     }
 

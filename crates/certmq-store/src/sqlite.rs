@@ -199,6 +199,22 @@ fn ca_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CaRecord> {
     })
 }
 
+const CRL_COLS: &str =
+    "ca_id, der, this_update, next_update, revoked_count, number, source, updated_at";
+
+fn crl_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CrlRecord> {
+    Ok(CrlRecord {
+        ca_id: r.get(0)?,
+        der: r.get(1)?,
+        this_update: r.get(2)?,
+        next_update: r.get(3)?,
+        revoked_count: r.get::<_, i64>(4)?.max(0) as u64,
+        number: r.get(5)?,
+        source: r.get(6)?,
+        updated_at: r.get(7)?,
+    })
+}
+
 fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
     Ok(DeviceRecord {
         id: r.get(0)?,
@@ -808,22 +824,21 @@ impl Db {
 
     fn crls(&self) -> Result<Vec<CrlRecord>, Error> {
         let conn = self.conn.lock();
-        let mut stmt = conn.prepare(
-            "SELECT ca_id, der, this_update, next_update, revoked_count, number, source, updated_at FROM crls",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(CrlRecord {
-                ca_id: r.get(0)?,
-                der: r.get(1)?,
-                this_update: r.get(2)?,
-                next_update: r.get(3)?,
-                revoked_count: r.get::<_, i64>(4)?.max(0) as u64,
-                number: r.get(5)?,
-                source: r.get(6)?,
-                updated_at: r.get(7)?,
-            })
-        })?;
+        let mut stmt = conn.prepare(&format!("SELECT {CRL_COLS} FROM crls"))?;
+        let rows = stmt.query_map([], crl_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn crl(&self, ca_id: &str) -> Result<Option<CrlRecord>, Error> {
+        Ok(self
+            .conn
+            .lock()
+            .query_row(
+                &format!("SELECT {CRL_COLS} FROM crls WHERE ca_id = ?1"),
+                [ca_id],
+                crl_row,
+            )
+            .optional()?)
     }
 
     fn put_crl(&self, rec: &CrlRecord, audit: &AuditEntry) -> Result<(), Error> {
@@ -950,6 +965,9 @@ impl Store for SqliteStore {
     }
     fn crls(&self) -> Result<Vec<CrlRecord>, StoreError> {
         Ok(self.0.crls()?)
+    }
+    fn crl(&self, ca_id: &str) -> Result<Option<CrlRecord>, StoreError> {
+        Ok(self.0.crl(ca_id)?)
     }
     fn put_crl(&self, rec: &CrlRecord, audit: &AuditEntry) -> Result<(), StoreError> {
         Ok(self.0.put_crl(rec, audit)?)
