@@ -4,6 +4,7 @@
 //! alarm evaluation task, and fetching CRLs from their distribution URLs.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -268,24 +269,31 @@ impl EventSink for Hub {
     }
 }
 
-/// An HTTP client for one webhook: aws-lc-rs, the configured or system
-/// CAs for `https://`.
+/// The system's CA bundle (Debian's ca-certificates).
+const SYSTEM_CAS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// An HTTP client for one webhook: the configured or system CAs for
+/// `https://`.
 fn agent_for(c: &WebhookConfig) -> anyhow::Result<ureq::Agent> {
+    let roots = c.url.starts_with("https://").then(|| {
+        c.ca_file
+            .clone()
+            .unwrap_or_else(|| std::path::PathBuf::from(SYSTEM_CAS))
+    });
+    http_agent(roots.as_deref(), Duration::from_millis(c.timeout_ms))
+        .with_context(|| format!("webhook {}", shown_url(&c.url)))
+}
+
+/// An HTTP client: rustls with aws-lc-rs, `https://` checked against the
+/// CAs of the PEM file `roots` (without it, plain HTTP only), no redirects,
+/// non-2xx answers returned rather than errors.
+fn http_agent(roots: Option<&Path>, timeout: Duration) -> anyhow::Result<ureq::Agent> {
     let mut tls = ureq::tls::TlsConfig::builder()
         .provider(ureq::tls::TlsProvider::Rustls)
         .unversioned_rustls_crypto_provider(certmq_pki::provider());
-    if c.url.starts_with("https://") {
-        let path = c
-            .ca_file
-            .clone()
-            .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into());
-        let pem = std::fs::read(&path).with_context(|| {
-            format!(
-                "webhook {}: cannot read CA file {}",
-                shown_url(&c.url),
-                path.display()
-            )
-        })?;
+    if let Some(path) = roots {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("cannot read CA file {}", path.display()))?;
         let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
             .filter_map(|item| match item {
                 Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
@@ -293,17 +301,13 @@ fn agent_for(c: &WebhookConfig) -> anyhow::Result<ureq::Agent> {
             })
             .collect();
         if certs.is_empty() {
-            bail!(
-                "webhook {}: {} holds no certificates",
-                shown_url(&c.url),
-                path.display()
-            );
+            bail!("{} holds no certificates", path.display());
         }
         tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(certs)));
     }
     Ok(ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_millis(c.timeout_ms)))
+        .timeout_global(Some(timeout))
         .max_redirects(0)
         .tls_config(tls.build())
         .build()
@@ -492,22 +496,17 @@ pub async fn crl_fetch_task(
     alarms: Arc<Alarms>,
     interval: Duration,
 ) {
-    let agent: ureq::Agent = match agent_for(&WebhookConfig {
-        url: "https://crl".into(),
-        secret: String::new(),
-        events: Vec::new(),
-        queue_size: 1,
-        max_attempts: 1,
-        retry_initial_ms: 0,
-        timeout_ms: 10_000,
-        ca_file: None,
-    }) {
+    // Without the system's CAs, plain http:// CRL URLs still work.
+    let timeout = Duration::from_secs(10);
+    let agent = match http_agent(Some(Path::new(SYSTEM_CAS)), timeout) {
         Ok(a) => a,
-        Err(_) => ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into(),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "https:// CRL URLs cannot be fetched");
+            match http_agent(None, timeout) {
+                Ok(a) => a,
+                Err(_) => return,
+            }
+        }
     };
     let mut last: HashMap<String, (String, Instant)> = HashMap::new();
     let mut failures: HashMap<String, AlarmInput> = HashMap::new();
